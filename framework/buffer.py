@@ -1,0 +1,470 @@
+"""The inter-step buffer: one JetStream stream per reading vertex, shared by all its replicas.
+
+Names (documented in docs/protocol.md):
+  stream and durable consumer  nf_<pipeline>_<vertex>
+  subjects                     nf.<pipeline>.<vertex>.<from-vertex>
+  dead-letter stream           nf_<pipeline>_<vertex>_dlq   (subject nfdlq.<pipeline>.<vertex>)
+
+`_` cannot appear in vertex names, so no two vertices can produce the same stream name.
+The hot path talks the JetStream wire protocol directly (pull requests on one inbox, publishes
+with a reply inbox per writer) because nats-py's fetch()/publish() cost a timer and a future
+wrapper per message; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from .spec import OnFull, Pipeline
+
+log = logging.getLogger("natsflow.buffer")
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_ID = "Nf-Id"
+HDR_KEYS = "Nf-Keys"
+HDR_EVENT_TIME = "Nf-Event-Time"
+HDR_ERROR = "Nf-Error"
+HDR_ERROR_VERTEX = "Nf-Error-Vertex"
+HDR_ATTEMPTS = "Nf-Attempts"
+RESERVED_HEADERS = frozenset({HDR_MSG_ID, HDR_ID, HDR_KEYS, HDR_EVENT_TIME})
+
+DUPLICATE_WINDOW_S = 120.0
+DLQ_MAX_MSGS = 1_000_000
+ERR_STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum messages exceeded" with discard=new
+
+
+def stream_name(pipeline: str, vertex: str) -> str:
+    return f"nf_{pipeline}_{vertex}"
+
+
+def consumer_name(pipeline: str, vertex: str) -> str:
+    return stream_name(pipeline, vertex)
+
+
+def edge_subject(pipeline: str, to_vertex: str, from_vertex: str) -> str:
+    return f"nf.{pipeline}.{to_vertex}.{from_vertex}"
+
+
+def dlq_stream_name(pipeline: str, vertex: str) -> str:
+    return f"nf_{pipeline}_{vertex}_dlq"
+
+
+def dlq_subject(pipeline: str, vertex: str) -> str:
+    return f"nfdlq.{pipeline}.{vertex}"
+
+
+# ---- provisioning ----------------------------------------------------------------------------
+
+
+def buffer_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
+    limits = p.limits_for(vertex)
+    return api.StreamConfig(
+        name=stream_name(p.name, vertex),
+        subjects=[f"nf.{p.name}.{vertex}.*"],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.NEW,
+        max_msgs=limits.buffer_max_length,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description=f"natsflow buffer of vertex {vertex} in pipeline {p.name}",
+    )
+
+
+def buffer_consumer_config(p: Pipeline, vertex: str) -> api.ConsumerConfig:
+    limits = p.limits_for(vertex)
+    replicas = max(1, p.vertex(vertex).scale.max)
+    return api.ConsumerConfig(
+        durable_name=consumer_name(p.name, vertex),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=limits.ack_wait,
+        max_ack_pending=max(1000, 4 * limits.read_batch_size * replicas),
+        max_waiting=512,
+        description=f"natsflow reader of vertex {vertex}",
+    )
+
+
+def dlq_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=dlq_stream_name(p.name, vertex),
+        subjects=[dlq_subject(p.name, vertex)],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.OLD,
+        max_msgs=DLQ_MAX_MSGS,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description=f"natsflow dead letters of vertex {vertex} in pipeline {p.name}",
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> str:
+    """Create the stream, or update it to `config`; returns 'created', 'updated' or 'unchanged'."""
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return "created"
+    current = info.config
+    fields = ("subjects", "max_msgs", "duplicate_window", "description", "discard")
+    if all(getattr(current, f) == getattr(config, f) for f in fields):
+        return "unchanged"
+    await js.update_stream(config)
+    return "updated"
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> str:
+    try:
+        info = await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        await js.add_consumer(stream, config)
+        return "created"
+    current = info.config
+    fields = ("ack_wait", "max_ack_pending", "description")
+    if all(getattr(current, f) == getattr(config, f) for f in fields):
+        return "unchanged"
+    await js.add_consumer(stream, config)  # CONSUMER.CREATE with the same name updates editable fields
+    return "updated"
+
+
+async def provision(js: JetStreamContext, p: Pipeline) -> list[tuple[str, str]]:
+    """Create or update every buffer, consumer and dead-letter stream; idempotent."""
+    done: list[tuple[str, str]] = []
+    for v in p.reading_vertices():
+        cfg = buffer_stream_config(p, v.name)
+        done.append((f"stream {cfg.name}", await ensure_stream(js, cfg)))
+        ccfg = buffer_consumer_config(p, v.name)
+        done.append((f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg)))
+        dcfg = dlq_stream_config(p, v.name)
+        done.append((f"stream {dcfg.name}", await ensure_stream(js, dcfg)))
+    return done
+
+
+# ---- envelope --------------------------------------------------------------------------------
+
+
+def encode_keys(keys: Iterable[str] | None) -> str | None:
+    if not keys:
+        return None
+    return json.dumps(list(keys), separators=(",", ":"))
+
+
+def decode_keys(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    keys = json.loads(raw)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{HDR_KEYS} must be a JSON array of strings, got {raw!r}")
+    return keys
+
+
+def envelope_headers(
+    msg_id: str, data_id: str, event_time_ms: int, keys: Iterable[str] | None = None,
+    user_headers: dict[str, str] | None = None,
+) -> dict[str, str]:
+    headers = dict(user_headers) if user_headers else {}
+    headers[HDR_MSG_ID] = msg_id
+    headers[HDR_ID] = data_id
+    headers[HDR_EVENT_TIME] = str(event_time_ms)
+    encoded = encode_keys(keys)
+    if encoded:
+        headers[HDR_KEYS] = encoded
+    return headers
+
+
+def stream_sequence(msg: Msg) -> int:
+    """The stream sequence from a JetStream ack subject `$JS.ACK.<stream>.<consumer>.<n>.<sseq>...`."""
+    parts = msg.reply.split(".")
+    # v1 ack subjects have 9 tokens; v2 ones put domain and account hash before the stream.
+    return int(parts[5] if len(parts) == 9 else parts[7])
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+class BufferReader:
+    """Pulls from a durable consumer with pull requests kept in flight, so the next batch is
+    already arriving while the current one is processed. Holds at most 2 × batch_size messages."""
+
+    def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0):
+        self._nc = nc
+        self._batch = batch_size
+        self._expires = expires
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._buf: collections.deque[Msg] = collections.deque()
+        self._credit = 0  # messages requested and not yet delivered or expired
+        self._arrived = asyncio.Event()
+        self._last_response = time.monotonic()
+        self._sub = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1,
+                                             pending_bytes_limit=-1)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._last_response = time.monotonic()
+        if msg.reply:
+            self._credit -= 1
+            self._buf.append(msg)
+            self._arrived.set()
+            return
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if status in ("408", "404", "409"):
+            left = hdrs.get("Nats-Pending-Messages")
+            if left is not None:
+                self._credit -= int(left)
+            else:
+                self._credit = 0  # request gone without an account of its credit: pull afresh
+            self._credit = max(self._credit, 0)
+            self._arrived.set()
+        # 100 = idle heartbeat; nothing to do
+
+    async def _top_up(self) -> None:
+        if self._closed:
+            return
+        if self._credit > 0 and time.monotonic() - self._last_response > 2 * self._expires + 1:
+            # The server answered nothing for longer than a request lives (e.g. a reconnect
+            # dropped our requests): forget the credit and pull again.
+            self._credit = 0
+        want = 2 * self._batch - len(self._buf) - self._credit
+        if want >= self._batch // 2 or (want > 0 and self._credit == 0):
+            req = json.dumps({"batch": want, "expires": int(self._expires * 1e9)}).encode()
+            if self._credit == 0:
+                self._last_response = time.monotonic()  # staleness counts from this request
+            self._credit += want
+            await self._nc.publish(self._next_subject, req, reply=self._inbox)
+
+    async def fetch(self, timeout: float) -> list[Msg]:
+        """Up to batch_size messages; waits at most `timeout` for the first one."""
+        await self._top_up()
+        if not self._buf:
+            deadline = time.monotonic() + timeout
+            while not self._buf and not self._closed:
+                self._arrived.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                await self._top_up()
+        n = min(self._batch, len(self._buf))
+        out = [self._buf.popleft() for _ in range(n)]
+        await self._top_up()
+        return out
+
+    def interrupt(self) -> None:
+        """Wake a waiting fetch() so a stopping worker does not wait out the read timeout."""
+        self._closed = True
+        self._arrived.set()
+
+    async def close(self) -> None:
+        """Stop pulling and hand back anything fetched but not processed (nak = redeliver now)."""
+        self._closed = True
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        while self._buf:
+            msg = self._buf.popleft()
+            await self._nc.publish(msg.reply, b"-NAK")
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OutMessage:
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+class PublishError(Exception):
+    def __init__(self, code: int, description: str):
+        self.code = code
+        super().__init__(f"{description} (err_code {code})")
+
+
+class BufferFull(Exception):
+    pass
+
+
+class JetStreamPublisher:
+    """Publishes many messages and awaits all their acks together (one reply inbox per process)."""
+
+    def __init__(self, nc: Client, ack_timeout: float = 5.0):
+        self._nc = nc
+        self._timeout = ack_timeout
+        self._prefix = nc.new_inbox() + "."
+        self._futures: dict[str, asyncio.Future[bytes | None]] = {}
+        self._seq = 0
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack, pending_msgs_limit=-1,
+                                             pending_bytes_limit=-1)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._futures.pop(msg.subject[len(self._prefix):], None)
+        if fut is not None and not fut.done():
+            # an empty body with a status header is "no responders": the stream does not exist
+            fut.set_result(msg.data if msg.data else None)
+
+    async def publish(self, msgs: list[OutMessage]) -> list[Exception | None]:
+        """Publish all, wait for every ack; per message None (stored or duplicate) or the error.
+        Messages whose ack did not come are retried with the same msg id (dedup makes it safe)."""
+        results: list[Exception | None] = [None] * len(msgs)
+        todo = list(range(len(msgs)))
+        for attempt in range(3):
+            loop = asyncio.get_running_loop()
+            waits: list[tuple[int, asyncio.Future]] = []
+            for i in todo:
+                self._seq += 1
+                token = str(self._seq)
+                fut = loop.create_future()
+                self._futures[token] = fut
+                m = msgs[i]
+                await self._nc.publish(m.subject, m.payload, reply=self._prefix + token, headers=m.headers)
+                waits.append((i, fut))
+            _, pending = await asyncio.wait([f for _, f in waits], timeout=self._timeout)
+            todo = []
+            for i, fut in waits:
+                if fut in pending:
+                    fut.cancel()
+                    todo.append(i)
+                    results[i] = TimeoutError("no publish ack within %.1fs" % self._timeout)
+                    continue
+                results[i] = _puback_error(fut.result())
+            if not todo:
+                break
+            self._futures = {k: f for k, f in self._futures.items() if not f.done()}
+        return results
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+
+def _puback_error(data: bytes | None) -> Exception | None:
+    if data is None:
+        return PublishError(503, "no stream listens on this subject (no responders)")
+    if b'"error"' not in data:
+        return None
+    err = json.loads(data)["error"]
+    return PublishError(int(err.get("err_code", err.get("code", 0))), err.get("description", "error"))
+
+
+class BufferGate:
+    """Tells a writer how many messages a buffer can take before it reaches its usage limit.
+
+    The count of messages in a work-queue stream is exactly pending + ack-pending of its consumer.
+    We keep an estimate (last known count + what we wrote since) and ask the server only when the
+    estimate says full or is older than `refresh`, so a healthy pipeline pays one request a second.
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, soft_limit: int, refresh: float = 1.0):
+        self._js = js
+        self.stream = stream
+        self.soft_limit = soft_limit
+        self._refresh = refresh
+        self._known = 0
+        self._written = 0
+        self._at = 0.0
+
+    async def _update(self) -> None:
+        info = await self._js.stream_info(self.stream)
+        self._known = info.state.messages
+        self._written = 0
+        self._at = time.monotonic()
+
+    async def room(self, wanted: int) -> int:
+        estimate = self._known + self._written
+        if estimate + wanted > self.soft_limit or time.monotonic() - self._at > self._refresh:
+            await self._update()
+            estimate = self._known
+        return max(0, self.soft_limit - estimate)
+
+    def wrote(self, n: int) -> None:
+        self._written += n
+
+    def saw_full(self) -> None:
+        self._known = self.soft_limit
+        self._at = time.monotonic()
+
+
+class BufferWriter:
+    """Writes to the buffers of out-edges with back pressure: `retryUntilSuccess` waits for room
+    (memory stays bounded because the caller does not read more until this returns),
+    `discardLatest` drops what does not fit and reports the count."""
+
+    def __init__(self, js: JetStreamContext, publisher: JetStreamPublisher, max_wait_step: float = 0.25):
+        self._js = js
+        self._pub = publisher
+        self._gates: dict[str, BufferGate] = {}
+        self._max_wait_step = max_wait_step
+
+    def add_target(self, key: str, stream: str, soft_limit: int) -> None:
+        self._gates[key] = BufferGate(self._js, stream, soft_limit)
+
+    async def room(self, key: str, wanted: int) -> int:
+        return await self._gates[key].room(wanted)
+
+    async def write(self, batches: dict[str, tuple[OnFull, list[OutMessage]]]) -> dict[str, int]:
+        """Write every target's messages; returns how many were discarded per target."""
+        dropped = {key: 0 for key in batches}
+        todo = {key: list(msgs) for key, (_, msgs) in batches.items() if msgs}
+        wait = 0.005
+        while todo:
+            sending: list[tuple[str, OutMessage]] = []
+            for key, msgs in list(todo.items()):
+                gate = self._gates[key]
+                room = await gate.room(len(msgs))
+                take = msgs[:room]
+                rest = msgs[room:]
+                if rest and batches[key][0] is OnFull.discard_latest:
+                    dropped[key] += len(rest)
+                    rest = []
+                sending.extend((key, m) for m in take)
+                if rest:
+                    todo[key] = rest
+                else:
+                    del todo[key]
+            if sending:
+                errors = await self._pub.publish([m for _, m in sending])
+                for (key, m), err in zip(sending, errors):
+                    self._gates[key].wrote(1)
+                    if err is None:
+                        continue
+                    if isinstance(err, PublishError) and err.code == ERR_STREAM_FULL:
+                        self._gates[key].saw_full()
+                        if batches[key][0] is OnFull.discard_latest:
+                            dropped[key] += 1
+                        else:
+                            todo.setdefault(key, []).append(m)
+                        continue
+                    if isinstance(err, TimeoutError):
+                        todo.setdefault(key, []).append(m)  # same msg id: a retry cannot duplicate
+                        continue
+                    raise err
+                wait = 0.005
+            if todo:
+                # Full: wait for the reader to drain; the condition is re-checked each step.
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self._max_wait_step)
+        return dropped

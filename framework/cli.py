@@ -1,0 +1,115 @@
+"""`natsflow` command line: validate, provision, run, vertex."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .buffer import provision
+from .connection import NatsSettings
+from .spec import SpecError, load_pipeline
+
+
+def _nats_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("NATS connection (defaults: NATS_URL, NATS_TOKEN, ... env vars)")
+    g.add_argument("--nats-url", help="server URL(s), comma-separated; default $NATS_URL")
+    g.add_argument("--nats-token")
+    g.add_argument("--nats-user")
+    g.add_argument("--nats-password")
+    g.add_argument("--nats-creds", help="path of a .creds file")
+    g.add_argument("--tls-ca")
+    g.add_argument("--tls-cert")
+    g.add_argument("--tls-key")
+
+
+def _settings(args: argparse.Namespace) -> NatsSettings:
+    return NatsSettings.from_env(
+        url=args.nats_url, token=args.nats_token, user=args.nats_user, password=args.nats_password,
+        creds=args.nats_creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    p = load_pipeline(args.file)
+    kinds = ", ".join(f"{v.name} ({v.kind})" for v in p.spec.vertices)
+    print(f"{args.file}: pipeline {p.name!r} is valid: {kinds}; {len(p.spec.edges)} edges")
+    return 0
+
+
+async def _provision(args: argparse.Namespace) -> int:
+    p = load_pipeline(args.file, check_handlers=False)
+    settings = _settings(args)
+    nc = await settings.connect(f"natsflow-{p.name}-provision")
+    try:
+        for what, result in await provision(nc.jetstream(), p):
+            print(f"{what}: {result}")
+    finally:
+        await nc.close()
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .supervisor import Supervisor
+
+    sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace)
+    await sup.run_until_signalled()
+    return 0
+
+
+async def _vertex(args: argparse.Namespace) -> int:
+    from .worker import run_vertex
+
+    await run_vertex(args.pipeline, args.vertex, _settings(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="natsflow", description="Stream pipelines on NATS JetStream.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a pipeline file (graph, fields, handler imports)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("provision", help="create/update the pipeline's streams and consumers")
+    p.add_argument("file")
+    _nats_flags(p)
+    p.set_defaults(func=_provision)
+
+    p = sub.add_parser("run", help="run every vertex as its own process (embedded NATS without a URL)")
+    p.add_argument("file")
+    p.add_argument("--data-dir", help="where the embedded server keeps its data (default ./.natsflow)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds a vertex may take to drain on stop")
+    _nats_flags(p)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("vertex", help="run exactly one vertex (what each Deployment runs)")
+    p.add_argument("--pipeline", required=True, help="pipeline file")
+    p.add_argument("--vertex", required=True, help="vertex name")
+    _nats_flags(p)
+    p.set_defaults(func=_vertex)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

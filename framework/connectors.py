@@ -1,0 +1,85 @@
+"""The two interfaces a built-in or user connector implements, and how a spec names them."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from nats.aio.client import Client
+
+from .connection import NatsSettings
+from .sdk import Datum
+
+SOURCES = {
+    "generator": "vertices.sources.generator:GeneratorSource",
+    "http": "vertices.sources.http:HttpSource",
+    "nats": "vertices.sources.nats:NatsSource",
+    "jetstream": "vertices.sources.jetstream:JetStreamSource",
+}
+SINKS = {
+    "log": "vertices.sinks.log:LogSink",
+    "blackhole": "vertices.sinks.blackhole:BlackholeSink",
+    "nats": "vertices.sinks.nats:NatsSink",
+    "jetstream": "vertices.sinks.jetstream:JetStreamSink",
+}
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """One record read from outside. `offset` must be stable for the same upstream record: it
+    becomes the `Nats-Msg-Id`, so a re-read after a crash is deduplicated."""
+
+    value: bytes
+    offset: str
+    event_time_ms: int
+    keys: list[str] | None = None
+    headers: dict[str, str] | None = None
+    id: str | None = None
+
+
+class BufferFull(Exception):
+    """Raised to a non-blocking emitter when an out-edge buffer has no room."""
+
+
+Emit = Callable[[list[SourceRecord]], Awaitable[None]]
+
+
+@dataclass
+class ConnectorContext:
+    pipeline: str
+    vertex: str
+    nats: NatsSettings  # the pipeline's own server; connectors default to it when url is unset
+    nc: Client
+    stopping: asyncio.Event
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def connect(self, url: str | None) -> Client:
+        """The pipeline's own connection when `url` is unset, else a new one to `url`."""
+        if url is None or url == self.nats.url:
+            return self.nc
+        return await self.nats.with_url(url).connect(f"natsflow-{self.pipeline}-{self.vertex}-ext")
+
+
+class SourceConnector(Protocol):
+    async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
+        """Read until ctx.stopping is set. `emit` returns once records are stored in the first
+        buffer (waiting while it is full); `try_emit` raises BufferFull instead of waiting.
+        Acknowledge upstream only after either returns."""
+
+
+class SinkConnector(Protocol):
+    async def start(self, ctx: ConnectorContext) -> None: ...
+
+    async def write(self, datums: list[Datum]) -> None:
+        """Write all or raise; the batch is retried as a whole (ids make retries idempotent where
+        the sink supports it)."""
+
+    async def close(self) -> None: ...
+
+
+def load_connector(registry: dict[str, str], kind: str, config: Any) -> Any:
+    module_name, _, cls_name = registry[kind].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(config)

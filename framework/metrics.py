@@ -1,0 +1,56 @@
+"""Per-vertex counters (prometheus-client). Names follow Numaflow's forwarder_* family."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+
+class VertexMetrics:
+    def __init__(self, pipeline: str, vertex: str, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        labels = ("pipeline", "vertex")
+        base = {"pipeline": pipeline, "vertex": vertex}
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels + extra, registry=self.registry)
+
+        self._read = counter("forwarder_read_total", "messages read from the vertex's buffer")
+        self._ack = counter("forwarder_ack_total", "input messages acknowledged")
+        self._write = counter("forwarder_write_total", "messages written to out-edge buffers", ("to_vertex",))
+        self._drop = counter("forwarder_drop_total", "messages dropped, by reason", ("reason",))
+        self._error = counter("forwarder_udf_error_total", "failed UDF or sink calls (before retry)")
+        self._dlq = counter("forwarder_dead_letter_total", "messages sent to the dead-letter stream")
+        self._batch = Histogram(
+            "forwarder_udf_batch_seconds", "time to process one read batch", labels, registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+        ).labels(**base)
+        self.read = self._read.labels(**base)
+        self.ack = self._ack.labels(**base)
+        self.error = self._error.labels(**base)
+        self.dlq = self._dlq.labels(**base)
+        self._base = base
+
+    def written(self, to_vertex: str, n: int) -> None:
+        if n:
+            self._write.labels(to_vertex=to_vertex, **self._base).inc(n)
+
+    def dropped(self, reason: str, n: int) -> None:
+        if n:
+            self._drop.labels(reason=reason, **self._base).inc(n)
+
+    def observe_batch(self, seconds: float) -> None:
+        self._batch.observe(seconds)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
+
+    def snapshot(self) -> dict[str, float]:
+        """Flat name{labels} -> value, for the shutdown log line and tests."""
+        out: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    extra = {k: v for k, v in s.labels.items() if k not in ("pipeline", "vertex")}
+                    suffix = "".join(f"[{v}]" for v in extra.values())
+                    out[s.name + suffix] = s.value
+        return out

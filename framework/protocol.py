@@ -1,0 +1,47 @@
+"""The wire contract a vertex in any language follows (docs/protocol.md is its prose form)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import buffer as b
+from .spec import Pipeline
+
+PROTOCOL_VERSION = "1"
+
+
+def vertex_descriptor(p: Pipeline, vertex: str) -> dict[str, Any]:
+    """Everything a vertex process needs to find its buffers: passed as NATSFLOW_DESCRIPTOR JSON."""
+    v = p.vertex(vertex)
+    limits = p.limits_for(vertex)
+    desc: dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION,
+        "pipeline": p.name,
+        "vertex": vertex,
+        "kind": v.kind,
+        "limits": {
+            "readBatchSize": limits.read_batch_size,
+            "readTimeoutMs": int(limits.read_timeout * 1000),
+            "ackWaitMs": int(limits.ack_wait * 1000),
+        },
+        "outputs": [
+            {
+                "to": e.to,
+                "subject": b.edge_subject(p.name, e.to, vertex),
+                "stream": b.stream_name(p.name, e.to),
+                "softLimit": p.limits_for(e.to).buffer_soft_limit,
+                "onFull": e.on_full.value,
+                "tags": e.conditions.tags.model_dump(mode="json") if e.conditions and e.conditions.tags else None,
+            }
+            for e in p.out_edges(vertex)
+        ],
+        "headers": {"msgId": b.HDR_MSG_ID, "id": b.HDR_ID, "keys": b.HDR_KEYS, "eventTime": b.HDR_EVENT_TIME,
+                    "error": b.HDR_ERROR},
+    }
+    if v.kind != "source":
+        desc["input"] = {
+            "stream": b.stream_name(p.name, vertex),
+            "consumer": b.consumer_name(p.name, vertex),
+            "deadLetterSubject": b.dlq_subject(p.name, vertex),
+        }
+    return desc

@@ -1,0 +1,505 @@
+"""Pipeline spec: pydantic models for the YAML file and the graph rules Numaflow users expect.
+
+`load_pipeline(path)` is the one entry point: it parses, validates the models and the graph, and
+raises `SpecError` whose message names the file, the field path and the reason for every problem.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> float:
+    """Durations are written `100ms`, `2s`, `5m`, `1h` or as a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 2s or 1m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 2s, 1m)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _check_name(value: str) -> str:
+    if len(value) > 63 or not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (a Kubernetes DNS label, safe in NATS names)"
+        )
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class Model(BaseModel):
+    """Base for every spec model: camelCase keys, unknown keys rejected (typos must not pass)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Limits(Model):
+    read_batch_size: int | None = Field(None, alias="readBatchSize", ge=1, le=10_000)
+    buffer_max_length: int | None = Field(None, alias="bufferMaxLength", ge=1)
+    buffer_usage_limit: int | None = Field(None, alias="bufferUsageLimit", ge=1, le=100)
+    read_timeout: Duration | None = Field(None, alias="readTimeout", gt=0)
+    ack_wait: Duration | None = Field(None, alias="ackWait", gt=0)
+
+    def merged(self, override: "Limits | None") -> "ResolvedLimits":
+        values = {k: v for k, v in DEFAULT_LIMITS.model_dump().items()}
+        for layer in (self, override):
+            if layer is not None:
+                values.update({k: v for k, v in layer.model_dump().items() if v is not None})
+        return ResolvedLimits(**values)
+
+
+class ResolvedLimits(BaseModel):
+    """Limits after pipeline defaults and vertex overrides are applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    read_batch_size: int = 500
+    buffer_max_length: int = 30_000
+    buffer_usage_limit: int = 80
+    read_timeout: float = 1.0
+    ack_wait: float = 30.0
+
+    @property
+    def buffer_soft_limit(self) -> int:
+        """Messages a buffer may hold before writers treat it as full."""
+        return max(1, self.buffer_max_length * self.buffer_usage_limit // 100)
+
+
+DEFAULT_LIMITS = ResolvedLimits()
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+
+class GeneratorSource(Model):
+    rpu: int = Field(5, ge=1, description="messages per `duration`")
+    duration: Duration = Field(1.0, gt=0)
+    msg_size: int = Field(8, alias="msgSize", ge=0)
+    key_count: int = Field(0, alias="keyCount", ge=0)
+    value: int | None = None
+    total: int | None = Field(None, ge=0, description="stop after this many messages (natsflow extension)")
+
+
+class HttpAuth(Model):
+    token: str
+
+
+class HttpSource(Model):
+    port: int = Field(8080, ge=0, le=65535)
+    host: str = "0.0.0.0"
+    auth: HttpAuth | None = None
+    max_body_size: int = Field(1 << 20, alias="maxBodySize", ge=1)
+
+
+class NatsSource(Model):
+    url: str | None = None
+    subject: str
+    queue: str | None = None
+
+
+class DeliverPolicy(str, Enum):
+    all = "all"
+    new = "new"
+    last = "last"
+
+
+class JetStreamSource(Model):
+    url: str | None = None
+    stream: str
+    consumer: str | None = None
+    deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
+
+
+class Source(Model):
+    generator: GeneratorSource | None = None
+    http: HttpSource | None = None
+    nats: NatsSource | None = None
+    jetstream: JetStreamSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        _exactly_one_of(self, "source")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return _chosen(self)
+
+
+# ---- UDFs ------------------------------------------------------------------------------------
+
+
+class Handler(Model):
+    handler: str
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Handler":
+        module, _, func = self.handler.partition(":")
+        if not module or not func:
+            raise ValueError(f"handler {self.handler!r} must look like 'package.module:function'")
+        return self
+
+
+class Retry(Model):
+    """How often a failing UDF call is retried before the message goes to the dead-letter stream."""
+
+    attempts: int = Field(3, ge=1, le=100)
+    interval: Duration = 0.05
+    factor: float = Field(2.0, ge=1.0)
+    cap: Duration = 2.0
+
+
+class Udf(Model):
+    map: Handler | None = None
+    flatmap: Handler | None = None
+    command: list[str] | None = Field(None, min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    retry: Retry = Field(default_factory=Retry)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Udf":
+        _exactly_one_of(self, "udf", fields=("map", "flatmap", "command"))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return _chosen(self, fields=("map", "flatmap", "command"))
+
+
+# ---- sinks -----------------------------------------------------------------------------------
+
+
+class LogSink(Model):
+    pass
+
+
+class BlackholeSink(Model):
+    pass
+
+
+class NatsSink(Model):
+    url: str | None = None
+    subject: str
+
+
+class JetStreamSink(Model):
+    url: str | None = None
+    stream: str
+    subject: str
+
+
+class Sink(Model):
+    log: LogSink | None = None
+    blackhole: BlackholeSink | None = None
+    nats: NatsSink | None = None
+    jetstream: JetStreamSink | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Sink":
+        _exactly_one_of(self, "sink")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return _chosen(self)
+
+
+# ---- graph -----------------------------------------------------------------------------------
+
+
+class Scale(Model):
+    min: int = Field(0, ge=0)
+    max: int = Field(1, ge=1)
+    lag_threshold: int = Field(100, alias="lagThreshold", ge=1)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "Scale":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class Vertex(Model):
+    name: Name
+    source: Source | None = None
+    udf: Udf | None = None
+    sink: Sink | None = None
+    scale: Scale = Field(default_factory=Scale)
+    limits: Limits | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Vertex":
+        kinds = [k for k in ("source", "udf", "sink") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(f"a vertex is exactly one of source, udf or sink (found: {found})")
+        return self
+
+    @property
+    def kind(self) -> Literal["source", "udf", "sink"]:
+        return "source" if self.source else "udf" if self.udf else "sink"
+
+
+class TagOperator(str, Enum):
+    or_ = "or"
+    and_ = "and"
+    not_ = "not"
+
+
+class TagCondition(Model):
+    operator: TagOperator = TagOperator.or_
+    values: list[str] = Field(min_length=1)
+
+    def matches(self, tags: frozenset[str]) -> bool:
+        if self.operator is TagOperator.or_:
+            return any(v in tags for v in self.values)
+        if self.operator is TagOperator.and_:
+            return all(v in tags for v in self.values)
+        return not any(v in tags for v in self.values)
+
+
+class Conditions(Model):
+    tags: TagCondition | None = None
+
+
+class OnFull(str, Enum):
+    retry_until_success = "retryUntilSuccess"
+    discard_latest = "discardLatest"
+
+
+class Edge(Model):
+    from_: Name = Field(alias="from")
+    to: Name
+    conditions: Conditions | None = None
+    on_full: OnFull = Field(OnFull.retry_until_success, alias="onFull")
+
+    def accepts(self, tags: frozenset[str]) -> bool:
+        if self.conditions is None or self.conditions.tags is None:
+            return True
+        return self.conditions.tags.matches(tags)
+
+
+class Metadata(Model):
+    name: Name
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class PipelineSpec(Model):
+    limits: Limits = Field(default_factory=Limits)
+    vertices: list[Vertex] = Field(min_length=2)
+    edges: list[Edge] = Field(min_length=1)
+
+
+class Pipeline(Model):
+    api_version: Literal["natsflow.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["Pipeline"]
+    metadata: Metadata
+    spec: PipelineSpec
+
+    # -- lookups used by the runtime --
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def vertex(self, name: str) -> Vertex:
+        for v in self.spec.vertices:
+            if v.name == name:
+                return v
+        known = ", ".join(v.name for v in self.spec.vertices)
+        raise KeyError(f"pipeline {self.name!r} has no vertex {name!r} (vertices: {known})")
+
+    def out_edges(self, name: str) -> list[Edge]:
+        return [e for e in self.spec.edges if e.from_ == name]
+
+    def in_edges(self, name: str) -> list[Edge]:
+        return [e for e in self.spec.edges if e.to == name]
+
+    def limits_for(self, name: str) -> ResolvedLimits:
+        return self.spec.limits.merged(self.vertex(name).limits)
+
+    def reading_vertices(self) -> list[Vertex]:
+        """Vertices that own an inter-step buffer (every UDF and sink)."""
+        return [v for v in self.spec.vertices if v.kind != "source"]
+
+
+# ---- loading and graph validation ------------------------------------------------------------
+
+
+class SpecError(ValueError):
+    """A pipeline file that cannot run; `problems` holds (field path, reason) pairs."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]):
+        self.file = file
+        self.problems = problems
+        lines = [f"{file}: {path}: {reason}" if path else f"{file}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+def load_pipeline(path: str | Path, *, check_handlers: bool = True) -> Pipeline:
+    """Read, validate and return the pipeline in `path`; raise `SpecError` listing every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(file, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(file, [("", f"not valid YAML: {exc}")]) from None
+    return parse_pipeline(raw, file=file, base_dir=path.parent, check_handlers=check_handlers)
+
+
+def parse_pipeline(
+    raw: Any, *, file: str = "<pipeline>", base_dir: Path | None = None, check_handlers: bool = True
+) -> Pipeline:
+    if not isinstance(raw, dict):
+        raise SpecError(file, [("", "the file must hold a mapping with apiVersion, kind, metadata and spec")])
+    try:
+        pipeline = Pipeline.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(file, [(_format_loc(e["loc"]), _clean_msg(e)) for e in exc.errors()]) from None
+    problems = graph_problems(pipeline)
+    if check_handlers and not problems:
+        problems = handler_problems(pipeline, base_dir)
+    if problems:
+        raise SpecError(file, problems)
+    return pipeline
+
+
+def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    vertices = p.spec.vertices
+    index = {}
+    for i, v in enumerate(vertices):
+        if v.name in index:
+            problems.append((f"spec.vertices[{i}].name", f"duplicate vertex name {v.name!r}"))
+        index.setdefault(v.name, i)
+    pairs = Counter((e.from_, e.to) for e in p.spec.edges)
+    seen: set[tuple[str, str]] = set()
+    for j, e in enumerate(p.spec.edges):
+        where = f"spec.edges[{j}]"
+        for end, name in (("from", e.from_), ("to", e.to)):
+            if name not in index:
+                problems.append((f"{where}.{end}", f"no vertex named {name!r}"))
+        if e.from_ in index and vertices[index[e.from_]].kind == "sink":
+            problems.append((f"{where}.from", f"{e.from_!r} is a sink; sinks have no out-edges"))
+        if e.to in index and vertices[index[e.to]].kind == "source":
+            problems.append((f"{where}.to", f"{e.to!r} is a source; sources have no in-edges"))
+        if pairs[(e.from_, e.to)] > 1 and (e.from_, e.to) in seen:
+            problems.append((where, f"duplicate edge from {e.from_!r} to {e.to!r}"))
+        seen.add((e.from_, e.to))
+    outs = Counter(e.from_ for e in p.spec.edges)
+    ins = Counter(e.to for e in p.spec.edges)
+    for i, v in enumerate(vertices):
+        where = f"spec.vertices[{i}]"
+        if v.kind in ("source", "udf") and not outs[v.name]:
+            problems.append((where, f"{v.kind} {v.name!r} has no out-edge (orphan vertex)"))
+        if v.kind in ("udf", "sink") and not ins[v.name]:
+            problems.append((where, f"{v.kind} {v.name!r} has no in-edge (orphan vertex)"))
+    for kind in ("source", "sink"):
+        if not any(v.kind == kind for v in vertices):
+            problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))
+    return problems
+
+
+def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]]:
+    problems = []
+    for i, v in enumerate(p.spec.vertices):
+        if v.udf is None or v.udf.kind == "command":
+            continue
+        kind = v.udf.kind
+        try:
+            load_handler(getattr(v.udf, kind).handler, base_dir)
+        except HandlerError as exc:
+            problems.append((f"spec.vertices[{i}].udf.{kind}.handler", str(exc)))
+    return problems
+
+
+class HandlerError(ImportError):
+    pass
+
+
+def load_handler(ref: str, base_dir: Path | None = None) -> Callable[..., Any]:
+    """Import `package.module:function`; the pipeline file's directory is importable."""
+    if base_dir is not None and str(base_dir.resolve()) not in sys.path:
+        sys.path.insert(0, str(base_dir.resolve()))
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise HandlerError(f"cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:  # a handler module that crashes on import is the user's bug to see
+        raise HandlerError(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise HandlerError(f"module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise HandlerError(f"{ref!r} is not callable")
+    return target
+
+
+def _exactly_one_of(model: BaseModel, what: str, fields: tuple[str, ...] | None = None) -> None:
+    fields = fields or tuple(type(model).model_fields)
+    chosen = [f for f in fields if getattr(model, f) is not None]
+    if len(chosen) != 1:
+        options = ", ".join(fields)
+        raise ValueError(f"a {what} must set exactly one of: {options} (found {len(chosen)})")
+
+
+def _chosen(model: BaseModel, fields: tuple[str, ...] | None = None) -> str:
+    fields = fields or tuple(type(model).model_fields)
+    return next(f for f in fields if getattr(model, f) is not None)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _clean_msg(error: dict[str, Any]) -> str:
+    msg = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if error["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; keys are camelCase)"
+    return msg

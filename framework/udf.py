@@ -1,0 +1,74 @@
+"""Calling a user's map/flatmap function over a batch: sync in one thread hop, async concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from .sdk import Datum, Message
+
+Result = list[Message] | BaseException
+
+
+class HandlerResultError(TypeError):
+    pass
+
+
+def normalize(result: Any) -> list[Message]:
+    """A handler may return a Message, a list/tuple/iterable of them, or None (= filter out)."""
+    if isinstance(result, Message):
+        return [result]
+    if result is None:
+        return []
+    if isinstance(result, (list, tuple)):
+        out = result
+    elif hasattr(result, "__iter__") and not isinstance(result, (str, bytes, dict)):
+        out = list(result)
+    else:
+        raise HandlerResultError(
+            f"handler returned {type(result).__name__}; expected Message, list[Message] or None"
+        )
+    for m in out:
+        if not isinstance(m, Message):
+            raise HandlerResultError(
+                f"handler returned a list holding {type(m).__name__}; expected only Message"
+            )
+    return list(out)
+
+
+class MapRunner:
+    """Runs `fn(keys, datum)` for every datum in a batch, isolating each call's exception."""
+
+    def __init__(self, fn: Callable[..., Any], pool: ThreadPoolExecutor | None = None):
+        self._fn = fn
+        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)
+        )
+        self._pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="natsflow-udf")
+
+    async def run(self, datums: list[Datum]) -> list[Result]:
+        if self._async:
+            return list(await asyncio.gather(*(self._one_async(d) for d in datums)))
+        # One thread hop per batch, not per message: the hop costs more than a small UDF.
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._batch_sync, datums)
+
+    async def _one_async(self, d: Datum) -> Result:
+        try:
+            return normalize(await self._fn(d.keys, d))
+        except Exception as exc:  # noqa: BLE001 - a UDF error is data for the dead-letter path
+            return exc
+
+    def _batch_sync(self, datums: list[Datum]) -> list[Result]:
+        out: list[Result] = []
+        fn = self._fn
+        for d in datums:
+            try:
+                out.append(normalize(fn(d.keys, d)))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

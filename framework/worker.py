@@ -1,0 +1,346 @@
+"""One vertex as one process: read a batch → call the UDF or sink → route by tags → write → ack.
+
+Inputs are acknowledged only after every output's publish ack, so delivery is at-least-once;
+outputs carry deterministic msg ids (`<vertex>:<input stream seq>:<output index>`), so a
+redelivered input produces no duplicate downstream within the duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from . import buffer as b
+from .connection import NatsSettings
+from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, SourceRecord, load_connector
+from .metrics import VertexMetrics
+from .routing import Outgoing, Router, as_bytes, message_tags
+from .sdk import Datum, Message, datetime_from_ms
+from .spec import Pipeline, Retry, load_handler, load_pipeline
+from .udf import MapRunner
+
+log = logging.getLogger("natsflow.worker")
+
+GRACE_S = float(os.environ.get("NATSFLOW_GRACE_SECONDS", "30"))
+
+
+def decode_datum(msg: Msg) -> Datum:
+    h = msg.headers or {}
+    et = h.get(b.HDR_EVENT_TIME)
+    return Datum(
+        keys=b.decode_keys(h.get(b.HDR_KEYS)),
+        value=msg.data,
+        event_time=datetime_from_ms(int(et)) if et else datetime_from_ms(int(time.time() * 1000)),
+        headers={k: v for k, v in h.items() if k not in b.RESERVED_HEADERS},
+        id=h.get(b.HDR_ID) or h.get(b.HDR_MSG_ID) or "",
+    )
+
+
+def backoff_delays(r: Retry):
+    delay = r.interval
+    for _ in range(r.attempts - 1):
+        yield delay
+        delay = min(delay * r.factor, r.cap)
+
+
+class VertexWorker:
+    """Shared lifecycle: connect, provisioned names, signals, graceful drain, stats on exit."""
+
+    def __init__(self, p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path | None = None):
+        self.p = p
+        self.v = p.vertex(vertex)
+        self.limits = p.limits_for(vertex)
+        self.settings = settings
+        self.base_dir = base_dir
+        self.stopping = asyncio.Event()
+        self.metrics = VertexMetrics(p.name, vertex)
+        self.nc: Client | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{self.v.name}")
+        self.js = self.nc.jetstream()
+        self.publisher = b.JetStreamPublisher(self.nc)
+        await self.publisher.start()
+        self.router = Router(self.p, self.v.name, b.BufferWriter(self.js, self.publisher))
+        port = os.environ.get("NATSFLOW_METRICS_PORT")
+        if port:
+            self.metrics.serve(int(port))
+        log.info("vertex %s (%s) started", self.v.name, self.v.kind)
+        try:
+            await self.serve()
+        finally:
+            await self.shutdown()
+            log.info("vertex %s stopped; stats %s", self.v.name, json.dumps(self.metrics.snapshot()))
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("vertex %s: stop requested, draining", self.v.name)
+            self.stopping.set()
+            self.on_stop()
+
+    def on_stop(self) -> None:
+        pass
+
+    async def serve(self) -> None:
+        raise NotImplementedError
+
+    def count_writes(self, report: dict[str, tuple[int, int]]) -> None:
+        for to, (routed, dropped) in report.items():
+            self.metrics.written(to, routed - dropped)
+            self.metrics.dropped("buffer_full", dropped)
+
+    async def shutdown(self) -> None:
+        await self.publisher.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.drain(), 10)
+
+
+class SourceWorker(VertexWorker):
+    async def serve(self) -> None:
+        cfg = self.v.source
+        connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
+        ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
+                               extra={"base_dir": self.base_dir})
+        await connector.run(ctx, self.emit, self.try_emit)
+
+    def _outgoing(self, records: list[SourceRecord]) -> list[Outgoing]:
+        prefix = self.v.name + ":"
+        no_tags: frozenset[str] = frozenset()
+        return [
+            Outgoing(prefix + r.offset, r.id or r.offset, r.value, r.event_time_ms, r.keys, r.headers, no_tags)
+            for r in records
+        ]
+
+    async def emit(self, records: list[SourceRecord]) -> None:
+        self.metrics.read.inc(len(records))
+        self.count_writes(await self.router.write(self._outgoing(records)))
+
+    async def try_emit(self, records: list[SourceRecord]) -> None:
+        full = await self.router.full_target(len(records))
+        if full is not None:
+            self.metrics.dropped("buffer_full_rejected", len(records))
+            raise BufferFull(f"buffer of vertex {full!r} is full")
+        await self.emit(records)
+
+
+class ReadingWorker(VertexWorker):
+    """A vertex that owns a buffer: UDFs and sinks."""
+
+    async def serve(self) -> None:
+        stream = b.stream_name(self.p.name, self.v.name)
+        self.reader = b.BufferReader(self.nc, stream, b.consumer_name(self.p.name, self.v.name),
+                                     self.limits.read_batch_size)
+        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        await self.setup()
+        await self.reader.start()
+        try:
+            while not self.stopping.is_set():
+                msgs = await self.reader.fetch(self.limits.read_timeout)
+                if not msgs:
+                    continue
+                started = time.perf_counter()
+                self.metrics.read.inc(len(msgs))
+                async with self._keep_alive(msgs):
+                    handled = await self.process(msgs)
+                if handled:
+                    for m in msgs:
+                        await self.nc.publish(m.reply, b"+ACK")
+                    self.metrics.ack.inc(len(msgs))
+                self.metrics.observe_batch(time.perf_counter() - started)
+        finally:
+            await self.reader.close()
+            await self.teardown()
+
+    def on_stop(self) -> None:
+        self.reader.interrupt()
+
+    async def setup(self) -> None:
+        pass
+
+    async def teardown(self) -> None:
+        pass
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        """Handle a batch; True when every input may be acked, False when they were nak'ed."""
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def _keep_alive(self, msgs: list[Msg]):
+        """While a batch takes long (slow UDF, full downstream), tell JetStream it is in progress
+        so the ack wait does not expire and hand the messages to another replica."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.limits.ack_wait / 3)
+                for m in msgs:
+                    await self.nc.publish(m.reply, b"+WPI")
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    def decode(self, msgs: list[Msg]) -> tuple[list[tuple[Msg, Datum]], list[tuple[Msg, str]]]:
+        good, bad = [], []
+        for m in msgs:
+            try:
+                good.append((m, decode_datum(m)))
+            except (ValueError, TypeError) as exc:
+                bad.append((m, f"bad envelope: {exc}"))
+        return good, bad
+
+    async def dead_letter(self, failed: list[tuple[Msg, str]]) -> None:
+        if not failed:
+            return
+        out = []
+        for m, error in failed:
+            headers = dict(m.headers or {})
+            headers[b.HDR_MSG_ID] = f"dlq:{self.v.name}:{b.stream_sequence(m)}"
+            headers[b.HDR_ERROR] = error[:4000].replace("\r", " ").replace("\n", " | ")
+            headers[b.HDR_ERROR_VERTEX] = self.v.name
+            out.append(b.OutMessage(self.dlq_subject, m.data, headers))
+        while True:
+            errors = await self.publisher.publish(out)
+            retry = [o for o, e in zip(out, errors) if e is not None]
+            if not retry:
+                break
+            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry),
+                        next(e for e in errors if e))
+            out = retry
+            await asyncio.sleep(0.5)
+        self.metrics.dlq.inc(len(failed))
+        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
+                    self.v.name, len(failed), b.dlq_stream_name(self.p.name, self.v.name), failed[0][1])
+
+
+class UdfWorker(ReadingWorker):
+    async def setup(self) -> None:
+        udf = self.v.udf
+        fn = load_handler(getattr(udf, udf.kind).handler, self.base_dir)
+        self.runner = MapRunner(fn)
+
+    async def teardown(self) -> None:
+        self.runner.close()
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        good, failed = self.decode(msgs)
+        results = await self.runner.run([d for _, d in good])
+        results = await self._retry(good, results)
+        outgoing: list[Outgoing] = []
+        prefix = self.v.name + ":"
+        tag_dropped = filtered = 0
+        for (m, d), res in zip(good, results):
+            if isinstance(res, BaseException):
+                failed.append((m, f"{type(res).__name__}: {res}"))
+                continue
+            if not res:
+                filtered += 1
+                continue
+            seq = b.stream_sequence(m)
+            for i, out in enumerate(res):
+                if out.is_drop:
+                    tag_dropped += 1
+                    continue
+                try:
+                    outgoing.append(self._outgoing(prefix, seq, i, d, out))
+                except TypeError as exc:
+                    failed.append((m, f"TypeError: {exc}"))
+                    break
+        self.count_writes(await self.router.write(outgoing))
+        self.metrics.dropped("drop_tag", tag_dropped)
+        self.metrics.dropped("filtered", filtered)
+        await self.dead_letter(failed)
+        return True
+
+    @staticmethod
+    def _outgoing(prefix: str, seq: int, i: int, d: Datum, out: Message) -> Outgoing:
+        headers = dict(d.headers) if d.headers else None
+        if out.headers:
+            headers = {**(headers or {}), **out.headers}
+        return Outgoing(
+            msg_id=f"{prefix}{seq}:{i}",
+            data_id=d.id if i == 0 else f"{d.id}:{i}",
+            value=as_bytes(out.value),
+            event_time_ms=int(out.event_time.timestamp() * 1000) if out.event_time else d.event_time_ms,
+            keys=d.keys if out.keys is None else list(out.keys),
+            headers=headers,
+            tags=message_tags(out),
+        )
+
+    async def _retry(self, good, results):
+        delays = backoff_delays(self.v.udf.retry)
+        while True:
+            failed_idx = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+            if not failed_idx:
+                return results
+            self.metrics.error.inc(len(failed_idx))
+            delay = next(delays, None)
+            if delay is None or self.stopping.is_set():
+                return results
+            await asyncio.sleep(delay)
+            again = await self.runner.run([good[i][1] for i in failed_idx])
+            results = list(results)
+            for i, r in zip(failed_idx, again):
+                results[i] = r
+
+
+class SinkWorker(ReadingWorker):
+    async def setup(self) -> None:
+        cfg = self.v.sink
+        self.sink = load_connector(SINKS, cfg.kind, getattr(cfg, cfg.kind))
+        await self.sink.start(ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping))
+
+    async def teardown(self) -> None:
+        await self.sink.close()
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        good, failed = self.decode(msgs)
+        await self.dead_letter(failed)
+        datums = [d for _, d in good]
+        delay = 0.05
+        while datums:
+            try:
+                await self.sink.write(datums)
+                self.metrics.written("sink", len(datums))
+                return True
+            except Exception as exc:  # noqa: BLE001 - a failing sink backs the pipeline up, never loses data
+                self.metrics.error.inc(1)
+                if self.stopping.is_set():
+                    log.warning("sink %s failing while stopping (%s); handing %d messages back",
+                                self.v.name, exc, len(msgs))
+                    for m in msgs:
+                        await self.nc.publish(m.reply, b"-NAK")
+                    return False
+                log.warning("sink %s write failed: %s: %s; retrying in %.2fs", self.v.name,
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return True
+
+
+def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path | None) -> VertexWorker:
+    kind = p.vertex(vertex).kind
+    cls = {"source": SourceWorker, "udf": UdfWorker, "sink": SinkWorker}[kind]
+    return cls(p, vertex, settings, base_dir)
+
+
+async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSettings) -> None:
+    path = Path(pipeline_file)
+    p = load_pipeline(path, check_handlers=False)
+    worker = worker_for(p, vertex, settings, path.parent)
+    if p.vertex(vertex).udf is not None and p.vertex(vertex).udf.kind == "command":
+        raise SystemExit(f"vertex {vertex!r} runs its own command; start it with `natsflow run`")
+    await worker.run()

@@ -1,0 +1,1 @@
+"""Built-in connectors: one module per source under `sources/`, one per sink under `sinks/`."""
