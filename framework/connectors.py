@@ -23,6 +23,7 @@ SINKS = {
     "blackhole": "vertices.sinks.blackhole:BlackholeSink",
     "nats": "vertices.sinks.nats:NatsSink",
     "jetstream": "vertices.sinks.jetstream:JetStreamSink",
+    "udsink": "vertices.sinks.udsink:UserSink",
 }
 
 

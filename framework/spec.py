@@ -225,6 +225,7 @@ class Sink(Model):
     blackhole: BlackholeSink | None = None
     nats: NatsSink | None = None
     jetstream: JetStreamSink | None = None
+    udsink: Handler | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Sink":
@@ -437,13 +438,16 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
 def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]]:
     problems = []
     for i, v in enumerate(p.spec.vertices):
-        if v.udf is None or v.udf.kind == "command":
+        if v.udf is not None and v.udf.kind != "command":
+            where, ref = f"udf.{v.udf.kind}", getattr(v.udf, v.udf.kind).handler
+        elif v.sink is not None and v.sink.udsink is not None:
+            where, ref = "sink.udsink", v.sink.udsink.handler
+        else:
             continue
-        kind = v.udf.kind
         try:
-            load_handler(getattr(v.udf, kind).handler, base_dir)
+            load_handler(ref, base_dir)
         except HandlerError as exc:
-            problems.append((f"spec.vertices[{i}].udf.{kind}.handler", str(exc)))
+            problems.append((f"spec.vertices[{i}].{where}.handler", str(exc)))
     return problems
 
 

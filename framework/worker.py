@@ -164,7 +164,9 @@ class ReadingWorker(VertexWorker):
             await self.teardown()
 
     def on_stop(self) -> None:
-        self.reader.interrupt()
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.interrupt()
 
     async def setup(self) -> None:
         pass
@@ -301,7 +303,8 @@ class SinkWorker(ReadingWorker):
     async def setup(self) -> None:
         cfg = self.v.sink
         self.sink = load_connector(SINKS, cfg.kind, getattr(cfg, cfg.kind))
-        await self.sink.start(ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping))
+        await self.sink.start(ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
+                                               extra={"base_dir": self.base_dir}))
 
     async def teardown(self) -> None:
         await self.sink.close()

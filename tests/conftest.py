@@ -1,0 +1,173 @@
+"""Shared fixtures: one private nats-server per test session, and a runner that starts each vertex
+of a pipeline as its own OS process (`python -m framework.cli vertex ...`), as production does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import nats
+import pytest
+import pytest_asyncio
+import yaml
+
+from framework.buffer import provision
+from framework.embedded import EmbeddedNats
+from framework.spec import load_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory):
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats-store")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest_asyncio.fixture
+async def nc(nats_url: str):
+    client = await nats.connect(nats_url)
+    yield client
+    await client.drain()
+
+
+async def wait_for(condition: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float,
+                   what: str = "condition", interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+class Collector:
+    """Subscribes to a core NATS subject (a `nats` sink's output) and keeps every delivery."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+
+    async def start(self, client, subject: str) -> "Collector":
+        async def on_msg(msg):
+            self.msgs.append(msg)
+
+        self.sub = await client.subscribe(subject, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await client.flush()
+        return self
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.headers.get("Nf-Id") for m in self.msgs]
+
+    async def wait_count(self, n: int, timeout: float = 60) -> None:
+        await wait_for(lambda: len(self.msgs) >= n, timeout, f"{n} messages (have {len(self.msgs)})")
+
+
+class PipelineRunner:
+    """Writes a pipeline file, provisions it and runs each vertex as a separate process."""
+
+    def __init__(self, tmp: Path, url: str):
+        self.tmp = tmp
+        self.url = url
+        self.name = "t" + uuid.uuid4().hex[:8]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.file: Path | None = None
+
+    def write(self, vertices: list[dict], edges: list[dict], limits: dict | None = None) -> Path:
+        doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": self.name},
+               "spec": {"limits": limits or {}, "vertices": vertices, "edges": edges}}
+        self.file = self.tmp / f"{self.name}.yaml"
+        self.file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.pipeline = load_pipeline(self.file)
+        return self.file
+
+    async def provision(self) -> None:
+        client = await nats.connect(self.url)
+        try:
+            await provision(client.jetstream(), self.pipeline)
+        finally:
+            await client.close()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {**os.environ, "NATS_URL": self.url, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env.update(extra)
+        return env
+
+    def start(self, vertex: str, **env: str) -> subprocess.Popen:
+        log = self.tmp / f"{vertex}.log"
+        self.logs[vertex] = log
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(self.file), "--vertex", vertex],
+            env=self.env(**env), cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+        )
+        self.procs[vertex] = proc
+        return proc
+
+    async def start_all(self, **env: str) -> None:
+        await self.provision()
+        order = sorted(self.pipeline.spec.vertices, key=lambda v: v.kind == "source")
+        for v in order:
+            self.start(v.name, **env)
+
+    def log(self, vertex: str) -> str:
+        return self.logs[vertex].read_text(errors="replace")
+
+    def kill(self, vertex: str) -> None:
+        proc = self.procs[vertex]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    async def terminate(self, vertex: str, timeout: float = 30) -> int:
+        proc = self.procs[vertex]
+        proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: proc.poll() is not None, timeout, f"{vertex} to exit after SIGTERM")
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    async def stream_messages(self, client, stream: str) -> int:
+        info = await client.jetstream().stream_info(stream)
+        return info.state.messages
+
+    async def drained(self, client) -> bool:
+        """Every buffer of the pipeline is empty (all messages acked)."""
+        for v in self.pipeline.reading_vertices():
+            if await self.stream_messages(client, f"nf_{self.name}_{v.name}"):
+                return False
+        return True
+
+
+@pytest.fixture
+def runner(tmp_path: Path, nats_url: str):
+    r = PipelineRunner(tmp_path, nats_url)
+    yield r
+    r.stop_all()

@@ -1,0 +1,64 @@
+"""Handlers the end-to-end tests run inside real vertex processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from framework import Datum, Message
+
+
+def identity(keys: list[str], datum: Datum) -> Message:
+    return Message(datum.value)
+
+
+async def async_identity(keys: list[str], datum: Datum) -> Message:
+    await asyncio.sleep(0)
+    return Message(datum.value)
+
+
+def seq(datum: Datum) -> int:
+    return json.loads(datum.value)["seq"]
+
+
+def tag_parity(keys: list[str], datum: Datum) -> Message:
+    """Tags: 'even'/'odd', plus 'three' for multiples of 3."""
+    n = seq(datum)
+    tags = ["even" if n % 2 == 0 else "odd"]
+    if n % 3 == 0:
+        tags.append("three")
+    return Message(datum.value, tags=tags)
+
+
+def drop_odd(keys: list[str], datum: Datum) -> Message:
+    return Message.drop() if seq(datum) % 2 else Message(datum.value)
+
+
+def split_words(keys: list[str], datum: Datum) -> list[Message]:
+    """flatmap: one output per word; zero for an empty text."""
+    n = seq(datum)
+    return [Message(f"{n}:{i}".encode(), keys=[str(i)]) for i in range(n % 3)]
+
+
+def fail_multiples_of_7(keys: list[str], datum: Datum) -> Message:
+    n = seq(datum)
+    if n % 7 == 0:
+        raise ValueError(f"cannot score item {n}")
+    return Message(datum.value)
+
+
+def bad_return(keys: list[str], datum: Datum):
+    return {"not": "a message"}
+
+
+def slow_sink(datums: list[Datum]) -> None:
+    time.sleep(float(os.environ.get("SLOW_SINK_SECONDS", "0.05")))
+
+
+def slow_file_sink(datums: list[Datum]) -> None:
+    """A slow sink that records every id it wrote in $SINK_FILE (one line each)."""
+    time.sleep(float(os.environ.get("SLOW_SINK_SECONDS", "0.05")))
+    with open(os.environ["SINK_FILE"], "a") as f:
+        f.write("".join(d.id + "\n" for d in datums))

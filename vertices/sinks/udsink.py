@@ -1,0 +1,29 @@
+"""`udsink`: a user's Python function is the sink: `def write(datums: list[Datum]) -> None`
+(sync runs in a thread, async is awaited). Raising fails the whole batch, which is retried."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from framework.connectors import ConnectorContext
+from framework.sdk import Datum
+from framework.spec import Handler, load_handler
+
+
+class UserSink:
+    def __init__(self, config: Handler):
+        self.cfg = config
+
+    async def start(self, ctx: ConnectorContext) -> None:
+        self.fn = load_handler(self.cfg.handler, ctx.extra.get("base_dir"))
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+    async def write(self, datums: list[Datum]) -> None:
+        if self.is_async:
+            await self.fn(datums)
+        else:
+            await asyncio.to_thread(self.fn, datums)
+
+    async def close(self) -> None:
+        pass
