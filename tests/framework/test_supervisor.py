@@ -1,0 +1,66 @@
+"""`natsflow run` with no NATS URL: embedded server, one process per vertex, restarts, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from framework.embedded import free_port
+from tests.conftest import REPO, wait_for
+from tests.vertices.test_http_source import apost, ready
+
+
+def children(pid: int) -> dict[int, str]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+async def test_run_sentiment_example_on_embedded_nats(tmp_path):
+    port = free_port()
+    text = (REPO / "examples" / "sentiment" / "pipeline.yaml").read_text().replace("port: 8080", f"port: {port}")
+    (tmp_path / "pipeline.yaml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")}
+    env["PYTHONPATH"] = str(REPO)
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", "pipeline.yaml", "--grace", "10"],
+                            cwd=tmp_path, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: ready(port), 60, "the HTTP source")
+        url = f"http://127.0.0.1:{port}/vertices/in"
+        for sentence in ("I love this phone", "This is awful", "What a great day"):
+            assert (await apost(url, sentence.encode()))[0] == 200
+        await wait_for(lambda: log.read_text().count("[positive] positive id=") == 2, 30, "two positive lines")
+        out = log.read_text()
+        assert '"text": "I love this phone", "label": "positive"' in out
+        assert '"text": "What a great day", "label": "positive"' in out
+        assert "This is awful" not in out  # went to the blackhole
+        assert (tmp_path / ".natsflow" / "nats" / "sentiment").is_dir()
+
+        [map_pid] = [pid for pid, cmd in children(proc.pid).items() if "--vertex classify" in cmd]
+        os.kill(map_pid, signal.SIGKILL)
+        await wait_for(lambda: "vertex classify exited with code -9; restart #1" in log.read_text(), 30,
+                       "the supervisor to restart classify")
+        await wait_for(lambda: any("--vertex classify" in c for c in children(proc.pid).values()), 30,
+                       "a new classify process")
+        assert (await apost(url, b"Absolutely wonderful news")) [0] == 200
+        await wait_for(lambda: "Absolutely wonderful news" in log.read_text(), 30, "output after restart")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 0
+    assert "pipeline stopped" in log.read_text()
+    assert children(proc.pid) == {}
