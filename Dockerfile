@@ -1,0 +1,21 @@
+# One image for every vertex: the vertex is chosen by arguments, e.g.
+#   docker run IMAGE --pipeline /etc/natsflow/pipeline.yaml --vertex classify
+# with NATS_URL (and NATS_TOKEN / NATS_USER / NATS_PASSWORD / NATS_CREDS / NATS_TLS_*) in the environment.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY framework ./framework
+COPY vertices ./vertices
+COPY examples ./examples
+RUN pip install ".[examples]" \
+    && useradd --system --uid 10001 --no-create-home natsflow
+
+USER 10001
+# SIGTERM drains in-flight work and exits 0; give pods a grace period longer than the ack wait.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["natsflow", "vertex"]
