@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping, Sequence
 
-DROP = "U+005C__DROP__"
+DROP = "__drop__"
 """The tag that drops a message; `Message.drop()` sets it."""
 
 
