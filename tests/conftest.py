@@ -21,6 +21,7 @@ import yaml
 from framework.buffer import provision
 from framework.embedded import EmbeddedNats
 from framework.spec import load_pipeline
+from framework.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,12 +115,12 @@ class PipelineRunner:
         return env
 
     def start(self, vertex: str, **env: str) -> subprocess.Popen:
+        """Start one vertex the way `natsflow run` does (a `command` vertex runs its own program)."""
         log = self.tmp / f"{vertex}.log"
         self.logs[vertex] = log
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(self.file), "--vertex", vertex],
-            env=self.env(**env), cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-        )
+        cmd, extra = vertex_command(self.pipeline, self.file, vertex)
+        proc = subprocess.Popen(cmd, env=self.env(**extra, **env), cwd=REPO, stdout=open(log, "ab"),
+                                stderr=subprocess.STDOUT)
         self.procs[vertex] = proc
         return proc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 
 import pytest
@@ -220,3 +221,16 @@ async def test_discard_latest_counts_drops(runner, nc, tmp_path):
     await wait_for(lambda: sink_file.exists() and len(sink_file.read_text().splitlines()) >= written, 30,
                    "the sink to write what was kept")
     assert len(sink_file.read_text().splitlines()) == written
+
+
+async def test_command_vertex_speaks_the_protocol(runner, nc):
+    """A map written with plain nats-py from docs/protocol.md, between natsflow vertices."""
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    runner.write([gen("in", 1000), {"name": "upper", "udf": {"command": [sys.executable, "tests/raw_vertex.py"]}},
+                  out("out", f"{runner.name}.out")],
+                 [{"from": "in", "to": "upper"}, {"from": "upper", "to": "out"}])
+    await runner.start_all()
+    await sink.wait_count(1000)
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    assert sorted(json.loads(m.data.lower())["seq"] for m in sink.msgs) == list(range(1000))
+    assert all(m.data.startswith(b'{"ID":') for m in sink.msgs)
