@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import NotFoundError
 
+from .connection import publish_many, reply_all
 from .spec import OnFull, Pipeline
 
 log = logging.getLogger("natsflow.buffer")
@@ -279,9 +280,8 @@ class BufferReader:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-        while self._buf:
-            msg = self._buf.popleft()
-            await self._nc.publish(msg.reply, b"-NAK")
+        await reply_all(self._nc, list(self._buf), b"-NAK")
+        self._buf.clear()
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -333,14 +333,16 @@ class JetStreamPublisher:
         for attempt in range(3):
             loop = asyncio.get_running_loop()
             waits: list[tuple[int, asyncio.Future]] = []
+            batch = []
             for i in todo:
                 self._seq += 1
                 token = str(self._seq)
                 fut = loop.create_future()
                 self._futures[token] = fut
                 m = msgs[i]
-                await self._nc.publish(m.subject, m.payload, reply=self._prefix + token, headers=m.headers)
+                batch.append((m.subject, self._prefix + token, m.payload, m.headers))
                 waits.append((i, fut))
+            await publish_many(self._nc, batch)
             _, pending = await asyncio.wait([f for _, f in waits], timeout=self._timeout)
             todo = []
             for i, fut in waits:

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import buffer as b
-from .connection import NatsSettings
+from .connection import NatsSettings, reply_all
 from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, SourceRecord, load_connector
 from .metrics import VertexMetrics
 from .routing import Outgoing, Router, as_bytes, message_tags
@@ -155,8 +155,7 @@ class ReadingWorker(VertexWorker):
                 async with self._keep_alive(msgs):
                     handled = await self.process(msgs)
                 if handled:
-                    for m in msgs:
-                        await self.nc.publish(m.reply, b"+ACK")
+                    await reply_all(self.nc, msgs, b"+ACK")
                     self.metrics.ack.inc(len(msgs))
                 self.metrics.observe_batch(time.perf_counter() - started)
         finally:
@@ -186,8 +185,7 @@ class ReadingWorker(VertexWorker):
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self.limits.ack_wait / 3)
-                for m in msgs:
-                    await self.nc.publish(m.reply, b"+WPI")
+                await reply_all(self.nc, msgs, b"+WPI")
 
         task = asyncio.create_task(beat())
         try:
@@ -324,8 +322,7 @@ class SinkWorker(ReadingWorker):
                 if self.stopping.is_set():
                     log.warning("sink %s failing while stopping (%s); handing %d messages back",
                                 self.v.name, exc, len(msgs))
-                    for m in msgs:
-                        await self.nc.publish(m.reply, b"-NAK")
+                    await reply_all(self.nc, msgs, b"-NAK")
                     return False
                 log.warning("sink %s write failed: %s: %s; retrying in %.2fs", self.v.name,
                             type(exc).__name__, exc, delay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from framework.buffer import envelope_headers
+from framework.connection import publish_many
 from framework.connectors import ConnectorContext
 from framework.sdk import Datum
 from framework.spec import NatsSink as Config
@@ -17,9 +18,10 @@ class NatsSink:
         self.own = self.nc is not ctx.nc
 
     async def write(self, datums: list[Datum]) -> None:
-        for d in datums:
-            headers = envelope_headers(d.id, d.id, d.event_time_ms, d.keys, dict(d.headers))
-            await self.nc.publish(self.cfg.subject, d.value, headers=headers)
+        await publish_many(self.nc, [
+            (self.cfg.subject, "", d.value, envelope_headers(d.id, d.id, d.event_time_ms, d.keys, dict(d.headers)))
+            for d in datums
+        ])
         await self.nc.flush()
 
     async def close(self) -> None:

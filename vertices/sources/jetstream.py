@@ -6,6 +6,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from framework.buffer import HDR_EVENT_TIME, HDR_KEYS, BufferReader, decode_keys, stream_sequence
+from framework.connection import reply_all
 from framework.connectors import ConnectorContext, Emit, SourceRecord
 from framework.spec import JetStreamSource as Config
 
@@ -47,7 +48,6 @@ class JetStreamSource:
                     offset = f"{self.cfg.stream}:{stream_sequence(m)}"
                     records.append(SourceRecord(m.data, offset, event_ms, keys or None, user or None, offset))
                 await emit(records)
-                for m in msgs:
-                    await nc.publish(m.reply, b"+ACK")
+                await reply_all(nc, msgs, b"+ACK")
         finally:
             await reader.close()
