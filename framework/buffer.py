@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from .connection import publish_many, reply_all
+from .connection import publish_many, reply_all, subscribe_fast
 from .spec import OnFull, Pipeline
 
 log = logging.getLogger("natsflow.buffer")
@@ -212,10 +213,9 @@ class BufferReader:
         self._closed = False
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1,
-                                             pending_bytes_limit=-1)
+        self._sub = await subscribe_fast(self._nc, self._inbox, self._on_msg)
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         self._last_response = time.monotonic()
         if msg.reply:
             self._credit -= 1
@@ -316,10 +316,9 @@ class JetStreamPublisher:
         self._sub = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack, pending_msgs_limit=-1,
-                                             pending_bytes_limit=-1)
+        self._sub = await subscribe_fast(self._nc, self._prefix + "*", self._on_ack)
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
         fut = self._futures.pop(msg.subject[len(self._prefix):], None)
         if fut is not None and not fut.done():
             # an empty body with a status header is "no responders": the stream does not exist
@@ -388,6 +387,7 @@ class BufferGate:
         self._known = 0
         self._written = 0
         self._at = 0.0
+        self._warned = 0.0
 
     async def _update(self) -> None:
         info = await self._js.stream_info(self.stream)
@@ -398,7 +398,16 @@ class BufferGate:
     async def room(self, wanted: int) -> int:
         estimate = self._known + self._written
         if estimate + wanted > self.soft_limit or time.monotonic() - self._at > self._refresh:
-            await self._update()
+            try:
+                await self._update()
+            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                # Server restarting, JetStream not ready, stream not provisioned yet: no room
+                # until we know better; the writer waits and asks again.
+                if time.monotonic() - self._warned > 5:
+                    log.warning("cannot read the state of buffer %s (%s: %s); waiting",
+                                self.stream, type(exc).__name__, exc)
+                    self._warned = time.monotonic()
+                return 0
             estimate = self._known
         return max(0, self.soft_limit - estimate)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from typing import Any
+from typing import Any, Callable
 
 from nats import errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict
 
 ENV_PREFIX = "NATS_"
@@ -56,6 +58,30 @@ class FastClient(Client):
 
     _parse_header_lines = staticmethod(_parse_header_lines)
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, Callable[[Msg], None]] = {}
+
+    async def subscribe_direct(self, subject: str, handler: Callable[[Msg], None]) -> Subscription:
+        """Like subscribe(cb=...), but the plain function `handler` runs inside the read loop:
+        no queue and no task switch per message. Only for handlers that never block."""
+
+        async def unused(msg: Msg) -> None:  # pragma: no cover - direct dispatch bypasses it
+            handler(msg)
+
+        sub = await self.subscribe(subject, cb=unused)
+        self._direct[sub._id] = handler
+        return sub
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = self._direct.get(sid)
+        if handler is None or sid not in self._subs:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        hdr = await self._process_headers(headers) if headers else None
+        handler(self.msg_class(_client=self, subject=subject.decode(), reply=reply.decode(), data=data,
+                               headers=hdr, _sid=sid))
+
     async def publish_many(self, items: list[Publish]) -> None:
         if self.is_closed:
             raise errors.ConnectionClosedError
@@ -88,6 +114,17 @@ async def publish_many(nc: Client, items: list[Publish]) -> None:
         return
     for subject, reply, payload, headers in items:
         await nc.publish(subject, payload, reply=reply, headers=headers)
+
+
+async def subscribe_fast(nc: Client, subject: str, handler: Callable[[Msg], None]) -> Subscription:
+    """Direct dispatch on a FastClient; a plain nats-py client gets an ordinary callback."""
+    if isinstance(nc, FastClient):
+        return await nc.subscribe_direct(subject, handler)
+
+    async def cb(msg: Msg) -> None:
+        handler(msg)
+
+    return await nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
 
 
 async def reply_all(nc: Client, msgs: list, token: bytes) -> None:

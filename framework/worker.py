@@ -16,6 +16,7 @@ import signal
 import time
 from pathlib import Path
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -152,8 +153,15 @@ class ReadingWorker(VertexWorker):
                     continue
                 started = time.perf_counter()
                 self.metrics.read.inc(len(msgs))
-                async with self._keep_alive(msgs):
-                    handled = await self.process(msgs)
+                try:
+                    async with self._keep_alive(msgs):
+                        handled = await self.process(msgs)
+                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                    # A NATS outage mid-batch: leave the inputs unacked; JetStream redelivers them
+                    # after the ack wait and the msg ids drop whatever was already written.
+                    log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
+                                self.v.name, len(msgs), type(exc).__name__, exc)
+                    continue
                 if handled:
                     await reply_all(self.nc, msgs, b"+ACK")
                     self.metrics.ack.inc(len(msgs))
