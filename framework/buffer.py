@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from .connection import publish_many, reply_all, subscribe_fast
+from .connection import _NEWLINES, encode_headers, publish_many, reply_all, subscribe_fast
 from .spec import OnFull, Pipeline
 
 log = logging.getLogger("natsflow.buffer")
@@ -185,6 +185,28 @@ def envelope_headers(
     return headers
 
 
+def encode_envelope(
+    msg_id: str, data_id: str, event_time_ms: int, keys: Iterable[str] | None = None,
+    user_headers: dict[str, str] | None = None,
+) -> bytes:
+    """The same headers as `envelope_headers`, already in wire form: the hot path skips building
+    a dict and re-validating natsflow's own header names for every message."""
+    head = f"NATS/1.0\r\n{HDR_MSG_ID}: {_clean(msg_id)}\r\n{HDR_ID}: {_clean(data_id)}\r\n" \
+           f"{HDR_EVENT_TIME}: {event_time_ms}\r\n"
+    encoded = encode_keys(keys)
+    if encoded:
+        head += f"{HDR_KEYS}: {_clean(encoded)}\r\n"
+    if user_headers:
+        user = {k: v for k, v in user_headers.items() if k not in RESERVED_HEADERS}
+        if user:
+            return (head + encode_headers(user)[10:].decode()).encode()  # drop the 2nd status line
+    return (head + "\r\n").encode()
+
+
+def _clean(value: str) -> str:
+    return value.translate(_NEWLINES).strip()
+
+
 def stream_sequence(msg: Msg) -> int:
     """The stream sequence from a JetStream ack subject `$JS.ACK.<stream>.<consumer>.<n>.<sseq>...`."""
     parts = msg.reply.split(".")
@@ -291,7 +313,7 @@ class BufferReader:
 class OutMessage:
     subject: str
     payload: bytes
-    headers: dict[str, str]
+    headers: dict[str, str] | bytes  # bytes: already encoded (see encode_envelope)
 
 
 class PublishError(Exception):

@@ -38,7 +38,8 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
-Publish = tuple[str, str, bytes, "dict[str, str] | None"]  # subject, reply ('' for none), payload, headers
+# subject, reply ('' for none), payload, headers (a dict, or bytes already in wire form)
+Publish = tuple[str, str, bytes, "dict[str, str] | bytes | None"]
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
@@ -93,7 +94,7 @@ class FastClient(Client):
             if len(payload) > limit:
                 raise errors.MaxPayloadError
             if headers:
-                hdr = encode_headers(headers)
+                hdr = headers if isinstance(headers, bytes) else encode_headers(headers)
                 parts.append(f"HPUB {subject} {reply} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode())
                 parts.append(hdr)
             else:
@@ -113,6 +114,8 @@ async def publish_many(nc: Client, items: list[Publish]) -> None:
         await nc.publish_many(items)
         return
     for subject, reply, payload, headers in items:
+        if isinstance(headers, bytes):
+            headers = _parse_header_lines(headers[len(b"NATS/1.0\r\n"):])
         await nc.publish(subject, payload, reply=reply, headers=headers)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .buffer import BufferWriter, OutMessage, edge_subject, envelope_headers, stream_name
+from .buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, stream_name
 from .sdk import Message
 from .spec import Edge, OnFull, Pipeline
 
@@ -60,7 +60,7 @@ class Router:
             routes = self.targets(item.tags)
             if not routes:
                 continue
-            headers = envelope_headers(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
+            headers = encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
             for r in routes:
                 batches[r.edge.to][1].append(OutMessage(r.subject, item.value, headers))
         dropped = await self._writer.write(batches)
