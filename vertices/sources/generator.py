@@ -43,8 +43,10 @@ class GeneratorSource:
         cfg = self.cfg
         total = cfg.total
         n = 0
+        period_end = time.monotonic()
         while not ctx.stopping.is_set() and (total is None or n < total):
-            period_end = time.monotonic() + cfg.duration
+            # A fixed timeline: oversleeping one period does not lower the long-run rate.
+            period_end = max(period_end + cfg.duration, time.monotonic() - cfg.duration)
             sent = 0
             while sent < cfg.rpu and not ctx.stopping.is_set():
                 k = min(CHUNK, cfg.rpu - sent, (total - n) if total is not None else CHUNK)
