@@ -4,25 +4,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Mapping, Sequence
 
 DROP = "__drop__"
 """The tag that drops a message; `Message.drop()` sets it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Datum:
-    """One input message of a UDF or sink."""
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
-    keys: list[str]
-    value: bytes
-    event_time: datetime
-    headers: Mapping[str, str]
-    id: str
+
+class Datum:
+    """One input message of a UDF or sink: `keys`, `value`, `event_time` (UTC), `headers`, `id`.
+
+    The event time is kept as epoch milliseconds and turned into a datetime only when read, so a
+    handler that never looks at it costs nothing for it.
+    """
+
+    __slots__ = ("keys", "value", "headers", "id", "event_time_ms")
+
+    def __init__(self, keys: list[str], value: bytes, event_time: datetime | None = None,
+                 headers: Mapping[str, str] | None = None, id: str = "", *, event_time_ms: int | None = None):
+        if event_time_ms is None:
+            event_time_ms = int((event_time or datetime.now(timezone.utc)).timestamp() * 1000)
+        self.keys = keys
+        self.value = value
+        self.headers = headers if headers is not None else _NO_HEADERS
+        self.id = id
+        self.event_time_ms = event_time_ms
 
     @property
-    def event_time_ms(self) -> int:
-        return int(self.event_time.timestamp() * 1000)
+    def event_time(self) -> datetime:
+        return datetime_from_ms(self.event_time_ms)
+
+    def __repr__(self) -> str:
+        return (f"Datum(keys={self.keys!r}, value={self.value!r}, event_time={self.event_time.isoformat()}, "
+                f"id={self.id!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Datum):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)

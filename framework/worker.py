@@ -25,7 +25,7 @@ from .connection import NatsSettings, reply_all
 from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, SourceRecord, load_connector
 from .metrics import VertexMetrics
 from .routing import Outgoing, Router, as_bytes, message_tags
-from .sdk import Datum, Message, datetime_from_ms
+from .sdk import Datum, Message
 from .spec import Pipeline, Retry, load_handler, load_pipeline
 from .udf import MapRunner
 
@@ -37,12 +37,14 @@ GRACE_S = float(os.environ.get("NATSFLOW_GRACE_SECONDS", "30"))
 def decode_datum(msg: Msg) -> Datum:
     h = msg.headers or {}
     et = h.get(b.HDR_EVENT_TIME)
+    own = (b.HDR_MSG_ID in h) + (b.HDR_ID in h) + (et is not None) + (b.HDR_KEYS in h)
+    user = {k: v for k, v in h.items() if k not in b.RESERVED_HEADERS} if len(h) > own else None
     return Datum(
-        keys=b.decode_keys(h.get(b.HDR_KEYS)),
-        value=msg.data,
-        event_time=datetime_from_ms(int(et)) if et else datetime_from_ms(int(time.time() * 1000)),
-        headers={k: v for k, v in h.items() if k not in b.RESERVED_HEADERS},
+        b.decode_keys(h.get(b.HDR_KEYS)),
+        msg.data,
+        headers=user,
         id=h.get(b.HDR_ID) or h.get(b.HDR_MSG_ID) or "",
+        event_time_ms=int(et) if et else int(time.time() * 1000),
     )
 
 
@@ -275,9 +277,9 @@ class UdfWorker(ReadingWorker):
 
     @staticmethod
     def _outgoing(prefix: str, seq: int, i: int, d: Datum, out: Message) -> Outgoing:
-        headers = dict(d.headers) if d.headers else None
+        headers = d.headers or None
         if out.headers:
-            headers = {**(headers or {}), **out.headers}
+            headers = {**d.headers, **out.headers}
         return Outgoing(
             msg_id=f"{prefix}{seq}:{i}",
             data_id=d.id if i == 0 else f"{d.id}:{i}",
