@@ -322,10 +322,6 @@ class PublishError(Exception):
         super().__init__(f"{description} (err_code {code})")
 
 
-class BufferFull(Exception):
-    pass
-
-
 class JetStreamPublisher:
     """Publishes many messages and awaits all their acks together (one reply inbox per process)."""
 

@@ -51,20 +51,29 @@ class Router:
                 return r.edge.to
         return None
 
-    async def write(self, items: list[Outgoing]) -> dict[str, tuple[int, int]]:
-        """Write all items; per target vertex, (messages routed to it, messages discarded)."""
+    async def write(self, items: list[Outgoing]) -> "WriteReport":
+        """Write all items; report per target vertex how many were routed to it and discarded."""
         batches: dict[str, tuple[OnFull, list[OutMessage]]] = {
             r.edge.to: (r.edge.on_full, []) for r in self._routes
         }
+        unrouted = 0
         for item in items:
             routes = self.targets(item.tags)
             if not routes:
+                unrouted += 1  # no edge's condition matched its tags
                 continue
             headers = encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
             for r in routes:
                 batches[r.edge.to][1].append(OutMessage(r.subject, item.value, headers))
         dropped = await self._writer.write(batches)
-        return {to: (len(msgs), dropped.get(to, 0)) for to, (_, msgs) in batches.items()}
+        per_target = {to: (len(msgs), dropped.get(to, 0)) for to, (_, msgs) in batches.items()}
+        return WriteReport(per_target, unrouted)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReport:
+    per_target: dict[str, tuple[int, int]]  # to-vertex -> (routed, discarded because full)
+    unrouted: int  # messages whose tags matched no out-edge
 
 
 def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:

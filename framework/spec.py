@@ -418,6 +418,9 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
             problems.append((f"{where}.from", f"{e.from_!r} is a sink; sinks have no out-edges"))
         if e.to in index and vertices[index[e.to]].kind == "source":
             problems.append((f"{where}.to", f"{e.to!r} is a source; sources have no in-edges"))
+        if e.conditions is not None and e.from_ in index and vertices[index[e.from_]].kind == "source":
+            problems.append((f"{where}.conditions", "sources set no tags, so conditions on an edge "
+                             "from a source would never route by them; remove them"))
         if pairs[(e.from_, e.to)] > 1 and (e.from_, e.to) in seen:
             problems.append((where, f"duplicate edge from {e.from_!r} to {e.to!r}"))
         seen.add((e.from_, e.to))

@@ -24,7 +24,7 @@ from . import buffer as b
 from .connection import NatsSettings, reply_all
 from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, SourceRecord, load_connector
 from .metrics import VertexMetrics
-from .routing import Outgoing, Router, as_bytes, message_tags
+from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
 from .spec import Pipeline, Retry, load_handler, load_pipeline
 from .udf import MapRunner
@@ -99,10 +99,11 @@ class VertexWorker:
     async def serve(self) -> None:
         raise NotImplementedError
 
-    def count_writes(self, report: dict[str, tuple[int, int]]) -> None:
-        for to, (routed, dropped) in report.items():
+    def count_writes(self, report: WriteReport) -> None:
+        for to, (routed, dropped) in report.per_target.items():
             self.metrics.written(to, routed - dropped)
             self.metrics.dropped("buffer_full", dropped)
+        self.metrics.dropped("no_route", report.unrouted)
 
     async def shutdown(self) -> None:
         await self.publisher.close()

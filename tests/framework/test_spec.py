@@ -105,6 +105,9 @@ def test_field_errors_name_the_path(mutate, path, reason):
          ("spec.edges[3].to", "'in' is a source; sources have no in-edges")),
         (lambda r: r["spec"]["edges"].append({"from": "in", "to": "classify"}),
          ("spec.edges[3]", "duplicate edge from 'in' to 'classify'")),
+        (lambda r: r["spec"]["edges"][0].update({"conditions": {"tags": {"values": ["x"]}}}),
+         ("spec.edges[0].conditions", "sources set no tags, so conditions on an edge from a source would "
+          "never route by them; remove them")),
         (lambda r: r["spec"]["edges"].append({"from": "in", "to": "nowhere"}),
          ("spec.edges[3].to", "no vertex named 'nowhere'")),
         (lambda r: r["spec"]["vertices"].append({"name": "lonely", "sink": {"log": {}}}),

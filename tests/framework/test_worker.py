@@ -97,6 +97,9 @@ async def test_drop_and_flatmap(runner, nc):
     await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
     assert sorted(seqs(kept)) == list(range(0, 300, 2))
     assert sorted(m.data.decode() for m in flat.msgs) == expected_flat
+    assert await runner.terminate("dropper") == 0
+    stats = json.loads(runner.log("dropper").rsplit("stats ", 1)[1].splitlines()[0])
+    assert stats["forwarder_drop_total[drop_tag]"] == 150 and stats["forwarder_write_total[kept]"] == 150
     assert len(set(flat.ids)) == len(expected_flat)  # output i>0 gets id '<input id>:<i>'
 
 
