@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from nats.aio.client import Client
 
+from .buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
 from .connection import NatsSettings
 from .sdk import Datum
 
@@ -38,6 +39,16 @@ class SourceRecord:
     keys: list[str] | None = None
     headers: dict[str, str] | None = None
     id: str | None = None
+
+
+def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecord:
+    """A record from a NATS message that may carry natsflow's envelope headers (keys, event time);
+    other `Nats-*`/`Nf-*` headers are dropped, user headers pass through."""
+    h = msg.headers or {}
+    et = h.get(HDR_EVENT_TIME)
+    keys = decode_keys(h.get(HDR_KEYS))
+    user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
+    return SourceRecord(msg.data, offset, int(et) if et else default_event_ms, keys or None, user or None, offset)
 
 
 class BufferFull(Exception):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.buffer import HDR_EVENT_TIME, HDR_KEYS, BufferReader, decode_keys, stream_sequence
+from framework.buffer import BufferReader, stream_sequence
 from framework.connection import reply_all
-from framework.connectors import ConnectorContext, Emit, SourceRecord
+from framework.connectors import ConnectorContext, Emit, record_from_msg
 from framework.spec import JetStreamSource as Config
 
 BATCH = 500
@@ -38,16 +38,9 @@ class JetStreamSource:
                 msgs = await reader.fetch(1.0)
                 if not msgs:
                     continue
-                records = []
-                for m in msgs:
-                    h = dict(m.headers or {})
-                    et = h.pop(HDR_EVENT_TIME, None)
-                    keys = decode_keys(h.pop(HDR_KEYS, None))
-                    user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
-                    event_ms = int(et) if et else int(m.metadata.timestamp.timestamp() * 1000)
-                    offset = f"{self.cfg.stream}:{stream_sequence(m)}"
-                    records.append(SourceRecord(m.data, offset, event_ms, keys or None, user or None, offset))
-                await emit(records)
+                # The stream position is the offset; publish time is the event time by default.
+                await emit([record_from_msg(m, f"{self.cfg.stream}:{stream_sequence(m)}",
+                                            int(m.metadata.timestamp.timestamp() * 1000)) for m in msgs])
                 await reply_all(nc, msgs, b"+ACK")
         finally:
             await reader.close()

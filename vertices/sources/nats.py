@@ -12,22 +12,17 @@ import uuid
 
 from nats.aio.msg import Msg
 
-from framework.buffer import HDR_EVENT_TIME, HDR_KEYS, HDR_MSG_ID, decode_keys
-from framework.connectors import ConnectorContext, Emit, SourceRecord
+from framework.buffer import HDR_MSG_ID
+from framework.connectors import ConnectorContext, Emit, SourceRecord, record_from_msg
 from framework.spec import NatsSource as Config
 
 BATCH = 500
 LINGER_S = 0.005
 
 
-def record_from(msg: Msg, fallback_offset: str) -> SourceRecord:
-    h = dict(msg.headers or {})
-    et = h.pop(HDR_EVENT_TIME, None)
-    keys = decode_keys(h.pop(HDR_KEYS, None))
-    offset = h.pop(HDR_MSG_ID, None) or fallback_offset
-    user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
-    return SourceRecord(msg.data, offset, int(et) if et else int(time.time() * 1000), keys or None,
-                        user or None, offset)
+def record_from(msg: Msg) -> SourceRecord:
+    offset = (msg.headers or {}).get(HDR_MSG_ID) or uuid.uuid4().hex  # the publisher's id dedups
+    return record_from_msg(msg, offset, int(time.time() * 1000))
 
 
 class NatsSource:
@@ -55,9 +50,9 @@ class NatsSource:
                         batch.append(queue.get_nowait())
                     if len(batch) < BATCH:
                         await asyncio.sleep(0)
-                await emit([record_from(m, uuid.uuid4().hex) for m in batch])
+                await emit([record_from(m) for m in batch])
         finally:
             await sub.unsubscribe()
             while not queue.empty():  # received but not stored: write before exiting
                 rest = [queue.get_nowait() for _ in range(min(BATCH, queue.qsize()))]
-                await emit([record_from(m, uuid.uuid4().hex) for m in rest])
+                await emit([record_from(m) for m in rest])
