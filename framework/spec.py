@@ -65,6 +65,17 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class Handler(Model):
+    handler: str
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Handler":
+        module, _, func = self.handler.partition(":")
+        if not module or not func:
+            raise ValueError(f"handler {self.handler!r} must look like 'package.module:function'")
+        return self
+
+
 class Limits(Model):
     read_batch_size: int | None = Field(None, alias="readBatchSize", ge=1, le=10_000)
     buffer_max_length: int | None = Field(None, alias="bufferMaxLength", ge=1)
@@ -142,34 +153,27 @@ class JetStreamSource(Model):
     deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
 
 
+SOURCE_KINDS = ("generator", "http", "nats", "jetstream")
+
+
 class Source(Model):
     generator: GeneratorSource | None = None
     http: HttpSource | None = None
     nats: NatsSource | None = None
     jetstream: JetStreamSource | None = None
+    event_time: Handler | None = Field(None, alias="eventTime")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
-        _exactly_one_of(self, "source")
+        _exactly_one_of(self, "source", fields=SOURCE_KINDS)
         return self
 
     @property
     def kind(self) -> str:
-        return _chosen(self)
+        return _chosen(self, fields=SOURCE_KINDS)
 
 
 # ---- UDFs ------------------------------------------------------------------------------------
-
-
-class Handler(Model):
-    handler: str
-
-    @model_validator(mode="after")
-    def _shape(self) -> "Handler":
-        module, _, func = self.handler.partition(":")
-        if not module or not func:
-            raise ValueError(f"handler {self.handler!r} must look like 'package.module:function'")
-        return self
 
 
 class Retry(Model):
@@ -181,21 +185,41 @@ class Retry(Model):
     cap: Duration = 2.0
 
 
+class BatchMap(Handler):
+    max_batch_size: int = Field(64, alias="maxBatchSize", ge=1, le=10_000)
+    max_wait: Duration = Field(0.05, alias="maxWait")
+
+
+UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "command")
+
+
 class Udf(Model):
     map: Handler | None = None
     flatmap: Handler | None = None
+    batch_map: BatchMap | None = Field(None, alias="batchMap")
+    map_stream: Handler | None = Field(None, alias="mapStream")
     command: list[str] | None = Field(None, min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Udf":
-        _exactly_one_of(self, "udf", fields=("map", "flatmap", "command"))
+        chosen = [k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.command)]
+        if len(chosen) != 1:
+            raise ValueError(f"a udf must set exactly one of: {', '.join(UDF_KINDS)} (found {len(chosen)})")
         return self
+
+    def handler_of(self, kind: str) -> "Handler | None":
+        return {"map": self.map, "flatmap": self.flatmap, "batchMap": self.batch_map,
+                "mapStream": self.map_stream}.get(kind)
 
     @property
     def kind(self) -> str:
-        return _chosen(self, fields=("map", "flatmap", "command"))
+        return next(k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.command))
+
+    @property
+    def handler(self) -> "Handler | None":
+        return self.handler_of(self.kind)
 
 
 # ---- sinks -----------------------------------------------------------------------------------
@@ -441,10 +465,12 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
 def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]]:
     problems = []
     for i, v in enumerate(p.spec.vertices):
-        if v.udf is not None and v.udf.kind != "command":
-            where, ref = f"udf.{v.udf.kind}", getattr(v.udf, v.udf.kind).handler
+        if v.udf is not None and v.udf.handler is not None:
+            where, ref = f"udf.{v.udf.kind}", v.udf.handler.handler
         elif v.sink is not None and v.sink.udsink is not None:
             where, ref = "sink.udsink", v.sink.udsink.handler
+        elif v.source is not None and v.source.event_time is not None:
+            where, ref = "source.eventTime", v.source.event_time.handler
         else:
             continue
         try:

@@ -38,14 +38,16 @@ def normalize(result: Any) -> list[Message]:
     return list(out)
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
 class MapRunner:
     """Runs `fn(keys, datum)` for every datum in a batch, isolating each call's exception."""
 
     def __init__(self, fn: Callable[..., Any], pool: ThreadPoolExecutor | None = None):
         self._fn = fn
-        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
-        )
+        self._async = _is_async(fn)
         self._pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="natsflow-udf")
 
     async def run(self, datums: list[Datum]) -> list[Result]:
@@ -69,6 +71,54 @@ class MapRunner:
             except Exception as exc:  # noqa: BLE001
                 out.append(exc)
         return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class BatchMapRunner:
+    """Runs `fn(datums) -> results` on chunks of at most `max_batch_size` (one model call per
+    chunk). The handler returns one result per input: a list in input order, or a dict keyed by
+    `Datum.id`; each result is what a map handler may return. Any mismatch fails the whole chunk."""
+
+    def __init__(self, fn: Callable[..., Any], max_batch_size: int, pool: ThreadPoolExecutor | None = None):
+        self._fn = fn
+        self._size = max_batch_size
+        self._async = _is_async(fn)
+        self._pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="natsflow-udf")
+
+    async def run(self, datums: list[Datum]) -> list[Result]:
+        out: list[Result] = []
+        for start in range(0, len(datums), self._size):
+            chunk = datums[start:start + self._size]
+            try:
+                if self._async:
+                    raw = await self._fn(chunk)
+                else:
+                    raw = await asyncio.get_running_loop().run_in_executor(self._pool, self._fn, chunk)
+                out.extend(self.align(chunk, raw))
+            except Exception as exc:  # noqa: BLE001 - the whole chunk failed
+                out.extend([exc] * len(chunk))
+        return out
+
+    @staticmethod
+    def align(chunk: list[Datum], raw: Any) -> list[Result]:
+        if isinstance(raw, dict):
+            ids = [d.id for d in chunk]
+            if set(raw) != set(ids) or len(set(ids)) != len(ids):
+                missing = [i for i in ids if i not in raw][:3]
+                extra = [k for k in raw if k not in set(ids)][:3]
+                raise HandlerResultError(
+                    f"batch handler returned results for {len(raw)} ids, expected exactly the {len(ids)} "
+                    f"input ids (missing {missing}, unexpected {extra})")
+            return [normalize(raw[i]) for i in ids]
+        if not isinstance(raw, (list, tuple)):
+            raise HandlerResultError(
+                f"batch handler returned {type(raw).__name__}; expected a list (one result per input) "
+                "or a dict keyed by Datum.id")
+        if len(raw) != len(chunk):
+            raise HandlerResultError(f"batch handler returned {len(raw)} results for {len(chunk)} inputs")
+        return [normalize(r) for r in raw]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

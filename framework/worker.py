@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 from nats import errors as nats_errors
@@ -27,7 +29,7 @@ from .metrics import VertexMetrics
 from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
 from .spec import Pipeline, Retry, load_handler, load_pipeline
-from .udf import MapRunner
+from .udf import BatchMapRunner, HandlerResultError, MapRunner
 
 log = logging.getLogger("natsflow.worker")
 
@@ -127,8 +129,31 @@ class SourceWorker(VertexWorker):
             for r in records
         ]
 
+    def _event_time_fn(self):
+        if not hasattr(self, "_et_fn"):
+            ref = self.v.source.event_time
+            self._et_fn = load_handler(ref.handler, self.base_dir) if ref else None
+        return self._et_fn
+
+    def assign_event_times(self, records: list[SourceRecord]) -> None:
+        """Run the source's `eventTime` extractor: `fn(keys, datum) -> datetime | epoch ms`.
+        A record it fails on keeps the source's own event time; the failure is counted and logged."""
+        fn = self._event_time_fn()
+        if fn is None:
+            return
+        for r in records:
+            try:
+                t = fn(r.keys or [], Datum(r.keys or [], r.value, headers=r.headers, id=r.id or r.offset,
+                                           event_time_ms=r.event_time_ms))
+                r.event_time_ms = int(t.timestamp() * 1000) if isinstance(t, datetime) else int(t)
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.error.inc(1)
+                log.warning("vertex %s: eventTime extractor failed for %s (%s: %s); kept the source's time",
+                            self.v.name, r.offset, type(exc).__name__, exc)
+
     async def emit(self, records: list[SourceRecord]) -> None:
         self.metrics.read.inc(len(records))
+        self.assign_event_times(records)
         self.count_writes(await self.router.write(self._outgoing(records)))
 
     async def try_emit(self, records: list[SourceRecord]) -> None:
@@ -151,7 +176,7 @@ class ReadingWorker(VertexWorker):
         await self.reader.start()
         try:
             while not self.stopping.is_set():
-                msgs = await self.reader.fetch(self.limits.read_timeout)
+                msgs = await self.read()
                 if not msgs:
                     continue
                 started = time.perf_counter()
@@ -172,6 +197,9 @@ class ReadingWorker(VertexWorker):
         finally:
             await self.reader.close()
             await self.teardown()
+
+    async def read(self) -> list[Msg]:
+        return await self.reader.fetch(self.limits.read_timeout)
 
     def on_stop(self) -> None:
         reader = getattr(self, "reader", None)
@@ -238,10 +266,27 @@ class ReadingWorker(VertexWorker):
 
 
 class UdfWorker(ReadingWorker):
+    """map, flatmap and batchMap: a runner turns a batch of datums into one result per datum."""
+
     async def setup(self) -> None:
         udf = self.v.udf
-        fn = load_handler(getattr(udf, udf.kind).handler, self.base_dir)
-        self.runner = MapRunner(fn)
+        fn = load_handler(udf.handler.handler, self.base_dir)
+        bm = udf.batch_map
+        self.runner = BatchMapRunner(fn, bm.max_batch_size) if bm else MapRunner(fn)
+
+    async def read(self) -> list[Msg]:
+        msgs = await self.reader.fetch(self.limits.read_timeout)
+        bm = self.v.udf.batch_map
+        if bm is None or not msgs:
+            return msgs
+        # batchMap: give a model batch up to maxWait to fill up before calling it.
+        deadline = time.monotonic() + bm.max_wait
+        while len(msgs) < bm.max_batch_size and not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            msgs += await self.reader.fetch(remaining)
+        return msgs
 
     async def teardown(self) -> None:
         self.runner.close()
@@ -261,15 +306,13 @@ class UdfWorker(ReadingWorker):
                 filtered += 1
                 continue
             seq = b.stream_sequence(m)
-            for i, out in enumerate(res):
-                if out.is_drop:
-                    tag_dropped += 1
-                    continue
-                try:
-                    outgoing.append(self._outgoing(prefix, seq, i, d, out))
-                except TypeError as exc:
-                    failed.append((m, f"TypeError: {exc}"))
-                    break
+            try:
+                mine = [self._outgoing(prefix, seq, i, d, out) for i, out in enumerate(res) if not out.is_drop]
+            except TypeError as exc:  # e.g. a value that is neither bytes nor str: the input fails
+                failed.append((m, f"TypeError: {exc}"))
+                continue
+            tag_dropped += len(res) - len(mine)
+            outgoing.extend(mine)
         self.count_writes(await self.router.write(outgoing))
         self.metrics.dropped("drop_tag", tag_dropped)
         self.metrics.dropped("filtered", filtered)
@@ -308,6 +351,52 @@ class UdfWorker(ReadingWorker):
                 results[i] = r
 
 
+class MapStreamWorker(UdfWorker):
+    """mapStream: `async def fn(keys, datum)` yields messages; each is written as soon as it is
+    produced (in order per input), and the input is acked after its last output is stored."""
+
+    async def setup(self) -> None:
+        self.fn = load_handler(self.v.udf.map_stream.handler, self.base_dir)
+        if not inspect.isasyncgenfunction(self.fn):
+            raise TypeError(f"mapStream handler {self.v.udf.map_stream.handler!r} must be an async generator "
+                            "function (async def ... yield Message(...))")
+
+    async def teardown(self) -> None:
+        pass
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        good, failed = self.decode(msgs)
+        errors = await asyncio.gather(*(self._stream_one(m, d) for m, d in good))
+        failed += [(m, f"{type(e).__name__}: {e}") for (m, _), e in zip(good, errors) if e is not None]
+        await self.dead_letter(failed)
+        return True
+
+    async def _stream_one(self, m: Msg, d: Datum) -> Exception | None:
+        prefix, seq = self.v.name + ":", b.stream_sequence(m)
+        delays = backoff_delays(self.v.udf.retry)
+        while True:
+            try:
+                i = 0
+                async for out in self.fn(d.keys, d):
+                    if not isinstance(out, Message):
+                        raise HandlerResultError(f"mapStream handler yielded {type(out).__name__}; expected Message")
+                    if out.is_drop:
+                        self.metrics.dropped("drop_tag", 1)
+                    else:
+                        # Ids depend only on (input, position): a retried stream rewrites the same ids.
+                        self.count_writes(await self.router.write([self._outgoing(prefix, seq, i, d, out)]))
+                    i += 1
+                return None
+            except (nats_errors.Error, asyncio.TimeoutError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.error.inc(1)
+                delay = next(delays, None)
+                if delay is None or self.stopping.is_set():
+                    return exc
+                await asyncio.sleep(delay)
+
+
 class SinkWorker(ReadingWorker):
     async def setup(self) -> None:
         cfg = self.v.sink
@@ -343,8 +432,10 @@ class SinkWorker(ReadingWorker):
 
 
 def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path | None) -> VertexWorker:
-    kind = p.vertex(vertex).kind
-    cls = {"source": SourceWorker, "udf": UdfWorker, "sink": SinkWorker}[kind]
+    v = p.vertex(vertex)
+    cls = {"source": SourceWorker, "udf": UdfWorker, "sink": SinkWorker}[v.kind]
+    if v.udf is not None and v.udf.kind == "mapStream":
+        cls = MapStreamWorker
     return cls(p, vertex, settings, base_dir)
 
 

@@ -62,3 +62,30 @@ def slow_file_sink(datums: list[Datum]) -> None:
     time.sleep(float(os.environ.get("SLOW_SINK_SECONDS", "0.05")))
     with open(os.environ["SINK_FILE"], "a") as f:
         f.write("".join(d.id + "\n" for d in datums))
+
+
+def batch_double(datums: list[Datum]) -> list[Message]:
+    """batchMap, results in input order; records the batch size in a header."""
+    return [Message(d.value, headers={"batch-size": str(len(datums))}) for d in datums]
+
+
+async def batch_by_id(datums: list[Datum]) -> dict[str, Message]:
+    return {d.id: Message(d.value) for d in reversed(datums)}
+
+
+def batch_short(datums: list[Datum]) -> list[Message]:
+    """Violates the contract: one result too few."""
+    return [Message(d.value) for d in datums[1:]]
+
+
+async def stream_three(keys: list[str], datum: Datum):
+    """mapStream: three outputs per input, produced one after another."""
+    n = seq(datum)
+    for part in range(3):
+        await asyncio.sleep(0)
+        yield Message(f"{n}:{part}".encode())
+
+
+def event_time_from_seq(keys: list[str], datum: Datum) -> int:
+    """eventTime extractor: event time = 2024-01-01T00:00:00Z + seq seconds."""
+    return 1_704_067_200_000 + seq(datum) * 1000

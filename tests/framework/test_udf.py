@@ -45,3 +45,17 @@ async def test_runner_isolates_each_failure(is_async):
     runner.close()
     assert [str(r) if isinstance(r, Exception) else r[0].value for r in results] == [
         "bad 0", b"11", b"22", "bad 3", b"44", b"55", "bad 6"]
+
+
+def test_batch_alignment_rules():
+    from framework.udf import BatchMapRunner
+
+    chunk = [datum(i) for i in range(3)]
+    ok = BatchMapRunner.align(chunk, {"2": Message(b"c"), "0": Message(b"a"), "1": None})
+    assert [[m.value for m in r] for r in ok] == [[b"a"], [], [b"c"]]
+    with pytest.raises(HandlerResultError, match=r"returned 2 results for 3 inputs"):
+        BatchMapRunner.align(chunk, [Message(b"a"), Message(b"b")])
+    with pytest.raises(HandlerResultError, match=r"missing \['2'\], unexpected \['9'\]"):
+        BatchMapRunner.align(chunk, {"0": None, "1": None, "9": None})
+    with pytest.raises(HandlerResultError, match="expected a list"):
+        BatchMapRunner.align(chunk, Message(b"x"))
