@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from .connection import _NEWLINES, encode_headers, publish_many, reply_all, subscribe_fast
 from .spec import OnFull, Pipeline
+from .watermark import bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.buffer")
 
@@ -47,16 +48,28 @@ DLQ_MAX_MSGS = 1_000_000
 ERR_STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum messages exceeded" with discard=new
 
 
-def stream_name(pipeline: str, vertex: str) -> str:
-    return f"nf_{pipeline}_{vertex}"
+def _part(partition: int | None) -> str:
+    return "" if partition is None else f"_p{partition}"
 
 
-def consumer_name(pipeline: str, vertex: str) -> str:
-    return stream_name(pipeline, vertex)
+def stream_name(pipeline: str, vertex: str, partition: int | None = None) -> str:
+    """A partitioned (keyed reduce) vertex has one buffer per partition: nf_<p>_<v>_p<i>."""
+    return f"nf_{pipeline}_{vertex}{_part(partition)}"
 
 
-def edge_subject(pipeline: str, to_vertex: str, from_vertex: str) -> str:
-    return f"nf.{pipeline}.{to_vertex}.{from_vertex}"
+def consumer_name(pipeline: str, vertex: str, partition: int | None = None) -> str:
+    return stream_name(pipeline, vertex, partition)
+
+
+def edge_subject(pipeline: str, to_vertex: str, from_vertex: str, partition: int | None = None) -> str:
+    return f"nf.{pipeline}.{to_vertex}{_part(partition)}.{from_vertex}"
+
+
+def partitions(p: Pipeline, vertex: str) -> list[int | None]:
+    """Partition indexes of a vertex's buffer: [None] unless it is a reduce with partitions > 1."""
+    v = p.vertex(vertex)
+    n = v.udf.reduce.partitions if v.udf is not None and v.udf.reduce is not None else 1
+    return [None] if n == 1 else list(range(n))
 
 
 def dlq_stream_name(pipeline: str, vertex: str) -> str:
@@ -70,11 +83,11 @@ def dlq_subject(pipeline: str, vertex: str) -> str:
 # ---- provisioning ----------------------------------------------------------------------------
 
 
-def buffer_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
+def buffer_stream_config(p: Pipeline, vertex: str, partition: int | None = None) -> api.StreamConfig:
     limits = p.limits_for(vertex)
     return api.StreamConfig(
-        name=stream_name(p.name, vertex),
-        subjects=[f"nf.{p.name}.{vertex}.*"],
+        name=stream_name(p.name, vertex, partition),
+        subjects=[f"nf.{p.name}.{vertex}{_part(partition)}.*"],
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
         discard=api.DiscardPolicy.NEW,
@@ -84,15 +97,18 @@ def buffer_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
     )
 
 
-def buffer_consumer_config(p: Pipeline, vertex: str) -> api.ConsumerConfig:
+def buffer_consumer_config(p: Pipeline, vertex: str, partition: int | None = None) -> api.ConsumerConfig:
     limits = p.limits_for(vertex)
     replicas = max(1, p.vertex(vertex).scale.max)
+    v = p.vertex(vertex)
+    # A reduce holds every input of its open windows unacked until they are emitted.
+    held = limits.buffer_max_length if v.udf is not None and v.udf.reduce is not None else 0
     return api.ConsumerConfig(
-        durable_name=consumer_name(p.name, vertex),
+        durable_name=consumer_name(p.name, vertex, partition),
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=limits.ack_wait,
-        max_ack_pending=max(1000, 4 * limits.read_batch_size * replicas),
+        max_ack_pending=max(1000, 4 * limits.read_batch_size * replicas, held),
         max_waiting=512,
         description=f"natsflow reader of vertex {vertex}",
     )
@@ -144,12 +160,14 @@ async def provision(js: JetStreamContext, p: Pipeline) -> list[tuple[str, str]]:
     """Create or update every buffer, consumer and dead-letter stream; idempotent."""
     done: list[tuple[str, str]] = []
     for v in p.reading_vertices():
-        cfg = buffer_stream_config(p, v.name)
-        done.append((f"stream {cfg.name}", await ensure_stream(js, cfg)))
-        ccfg = buffer_consumer_config(p, v.name)
-        done.append((f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg)))
+        for part in partitions(p, v.name):
+            cfg = buffer_stream_config(p, v.name, part)
+            done.append((f"stream {cfg.name}", await ensure_stream(js, cfg)))
+            ccfg = buffer_consumer_config(p, v.name, part)
+            done.append((f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg)))
         dcfg = dlq_stream_config(p, v.name)
         done.append((f"stream {dcfg.name}", await ensure_stream(js, dcfg)))
+    done.append((f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name)))
     return done
 
 
@@ -225,6 +243,7 @@ class BufferReader:
         self._nc = nc
         self._batch = batch_size
         self._expires = expires
+        self.stream, self.consumer = stream, consumer
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._buf: collections.deque[Msg] = collections.deque()
@@ -332,6 +351,7 @@ class JetStreamPublisher:
         self._futures: dict[str, asyncio.Future[bytes | None]] = {}
         self._seq = 0
         self._sub = None
+        self.last_seq: dict[str, int] = {}  # subject -> highest stream sequence acked (for watermarks)
 
     async def start(self) -> None:
         self._sub = await subscribe_fast(self._nc, self._prefix + "*", self._on_ack)
@@ -362,6 +382,7 @@ class JetStreamPublisher:
             await publish_many(self._nc, batch)
             _, pending = await asyncio.wait([f for _, f in waits], timeout=self._timeout)
             todo = []
+            last_ack: dict[str, bytes] = {}
             for i, fut in waits:
                 if fut in pending:
                     fut.cancel()
@@ -369,6 +390,10 @@ class JetStreamPublisher:
                     results[i] = TimeoutError("no publish ack within %.1fs" % self._timeout)
                     continue
                 results[i] = _puback_error(fut.result())
+                if results[i] is None:
+                    last_ack[msgs[i].subject] = fut.result()
+            for subject, data in last_ack.items():  # one JSON parse per subject and batch
+                self.last_seq[subject] = max(self.last_seq.get(subject, 0), int(json.loads(data)["seq"]))
             if not todo:
                 break
             self._futures = {k: f for k, f in self._futures.items() if not f.done()}

@@ -1,18 +1,28 @@
-"""Turning a vertex's outputs into buffer writes: tag conditions pick out-edges, ids are derived."""
+"""Turning a vertex's outputs into buffer writes: tag conditions pick out-edges, keys pick the
+partition of a keyed reduce, ids are derived, and the watermark publisher learns what was written."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-from .buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, stream_name
+from .buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
 from .sdk import Message
 from .spec import Edge, OnFull, Pipeline
+from .watermark import WatermarkPublisher
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     edge: Edge
-    subject: str
+    subjects: tuple[str, ...]  # one per partition of the target's buffer
+    targets: tuple[str, ...]  # writer keys: "<to>" or "<to>#<partition>"
+
+    def pick(self, keys) -> int:
+        if len(self.subjects) == 1:
+            return 0
+        # The same keys always land in the same partition, so a key's window lives in one place.
+        return zlib.crc32("\x1f".join(keys or ()).encode()) % len(self.subjects)
 
 
 @dataclass(slots=True)
@@ -26,54 +36,82 @@ class Outgoing:
     keys: list[str] | tuple[str, ...] | None
     headers: dict[str, str] | None
     tags: frozenset[str]
-
-
-class Router:
-    """Routes a batch of outputs to the buffers of a vertex's out-edges and writes them."""
-
-    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter):
-        self._writer = writer
-        self._routes = [Route(e, edge_subject(p.name, e.to, vertex)) for e in p.out_edges(vertex)]
-        self._unconditional = all(e.conditions is None for e in p.out_edges(vertex))
-        for r in self._routes:
-            limits = p.limits_for(r.edge.to)
-            writer.add_target(r.edge.to, stream_name(p.name, r.edge.to), limits.buffer_soft_limit)
-
-    def targets(self, tags: frozenset[str]) -> list[Route]:
-        if self._unconditional:
-            return self._routes
-        return [r for r in self._routes if r.edge.accepts(tags)]
-
-    async def full_target(self, n: int) -> str | None:
-        """The first unconditional target that cannot take `n` more messages now, if any."""
-        for r in self.targets(frozenset()):
-            if await self._writer.room(r.edge.to, n) < n:
-                return r.edge.to
-        return None
-
-    async def write(self, items: list[Outgoing]) -> "WriteReport":
-        """Write all items; report per target vertex how many were routed to it and discarded."""
-        batches: dict[str, tuple[OnFull, list[OutMessage]]] = {
-            r.edge.to: (r.edge.on_full, []) for r in self._routes
-        }
-        unrouted = 0
-        for item in items:
-            routes = self.targets(item.tags)
-            if not routes:
-                unrouted += 1  # no edge's condition matched its tags
-                continue
-            headers = encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
-            for r in routes:
-                batches[r.edge.to][1].append(OutMessage(r.subject, item.value, headers))
-        dropped = await self._writer.write(batches)
-        per_target = {to: (len(msgs), dropped.get(to, 0)) for to, (_, msgs) in batches.items()}
-        return WriteReport(per_target, unrouted)
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class WriteReport:
     per_target: dict[str, tuple[int, int]]  # to-vertex -> (routed, discarded because full)
     unrouted: int  # messages whose tags matched no out-edge
+
+
+def target_key(to: str, partition: int | None) -> str:
+    return to if partition is None else f"{to}#{partition}"
+
+
+class Router:
+    """Routes a batch of outputs to the buffers of a vertex's out-edges and writes them."""
+
+    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter, publisher=None):
+        self._writer = writer
+        self._pub = publisher  # JetStreamPublisher: knows the last acked sequence per subject
+        self._routes: list[Route] = []
+        for e in p.out_edges(vertex):
+            parts = partitions(p, e.to)
+            limits = p.limits_for(e.to)
+            for part in parts:
+                writer.add_target(target_key(e.to, part), stream_name(p.name, e.to, part), limits.buffer_soft_limit)
+            self._routes.append(Route(e, tuple(edge_subject(p.name, e.to, vertex, part) for part in parts),
+                                      tuple(target_key(e.to, part) for part in parts)))
+        self._plain = all(e.conditions is None and not e.late for e in p.out_edges(vertex))
+        self.watermark_targets = [(e.to, part or 0) for e in p.out_edges(vertex) for part in partitions(p, e.to)]
+        self.wm: WatermarkPublisher | None = None
+
+    def targets(self, tags: frozenset[str], late: bool = False) -> list[Route]:
+        if self._plain:
+            return self._routes
+        return [r for r in self._routes if r.edge.late == late and r.edge.accepts(tags)]
+
+    async def full_target(self, n: int) -> str | None:
+        """The first target that cannot take `n` more messages now, if any."""
+        for r in self.targets(frozenset()):
+            for key in r.targets:
+                if await self._writer.room(key, n) < n:
+                    return r.edge.to
+        return None
+
+    async def write(self, items: list[Outgoing]) -> WriteReport:
+        """Write all items; report per target vertex how many were routed to it and discarded."""
+        batches: dict[str, tuple[OnFull, list[OutMessage]]] = {
+            key: (r.edge.on_full, []) for r in self._routes for key in r.targets
+        }
+        unrouted = 0
+        for item in items:
+            routes = self.targets(item.tags, item.late)
+            if not routes:
+                unrouted += 1  # no edge's condition matched its tags
+                continue
+            headers = encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
+            for r in routes:
+                i = r.pick(item.keys)
+                batches[r.targets[i]][1].append(OutMessage(r.subjects[i], item.value, headers))
+        dropped = await self._writer.write(batches)
+        self._note_sequences()
+        per_target: dict[str, tuple[int, int]] = {}
+        for key, (_, msgs) in batches.items():
+            to = key.split("#")[0]
+            routed, lost = per_target.get(to, (0, 0))
+            per_target[to] = (routed + len(msgs), lost + dropped.get(key, 0))
+        return WriteReport(per_target, unrouted)
+
+    def _note_sequences(self) -> None:
+        if self.wm is None or self._pub is None:
+            return
+        for r in self._routes:
+            for part, subject in enumerate(r.subjects):
+                seq = self._pub.last_seq.get(subject)
+                if seq:
+                    self.wm.wrote((r.edge.to, part), seq)
 
 
 def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:
@@ -88,4 +126,3 @@ def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:
 
 def message_tags(m: Message) -> frozenset[str]:
     return frozenset(m.tags) if m.tags else frozenset()
-

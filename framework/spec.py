@@ -190,7 +190,48 @@ class BatchMap(Handler):
     max_wait: Duration = Field(0.05, alias="maxWait")
 
 
-UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "command")
+class FixedWindow(Model):
+    length: Duration = Field(gt=0)
+
+
+class SlidingWindow(Model):
+    length: Duration = Field(gt=0)
+    slide: Duration = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _slide_le_length(self) -> "SlidingWindow":
+        if self.slide > self.length:
+            raise ValueError(f"slide ({self.slide}s) must not exceed length ({self.length}s)")
+        return self
+
+
+class SessionWindow(Model):
+    timeout: Duration = Field(gt=0)
+
+
+class WindowSpec(Model):
+    fixed: FixedWindow | None = None
+    sliding: SlidingWindow | None = None
+    session: SessionWindow | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "WindowSpec":
+        _exactly_one_of(self, "window")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return _chosen(self)
+
+
+class Reduce(Handler):
+    window: WindowSpec
+    keyed: bool = True
+    allowed_lateness: Duration = Field(0.0, alias="allowedLateness")
+    partitions: int = Field(1, ge=1, le=256)
+
+
+UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")
 
 
 class Udf(Model):
@@ -198,6 +239,7 @@ class Udf(Model):
     flatmap: Handler | None = None
     batch_map: BatchMap | None = Field(None, alias="batchMap")
     map_stream: Handler | None = Field(None, alias="mapStream")
+    reduce: Reduce | None = None
     command: list[str] | None = Field(None, min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
@@ -211,7 +253,7 @@ class Udf(Model):
 
     def handler_of(self, kind: str) -> "Handler | None":
         return {"map": self.map, "flatmap": self.flatmap, "batchMap": self.batch_map,
-                "mapStream": self.map_stream}.get(kind)
+                "mapStream": self.map_stream, "reduce": self.reduce}.get(kind)
 
     @property
     def kind(self) -> str:
@@ -329,6 +371,7 @@ class Edge(Model):
     to: Name
     conditions: Conditions | None = None
     on_full: OnFull = Field(OnFull.retry_until_success, alias="onFull")
+    late: bool = Field(False, description="from a reduce: this edge receives only late messages")
 
     def accepts(self, tags: frozenset[str]) -> bool:
         if self.conditions is None or self.conditions.tags is None:
@@ -342,8 +385,20 @@ class Metadata(Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class IdleSource(Model):
+    threshold: Duration = Field(gt=0)
+    increment_by: Duration = Field(alias="incrementBy", gt=0)
+
+
+class WatermarkConfig(Model):
+    max_delay: Duration = Field(0.0, alias="maxDelay")
+    idle_source: IdleSource | None = Field(None, alias="idleSource")
+    publisher_timeout: Duration = Field(10.0, alias="publisherTimeout", gt=0)
+
+
 class PipelineSpec(Model):
     limits: Limits = Field(default_factory=Limits)
+    watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
     vertices: list[Vertex] = Field(min_length=2)
     edges: list[Edge] = Field(min_length=1)
 
@@ -442,6 +497,9 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
             problems.append((f"{where}.from", f"{e.from_!r} is a sink; sinks have no out-edges"))
         if e.to in index and vertices[index[e.to]].kind == "source":
             problems.append((f"{where}.to", f"{e.to!r} is a source; sources have no in-edges"))
+        src = vertices[index[e.from_]] if e.from_ in index else None
+        if e.late and not (src is not None and src.udf is not None and src.udf.reduce is not None):
+            problems.append((f"{where}.late", "only edges from a reduce vertex can take late messages"))
         if e.conditions is not None and e.from_ in index and vertices[index[e.from_]].kind == "source":
             problems.append((f"{where}.conditions", "sources set no tags, so conditions on an edge "
                              "from a source would never route by them; remove them"))

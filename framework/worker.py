@@ -30,6 +30,7 @@ from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
 from .spec import Pipeline, Retry, load_handler, load_pipeline
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
+from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.worker")
 
@@ -78,7 +79,13 @@ class VertexWorker:
         self.js = self.nc.jetstream()
         self.publisher = b.JetStreamPublisher(self.nc)
         await self.publisher.start()
-        self.router = Router(self.p, self.v.name, b.BufferWriter(self.js, self.publisher))
+        self.router = Router(self.p, self.v.name, b.BufferWriter(self.js, self.publisher), self.publisher)
+        if self.p.out_edges(self.v.name) or self.v.kind != "sink":
+            await provision_bucket(self.js, self.p.name)
+            self.kv = await self.js.key_value(bucket_name(self.p.name))
+        if self.p.out_edges(self.v.name):
+            self.router.wm = WatermarkPublisher(self.kv, self.v.name, self.router.watermark_targets)
+            self.router.wm.start_heartbeat(self.on_heartbeat)
         port = os.environ.get("NATSFLOW_METRICS_PORT")
         if port:
             self.metrics.serve(int(port))
@@ -98,6 +105,10 @@ class VertexWorker:
     def on_stop(self) -> None:
         pass
 
+    def on_heartbeat(self) -> bool:
+        """Called every second by the watermark heartbeat; True to publish right away."""
+        return False
+
     async def serve(self) -> None:
         raise NotImplementedError
 
@@ -108,6 +119,8 @@ class VertexWorker:
         self.metrics.dropped("no_route", report.unrouted)
 
     async def shutdown(self) -> None:
+        if self.router.wm is not None:
+            await self.router.wm.close()
         await self.publisher.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.drain(), 10)
@@ -155,6 +168,26 @@ class SourceWorker(VertexWorker):
         self.metrics.read.inc(len(records))
         self.assign_event_times(records)
         self.count_writes(await self.router.write(self._outgoing(records)))
+        if records:
+            self._last_emit = time.monotonic()
+            wm_cfg = self.p.spec.watermark
+            await self.router.wm.update(min(r.event_time_ms for r in records) - int(wm_cfg.max_delay * 1000))
+
+    _last_emit = 0.0
+    _last_idle_step = 0.0
+
+    def on_heartbeat(self) -> bool:
+        """An idle source moves its watermark on by `incrementBy` every `threshold`, so windows
+        downstream close even when no data comes."""
+        idle = self.p.spec.watermark.idle_source
+        if idle is None or self.router.wm.wm < 0:
+            return False
+        now = time.monotonic()
+        if now - self._last_emit < idle.threshold or now - self._last_idle_step < idle.threshold:
+            return False
+        self._last_idle_step = now
+        self.router.wm.wm += int(idle.increment_by * 1000)
+        return True
 
     async def try_emit(self, records: list[SourceRecord]) -> None:
         full = await self.router.full_target(len(records))
@@ -172,12 +205,18 @@ class ReadingWorker(VertexWorker):
         self.reader = b.BufferReader(self.nc, stream, b.consumer_name(self.p.name, self.v.name),
                                      self.limits.read_batch_size)
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.processed_seq = 0
+        self.wm_in: WatermarkFetcher | None = None
+        if self.router.wm is not None:  # a vertex that writes on passes the watermark along
+            self.wm_in = WatermarkFetcher(self.kv, self.v.name, 0, self.p.spec.watermark.publisher_timeout)
+            await self.wm_in.start()
         await self.setup()
         await self.reader.start()
         try:
             while not self.stopping.is_set():
                 msgs = await self.read()
                 if not msgs:
+                    await self._idle_watermark()
                     continue
                 started = time.perf_counter()
                 self.metrics.read.inc(len(msgs))
@@ -193,10 +232,31 @@ class ReadingWorker(VertexWorker):
                 if handled:
                     await reply_all(self.nc, msgs, b"+ACK")
                     self.metrics.ack.inc(len(msgs))
+                    await self._pass_watermark(max(b.stream_sequence(m) for m in msgs))
                 self.metrics.observe_batch(time.perf_counter() - started)
         finally:
             await self.reader.close()
+            if self.wm_in is not None:
+                await self.wm_in.close()
             await self.teardown()
+
+    async def _pass_watermark(self, seq: int) -> None:
+        """Our output watermark is our input watermark at what this replica has processed."""
+        if self.wm_in is None:
+            return
+        self.processed_seq = max(self.processed_seq, seq)
+        await self.router.wm.update(self.wm_in.compute(self.processed_seq))
+
+    async def _idle_watermark(self) -> None:
+        """Nothing to read: everything up to the consumer's ack floor is processed by some replica
+        (whose own watermark covers what it still holds), so ours may move up to there."""
+        if self.wm_in is None:
+            return
+        try:
+            info = await self.js.consumer_info(self.reader.stream, self.reader.consumer)
+        except (nats_errors.Error, asyncio.TimeoutError):
+            return
+        await self._pass_watermark(info.ack_floor.stream_seq)
 
     async def read(self) -> list[Msg]:
         return await self.reader.fetch(self.limits.read_timeout)

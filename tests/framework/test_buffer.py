@@ -44,7 +44,7 @@ async def test_provision_is_idempotent_and_updates(nc, name):
     js = nc.jetstream()
     p = pipeline(name)
     first = dict(await b.provision(js, p))
-    assert set(first.values()) == {"created"}
+    assert set(first.values()) == {"created"}  # streams, consumers and the watermark bucket
     again = dict(await b.provision(js, p))
     assert set(again.values()) == {"unchanged"}
     bigger = dict(await b.provision(js, pipeline(name, max_len=5000)))

@@ -70,7 +70,7 @@ def test_vertex_limits_override_pipeline_limits():
     "mutate, path, reason",
     [
         (lambda r: r["spec"]["vertices"][1]["udf"].update({"flatmap": {"handler": "a:b"}}),
-         "spec.vertices[1].udf", "a udf must set exactly one of: map, flatmap, batchMap, mapStream, command (found 2)"),
+         "spec.vertices[1].udf", "a udf must set exactly one of: map, flatmap, batchMap, mapStream, reduce, command (found 2)"),
         (lambda r: r["spec"]["vertices"][2].update({"udf": {"map": {"handler": "a:b"}}}),
          "spec.vertices[2]", "a vertex is exactly one of source, udf or sink (found: udf, sink)"),
         (lambda r: r["spec"]["vertices"][0].update({"name": "In_1"}),

@@ -1,0 +1,157 @@
+"""Watermarks: how far event time has progressed, published per writer into a JetStream KV bucket.
+
+A writer (one replica of vertex U) that writes to buffer B of vertex V puts, under the key
+`U.V.<partition>.<replica>` of bucket `nf_<pipeline>_wm`, the value
+`{"wm": <epoch ms>, "seq": <stream seq of its last write to B>, "ts": <wall clock ms>}`.
+It promises: every message it writes to B after sequence `seq` has event time >= `wm` (late
+data excepted). A reader of B that has processed B in order up to sequence s may therefore use,
+for each live writer, the highest `wm` it published with `seq <= s`; its watermark is the
+minimum of those over live writers, and never goes back. Algorithm and limits: docs/watermarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+log = logging.getLogger("natsflow.watermark")
+
+UNKNOWN = -1  # no watermark yet: nothing may close
+PUBLISH_EVERY_S = 0.1
+HEARTBEAT_S = 1.0
+PUBLISHER_TIMEOUT_S = 10.0
+
+
+def bucket_name(pipeline: str) -> str:
+    return f"nf_{pipeline}_wm"
+
+
+def replica_id() -> str:
+    return os.environ.get("NATSFLOW_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+
+
+async def provision_bucket(js: JetStreamContext, pipeline: str) -> str:
+    try:
+        await js.key_value(bucket_name(pipeline))
+        return "unchanged"
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_key_value(api.KeyValueConfig(
+            bucket=bucket_name(pipeline), history=1, storage=api.StorageType.FILE,
+            description=f"natsflow watermarks of pipeline {pipeline}"))
+        return "created"
+
+
+class WatermarkPublisher:
+    """Publishes one writer's watermark for each of its out-buffers (throttled, plus heartbeats)."""
+
+    def __init__(self, kv, from_vertex: str, targets: list[tuple[str, int]], replica: str | None = None):
+        self._kv = kv
+        self._keys = {t: f"{from_vertex}.{t[0]}.{t[1]}.{replica or replica_id()}" for t in targets}
+        self._seq: dict[tuple[str, int], int] = {t: 0 for t in targets}
+        self.wm = UNKNOWN
+        self._sent_at = 0.0
+        self._task: asyncio.Task | None = None
+
+    def wrote(self, target: tuple[str, int], seq: int) -> None:
+        if seq > self._seq.get(target, 0):
+            self._seq[target] = seq
+
+    async def update(self, wm: int, force: bool = False) -> None:
+        if wm > self.wm:
+            self.wm = wm
+        if force or time.monotonic() - self._sent_at >= PUBLISH_EVERY_S:
+            await self._put()
+
+    async def _put(self) -> None:
+        self._sent_at = time.monotonic()
+        now = int(time.time() * 1000)
+        for target, key in self._keys.items():
+            value = json.dumps({"wm": self.wm, "seq": self._seq[target], "ts": now}).encode()
+            try:
+                await self._kv.put(key, value)
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat only delays windows
+                log.warning("watermark put %s failed: %s", key, exc)
+
+    def start_heartbeat(self, on_idle=None) -> None:
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_S)
+                moved = on_idle() if on_idle is not None else False
+                if moved or time.monotonic() - self._sent_at >= HEARTBEAT_S:
+                    await self._put()
+
+        self._task = asyncio.create_task(beat())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+@dataclass
+class _Writer:
+    entries: list[tuple[int, int]] = field(default_factory=list)  # (seq, wm), seq ascending
+    ts: int = 0
+
+
+class WatermarkFetcher:
+    """A reader's view of its buffer's watermark (one buffer partition, read in order)."""
+
+    def __init__(self, kv, to_vertex: str, partition: int, timeout: float = PUBLISHER_TIMEOUT_S):
+        self._kv = kv
+        self._pattern = f"*.{to_vertex}.{partition}.*"
+        self._writers: dict[str, _Writer] = {}
+        self._timeout_ms = int(timeout * 1000)
+        self.wm = UNKNOWN
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        watcher = await self._kv.watch(self._pattern)
+
+        async def pump() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    self.ready.set()
+                    continue
+                if entry.value:
+                    self.observe(entry.key, json.loads(entry.value))
+
+        self._task = asyncio.create_task(pump())
+
+    def observe(self, key: str, value: dict) -> None:
+        w = self._writers.setdefault(key, _Writer())
+        w.ts = int(value["ts"])
+        seq, wm = int(value["seq"]), int(value["wm"])
+        if w.entries and w.entries[-1][0] == seq:
+            w.entries[-1] = (seq, max(wm, w.entries[-1][1]))
+        elif not w.entries or seq > w.entries[-1][0]:
+            w.entries.append((seq, wm))
+
+    def compute(self, processed_seq: int) -> int:
+        """The watermark once everything up to `processed_seq` is processed; monotonic."""
+        now = int(time.time() * 1000)
+        candidates = []
+        for w in self._writers.values():
+            if now - w.ts > self._timeout_ms:
+                continue  # a writer silent for the timeout is gone; a restarted one comes back
+            applicable = [wm for seq, wm in w.entries if seq <= processed_seq]
+            if not applicable:
+                return self.wm  # a live writer whose promise we have not reached yet
+            keep = max(applicable)
+            w.entries = [(s, m) for s, m in w.entries if s > processed_seq or m == keep][-64:]
+            candidates.append(keep)
+        if candidates:
+            self.wm = max(self.wm, min(candidates))
+        return self.wm
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
