@@ -70,3 +70,15 @@ class Message:
 
 def datetime_from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The event-time window a reduce handler is called for: [start, end), UTC."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def from_ms(cls, start_ms: int, end_ms: int) -> "Window":
+        return cls(datetime_from_ms(start_ms), datetime_from_ms(end_ms))

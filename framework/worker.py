@@ -496,6 +496,10 @@ def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path 
     cls = {"source": SourceWorker, "udf": UdfWorker, "sink": SinkWorker}[v.kind]
     if v.udf is not None and v.udf.kind == "mapStream":
         cls = MapStreamWorker
+    if v.udf is not None and v.udf.kind == "reduce":
+        from .windows.reduce import ReduceWorker  # noqa: PLC0415 - it builds on this module
+
+        cls = ReduceWorker
     return cls(p, vertex, settings, base_dir)
 
 

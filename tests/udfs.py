@@ -89,3 +89,11 @@ async def stream_three(keys: list[str], datum: Datum):
 def event_time_from_seq(keys: list[str], datum: Datum) -> int:
     """eventTime extractor: event time = 2024-01-01T00:00:00Z + seq seconds."""
     return 1_704_067_200_000 + seq(datum) * 1000
+
+
+def window_sum(keys: list[str], datums, window) -> Message:
+    """reduce: count and sum of {"v": n} payloads in the window."""
+    values = [json.loads(d.value)["v"] for d in datums]
+    body = {"keys": keys, "start": int(window.start.timestamp()), "end": int(window.end.timestamp()),
+            "count": len(values), "sum": sum(values)}
+    return Message(json.dumps(body, sort_keys=True).encode())

@@ -1,0 +1,226 @@
+"""The reduce vertex: keyed event-time windows closed by the watermark.
+
+Crash safety without a local disk: every input stays unacked in JetStream (kept alive with +WPI)
+until every window it belongs to has been emitted and its outputs are stored; only then is it
+acked. A replica that dies loses nothing: JetStream redelivers the unacked inputs, the windows are
+rebuilt, and each (key, window) result carries the msg id `<vertex>:<partition>:<key hash>:<start>:
+<end>:<i>`, so a result emitted before the crash is dropped as a duplicate. The price: a partition
+can hold at most its consumer's max_ack_pending (= bufferMaxLength) inputs in open windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from .. import buffer as b
+from ..connection import reply_all
+from ..routing import Outgoing, as_bytes, message_tags
+from ..sdk import Datum, Message, Window
+from ..spec import load_handler
+from ..udf import normalize
+from ..watermark import UNKNOWN, WatermarkFetcher
+from ..worker import ReadingWorker, backoff_delays, decode_datum
+from . import OpenWindow, add_to_sessions, assign
+
+log = logging.getLogger("natsflow.reduce")
+
+
+@dataclass
+class Partition:
+    index: int | None
+    reader: b.BufferReader
+    fetcher: WatermarkFetcher
+    windows: dict[tuple, OpenWindow] = field(default_factory=dict)  # fixed and sliding
+    sessions: dict[tuple, list[OpenWindow]] = field(default_factory=dict)
+    refs: dict[int, list] = field(default_factory=dict)  # stream seq -> [open windows left, msg]
+    processed_seq: int = 0
+    wm: int = UNKNOWN
+
+    def open_windows(self) -> list[OpenWindow]:
+        return list(self.windows.values()) + [s for ss in self.sessions.values() for s in ss]
+
+
+def owned_partitions(parts: list[int | None]) -> list[int | None]:
+    """Replica i of n owns every n-th partition, so a key's window is computed in one place."""
+    replica = int(os.environ.get("NATSFLOW_REPLICA", "0"))
+    replicas = max(1, int(os.environ.get("NATSFLOW_REPLICAS", "1")))
+    return [p for i, p in enumerate(parts) if i % replicas == replica]
+
+
+class ReduceWorker(ReadingWorker):
+    async def serve(self) -> None:
+        cfg = self.v.udf.reduce
+        self.cfg = cfg
+        self.lateness = int(cfg.allowed_lateness * 1000)
+        self.fn = load_handler(cfg.handler, self.base_dir)
+        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.parts: list[Partition] = []
+        timeout = self.p.spec.watermark.publisher_timeout
+        for part in owned_partitions(b.partitions(self.p, self.v.name)):
+            reader = b.BufferReader(self.nc, b.stream_name(self.p.name, self.v.name, part),
+                                    b.consumer_name(self.p.name, self.v.name, part), self.limits.read_batch_size)
+            fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, timeout)
+            await fetcher.start()
+            await reader.start()
+            self.parts.append(Partition(part, reader, fetcher))
+        log.info("reduce %s owns partitions %s", self.v.name, [p.index for p in self.parts])
+        keep_alive = asyncio.create_task(self._keep_alive_held())
+        try:
+            wait = self.limits.read_timeout / max(1, len(self.parts))
+            while not self.stopping.is_set():
+                for ps in self.parts:
+                    msgs = await ps.reader.fetch(wait)
+                    if msgs:
+                        self.metrics.read.inc(len(msgs))
+                        await self._ingest(ps, msgs)
+                    await self._close_ready(ps)
+        finally:
+            keep_alive.cancel()
+            for ps in self.parts:
+                await ps.reader.close()
+                await ps.fetcher.close()
+                # Unemitted windows: hand their inputs back now rather than after the ack wait.
+                await reply_all(self.nc, [m for _, m in ps.refs.values()], b"-NAK")
+
+    def on_stop(self) -> None:
+        for ps in getattr(self, "parts", []):
+            ps.reader.interrupt()
+
+    async def _keep_alive_held(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.ack_wait / 3)
+            for ps in self.parts:
+                await reply_all(self.nc, [m for _, m in ps.refs.values()], b"+WPI")
+
+    # ---- ingest --------------------------------------------------------------------------
+
+    async def _ingest(self, ps: Partition, msgs: list[Msg]) -> None:
+        late: list[tuple[Msg, Datum]] = []
+        bad: list[tuple[Msg, str]] = []
+        spec = self.cfg.window
+        for m in msgs:
+            seq = b.stream_sequence(m)
+            ps.processed_seq = max(ps.processed_seq, seq)
+            if seq in ps.refs:
+                continue  # a redelivery of an input we already hold
+            try:
+                d = decode_datum(m)
+            except (ValueError, TypeError) as exc:
+                bad.append((m, f"bad envelope: {exc}"))
+                continue
+            keys = tuple(d.keys) if self.cfg.keyed else ()
+            et = d.event_time_ms
+            if spec.session is not None:
+                timeout = int(spec.session.timeout * 1000)
+                if et + timeout + self.lateness <= ps.wm:
+                    late.append((m, d))
+                    continue
+                add_to_sessions(ps.sessions.setdefault(keys, []), keys, et, timeout, (d, m))
+                ps.refs[seq] = [1, m]
+                continue
+            wins = [(s, e) for s, e in assign(spec, et) if e + self.lateness > ps.wm]
+            if not wins:
+                late.append((m, d))
+                continue
+            for s, e in wins:
+                ps.windows.setdefault((keys, s, e), OpenWindow(keys, s, e)).items.append((d, m))
+            ps.refs[seq] = [len(wins), m]
+        await self.dead_letter(bad)
+        await self._late(late)
+        await reply_all(self.nc, [m for m, _ in bad] + [m for m, _ in late], b"+ACK")
+
+    async def _late(self, late: list[tuple[Msg, Datum]]) -> None:
+        """Beyond the allowed lateness: to the `late: true` out-edge if there is one, else counted."""
+        if not late:
+            return
+        if any(e.late for e in self.p.out_edges(self.v.name)):
+            items = [Outgoing(f"{self.v.name}:late:{b.stream_sequence(m)}", d.id, d.value, d.event_time_ms,
+                              d.keys, dict(d.headers) or None, frozenset(), late=True) for m, d in late]
+            self.count_writes(await self.router.write(items))
+        else:
+            self.metrics.dropped("late", len(late))
+            log.warning("reduce %s dropped %d late message(s) (no late edge); first event time %d",
+                        self.v.name, len(late), late[0][1].event_time_ms)
+
+    # ---- closing windows -----------------------------------------------------------------
+
+    async def _close_ready(self, ps: Partition) -> None:
+        ps.wm = ps.fetcher.compute(ps.processed_seq)
+        if ps.wm == UNKNOWN:
+            return
+        ready = sorted((w for w in ps.open_windows() if w.end + self.lateness <= ps.wm), key=lambda w: w.end)
+        if ready:
+            outgoing, failed = [], []
+            for w in ready:
+                try:
+                    outgoing.extend(await self._emit(ps, w))
+                except Exception as exc:  # noqa: BLE001 - after retries: the window's inputs are dead letters
+                    failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
+            self.count_writes(await self.router.write(outgoing))
+            await self.dead_letter(failed)
+            done: list[Msg] = []
+            for w in ready:
+                self._forget(ps, w)
+                for _, m in w.items:
+                    ref = ps.refs.get(b.stream_sequence(m))
+                    if ref is not None:
+                        ref[0] -= 1
+                        if ref[0] == 0:
+                            done.append(ps.refs.pop(b.stream_sequence(m))[1])
+            await reply_all(self.nc, done, b"+ACK")
+            self.metrics.ack.inc(len(done))
+        if self.router.wm is not None:
+            # Every window still open ends after wm - lateness, and so will every result it emits.
+            await self.router.wm.update(ps.wm - self.lateness)
+
+    def _forget(self, ps: Partition, w: OpenWindow) -> None:
+        if self.cfg.window.session is not None:
+            sessions = ps.sessions.get(w.keys, [])
+            if w in sessions:
+                sessions.remove(w)
+            if not sessions:
+                ps.sessions.pop(w.keys, None)
+        else:
+            ps.windows.pop((w.keys, w.start, w.end), None)
+
+    async def _emit(self, ps: Partition, w: OpenWindow) -> list[Outgoing]:
+        window = Window.from_ms(w.start, w.end)
+        datums = [d for d, _ in w.items]
+        delays = backoff_delays(self.v.udf.retry)
+        while True:
+            try:
+                results = await self._call(list(w.keys), datums, window)
+                break
+            except Exception:
+                self.metrics.error.inc(1)
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        key_hash = hashlib.sha1("\x1f".join(w.keys).encode()).hexdigest()[:16]
+        base = f"{self.v.name}:{ps.index or 0}:{key_hash}:{w.start}:{w.end}"
+        data_id = f"{','.join(w.keys)}@{w.start}-{w.end}"
+        out = []
+        for i, msg in enumerate(results):
+            if msg.is_drop:
+                continue
+            out.append(Outgoing(f"{base}:{i}", data_id if i == 0 else f"{data_id}:{i}", as_bytes(msg.value),
+                                w.end, list(w.keys) if msg.keys is None else list(msg.keys),
+                                dict(msg.headers) if msg.headers else None, message_tags(msg)))
+        return out
+
+    async def _call(self, keys: list[str], datums: list[Datum], window: Window) -> list[Message]:
+        fn: Any = self.fn() if inspect.isclass(self.fn) else self.fn
+        if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):
+            return [m async for m in fn(keys, iter(datums), window)]
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+            return normalize(await fn(keys, iter(datums), window))
+        return normalize(await asyncio.to_thread(fn, keys, iter(datums), window))
