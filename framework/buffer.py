@@ -225,6 +225,12 @@ def _clean(value: str) -> str:
     return value.translate(_NEWLINES).strip()
 
 
+def delivery_count(msg: Msg) -> int:
+    """How many times JetStream has delivered this message (1 = first delivery)."""
+    parts = msg.reply.split(".")
+    return int(parts[4] if len(parts) == 9 else parts[6])
+
+
 def stream_sequence(msg: Msg) -> int:
     """The stream sequence from a JetStream ack subject `$JS.ACK.<stream>.<consumer>.<n>.<sseq>...`."""
     parts = msg.reply.split(".")

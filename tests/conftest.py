@@ -93,9 +93,10 @@ class PipelineRunner:
         self.logs: dict[str, Path] = {}
         self.file: Path | None = None
 
-    def write(self, vertices: list[dict], edges: list[dict], limits: dict | None = None) -> Path:
+    def write(self, vertices: list[dict], edges: list[dict], limits: dict | None = None,
+              watermark: dict | None = None) -> Path:
         doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": self.name},
-               "spec": {"limits": limits or {}, "vertices": vertices, "edges": edges}}
+               "spec": {"limits": limits or {}, "watermark": watermark or {}, "vertices": vertices, "edges": edges}}
         self.file = self.tmp / f"{self.name}.yaml"
         self.file.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.pipeline = load_pipeline(self.file)
@@ -114,14 +115,16 @@ class PipelineRunner:
         env.update(extra)
         return env
 
-    def start(self, vertex: str, **env: str) -> subprocess.Popen:
-        """Start one vertex the way `natsflow run` does (a `command` vertex runs its own program)."""
-        log = self.tmp / f"{vertex}.log"
-        self.logs[vertex] = log
+    def start(self, vertex: str, replica: str | None = None, **env: str) -> subprocess.Popen:
+        """Start one vertex the way `natsflow run` does (a `command` vertex runs its own program);
+        `replica` names an extra replica of the same vertex."""
+        name = vertex if replica is None else f"{vertex}#{replica}"
+        log = self.tmp / f"{name}.log"
+        self.logs[name] = log
         cmd, extra = vertex_command(self.pipeline, self.file, vertex)
         proc = subprocess.Popen(cmd, env=self.env(**extra, **env), cwd=REPO, stdout=open(log, "ab"),
                                 stderr=subprocess.STDOUT)
-        self.procs[vertex] = proc
+        self.procs[name] = proc
         return proc
 
     async def start_all(self, **env: str) -> None:

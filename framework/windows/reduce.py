@@ -43,6 +43,9 @@ class Partition:
     refs: dict[int, list] = field(default_factory=dict)  # stream seq -> [open windows left, msg]
     processed_seq: int = 0
     wm: int = UNKNOWN
+    # Inputs a previous owner held unacked when it died: until all are redelivered, newer messages
+    # must not move the watermark past them (they would all look late).
+    recovering: int = 0
 
     def open_windows(self) -> list[OpenWindow]:
         return list(self.windows.values()) + [s for ss in self.sessions.values() for s in ss]
@@ -69,8 +72,14 @@ class ReduceWorker(ReadingWorker):
                                     b.consumer_name(self.p.name, self.v.name, part), self.limits.read_batch_size)
             fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, timeout)
             await fetcher.start()
+            # Asked before our first pull: every message pending an ack now was held by the
+            # partition's previous owner, and will come back to us as a redelivery.
+            info = await self.js.consumer_info(reader.stream, reader.consumer)
             await reader.start()
-            self.parts.append(Partition(part, reader, fetcher))
+            self.parts.append(Partition(part, reader, fetcher, recovering=info.num_ack_pending))
+            if info.num_ack_pending:
+                log.info("reduce %s partition %s: waiting for %d redelivered inputs before closing windows",
+                         self.v.name, part, info.num_ack_pending)
         log.info("reduce %s owns partitions %s", self.v.name, [p.index for p in self.parts])
         keep_alive = asyncio.create_task(self._keep_alive_held())
         try:
@@ -109,6 +118,8 @@ class ReduceWorker(ReadingWorker):
         for m in msgs:
             seq = b.stream_sequence(m)
             ps.processed_seq = max(ps.processed_seq, seq)
+            if ps.recovering and b.delivery_count(m) > 1:
+                ps.recovering -= 1
             if seq in ps.refs:
                 continue  # a redelivery of an input we already hold
             try:
@@ -153,6 +164,8 @@ class ReduceWorker(ReadingWorker):
     # ---- closing windows -----------------------------------------------------------------
 
     async def _close_ready(self, ps: Partition) -> None:
+        if ps.recovering > 0:
+            return
         ps.wm = ps.fetcher.compute(ps.processed_seq)
         if ps.wm == UNKNOWN:
             return

@@ -25,7 +25,7 @@ def results(c: Collector) -> set[tuple]:
 
 
 def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str = "0s", partitions: int = 1,
-                    watermark: dict | None = None):
+                    watermark: dict | None = None, keyed: bool = True):
     vertices = [
         {"name": "in", "source": {"jetstream": {"stream": f"SRC_{runner.name}"}}},
         {"name": "agg", "udf": {"reduce": {"handler": "tests.udfs:window_sum", "window": window,
@@ -33,19 +33,12 @@ def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str
         {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}},
     ]
     edges = [{"from": "in", "to": "agg"}, {"from": "agg", "to": "out"}]
+    if keyed is False:
+        vertices[1]["udf"]["reduce"]["keyed"] = False
     if late_edge:
         vertices.append({"name": "tardy", "sink": {"nats": {"subject": f"{runner.name}.late"}}})
         edges.append({"from": "agg", "to": "tardy", "late": True})
-    runner.write(vertices, edges)
-    if watermark:
-        import yaml
-        doc = yaml.safe_load(runner.file.read_text())
-        doc["spec"]["watermark"] = watermark
-        runner.file.write_text(yaml.safe_dump(doc))
-        runner.write(doc["spec"]["vertices"], doc["spec"]["edges"])
-        runner.file.write_text(yaml.safe_dump(doc))
-        from framework.spec import load_pipeline
-        runner.pipeline = load_pipeline(runner.file)
+    runner.write(vertices, edges, watermark=watermark)
 
 
 async def consumed(nc, runner) -> None:
@@ -105,3 +98,99 @@ async def test_fixed_windows_lateness_and_late_edge(runner, nc):
     assert int(late.msgs[0].headers["Nf-Event-Time"]) == (T0 + 25) * 1000
     first = next(m for m in out.msgs if json.loads(m.data)["start"] == T0)
     assert int(first.headers["Nf-Event-Time"]) == (T0 + 10) * 1000  # output event time = window end
+
+
+async def run_scenario(runner, nc, window: dict, events, flush: int = 1000, expect: int | None = None,
+                       **opts) -> set[tuple]:
+    """Publish `events` as one phase, then a far event of key 'zz' that closes every window."""
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, window, **opts)
+    await runner.start_all(**opts.pop("env", {}))
+    await publish(js, f"{runner.name}.src", events)
+    await consumed(nc, runner)
+    await publish(js, f"{runner.name}.src", [("zz", flush, 0)])
+    await out.wait_count(expect)
+    await wait_for(lambda: runner.drained(nc, holding=("agg",)), 20, "buffers to drain")
+    got = results(out)
+    assert len(out.msgs) == len(got) == expect, "duplicate window results"
+    return got
+
+
+async def test_sliding_windows(runner, nc):
+    events = [("k", t, t) for t in (1, 4, 6, 12)]
+    got = await run_scenario(runner, nc, {"sliding": {"length": "10s", "slide": "5s"}}, events, expect=4)
+    # windows [-5,5) [0,10) [5,15) [10,20) contain {1,4} {1,4,6} {6,12} {12}
+    assert got == {(("k",), -5, 5, 2, 5), (("k",), 0, 10, 3, 11), (("k",), 5, 15, 2, 18), (("k",), 10, 20, 1, 12)}
+
+
+async def test_session_windows(runner, nc):
+    events = [("u", 0, 1), ("u", 3, 2), ("u", 20, 4), ("v", 2, 8), ("u", 7, 16)]
+    got = await run_scenario(runner, nc, {"session": {"timeout": "5s"}}, events, expect=3)
+    # u: 0,3,7 chain within 5 s -> [0, 12); 20 alone -> [20, 25); v: [2, 7)
+    assert got == {(("u",), 0, 12, 3, 19), (("u",), 20, 25, 1, 4), (("v",), 2, 7, 1, 8)}
+
+
+async def test_idle_source_advances_the_watermark(runner, nc):
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}},
+                    watermark={"idleSource": {"threshold": "1s", "incrementBy": "20s"}})
+    await runner.start_all()
+    await publish(js, f"{runner.name}.src", [("a", t, 1) for t in range(15)])
+    await out.wait_count(2, timeout=30)  # no more data: only the idle source can close [10,20)
+    assert results(out) == {(("a",), 0, 10, 10, 10), (("a",), 10, 20, 5, 5)}
+
+
+async def test_unkeyed_windows_merge_all_keys(runner, nc):
+    events = [("a", 1, 1), ("b", 2, 2), ("c", 3, 4)]
+    got = await run_scenario(runner, nc, {"fixed": {"length": "10s"}}, events, expect=1, keyed=False)
+    assert got == {((), 0, 10, 3, 7)}
+
+
+def expected_fixed(keys, seconds: int) -> set[tuple]:
+    return {((k,), s, s + 10, 10, sum(range(s, s + 10))) for k in keys for s in range(0, seconds, 10)}
+
+
+async def test_keyed_partitions_across_two_replicas(runner, nc):
+    keys = [f"k{i}" for i in range(8)]
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, partitions=4)
+    await runner.provision()
+    for v in ("out", "in"):
+        runner.start(v)
+    for r in ("0", "1"):
+        runner.start("agg", replica=r, NATSFLOW_REPLICA=r, NATSFLOW_REPLICAS="2")
+    await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(30) for k in keys])
+    await consumed(nc, runner)
+    await publish(js, f"{runner.name}.src", [("zz", 1000, 0)])
+    await out.wait_count(24)
+    assert results(out) == expected_fixed(keys, 30) and len(out.msgs) == 24
+    for r in ("0", "1"):  # both replicas did part of the work, each on its own partitions
+        assert await runner.terminate(f"agg#{r}") == 0
+        log = runner.log(f"agg#{r}")
+        assert f"owns partitions [{r}, {int(r) + 2}]" in log
+        assert json.loads(log.rsplit("stats ", 1)[1].splitlines()[0])["forwarder_read_total"] > 0
+
+
+async def test_sigkill_reduce_mid_window_gives_identical_output(runner, nc):
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}})
+    doc_limits = {"ackWait": "2s", "readBatchSize": 100}
+    runner.write(runner.pipeline.model_dump(by_alias=True, mode="json")["spec"]["vertices"],
+                 runner.pipeline.model_dump(by_alias=True, mode="json")["spec"]["edges"], limits=doc_limits)
+    await runner.start_all()
+    await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(300) for k in ("a", "b")])
+    await out.wait_count(6)
+    runner.kill("agg")
+    before = len(out.msgs)
+    assert before < 60, "the kill came after every window had closed"
+    runner.start("agg")
+    await consumed(nc, runner)
+    await publish(js, f"{runner.name}.src", [("zz", 1000, 0)])
+    await out.wait_count(60, timeout=60)
+    await wait_for(lambda: runner.drained(nc, holding=("agg",)), 30, "buffers to drain")
+    assert results(out) == expected_fixed(("a", "b"), 300)
+    assert len(out.msgs) == 60, f"{len(out.msgs) - 60} duplicate results"
