@@ -97,3 +97,15 @@ def window_sum(keys: list[str], datums, window) -> Message:
     body = {"keys": keys, "start": int(window.start.timestamp()), "end": int(window.end.timestamp()),
             "count": len(values), "sum": sum(values)}
     return Message(json.dumps(body, sort_keys=True).encode())
+
+
+async def window_sum_stream(keys: list[str], datums, window):
+    """reduce as an async generator: the same result as window_sum, yielded."""
+    yield window_sum(keys, datums, window)
+
+
+class WindowSum:
+    """reduce as a class: instantiated per window, then called."""
+
+    def __call__(self, keys: list[str], datums, window) -> Message:
+        return window_sum(keys, datums, window)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import Collector, wait_for
 
 T0 = 1_704_067_200  # seconds
@@ -25,10 +27,10 @@ def results(c: Collector) -> set[tuple]:
 
 
 def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str = "0s", partitions: int = 1,
-                    watermark: dict | None = None, keyed: bool = True):
+                    watermark: dict | None = None, keyed: bool = True, handler: str = "window_sum"):
     vertices = [
         {"name": "in", "source": {"jetstream": {"stream": f"SRC_{runner.name}"}}},
-        {"name": "agg", "udf": {"reduce": {"handler": "tests.udfs:window_sum", "window": window,
+        {"name": "agg", "udf": {"reduce": {"handler": f"tests.udfs:{handler}", "window": window,
                                            "allowedLateness": lateness, "partitions": partitions}}},
         {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}},
     ]
@@ -194,3 +196,10 @@ async def test_sigkill_reduce_mid_window_gives_identical_output(runner, nc):
     await wait_for(lambda: runner.drained(nc, holding=("agg",)), 30, "buffers to drain")
     assert results(out) == expected_fixed(("a", "b"), 300)
     assert len(out.msgs) == 60, f"{len(out.msgs) - 60} duplicate results"
+
+
+@pytest.mark.parametrize("handler", ["window_sum_stream", "WindowSum"])
+async def test_async_generator_and_class_handlers(runner, nc, handler):
+    events = [("a", 1, 1), ("a", 2, 2), ("b", 3, 4)]
+    got = await run_scenario(runner, nc, {"fixed": {"length": "10s"}}, events, expect=2, handler=handler)
+    assert got == {(("a",), 0, 10, 2, 3), (("b",), 0, 10, 1, 4)}
