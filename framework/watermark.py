@@ -59,6 +59,7 @@ class WatermarkPublisher:
         self.wm = UNKNOWN
         self._sent_at = 0.0
         self._task: asyncio.Task | None = None
+        self._putting: asyncio.Task | None = None
 
     def wrote(self, target: tuple[str, int], seq: int) -> None:
         if seq > self._seq.get(target, 0):
@@ -67,8 +68,11 @@ class WatermarkPublisher:
     async def update(self, wm: int, force: bool = False) -> None:
         if wm > self.wm:
             self.wm = wm
-        if force or time.monotonic() - self._sent_at >= PUBLISH_EVERY_S:
-            await self._put()
+        due = force or time.monotonic() - self._sent_at >= PUBLISH_EVERY_S
+        if due and (self._putting is None or self._putting.done()):
+            # In the background: the hot path must not wait a KV round trip.
+            self._sent_at = time.monotonic()
+            self._putting = asyncio.create_task(self._put())
 
     async def _put(self) -> None:
         self._sent_at = time.monotonic()
@@ -93,6 +97,8 @@ class WatermarkPublisher:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._putting is not None:
+            await asyncio.gather(self._putting, return_exceptions=True)
 
 
 @dataclass
