@@ -51,6 +51,21 @@ async def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .render import RenderOptions, render_pipeline, write_rendered
+
+    p = load_pipeline(args.file, check_handlers=False)
+    opts = RenderOptions(image=args.image, namespace=args.namespace, nats_secret=args.nats_secret,
+                         monitoring_endpoint=args.monitoring_endpoint, account=args.account,
+                         monitoring_secret=args.monitoring_secret)
+    files = render_pipeline(p, Path(args.file).read_text(), opts)
+    for path in write_rendered(files, Path(args.output)):
+        print(path)
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
@@ -86,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="seconds a vertex may take to drain on stop")
     _nats_flags(p)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("render", help="write Kubernetes Deployments + KEDA ScaledObjects for a pipeline")
+    p.add_argument("file")
+    p.add_argument("--image", required=True, help="container image with natsflow and your handlers")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("-o", "--output", required=True, help="directory to write the manifests to")
+    p.add_argument("--nats-secret", default="natsflow-nats", help="Secret with NATS_URL (and credentials)")
+    p.add_argument("--monitoring-endpoint", default="nats-headless.nats.svc.cluster.local:8222",
+                   help="NATS monitoring host:port KEDA reads (the headless service when clustered)")
+    p.add_argument("--account", default="$G", help="NATS account of the streams ($G without accounts)")
+    p.add_argument("--monitoring-secret", help="Secret with keys endpoint/account: render a TriggerAuthentication")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("vertex", help="run exactly one vertex (what each Deployment runs)")
     p.add_argument("--pipeline", required=True, help="pipeline file")

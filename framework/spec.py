@@ -307,15 +307,26 @@ class Sink(Model):
 
 
 class Scale(Model):
+    """Autoscaling on the lag of the vertex's consumer, with KEDA's meaning for every field."""
+
     min: int = Field(0, ge=0)
     max: int = Field(1, ge=1)
     lag_threshold: int = Field(100, alias="lagThreshold", ge=1)
+    activation_lag_threshold: int = Field(0, alias="activationLagThreshold", ge=0)
+    polling_interval: Duration = Field(15.0, alias="pollingInterval", ge=1)
+    cooldown_period: Duration = Field(300.0, alias="cooldownPeriod", ge=0)
+    scale_down_stabilization: Duration = Field(60.0, alias="scaleDownStabilization", ge=0)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "Scale":
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
         return self
+
+
+class Resources(Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
 
 
 class Vertex(Model):
@@ -325,6 +336,7 @@ class Vertex(Model):
     sink: Sink | None = None
     scale: Scale = Field(default_factory=Scale)
     limits: Limits | None = None
+    resources: Resources | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Vertex":

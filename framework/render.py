@@ -1,0 +1,231 @@
+"""Kubernetes objects for a pipeline: every vertex its own Deployment, scaled by KEDA on its lag.
+
+Per vertex: a Deployment running `natsflow vertex` (the image's entrypoint), and for vertices that
+own a buffer a keda.sh/v1alpha1 ScaledObject with one nats-jetstream trigger per buffer partition;
+a Service for HTTP sources. Per pipeline: a ConfigMap holding the pipeline file, and a Job that runs
+`natsflow provision` so streams and durable consumers exist before any worker starts (KEDA cannot
+wake a vertex whose consumer does not exist yet).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import buffer as b
+from .protocol import vertex_descriptor
+from .spec import Pipeline, Vertex
+
+PIPELINE_MOUNT = "/etc/natsflow"
+METRICS_PORT = 9090
+GRACE_EXTRA_S = 10
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    image: str
+    namespace: str = "default"
+    nats_secret: str = "natsflow-nats"  # keys: NATS_URL and optionally NATS_TOKEN, NATS_USER, ...
+    monitoring_endpoint: str = "nats-headless.nats.svc.cluster.local:8222"
+    account: str = "$G"
+    monitoring_secret: str | None = None  # keys: endpoint, account -> a TriggerAuthentication
+
+
+def labels(p: Pipeline, v: Vertex | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "natsflow",
+        "app.kubernetes.io/instance": p.name,
+        "app.kubernetes.io/part-of": p.name,
+        "app.kubernetes.io/managed-by": "natsflow",
+        "natsflow.io/pipeline": p.name,
+    }
+    if v is not None:
+        out["app.kubernetes.io/component"] = v.name
+        out["natsflow.io/vertex"] = v.name
+    return out
+
+
+def object_name(p: Pipeline, suffix: str) -> str:
+    return f"{p.name}-{suffix}"[:63].rstrip("-")
+
+
+def grace_seconds(p: Pipeline, v: Vertex) -> int:
+    """Long enough for the worker's own drain (NATSFLOW_GRACE_SECONDS) plus a margin."""
+    return int(max(30, p.limits_for(v.name).ack_wait)) + GRACE_EXTRA_S
+
+
+def _meta(p: Pipeline, name: str, opts: RenderOptions, v: Vertex | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": opts.namespace, "labels": labels(p, v)}
+
+
+def render_config_map(p: Pipeline, pipeline_text: str, opts: RenderOptions) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(p, object_name(p, "pipeline"), opts),
+            "data": {"pipeline.yaml": pipeline_text}}
+
+
+def _volume(p: Pipeline) -> tuple[dict, dict]:
+    volume = {"name": "pipeline", "configMap": {"name": object_name(p, "pipeline")}}
+    mount = {"name": "pipeline", "mountPath": PIPELINE_MOUNT, "readOnly": True}
+    return volume, mount
+
+
+def render_provision_job(p: Pipeline, opts: RenderOptions) -> dict[str, Any]:
+    volume, mount = _volume(p)
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(p, object_name(p, "provision"), opts),
+        "spec": {
+            "backoffLimit": 6,
+            "template": {
+                "metadata": {"labels": labels(p)},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "containers": [{
+                        "name": "provision", "image": opts.image,
+                        "command": ["natsflow", "provision", f"{PIPELINE_MOUNT}/pipeline.yaml"],
+                        "envFrom": [{"secretRef": {"name": opts.nats_secret}}],
+                        "volumeMounts": [mount],
+                    }],
+                    "volumes": [volume],
+                },
+            },
+        },
+    }
+
+
+def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
+    volume, mount = _volume(p)
+    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    if v.source is not None and v.source.http is not None:
+        ports.append({"name": "http", "containerPort": v.source.http.port})
+    probe = {"httpGet": {"path": "/livez", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
+    container: dict[str, Any] = {
+        "name": "vertex", "image": opts.image,
+        "args": ["--pipeline", f"{PIPELINE_MOUNT}/pipeline.yaml", "--vertex", v.name],
+        "env": [{"name": "NATSFLOW_METRICS_PORT", "value": str(METRICS_PORT)},
+                {"name": "NATSFLOW_GRACE_SECONDS", "value": str(grace_seconds(p, v) - GRACE_EXTRA_S)}],
+        "envFrom": [{"secretRef": {"name": opts.nats_secret}}],
+        "ports": ports,
+        "livenessProbe": probe,
+        "readinessProbe": {**probe, "periodSeconds": 5},
+        "volumeMounts": [mount],
+    }
+    if v.udf is not None and v.udf.command:
+        # A vertex in another language: its program in the same image, wiring in NATSFLOW_DESCRIPTOR.
+        container["command"] = list(v.udf.command)
+        container.pop("args")
+        container["env"] = container["env"] + [{"name": "NATSFLOW_DESCRIPTOR", "value": json.dumps(vertex_descriptor(p, v.name))}]
+    if v.udf is not None and v.udf.env:
+        container["env"] = container["env"] + [{"name": k, "value": val} for k, val in sorted(v.udf.env.items())]
+    if v.resources is not None:
+        container["resources"] = {k: dict(val) for k, val in
+                                   (("requests", v.resources.requests), ("limits", v.resources.limits)) if val}
+    replicas = max(1, v.scale.min) if v.kind == "source" else v.scale.min
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(p, object_name(p, v.name), opts, v),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"natsflow.io/pipeline": p.name, "natsflow.io/vertex": v.name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels(p, v)},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace_seconds(p, v),
+                    "containers": [container],
+                    "volumes": [volume],
+                },
+            },
+        },
+    }
+
+
+def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
+    s = v.scale
+    ack_wait = p.limits_for(v.name).ack_wait
+    triggers = []
+    for part in b.partitions(p, v.name):
+        meta = {
+            "stream": b.stream_name(p.name, v.name, part),
+            "consumer": b.consumer_name(p.name, v.name, part),
+            "lagThreshold": str(s.lag_threshold),
+            "activationLagThreshold": str(s.activation_lag_threshold),
+        }
+        trigger: dict[str, Any] = {"type": "nats-jetstream", "name": f"lag-{part or 0}", "metadata": meta,
+                                   "useCachedMetrics": True}
+        if opts.monitoring_secret:
+            trigger["authenticationRef"] = {"name": object_name(p, "nats-monitoring"), "kind": "TriggerAuthentication"}
+        else:
+            meta["natsServerMonitoringEndpoint"] = opts.monitoring_endpoint
+            meta["account"] = opts.account
+        triggers.append(trigger)
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": _meta(p, object_name(p, v.name), opts, v),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(p, v.name)},
+            "minReplicaCount": s.min,
+            "maxReplicaCount": s.max,
+            "pollingInterval": int(s.polling_interval),
+            # Messages held by a killed pod count as lag until their ack wait ends: keep the
+            # vertex up at least that long so it comes back to redeliver them.
+            "cooldownPeriod": int(max(s.cooldown_period, ack_wait)),
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": int(s.scale_down_stabilization)}}}},
+            "triggers": triggers,
+        },
+    }
+
+
+def render_trigger_auth(p: Pipeline, opts: RenderOptions) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+        "metadata": _meta(p, object_name(p, "nats-monitoring"), opts),
+        "spec": {"secretTargetRef": [
+            {"parameter": "natsServerMonitoringEndpoint", "name": opts.monitoring_secret, "key": "endpoint"},
+            {"parameter": "account", "name": opts.monitoring_secret, "key": "account"},
+        ]},
+    }
+
+
+def render_service(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(p, object_name(p, v.name), opts, v),
+        "spec": {
+            "selector": {"natsflow.io/pipeline": p.name, "natsflow.io/vertex": v.name},
+            "ports": [{"name": "http", "port": v.source.http.port, "targetPort": "http"}],
+        },
+    }
+
+
+def render_pipeline(p: Pipeline, pipeline_text: str, opts: RenderOptions) -> dict[str, list[dict[str, Any]]]:
+    """Objects grouped by file: `pipeline.yaml` (ConfigMap, provisioning Job, auth) and one file
+    per vertex."""
+    files: dict[str, list[dict[str, Any]]] = {
+        "pipeline.yaml": [render_config_map(p, pipeline_text, opts), render_provision_job(p, opts)]}
+    if opts.monitoring_secret:
+        files["pipeline.yaml"].append(render_trigger_auth(p, opts))
+    for v in p.spec.vertices:
+        objs = [render_deployment(p, v, opts)]
+        if v.kind != "source":
+            objs.append(render_scaled_object(p, v, opts))
+        if v.source is not None and v.source.http is not None:
+            objs.append(render_service(p, v, opts))
+        files[f"{v.name}.yaml"] = objs
+    return files
+
+
+def write_rendered(files: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, objs in files.items():
+        path = out_dir / name
+        # a JSON round trip unshares nested dicts, so the YAML has no &anchors
+        path.write_text(yaml.safe_dump_all(json.loads(json.dumps(objs)), sort_keys=False))
+        written.append(path)
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": sorted(files)}
+    (out_dir / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    written.append(out_dir / "kustomization.yaml")
+    return written

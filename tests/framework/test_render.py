@@ -1,0 +1,133 @@
+"""Rendered manifests validated as data: Kubernetes kinds against their schemas, KEDA objects
+against KEDA's own CRDs (v2.20.2, beside the checkout in ../shared/keda-crds), plus the CEL rule."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from framework.render import RenderOptions, render_pipeline
+from framework.scaling import desired_replicas
+from framework.spec import Scale, load_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO.parent / "shared" / "keda-crds"
+K8S_VERSION = "1.30.0"
+
+
+def crd_schema(kind: str) -> dict:
+    path = CRDS / f"keda.sh_{kind.lower()}s.yaml"
+    if not path.exists():
+        pytest.skip(f"KEDA CRDs not found at {CRDS} (they live beside the checkout in shared/)")
+    crd = yaml.safe_load(path.read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def validate(obj: dict) -> None:
+    if obj["apiVersion"].startswith("keda.sh/"):
+        jsonschema.validate(obj, crd_schema(obj["kind"]))
+    else:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def rendered(example: str, **opts) -> dict[str, list[dict]]:
+    path = REPO / "examples" / example / "pipeline.yaml"
+    p = load_pipeline(path, check_handlers=False)
+    return render_pipeline(p, path.read_text(), RenderOptions(image="registry.local/natsflow:test", **opts))
+
+
+@pytest.mark.parametrize("example", ["sentiment", "anomaly", "clicks"])
+def test_every_object_validates(example):
+    files = rendered(example)
+    kinds = [o["kind"] for objs in files.values() for o in objs]
+    for objs in files.values():
+        for obj in objs:
+            validate(obj)
+            if obj["kind"] == "ScaledObject":
+                spec = obj["spec"]
+                assert spec["minReplicaCount"] <= spec.get("maxReplicaCount", 100)  # the CRD's CEL rule
+                for t in spec["triggers"]:
+                    assert all(isinstance(v, str) for v in t["metadata"].values())
+    assert kinds.count("Job") == 1 and kinds.count("ConfigMap") == 1
+
+
+def test_sentiment_objects_match_the_spec():
+    files = rendered("sentiment")
+    dep, so = files["classify.yaml"]
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert dep["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "--pipeline", "/etc/natsflow/pipeline.yaml", "--vertex", "classify"]
+    assert dep["metadata"]["labels"]["app.kubernetes.io/component"] == "classify"
+    assert so["spec"]["minReplicaCount"] == 0 and so["spec"]["maxReplicaCount"] == 5
+    assert so["spec"]["cooldownPeriod"] >= 30  # >= the consumer's ack wait
+    [trigger] = so["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    assert trigger["metadata"] == {
+        "stream": "nf_sentiment_classify", "consumer": "nf_sentiment_classify", "lagThreshold": "100",
+        "activationLagThreshold": "0", "natsServerMonitoringEndpoint": "nats-headless.nats.svc.cluster.local:8222",
+        "account": "$G"}
+    src = files["in.yaml"]
+    assert [o["kind"] for o in src] == ["Deployment", "Service"]  # a source has no lag: no ScaledObject
+    assert src[0]["spec"]["replicas"] == 1
+    job = files["pipeline.yaml"][1]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["natsflow", "provision"]
+
+
+def test_partitioned_reduce_gets_a_trigger_per_partition_and_auth_from_a_secret():
+    files = rendered("anomaly", monitoring_secret="nats-mon")
+    so = files["detect.yaml"][1]
+    assert [t["metadata"]["stream"] for t in so["spec"]["triggers"]] == ["nf_anomaly_detect_p0", "nf_anomaly_detect_p1"]
+    assert all("natsServerMonitoringEndpoint" not in t["metadata"] for t in so["spec"]["triggers"])
+    auth = files["pipeline.yaml"][2]
+    assert auth["kind"] == "TriggerAuthentication"
+    validate(auth)
+
+
+def test_cli_render_writes_files_and_kustomization(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "render", "examples/sentiment/pipeline.yaml",
+                          "--image", "img:1", "-o", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    kust = yaml.safe_load((tmp_path / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["classify.yaml", "in.yaml", "pipeline.yaml", "positive.yaml", "rest.yaml"]
+    docs = list(yaml.safe_load_all((tmp_path / "classify.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["Deployment", "ScaledObject"]
+    assert "&id" not in (tmp_path / "classify.yaml").read_text()
+
+
+SCALE = Scale(min=0, max=5, lagThreshold=100, cooldownPeriod="60s")
+
+
+@pytest.mark.parametrize("lag, current, idle, expected", [
+    (0, 0, None, 0),            # nothing to do at zero
+    (1, 0, 0, 1),               # one message wakes the vertex (activation threshold 0)
+    (250, 1, 0, 3),             # ceil(250 / 100)
+    (10_000, 3, 0, 5),          # clamped to max
+    (0, 3, 10, 1),              # inactive but cooling down: HPA floor of 1
+    (0, 3, 61, 0),              # cooldown over: back to zero
+])
+def test_scaling_rule(lag, current, idle, expected):
+    assert desired_replicas(lag, current, SCALE, idle).desired == expected
+
+
+def test_min_one_ignores_activation():
+    s = Scale(min=2, max=4, lagThreshold=10, activationLagThreshold=1000)
+    assert desired_replicas(0, 2, s, math.inf).desired == 2
+    assert desired_replicas(35, 2, s, 0).desired == 4
+
+
+def test_validators_reject_broken_objects():
+    """The checks above can fail: a typo in a Deployment and an integer trigger value are caught."""
+    dep, so = rendered("sentiment")["classify.yaml"]
+    dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(Exception, match="imagePullPolicyy"):
+        validate(dep)
+    so["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 100
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'string'"):
+        validate(so)
