@@ -526,6 +526,10 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
             problems.append((where, f"{v.kind} {v.name!r} has no out-edge (orphan vertex)"))
         if v.kind in ("udf", "sink") and not ins[v.name]:
             problems.append((where, f"{v.kind} {v.name!r} has no in-edge (orphan vertex)"))
+    for i, v in enumerate(vertices):
+        if v.udf is not None and v.udf.reduce is not None and v.scale.max > 1:
+            problems.append((f"spec.vertices[{i}].scale.max", "a reduce vertex runs as one replica for now "
+                             "(its replicas would need stable indexes to split the partitions); set max: 1"))
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))

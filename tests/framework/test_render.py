@@ -131,3 +131,19 @@ def test_validators_reject_broken_objects():
     so["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 100
     with pytest.raises(jsonschema.ValidationError, match="is not of type 'string'"):
         validate(so)
+
+
+def test_committed_deploy_manifests_are_current_and_valid():
+    from framework.render import RenderOptions, render_pipeline
+
+    path = REPO / "examples" / "sentiment" / "pipeline.yaml"
+    p = load_pipeline(path, check_handlers=False)
+    files = render_pipeline(p, path.read_text(), RenderOptions(image="registry.example.com/natsflow-sentiment:0.1.0",
+                                                              namespace="pipelines"))
+    committed = REPO / "deploy" / "keda" / "sentiment"
+    for name, objs in files.items():
+        assert list(yaml.safe_load_all((committed / name).read_text())) == objs, \
+            f"deploy/keda/sentiment/{name} is stale: re-run natsflow render (see deploy/keda/kustomization.yaml)"
+    for doc in yaml.safe_load_all((REPO / "deploy" / "keda" / "nats-cluster.yaml").read_text()):
+        validate(doc)
+    validate(yaml.safe_load((REPO / "deploy" / "keda" / "nats-secret.example.yaml").read_text()))
