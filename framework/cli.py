@@ -69,7 +69,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
-    sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace)
+    sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace,
+                     autoscale=args.command == "up")
     await sup.run_until_signalled()
     return 0
 
@@ -95,12 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     _nats_flags(p)
     p.set_defaults(func=_provision)
 
-    p = sub.add_parser("run", help="run every vertex as its own process (embedded NATS without a URL)")
-    p.add_argument("file")
-    p.add_argument("--data-dir", help="where the embedded server keeps its data (default ./.natsflow)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds a vertex may take to drain on stop")
-    _nats_flags(p)
-    p.set_defaults(func=_run)
+    for name, help_text in (
+        ("run", "run every vertex as its own process (embedded NATS without a URL)"),
+        ("up", "like run, but replicas follow each vertex's lag (KEDA's rule, locally)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("file")
+        p.add_argument("--data-dir", help="where the embedded server keeps its data (default ./.natsflow)")
+        p.add_argument("--grace", type=float, default=30.0, help="seconds a vertex may take to drain on stop")
+        _nats_flags(p)
+        p.set_defaults(func=_run)
 
     p = sub.add_parser("render", help="write Kubernetes Deployments + KEDA ScaledObjects for a pipeline")
     p.add_argument("file")

@@ -167,7 +167,7 @@ def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[st
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(p, v.name)},
             "minReplicaCount": s.min,
             "maxReplicaCount": s.max,
-            "pollingInterval": int(s.polling_interval),
+            "pollingInterval": max(1, int(s.polling_interval)),  # KEDA polls in whole seconds
             # Messages held by a killed pod count as lag until their ack wait ends: keep the
             # vertex up at least that long so it comes back to redeliver them.
             "cooldownPeriod": int(max(s.cooldown_period, ack_wait)),

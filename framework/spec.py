@@ -313,7 +313,7 @@ class Scale(Model):
     max: int = Field(1, ge=1)
     lag_threshold: int = Field(100, alias="lagThreshold", ge=1)
     activation_lag_threshold: int = Field(0, alias="activationLagThreshold", ge=0)
-    polling_interval: Duration = Field(15.0, alias="pollingInterval", ge=1)
+    polling_interval: Duration = Field(15.0, alias="pollingInterval", ge=0.1)
     cooldown_period: Duration = Field(300.0, alias="cooldownPeriod", ge=0)
     scale_down_stabilization: Duration = Field(60.0, alias="scaleDownStabilization", ge=0)
 

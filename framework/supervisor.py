@@ -15,6 +15,7 @@ from .buffer import provision
 from .connection import NatsSettings
 from .embedded import EmbeddedNats, free_port
 from .protocol import vertex_descriptor
+from .scaling import LagReader, desired_replicas
 from .spec import Pipeline, load_pipeline
 
 log = logging.getLogger("natsflow.supervisor")
@@ -96,21 +97,52 @@ def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[
             "--vertex", vertex], extra
 
 
+class VertexGroup:
+    """The replicas of one vertex; `scale_to` starts new ones or drains the newest (SIGTERM)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path, out=None):
+        self.name, self.cmd, self.env, self.cwd, self.out = name, cmd, env, cwd, out
+        self.replicas: list[VertexProcess] = []
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    async def scale_to(self, n: int, grace: float) -> None:
+        while len(self.replicas) < n:
+            i = len(self.replicas)
+            env = {**self.env, "NATSFLOW_METRICS_PORT": str(free_port())}
+            vp = VertexProcess(self.name if i == 0 else f"{self.name}#{i}", self.cmd, env, self.cwd, self.out)
+            vp.start()
+            self.replicas.append(vp)
+        if len(self.replicas) > n:
+            extra, self.replicas = self.replicas[n:], self.replicas[:n]
+            await asyncio.gather(*(vp.stop(grace) for vp in extra))
+
+    async def started(self) -> None:
+        await asyncio.gather(*(vp.started.wait() for vp in self.replicas))
+
+
 class Supervisor:
+    """`natsflow run` (one replica per vertex) and `natsflow up` (autoscale=True: replicas follow
+    each vertex's lag with the same rule KEDA applies, see framework/scaling.py)."""
+
     def __init__(self, pipeline_file: str | Path, settings: NatsSettings, data_dir: str | Path | None = None,
-                 grace: float = 30.0, out=None):
+                 grace: float = 30.0, out=None, autoscale: bool = False):
         self.file = Path(pipeline_file).resolve()
         self.settings = settings
         self.data_dir = Path(data_dir) if data_dir else Path.cwd() / ".natsflow"
         self.grace = grace
         self.out = out
+        self.autoscale = autoscale
         self.embedded: EmbeddedNats | None = None
-        self.vertices: dict[str, VertexProcess] = {}
-        self.metrics_ports: dict[str, int] = {}
+        self.groups: dict[str, VertexGroup] = {}
+        self.decisions: list[tuple[float, str, int, int, str]] = []  # (time, vertex, from, to, reason)
+        self._scaler: asyncio.Task | None = None
         self._sources: set[str] = set()
 
     async def start(self) -> None:
         p = load_pipeline(self.file)
+        self.pipeline = p
         self._sources = {v.name for v in p.spec.vertices if v.kind == "source"}
         if not self.settings.url:
             self.embedded = EmbeddedNats(self.data_dir / "nats" / p.name)
@@ -118,33 +150,66 @@ class Supervisor:
             self.settings = self.settings.with_url(self.embedded.url)
             log.info("embedded nats-server with JetStream at %s (monitoring http://127.0.0.1:%d, data %s)",
                      self.embedded.url, self.embedded.monitor_port, self.embedded.store_dir)
-        nc = await self.settings.connect(f"natsflow-{p.name}-supervisor")
-        try:
-            for what, result in await provision(nc.jetstream(), p):
-                log.info("provision: %s %s", what, result)
-        finally:
-            await nc.close()
+        self.nc = await self.settings.connect(f"natsflow-{p.name}-supervisor")
+        for what, result in await provision(self.nc.jetstream(), p):
+            log.info("provision: %s %s", what, result)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         # Sinks and UDFs first, so sources never write before their readers exist.
-        order = sorted(p.spec.vertices, key=lambda v: v.kind == "source")
-        for v in order:
+        for v in sorted(p.spec.vertices, key=lambda v: v.kind == "source"):
             cmd, extra = vertex_command(p, self.file, v.name)
-            port = free_port()
-            self.metrics_ports[v.name] = port
-            env = {**base_env, **extra, "NATSFLOW_METRICS_PORT": str(port)}
-            proc = VertexProcess(v.name, cmd, env, self.file.parent, self.out)
-            self.vertices[v.name] = proc
-            proc.start()
-        await asyncio.gather(*(vp.started.wait() for vp in self.vertices.values()))
-        log.info("pipeline %s running: %s", p.name,
-                 ", ".join(f"{n} (metrics :{self.metrics_ports[n]})" for n in self.vertices))
+            group = VertexGroup(v.name, cmd, {**base_env, **extra}, self.file.parent, self.out)
+            self.groups[v.name] = group
+            await group.scale_to(self.initial_replicas(v), self.grace)
+        await asyncio.gather(*(g.started() for g in self.groups.values()))
+        log.info("pipeline %s running: %s", p.name, ", ".join(f"{n} x{len(g)}" for n, g in self.groups.items()))
+        if self.autoscale:
+            self._scaler = asyncio.create_task(self._autoscale(p))
+
+    def initial_replicas(self, v) -> int:
+        if not self.autoscale or v.kind == "source":
+            return max(1, v.scale.min) if self.autoscale else 1
+        return v.scale.min
+
+    async def _autoscale(self, p) -> None:
+        """Every pollingInterval: lag -> desired replicas (KEDA's rule) -> start or drain processes."""
+        reader = LagReader(self.nc.jetstream(), p)
+        scaled = [v for v in p.spec.vertices if v.kind != "source"]
+        last_active: dict[str, float] = {}
+        next_poll = {v.name: 0.0 for v in scaled}
+        tick = min(v.scale.polling_interval for v in scaled) if scaled else 1.0
+        while True:
+            now = time.monotonic()
+            for v in scaled:
+                if now < next_poll[v.name]:
+                    continue
+                next_poll[v.name] = now + v.scale.polling_interval
+                try:
+                    lag = await reader.lag(v.name)
+                except Exception as exc:  # noqa: BLE001 - a missed poll only delays scaling
+                    log.warning("autoscale: cannot read lag of %s: %s", v.name, exc)
+                    continue
+                group = self.groups[v.name]
+                since = now - last_active[v.name] if v.name in last_active else None
+                d = desired_replicas(lag, len(group), v.scale, since)
+                if d.active:
+                    last_active[v.name] = now
+                if d.desired != len(group):
+                    log.info("autoscale %s: %d -> %d replicas (%s)", v.name, len(group), d.desired, d.reason)
+                    self.decisions.append((time.time(), v.name, len(group), d.desired, d.reason))
+                    await group.scale_to(d.desired, self.grace)
+            await asyncio.sleep(tick / 2)
 
     async def stop(self) -> None:
+        if self._scaler is not None:
+            self._scaler.cancel()
+            await asyncio.gather(self._scaler, return_exceptions=True)
         # Sources first, so nothing new enters while the rest drains.
-        sources = [vp for vp in self.vertices.values() if vp.name in self._sources]
-        others = [vp for vp in self.vertices.values() if vp.name not in self._sources]
-        await asyncio.gather(*(vp.stop(self.grace) for vp in sources))
-        await asyncio.gather(*(vp.stop(self.grace) for vp in others))
+        sources = [g for g in self.groups.values() if g.name in self._sources]
+        others = [g for g in self.groups.values() if g.name not in self._sources]
+        await asyncio.gather(*(g.scale_to(0, self.grace) for g in sources))
+        await asyncio.gather(*(g.scale_to(0, self.grace) for g in others))
+        if getattr(self, "nc", None) is not None:
+            await self.nc.close()
         if self.embedded is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
         log.info("pipeline stopped")

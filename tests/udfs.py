@@ -109,3 +109,9 @@ class WindowSum:
 
     def __call__(self, keys: list[str], datums, window) -> Message:
         return window_sum(keys, datums, window)
+
+
+def slow_identity(keys: list[str], datum: Datum) -> Message:
+    """A UDF one replica cannot keep up with (CPU-free: it waits, like a remote model call)."""
+    time.sleep(float(os.environ.get("SLOW_MAP_SECONDS", "0.02")))
+    return Message(datum.value)
