@@ -16,7 +16,7 @@ from .connection import NatsSettings
 from .embedded import EmbeddedNats, free_port
 from .protocol import vertex_descriptor
 from .scaling import LagReader, desired_replicas
-from .spec import Pipeline, load_pipeline
+from .spec import Pipeline, SpecError, load_pipeline
 
 log = logging.getLogger("natsflow.supervisor")
 
@@ -38,6 +38,8 @@ class VertexProcess:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self.started = asyncio.Event()
+        self.ready = asyncio.Event()  # the worker logged that it is serving
+        self._ready_mark = f" {name.split('#')[0]} ("
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._keep_running(), name=f"vertex-{self.name}")
@@ -64,7 +66,10 @@ class VertexProcess:
         assert proc.stdout is not None
         prefix = f"[{self.name}] "
         async for line in proc.stdout:
-            self.out.write(prefix + line.decode(errors="replace"))
+            text = line.decode(errors="replace")
+            if not self.ready.is_set() and self._ready_mark in text and ") started" in text:
+                self.ready.set()
+            self.out.write(prefix + text)
             self.out.flush()
 
     async def stop(self, grace: float) -> None:
@@ -98,28 +103,61 @@ def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[
 
 
 class VertexGroup:
-    """The replicas of one vertex; `scale_to` starts new ones or drains the newest (SIGTERM)."""
+    """The replicas of one vertex; `scale_to` starts new ones or drains the newest (SIGTERM),
+    `roll` replaces each replica by a new process, one at a time, new first."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path, out=None):
         self.name, self.cmd, self.env, self.cwd, self.out = name, cmd, env, cwd, out
         self.replicas: list[VertexProcess] = []
+        self._lock = asyncio.Lock()
+        self._spawned = 0
 
     def __len__(self) -> int:
         return len(self.replicas)
 
+    def _spawn(self) -> VertexProcess:
+        label = self.name if self._spawned == 0 else f"{self.name}#{self._spawned}"
+        self._spawned += 1
+        vp = VertexProcess(label, self.cmd, {**self.env, "NATSFLOW_METRICS_PORT": str(free_port())}, self.cwd, self.out)
+        vp.start()
+        return vp
+
     async def scale_to(self, n: int, grace: float) -> None:
-        while len(self.replicas) < n:
-            i = len(self.replicas)
-            env = {**self.env, "NATSFLOW_METRICS_PORT": str(free_port())}
-            vp = VertexProcess(self.name if i == 0 else f"{self.name}#{i}", self.cmd, env, self.cwd, self.out)
-            vp.start()
-            self.replicas.append(vp)
-        if len(self.replicas) > n:
-            extra, self.replicas = self.replicas[n:], self.replicas[:n]
-            await asyncio.gather(*(vp.stop(grace) for vp in extra))
+        async with self._lock:
+            while len(self.replicas) < n:
+                self.replicas.append(self._spawn())
+            if len(self.replicas) > n:
+                extra, self.replicas = self.replicas[n:], self.replicas[:n]
+                await asyncio.gather(*(vp.stop(grace) for vp in extra))
+
+    async def roll(self, grace: float, ready_timeout: float = 60.0) -> None:
+        """Start a replacement, wait until it serves, then drain one old replica; repeat."""
+        async with self._lock:
+            for i, old in enumerate(list(self.replicas)):
+                new = self._spawn()
+                try:
+                    await asyncio.wait_for(new.ready.wait(), ready_timeout)
+                except asyncio.TimeoutError:
+                    log.error("rolling %s: the new replica did not become ready in %.0fs; keeping the old one",
+                              self.name, ready_timeout)
+                    await new.stop(grace)
+                    return
+                self.replicas[i] = new
+                await old.stop(grace)
+                log.info("rolling %s: replica %d of %d replaced", self.name, i + 1, len(self.replicas))
 
     async def started(self) -> None:
         await asyncio.gather(*(vp.started.wait() for vp in self.replicas))
+
+
+def vertex_fingerprint(p: Pipeline, name: str) -> str:
+    """Everything a vertex process reads from the spec: a change means its replicas must roll."""
+    return json.dumps({
+        "vertex": p.vertex(name).model_dump(mode="json"),
+        "out": [e.model_dump(mode="json") for e in p.out_edges(name)],
+        "limits": p.limits_for(name).model_dump(),
+        "watermark": p.spec.watermark.model_dump(mode="json"),
+    }, sort_keys=True)
 
 
 class Supervisor:
@@ -163,24 +201,70 @@ class Supervisor:
         await asyncio.gather(*(g.started() for g in self.groups.values()))
         log.info("pipeline %s running: %s", p.name, ", ".join(f"{n} x{len(g)}" for n, g in self.groups.items()))
         if self.autoscale:
-            self._scaler = asyncio.create_task(self._autoscale(p))
+            self._scaler = asyncio.create_task(self._autoscale())
+            self._watcher = asyncio.create_task(self._watch_file())
+
+    async def _watch_file(self) -> None:
+        """`natsflow up` follows edits of the pipeline file: new buffers first, then new vertices,
+        then changed vertices rolled replica by replica (new one ready before an old one drains)."""
+        seen = self.file.read_text()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                text = self.file.read_text()
+            except OSError:
+                continue
+            if text == seen:
+                continue
+            seen = text
+            try:
+                await self.apply(load_pipeline(self.file))
+            except SpecError as exc:
+                log.error("pipeline file changed but is not valid; still running the previous version:\n%s", exc)
+            except Exception:  # noqa: BLE001 - keep supervising whatever happens in one update
+                log.exception("applying the changed pipeline failed")
+
+    async def apply(self, new: Pipeline) -> None:
+        old = self.pipeline
+        for what, result in await provision(self.nc.jetstream(), new):
+            if result != "unchanged":
+                log.info("update: %s %s", what, result)
+        new_names = {v.name for v in new.spec.vertices}
+        for name in [n for n in self.groups if n not in new_names]:
+            log.info("update: vertex %s removed", name)
+            await self.groups.pop(name).scale_to(0, self.grace)
+        base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        for v in sorted(new.spec.vertices, key=lambda v: v.kind == "source"):
+            cmd, extra = vertex_command(new, self.file, v.name)
+            group = self.groups.get(v.name)
+            if group is None:
+                log.info("update: vertex %s added", v.name)
+                group = self.groups[v.name] = VertexGroup(v.name, cmd, {**base_env, **extra}, self.file.parent, self.out)
+                await group.scale_to(self.initial_replicas(v), self.grace)
+            elif vertex_fingerprint(old, v.name) != vertex_fingerprint(new, v.name):
+                log.info("update: vertex %s changed; rolling %d replica(s)", v.name, len(group))
+                group.cmd, group.env = cmd, {**base_env, **extra}
+                await group.roll(self.grace)
+        self.pipeline = new
+        self._sources = {v.name for v in new.spec.vertices if v.kind == "source"}
 
     def initial_replicas(self, v) -> int:
         if not self.autoscale or v.kind == "source":
             return max(1, v.scale.min) if self.autoscale else 1
         return v.scale.min
 
-    async def _autoscale(self, p) -> None:
+    async def _autoscale(self) -> None:
         """Every pollingInterval: lag -> desired replicas (KEDA's rule) -> start or drain processes."""
-        reader = LagReader(self.nc.jetstream(), p)
-        scaled = [v for v in p.spec.vertices if v.kind != "source"]
         last_active: dict[str, float] = {}
-        next_poll = {v.name: 0.0 for v in scaled}
-        tick = min(v.scale.polling_interval for v in scaled) if scaled else 1.0
+        next_poll: dict[str, float] = {}
         while True:
+            p = self.pipeline  # the file may have been updated
+            reader = LagReader(self.nc.jetstream(), p)
+            scaled = [v for v in p.spec.vertices if v.kind != "source" and v.name in self.groups]
+            tick = min((v.scale.polling_interval for v in scaled), default=1.0)
             now = time.monotonic()
             for v in scaled:
-                if now < next_poll[v.name]:
+                if now < next_poll.get(v.name, 0.0):
                     continue
                 next_poll[v.name] = now + v.scale.polling_interval
                 try:
@@ -200,9 +284,10 @@ class Supervisor:
             await asyncio.sleep(tick / 2)
 
     async def stop(self) -> None:
-        if self._scaler is not None:
-            self._scaler.cancel()
-            await asyncio.gather(self._scaler, return_exceptions=True)
+        for task in (self._scaler, getattr(self, "_watcher", None)):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         # Sources first, so nothing new enters while the rest drains.
         sources = [g for g in self.groups.values() if g.name in self._sources]
         others = [g for g in self.groups.values() if g.name not in self._sources]

@@ -115,3 +115,11 @@ def slow_identity(keys: list[str], datum: Datum) -> Message:
     """A UDF one replica cannot keep up with (CPU-free: it waits, like a remote model call)."""
     time.sleep(float(os.environ.get("SLOW_MAP_SECONDS", "0.02")))
     return Message(datum.value)
+
+
+def version_a(keys: list[str], datum: Datum) -> Message:
+    return Message(json.dumps({"seq": seq(datum), "version": "a"}).encode())
+
+
+def version_b(keys: list[str], datum: Datum) -> Message:
+    return Message(json.dumps({"seq": seq(datum), "version": "b"}).encode())
