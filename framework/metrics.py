@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+import threading
+from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - probes every few seconds would flood the log
+        pass
 
 
 class VertexMetrics:
@@ -41,8 +50,25 @@ class VertexMetrics:
     def observe_batch(self, seconds: float) -> None:
         self._batch.observe(seconds)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, ready: Callable[[], bool], addr: str = "0.0.0.0") -> WSGIServer:
+        """Prometheus metrics on /metrics, `/livez` (the process answers) and `/readyz` (connected
+        and serving) for Kubernetes probes, on one port, in a daemon thread."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            if path == "/livez":
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            if path == "/readyz":
+                ok = ready()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ready\n" if ok else b"not ready\n"]
+            return metrics_app(environ, start_response)
+
+        server = make_server(addr, port, app, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="natsflow-metrics", daemon=True).start()
+        return server
 
     def snapshot(self) -> dict[str, float]:
         """Flat name{labels} -> value, for the shutdown log line and tests."""

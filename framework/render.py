@@ -110,7 +110,7 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
         "envFrom": [{"secretRef": {"name": opts.nats_secret}}],
         "ports": ports,
         "livenessProbe": probe,
-        "readinessProbe": {**probe, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "volumeMounts": [mount],
     }
     if v.udf is not None and v.udf.command:

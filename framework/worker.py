@@ -88,7 +88,7 @@ class VertexWorker:
             self.router.wm.start_heartbeat(self.on_heartbeat)
         port = os.environ.get("NATSFLOW_METRICS_PORT")
         if port:
-            self.metrics.serve(int(port))
+            self.metrics.serve(int(port), ready=lambda: self.nc.is_connected and not self.stopping.is_set())
         log.info("vertex %s (%s) started", self.v.name, self.v.kind)
         try:
             await self.serve()

@@ -237,3 +237,27 @@ async def test_command_vertex_speaks_the_protocol(runner, nc):
     await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
     assert sorted(json.loads(m.data.lower())["seq"] for m in sink.msgs) == list(range(1000))
     assert all(m.data.startswith(b'{"ID":') for m in sink.msgs)
+
+
+async def test_health_and_metrics_endpoints(runner, nc):
+    import urllib.request
+
+    from framework.embedded import free_port
+
+    port = free_port()
+    runner.write([gen("in", 10), udf("map", "identity"), out("out", f"{runner.name}.out")],
+                 [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
+    await runner.provision()
+    runner.start("map", NATSFLOW_METRICS_PORT=str(port))
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except OSError as exc:
+            return getattr(exc, "code", 0), ""
+
+    await wait_for(lambda: get("/readyz")[0] == 200, 30, "/readyz to answer 200")
+    assert get("/livez") == (200, "ok\n")
+    status, text = get("/metrics")
+    assert status == 200 and 'forwarder_read_total{pipeline="%s",vertex="map"}' % runner.name in text
