@@ -66,6 +66,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from .asyncapi import build_asyncapi
+
+    p = load_pipeline(args.file, check_handlers=False)
+    spec = build_asyncapi(p, servers=args.servers)
+    text = spec.to_yaml() if args.yaml else spec.to_json()
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text)
+        print(args.output)
+    else:
+        print(text)
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
@@ -118,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", default="$G", help="NATS account of the streams ($G without accounts)")
     p.add_argument("--monitoring-secret", help="Secret with keys endpoint/account: render a TriggerAuthentication")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("asyncapi", help="an AsyncAPI document of every buffer subject (via FastStream)")
+    p.add_argument("file")
+    p.add_argument("--servers", default="nats://localhost:4222", help="server URL to put in the document")
+    p.add_argument("--yaml", action="store_true", help="YAML instead of JSON")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_asyncapi)
 
     p = sub.add_parser("vertex", help="run exactly one vertex (what each Deployment runs)")
     p.add_argument("--pipeline", required=True, help="pipeline file")

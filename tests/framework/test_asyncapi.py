@@ -1,0 +1,28 @@
+"""`natsflow asyncapi`: every buffer and edge of a pipeline in one AsyncAPI 3.0 document."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_asyncapi_document_lists_every_buffer_and_edge():
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "asyncapi", "examples/anomaly/pipeline.yaml",
+                          "--servers", "nats://nats.example:4222"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["asyncapi"] == "3.0.0" and doc["info"]["title"] == "natsflow pipeline anomaly"
+    addresses = {c["address"] for c in doc["channels"].values()}
+    # readers: one wildcard subject per buffer (the reduce has 2 partitions)
+    assert {"nf.anomaly.metric.*", "nf.anomaly.detect_p0.*", "nf.anomaly.detect_p1.*",
+            "nf.anomaly.anomalies.*", "nf.anomaly.normal.*"} <= addresses
+    # writers: one subject per edge (and partition)
+    assert {"nf.anomaly.metric.ticks", "nf.anomaly.detect_p0.metric", "nf.anomaly.detect_p1.metric",
+            "nf.anomaly.anomalies.detect", "nf.anomaly.normal.detect"} <= addresses
+    edge = doc["channels"]["detect writes to anomalies"]
+    assert "tags match" in edge["description"] and "Nf-Event-Time" in edge["description"]
+    assert any("nats.example" in str(s) for s in doc["servers"].values())
