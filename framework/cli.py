@@ -82,6 +82,18 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _status(args: argparse.Namespace) -> int:
+    from .status import show
+
+    p = load_pipeline(args.file, check_handlers=False)
+    nc = await _settings(args).connect(f"natsflow-{p.name}-status")
+    try:
+        await show(nc.jetstream(), p, watch=args.watch)
+    finally:
+        await nc.close()
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
@@ -134,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", default="$G", help="NATS account of the streams ($G without accounts)")
     p.add_argument("--monitoring-secret", help="Secret with keys endpoint/account: render a TriggerAuthentication")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("status", help="per vertex: pending, ack pending, buffer use, dead letters, watermark")
+    p.add_argument("file")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    _nats_flags(p)
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("asyncapi", help="an AsyncAPI document of every buffer subject (via FastStream)")
     p.add_argument("file")

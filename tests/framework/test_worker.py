@@ -261,3 +261,29 @@ async def test_health_and_metrics_endpoints(runner, nc):
     assert get("/livez") == (200, "ok\n")
     status, text = get("/metrics")
     assert status == 200 and 'forwarder_read_total{pipeline="%s",vertex="map"}' % runner.name in text
+
+
+async def test_status_table(runner, nc):
+    import subprocess
+
+    from tests.conftest import REPO
+
+    runner.write([gen("in", 700), udf("score", "fail_multiples_of_7", retry={"attempts": 1}),
+                  out("out", f"{runner.name}.out")],
+                 [{"from": "in", "to": "score"}, {"from": "score", "to": "out"}])
+    await runner.start_all()
+    dlq = f"nf_{runner.name}_score_dlq"
+    await wait_for(lambda: runner.stream_messages(nc, dlq), 20, "dead letters")
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+
+    def status() -> dict[str, list[str]]:
+        res = subprocess.run([sys.executable, "-m", "framework.cli", "status", str(runner.file),
+                              "--nats-url", runner.url], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return {line.split()[0]: line.split() for line in res.stdout.splitlines()[2:]}
+
+    # watermarks travel by heartbeat (1 s): wait until the map's is published
+    rows = await wait_for(lambda: (r := status()) and r["score"][7] != "-" and r, 20, "a watermark for score")
+    assert rows["score"][1:4] == ["udf", "0", "0"]  # kind, pending, ack pending
+    assert rows["score"][6] == "100"  # dead letters: multiples of 7 below 700
+    assert rows["score"][7].startswith("20")  # a watermark (its source's event time), UTC date
