@@ -18,6 +18,7 @@ import yaml
 
 from . import buffer as b
 from .protocol import vertex_descriptor
+from .scaling import effective_cooldown
 from .spec import Pipeline, Vertex
 
 PIPELINE_MOUNT = "/etc/natsflow"
@@ -129,7 +130,9 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"natsflow.io/pipeline": p.name, "natsflow.io/vertex": v.name}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            # A reduce must never have two pods reading its partitions: replace, don't overlap.
+            "strategy": {"type": "Recreate"} if v.udf is not None and v.udf.reduce is not None else
+                        {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": labels(p, v)},
                 "spec": {
@@ -144,7 +147,6 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
 
 def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     s = v.scale
-    ack_wait = p.limits_for(v.name).ack_wait
     triggers = []
     for part in b.partitions(p, v.name):
         meta = {
@@ -170,7 +172,7 @@ def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[st
             "pollingInterval": max(1, int(s.polling_interval)),  # KEDA polls in whole seconds
             # Messages held by a killed pod count as lag until their ack wait ends: keep the
             # vertex up at least that long so it comes back to redeliver them.
-            "cooldownPeriod": int(max(s.cooldown_period, ack_wait)),
+            "cooldownPeriod": int(effective_cooldown(p, v.name)),
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
                 "stabilizationWindowSeconds": int(s.scale_down_stabilization)}}}},
             "triggers": triggers,

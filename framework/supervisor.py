@@ -15,13 +15,14 @@ from .buffer import provision
 from .connection import NatsSettings
 from .embedded import EmbeddedNats, free_port
 from .protocol import vertex_descriptor
-from .scaling import LagReader, desired_replicas
+from .scaling import LagReader, desired_replicas, effective_cooldown
 from .spec import Pipeline, SpecError, load_pipeline
 
 log = logging.getLogger("natsflow.supervisor")
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
 HEALTHY_AFTER_S = 30.0
+LINE_LIMIT = 1 << 20
 
 
 class VertexProcess:
@@ -50,7 +51,8 @@ class VertexProcess:
             began = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.cmd, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                limit=LINE_LIMIT)
             self.started.set()
             await self._pump(self.proc)
             code = await self.proc.wait()
@@ -65,7 +67,13 @@ class VertexProcess:
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         prefix = f"[{self.name}] "
-        async for line in proc.stdout:
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line over LINE_LIMIT: pass on what is buffered, keep pumping
+                line = await proc.stdout.read(LINE_LIMIT)
+            if not line:
+                return
             text = line.decode(errors="replace")
             if not self.ready.is_set() and self._ready_mark in text and ") started" in text:
                 self.ready.set()
@@ -111,6 +119,7 @@ class VertexGroup:
         self.replicas: list[VertexProcess] = []
         self._lock = asyncio.Lock()
         self._spawned = 0
+        self.removed = False  # set when the vertex left the pipeline: never start it again
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -124,16 +133,19 @@ class VertexGroup:
 
     async def scale_to(self, n: int, grace: float) -> None:
         async with self._lock:
-            while len(self.replicas) < n:
+            while len(self.replicas) < n and not self.removed:
                 self.replicas.append(self._spawn())
             if len(self.replicas) > n:
                 extra, self.replicas = self.replicas[n:], self.replicas[:n]
                 await asyncio.gather(*(vp.stop(grace) for vp in extra))
 
-    async def roll(self, grace: float, ready_timeout: float = 60.0) -> None:
-        """Start a replacement, wait until it serves, then drain one old replica; repeat."""
+    async def roll(self, grace: float, ready_timeout: float = 60.0, stop_first: bool = False) -> None:
+        """Start a replacement, wait until it serves, then drain one old replica; repeat.
+        `stop_first` (a reduce: two readers must never share its partitions) drains first."""
         async with self._lock:
             for i, old in enumerate(list(self.replicas)):
+                if stop_first:
+                    await old.stop(grace)
                 new = self._spawn()
                 try:
                     await asyncio.wait_for(new.ready.wait(), ready_timeout)
@@ -143,7 +155,8 @@ class VertexGroup:
                     await new.stop(grace)
                     return
                 self.replicas[i] = new
-                await old.stop(grace)
+                if not stop_first:
+                    await old.stop(grace)
                 log.info("rolling %s: replica %d of %d replaced", self.name, i + 1, len(self.replicas))
 
     async def started(self) -> None:
@@ -232,7 +245,9 @@ class Supervisor:
         new_names = {v.name for v in new.spec.vertices}
         for name in [n for n in self.groups if n not in new_names]:
             log.info("update: vertex %s removed", name)
-            await self.groups.pop(name).scale_to(0, self.grace)
+            group = self.groups.pop(name)
+            group.removed = True
+            await group.scale_to(0, self.grace)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         for v in sorted(new.spec.vertices, key=lambda v: v.kind == "source"):
             cmd, extra = vertex_command(new, self.file, v.name)
@@ -244,7 +259,7 @@ class Supervisor:
             elif vertex_fingerprint(old, v.name) != vertex_fingerprint(new, v.name):
                 log.info("update: vertex %s changed; rolling %d replica(s)", v.name, len(group))
                 group.cmd, group.env = cmd, {**base_env, **extra}
-                await group.roll(self.grace)
+                await group.roll(self.grace, stop_first=v.udf is not None and v.udf.reduce is not None)
         self.pipeline = new
         self._sources = {v.name for v in new.spec.vertices if v.kind == "source"}
 
@@ -272,9 +287,11 @@ class Supervisor:
                 except Exception as exc:  # noqa: BLE001 - a missed poll only delays scaling
                     log.warning("autoscale: cannot read lag of %s: %s", v.name, exc)
                     continue
-                group = self.groups[v.name]
+                group = self.groups.get(v.name)
+                if group is None or group.removed:
+                    continue  # removed by an update while we read its lag
                 since = now - last_active[v.name] if v.name in last_active else None
-                d = desired_replicas(lag, len(group), v.scale, since)
+                d = desired_replicas(lag, len(group), v.scale, since, cooldown=effective_cooldown(p, v.name))
                 if d.active:
                     last_active[v.name] = now
                 if d.desired != len(group):

@@ -119,7 +119,9 @@ class WatermarkFetcher:
         self._task: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, wait_ready: float | None = None) -> None:
+        """Watch the writers' entries; with `wait_ready`, wait (bounded) until the KV replayed the
+        entries that exist, so the first watermark is not a minimum over a partial set."""
         watcher = await self._kv.watch(self._pattern)
 
         async def pump() -> None:
@@ -131,6 +133,11 @@ class WatermarkFetcher:
                     self.observe(entry.key, json.loads(entry.value))
 
         self._task = asyncio.create_task(pump())
+        if wait_ready:
+            try:
+                await asyncio.wait_for(self.ready.wait(), wait_ready)
+            except asyncio.TimeoutError:
+                log.warning("watermark entries for %s not replayed within %.0fs", self._pattern, wait_ready)
 
     def observe(self, key: str, value: dict) -> None:
         w = self._writers.setdefault(key, _Writer())
@@ -146,14 +153,18 @@ class WatermarkFetcher:
         now = int(time.time() * 1000)
         candidates = []
         for w in self._writers.values():
-            if now - w.ts > self._timeout_ms:
-                continue  # a writer silent for the timeout is gone; a restarted one comes back
-            applicable = [wm for seq, wm in w.entries if seq <= processed_seq]
+            last_seq = w.entries[-1][0] if w.entries else 0
+            if now - w.ts > self._timeout_ms and processed_seq >= last_seq:
+                continue  # silent for the timeout and nothing of it left to read: gone
+            applicable = [(seq, wm) for seq, wm in w.entries if seq <= processed_seq]
             if not applicable:
-                return self.wm  # a live writer whose promise we have not reached yet
-            keep = max(applicable)
-            w.entries = [(s, m) for s, m in w.entries if s > processed_seq or m == keep][-64:]
-            candidates.append(keep)
+                return self.wm  # a writer whose promise we have not reached yet
+            keep = max(applicable, key=lambda e: e[1])
+            future = [(s, m) for s, m in w.entries if s > processed_seq]
+            if len(future) > 256:
+                future = future[:-1:2] + future[-1:]  # thin; the entry in force and the newest stay
+            w.entries = [keep] + future
+            candidates.append(keep[1])
         if candidates:
             self.wm = max(self.wm, min(candidates))
         return self.wm

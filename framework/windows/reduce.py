@@ -71,7 +71,7 @@ class ReduceWorker(ReadingWorker):
             reader = b.BufferReader(self.nc, b.stream_name(self.p.name, self.v.name, part),
                                     b.consumer_name(self.p.name, self.v.name, part), self.limits.read_batch_size)
             fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, timeout)
-            await fetcher.start()
+            await fetcher.start(wait_ready=5.0)
             # Asked before our first pull: every message pending an ack now was held by the
             # partition's previous owner, and will come back to us as a redelivery.
             info = await self.js.consumer_info(reader.stream, reader.consumer)
@@ -91,6 +91,7 @@ class ReduceWorker(ReadingWorker):
                         self.metrics.read.inc(len(msgs))
                         await self._ingest(ps, msgs)
                     await self._close_ready(ps)
+                await self._publish_watermark()
         finally:
             keep_alive.cancel()
             for ps in self.parts:
@@ -131,7 +132,9 @@ class ReduceWorker(ReadingWorker):
             et = d.event_time_ms
             if spec.session is not None:
                 timeout = int(spec.session.timeout * 1000)
-                if et + timeout + self.lateness <= ps.wm:
+                open_sessions = ps.sessions.get(keys, [])
+                joins_open = any(s.start <= et + timeout and et <= s.end for s in open_sessions)
+                if et + timeout + self.lateness <= ps.wm and not joins_open:
                     late.append((m, d))
                     continue
                 add_to_sessions(ps.sessions.setdefault(keys, []), keys, et, timeout, (d, m))
@@ -145,15 +148,15 @@ class ReduceWorker(ReadingWorker):
                 ps.windows.setdefault((keys, s, e), OpenWindow(keys, s, e)).items.append((d, m))
             ps.refs[seq] = [len(wins), m]
         await self.dead_letter(bad)
-        await self._late(late)
+        await self._late(late, ps.index or 0)
         await reply_all(self.nc, [m for m, _ in bad] + [m for m, _ in late], b"+ACK")
 
-    async def _late(self, late: list[tuple[Msg, Datum]]) -> None:
+    async def _late(self, late: list[tuple[Msg, Datum]], ps_index: int | None) -> None:
         """Beyond the allowed lateness: to the `late: true` out-edge if there is one, else counted."""
         if not late:
             return
         if any(e.late for e in self.p.out_edges(self.v.name)):
-            items = [Outgoing(f"{self.v.name}:late:{b.stream_sequence(m)}", d.id, d.value, d.event_time_ms,
+            items = [Outgoing(f"{self.v.name}:late:{ps_index}:{b.stream_sequence(m)}", d.id, d.value, d.event_time_ms,
                               d.keys, dict(d.headers) or None, frozenset(), late=True) for m, d in late]
             self.count_writes(await self.router.write(items))
         else:
@@ -190,9 +193,15 @@ class ReduceWorker(ReadingWorker):
                             done.append(ps.refs.pop(b.stream_sequence(m))[1])
             await reply_all(self.nc, done, b"+ACK")
             self.metrics.ack.inc(len(done))
-        if self.router.wm is not None:
-            # Every window still open ends after wm - lateness, and so will every result it emits.
-            await self.router.wm.update(ps.wm - self.lateness)
+
+    async def _publish_watermark(self) -> None:
+        """Every window still open ends after (lowest partition watermark - lateness), and so will
+        every result emitted from now on; nothing is promised while a partition is unknown."""
+        if self.router.wm is None or not self.parts:
+            return
+        if any(ps.recovering or ps.wm == UNKNOWN for ps in self.parts):
+            return
+        await self.router.wm.update(min(ps.wm for ps in self.parts) - self.lateness)
 
     def _forget(self, ps: Partition, w: OpenWindow) -> None:
         if self.cfg.window.session is not None:

@@ -203,3 +203,19 @@ async def test_async_generator_and_class_handlers(runner, nc, handler):
     events = [("a", 1, 1), ("a", 2, 2), ("b", 3, 4)]
     got = await run_scenario(runner, nc, {"fixed": {"length": "10s"}}, events, expect=2, handler=handler)
     assert got == {(("a",), 0, 10, 2, 3), (("b",), 0, 10, 1, 4)}
+
+
+def test_watermark_fetcher_keeps_the_entry_in_force_and_waits_for_silent_writers():
+    from framework.watermark import WatermarkFetcher
+
+    f = WatermarkFetcher(kv=None, to_vertex="agg", partition=0, timeout=10)
+    import time as _t
+
+    now = int(_t.time() * 1000)
+    for i in range(1, 400):  # a writer far ahead of the reader
+        f.observe("src.agg.0.r1", {"wm": i * 10, "seq": i, "ts": now})
+    assert f.compute(30) == 300
+    assert f.compute(31) == 310  # progress continues although many newer entries were thinned
+    f.observe("dead.agg.0.r2", {"wm": 100, "seq": 500, "ts": now - 60_000})  # silent, with unread data
+    assert f.compute(40) == 310  # held back: the silent writer's messages up to seq 500 are unread
+    assert f.compute(600) == 3990  # read past them: the silent writer is dropped

@@ -147,3 +147,8 @@ def test_committed_deploy_manifests_are_current_and_valid():
     for doc in yaml.safe_load_all((REPO / "deploy" / "keda" / "nats-cluster.yaml").read_text()):
         validate(doc)
     validate(yaml.safe_load((REPO / "deploy" / "keda" / "nats-secret.example.yaml").read_text()))
+
+
+def test_reduce_is_replaced_not_overlapped():
+    dep = rendered("anomaly")["detect.yaml"][0]
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
