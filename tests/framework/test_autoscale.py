@@ -19,7 +19,8 @@ async def test_scale_up_drain_to_zero_and_wake(tmp_path, nc, nats_url, monkeypat
     doc = {
         "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name},
         "spec": {
-            "limits": {"readBatchSize": 10},
+            # the cooldown never undercuts the ack wait (a killed replica's messages must come back)
+            "limits": {"readBatchSize": 10, "ackWait": "3s"},
             "vertices": [
                 {"name": "in", "source": {"nats": {"subject": f"{name}.in"}}},
                 {"name": "slow", "udf": {"map": {"handler": "tests.udfs:slow_identity"}},
