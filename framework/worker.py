@@ -80,10 +80,9 @@ class VertexWorker:
         self.publisher = b.JetStreamPublisher(self.nc)
         await self.publisher.start()
         self.router = Router(self.p, self.v.name, b.BufferWriter(self.js, self.publisher), self.publisher)
-        if self.p.out_edges(self.v.name) or self.v.kind != "sink":
+        if self.p.out_edges(self.v.name):  # every source and UDF (validated); never a sink
             await provision_bucket(self.js, self.p.name)
             self.kv = await self.js.key_value(bucket_name(self.p.name))
-        if self.p.out_edges(self.v.name):
             self.router.wm = WatermarkPublisher(self.kv, self.v.name, self.router.watermark_targets)
             self.router.wm.start_heartbeat(self.on_heartbeat)
         port = os.environ.get("NATSFLOW_METRICS_PORT")
@@ -129,6 +128,7 @@ class VertexWorker:
 class SourceWorker(VertexWorker):
     async def serve(self) -> None:
         cfg = self.v.source
+        self.event_time_fn = load_handler(cfg.event_time.handler, self.base_dir) if cfg.event_time else None
         connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
                                extra={"base_dir": self.base_dir})
@@ -142,16 +142,10 @@ class SourceWorker(VertexWorker):
             for r in records
         ]
 
-    def _event_time_fn(self):
-        if not hasattr(self, "_et_fn"):
-            ref = self.v.source.event_time
-            self._et_fn = load_handler(ref.handler, self.base_dir) if ref else None
-        return self._et_fn
-
     def assign_event_times(self, records: list[SourceRecord]) -> None:
         """Run the source's `eventTime` extractor: `fn(keys, datum) -> datetime | epoch ms`.
         A record it fails on keeps the source's own event time; the failure is counted and logged."""
-        fn = self._event_time_fn()
+        fn = self.event_time_fn
         if fn is None:
             return
         for r in records:

@@ -186,11 +186,12 @@ class ReduceWorker(ReadingWorker):
             for w in ready:
                 self._forget(ps, w)
                 for _, m in w.items:
-                    ref = ps.refs.get(b.stream_sequence(m))
+                    seq = b.stream_sequence(m)
+                    ref = ps.refs.get(seq)
                     if ref is not None:
                         ref[0] -= 1
                         if ref[0] == 0:
-                            done.append(ps.refs.pop(b.stream_sequence(m))[1])
+                            done.append(ps.refs.pop(seq)[1])
             await reply_all(self.nc, done, b"+ACK")
             self.metrics.ack.inc(len(done))
 
