@@ -18,6 +18,7 @@ SOURCES = {
     "http": "vertices.sources.http:HttpSource",
     "nats": "vertices.sources.nats:NatsSource",
     "jetstream": "vertices.sources.jetstream:JetStreamSource",
+    "redisStreams": "vertices.sources.redis_streams:RedisStreamsSource",
 }
 SINKS = {
     "log": "vertices.sinks.log:LogSink",
@@ -25,6 +26,9 @@ SINKS = {
     "nats": "vertices.sinks.nats:NatsSink",
     "jetstream": "vertices.sinks.jetstream:JetStreamSink",
     "udsink": "vertices.sinks.udsink:UserSink",
+    "postgres": "vertices.sinks.postgres:PostgresSink",
+    "redis": "vertices.sinks.redis:RedisSink",
+    "http": "vertices.sinks.http:HttpSink",
 }
 
 
@@ -53,6 +57,18 @@ def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecor
 
 class BufferFull(Exception):
     """Raised to a non-blocking emitter when an out-edge buffer has no room."""
+
+
+class DatumsRejected(Exception):
+    """Raised by a sink's `write` for datums that can never be written (a payload the target
+    refuses); `reasons` maps their positions in the batch to the error text. The worker sends
+    those to the fallback sink (or the dead-letter stream) and writes the others again, so a sink
+    must make writing them again harmless (a rolled-back transaction, skipping what it sent)."""
+
+    def __init__(self, reasons: dict[int, str]):
+        self.reasons = reasons
+        first = next(iter(reasons.values()), "")
+        super().__init__(f"{len(reasons)} datum(s) rejected; first: {first}")
 
 
 Emit = Callable[[list[SourceRecord]], Awaitable[None]]

@@ -6,7 +6,7 @@ import threading
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -29,6 +29,10 @@ class VertexMetrics:
         self._drop = counter("forwarder_drop_total", "messages dropped, by reason", ("reason",))
         self._error = counter("forwarder_udf_error_total", "failed UDF or sink calls (before retry)")
         self._dlq = counter("forwarder_dead_letter_total", "messages sent to the dead-letter stream")
+        self._fallback = counter("forwarder_fallback_total", "messages a sink gave up on, written to its fallback sink")
+        self._upstream = Gauge("source_upstream_backlog", "what the upstream system reports a source has not "
+                               "finished: state=lag (not yet read) or pending (read, not acknowledged)",
+                               labels + ("state",), registry=self.registry)
         self._batch = Histogram(
             "forwarder_udf_batch_seconds", "time to process one read batch", labels, registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
@@ -37,6 +41,7 @@ class VertexMetrics:
         self.ack = self._ack.labels(**base)
         self.error = self._error.labels(**base)
         self.dlq = self._dlq.labels(**base)
+        self.fallback = self._fallback.labels(**base)
         self._base = base
 
     def written(self, to_vertex: str, n: int) -> None:
@@ -46,6 +51,9 @@ class VertexMetrics:
     def dropped(self, reason: str, n: int) -> None:
         if n:
             self._drop.labels(reason=reason, **self._base).inc(n)
+
+    def upstream_backlog(self, state: str, n: int) -> None:
+        self._upstream.labels(state=state, **self._base).set(n)
 
     def observe_batch(self, seconds: float) -> None:
         self._batch.observe(seconds)

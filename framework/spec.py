@@ -153,7 +153,19 @@ class JetStreamSource(Model):
     deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
 
 
-SOURCE_KINDS = ("generator", "http", "nats", "jetstream")
+class RedisStreamsSource(Model):
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str = Field(min_length=1)
+    group: str = Field(min_length=1)
+    consumer: str | None = Field(None, description="consumer name (default $NATSFLOW_REPLICA_ID or the hostname)")
+    start_id: str = Field("0", alias="startId", description="where a new group starts: 0 = all, $ = new only")
+    value_field: str = Field("value", alias="valueField", description="the field holding the payload")
+    key_field: str | None = Field("key", alias="keyField", description="a field whose value is the message key")
+    claim_idle: Duration = Field(60.0, alias="claimIdle", gt=0,
+                                 description="take over entries another consumer left unacked this long")
+
+
+SOURCE_KINDS = ("generator", "http", "nats", "jetstream", "redisStreams")
 
 
 class Source(Model):
@@ -161,6 +173,7 @@ class Source(Model):
     http: HttpSource | None = None
     nats: NatsSource | None = None
     jetstream: JetStreamSource | None = None
+    redisStreams: RedisStreamsSource | None = None  # noqa: N815 - the attribute is the kind's name
     event_time: Handler | None = Field(None, alias="eventTime")
 
     @model_validator(mode="after")
@@ -286,21 +299,100 @@ class JetStreamSink(Model):
     subject: str
 
 
+class PostgresMode(str, Enum):
+    insert = "insert"
+    upsert = "upsert"
+
+
+class PostgresSink(Model):
+    dsn: str = Field(min_length=1)
+    table: str = Field(min_length=1, description="table name, optionally schema.table")
+    mode: PostgresMode = PostgresMode.insert
+    key_columns: list[str] = Field(default_factory=list, alias="keyColumns")
+    id_column: str | None = Field(None, alias="idColumn", description="column that gets the data id")
+    header_columns: dict[str, str] = Field(default_factory=dict, alias="headerColumns",
+                                           description="header name -> column, e.g. {Nf-Error: error}")
+
+    @model_validator(mode="after")
+    def _keys_for_upsert(self) -> "PostgresSink":
+        if self.mode is PostgresMode.upsert and not self.key_columns:
+            raise ValueError("mode upsert needs keyColumns (the columns of a unique index or primary key)")
+        return self
+
+
+class RedisSink(Model):
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str | None = None
+    list: str | None = None
+    max_len: int | None = Field(None, alias="maxLen", ge=1, description="trim the stream to about this length")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "RedisSink":
+        if (self.stream is None) == (self.list is None):
+            raise ValueError("set exactly one of stream or list")
+        return self
+
+
+class HttpMethod(str, Enum):
+    post = "POST"
+    put = "PUT"
+    patch = "PATCH"
+
+
+class HttpSink(Model):
+    url: str = Field(pattern=r"^https?://")
+    method: HttpMethod = HttpMethod.post
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = Field(10.0, gt=0)
+    concurrency: int = Field(16, ge=1, le=1000, description="requests in flight at once")
+
+
+class Backoff(Model):
+    interval: Duration = 0.05
+    factor: float = Field(2.0, ge=1.0)
+    cap: Duration = 5.0
+    steps: int = Field(3, ge=0, description="retries before onFailure applies (retry: never applies)")
+    jitter: float = Field(0.0, ge=0.0, le=1.0, description="each delay is scaled by a random 1 ± jitter")
+
+
+class OnFailure(str, Enum):
+    retry = "retry"
+    fallback = "fallback"
+    drop = "drop"
+
+
+class RetryStrategy(Model):
+    backoff: Backoff = Field(default_factory=Backoff)
+    on_failure: OnFailure = Field(OnFailure.retry, alias="onFailure")
+
+
+SINK_KINDS = ("log", "blackhole", "nats", "jetstream", "udsink", "postgres", "redis", "http")
+
+
 class Sink(Model):
     log: LogSink | None = None
     blackhole: BlackholeSink | None = None
     nats: NatsSink | None = None
     jetstream: JetStreamSink | None = None
     udsink: Handler | None = None
+    postgres: PostgresSink | None = None
+    redis: RedisSink | None = None
+    http: HttpSink | None = None
+    retry_strategy: RetryStrategy = Field(default_factory=RetryStrategy, alias="retryStrategy")
+    fallback: Sink | None = Field(None, description="where datums go that the sink gives up on (any sink kind)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Sink":
-        _exactly_one_of(self, "sink")
+        _exactly_one_of(self, "sink", fields=SINK_KINDS)
+        if self.retry_strategy.on_failure is OnFailure.fallback and self.fallback is None:
+            raise ValueError("retryStrategy.onFailure is fallback, so a fallback sink is required")
+        if self.fallback is not None and self.fallback.fallback is not None:
+            raise ValueError("a fallback sink cannot have a fallback of its own")
         return self
 
     @property
     def kind(self) -> str:
-        return _chosen(self)
+        return _chosen(self, fields=SINK_KINDS)
 
 
 # ---- graph -----------------------------------------------------------------------------------

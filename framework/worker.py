@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import signal
 import time
 from datetime import datetime
@@ -24,11 +25,11 @@ from nats.aio.msg import Msg
 
 from . import buffer as b
 from .connection import NatsSettings, reply_all
-from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, SourceRecord, load_connector
+from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, SourceRecord, load_connector
 from .metrics import VertexMetrics
 from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
-from .spec import Pipeline, Retry, load_handler, load_pipeline
+from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
 from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
@@ -131,7 +132,7 @@ class SourceWorker(VertexWorker):
         self.event_time_fn = load_handler(cfg.event_time.handler, self.base_dir) if cfg.event_time else None
         connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
-                               extra={"base_dir": self.base_dir})
+                               extra={"base_dir": self.base_dir, "metrics": self.metrics})
         await connector.run(ctx, self.emit, self.try_emit)
 
     def _outgoing(self, records: list[SourceRecord]) -> list[Outgoing]:
@@ -452,37 +453,130 @@ class MapStreamWorker(UdfWorker):
 
 
 class SinkWorker(ReadingWorker):
+    """Writes each batch to the sink. A failing write is retried with `retryStrategy.backoff`;
+    after `steps` retries `onFailure` decides: `retry` keeps going (the pipeline backs up through
+    its buffers, nothing is lost), `fallback` writes the batch to the fallback sink with the error
+    in `Nf-Error`, `drop` counts and acks it. Datums a sink rejects as unwritable go to the
+    fallback sink, or to the dead-letter stream when there is none."""
+
     async def setup(self) -> None:
         cfg = self.v.sink
+        ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
+                               extra={"base_dir": self.base_dir})
         self.sink = load_connector(SINKS, cfg.kind, getattr(cfg, cfg.kind))
-        await self.sink.start(ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
-                                               extra={"base_dir": self.base_dir}))
+        await self.sink.start(ctx)
+        self.fallback = None
+        if cfg.fallback is not None:
+            fb = cfg.fallback
+            self.fallback = load_connector(SINKS, fb.kind, getattr(fb, fb.kind))
+            await self.fallback.start(ctx)
 
     async def teardown(self) -> None:
         await self.sink.close()
+        if self.fallback is not None:
+            await self.fallback.close()
 
     async def process(self, msgs: list[Msg]) -> bool:
+        try:
+            return await self._write_batch(msgs)
+        except _FallbackDown:  # stopping while the fallback fails: all back (at-least-once)
+            await reply_all(self.nc, msgs, b"-NAK")
+            return False
+
+    async def _write_batch(self, msgs: list[Msg]) -> bool:
         good, failed = self.decode(msgs)
         await self.dead_letter(failed)
-        datums = [d for _, d in good]
-        delay = 0.05
-        while datums:
+        pending = good
+        strategy = self.v.sink.retry_strategy
+        delays = sink_delays(strategy.backoff)
+        retries = 0
+        while pending:
             try:
-                await self.sink.write(datums)
-                self.metrics.written("sink", len(datums))
+                await self.sink.write([d for _, d in pending])
+                self.metrics.written("sink", len(pending))
                 return True
+            except DatumsRejected as exc:  # bad datums out, the rest is written again right away
+                rejected = [(pending[i], reason) for i, reason in sorted(exc.reasons.items())]
+                await self.reject(rejected)
+                pending = [md for i, md in enumerate(pending) if i not in exc.reasons]
+                continue
             except Exception as exc:  # noqa: BLE001 - a failing sink backs the pipeline up, never loses data
                 self.metrics.error.inc(1)
-                if self.stopping.is_set():
-                    log.warning("sink %s failing while stopping (%s); handing %d messages back",
-                                self.v.name, exc, len(msgs))
-                    await reply_all(self.nc, msgs, b"-NAK")
-                    return False
-                log.warning("sink %s write failed: %s: %s; retrying in %.2fs", self.v.name,
-                            type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                error = f"{type(exc).__name__}: {exc}"
+            if self.stopping.is_set():
+                log.warning("sink %s failing while stopping (%s); handing %d messages back",
+                            self.v.name, error, len(pending))
+                await self._hand_back(msgs, pending)
+                return False
+            if strategy.on_failure is not OnFailure.retry and retries >= strategy.backoff.steps:
+                await self.give_up(pending, error, strategy.on_failure)
+                return True
+            delay = next(delays)
+            retries += 1
+            log.warning("sink %s write of %d failed: %s; retry %d in %.2fs", self.v.name, len(pending),
+                        error, retries, delay)
+            with contextlib.suppress(asyncio.TimeoutError):  # a stop request ends the wait early
+                await asyncio.wait_for(self.stopping.wait(), delay)
         return True
+
+    async def _hand_back(self, msgs: list[Msg], pending: list[tuple[Msg, Datum]]) -> None:
+        """While stopping: ack what was handled (written, rejected, dead-lettered), NAK the rest."""
+        unhandled = {id(m) for m, _ in pending}
+        done = [m for m in msgs if id(m) not in unhandled]
+        await reply_all(self.nc, done, b"+ACK")
+        self.metrics.ack.inc(len(done))
+        await reply_all(self.nc, [m for m, _ in pending], b"-NAK")
+
+    async def give_up(self, pending: list[tuple[Msg, Datum]], error: str, on_failure: OnFailure) -> None:
+        if on_failure is OnFailure.drop:
+            self.metrics.dropped("sink_failure", len(pending))
+            log.warning("sink %s: dropped %d message(s) after %d retries; error: %s", self.v.name,
+                        len(pending), self.v.sink.retry_strategy.backoff.steps, error)
+            return
+        await self.reject([(md, error) for md in pending])
+
+    async def reject(self, rejected: list[tuple[tuple[Msg, Datum], str]]) -> None:
+        """Datums the sink will not take: to the fallback sink with the error, else dead-lettered."""
+        if self.fallback is None:
+            await self.dead_letter([(m, error) for (m, _), error in rejected])
+            return
+        out = [with_error(d, error, self.v.name) for (_, d), error in rejected]
+        delays = sink_delays(self.v.sink.retry_strategy.backoff)
+        while True:  # a failing fallback backs the pipeline up like a failing sink with onFailure retry
+            try:
+                await self.fallback.write(out)
+                break
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.error.inc(1)
+                if self.stopping.is_set():
+                    raise _FallbackDown() from exc
+                delay = next(delays)
+                log.warning("sink %s: fallback write of %d failed: %s: %s; retrying in %.2fs", self.v.name,
+                            len(out), type(exc).__name__, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+        self.metrics.fallback.inc(len(out))
+        log.warning("sink %s: %d message(s) written to the fallback sink; first error: %s", self.v.name,
+                    len(out), rejected[0][1])
+
+
+class _FallbackDown(Exception):
+    pass
+
+
+def sink_delays(backoff: Backoff):
+    """interval, interval×factor, … capped at `cap`, each scaled by a random 1 ± jitter so that
+    replicas failing together do not retry in lockstep."""
+    delay = backoff.interval
+    while True:
+        yield delay * (1 + random.uniform(-backoff.jitter, backoff.jitter))
+        delay = min(delay * backoff.factor, backoff.cap)
+
+
+def with_error(d: Datum, error: str, vertex: str) -> Datum:
+    headers = {**d.headers, b.HDR_ERROR: error[:4000].replace("\r", " ").replace("\n", " | "),
+               b.HDR_ERROR_VERTEX: vertex}
+    return Datum(d.keys, d.value, headers=headers, id=d.id, event_time_ms=d.event_time_ms)
 
 
 def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path | None) -> VertexWorker:

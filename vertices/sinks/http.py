@@ -1,0 +1,82 @@
+"""`http`: one request per message (`method` to `url`, up to `concurrency` in flight), the payload
+as the body. A response outside 2xx is a failure.
+
+Each request carries `Idempotency-Key: <data id>` (so a receiver can ignore a retried request), the
+natsflow HTTP source's headers (`X-Natsflow-Id`, `X-Natsflow-Keys`, `X-Natsflow-Event-Time`, so
+one pipeline can post into another), the configured `headers`, and the message's own headers (a
+fallback's `Nf-Error` among them). A 4xx other than 408 and 429 means the receiver refuses that
+message: it goes to the fallback sink or the dead-letter stream and the batch goes on. Any other
+failure retries the batch; messages already answered 2xx are not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from framework.connectors import ConnectorContext, DatumsRejected
+from framework.sdk import Datum
+from framework.spec import HttpSink as Config
+
+SKIP_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+RETRYABLE_4XX = {408, 429}
+
+
+class HttpStatusError(Exception):
+    def __init__(self, method: str, url: str, status: int, body: str):
+        self.status = status
+        super().__init__(f"{method} {url} answered {status}: {body[:200]}")
+
+
+class HttpSink:
+    def __init__(self, config: Config):
+        self.cfg = config
+        self.sent: set[str] = set()  # ids answered 2xx in a batch that has not fully succeeded yet
+
+    async def start(self, ctx: ConnectorContext) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
+        self.limit = asyncio.Semaphore(self.cfg.concurrency)
+
+    def headers(self, d: Datum) -> dict[str, str]:
+        h = {k: v for k, v in d.headers.items() if k.lower() not in SKIP_HEADERS}
+        h.update(self.cfg.headers)
+        h.update({"Idempotency-Key": d.id, "X-Natsflow-Id": d.id, "X-Natsflow-Event-Time": str(d.event_time_ms),
+                  "Content-Type": "application/octet-stream"})
+        if d.keys:
+            h["X-Natsflow-Keys"] = ",".join(d.keys)
+        return h
+
+    async def send(self, d: Datum) -> None:
+        method = self.cfg.method.value
+        try:
+            async with self.limit, self.session.request(method, self.cfg.url, data=d.value,
+                                                        headers=self.headers(d)) as resp:
+                body = await resp.text(errors="replace")
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"{method} {self.cfg.url}: no answer within {self.cfg.timeout}s") from None
+        if not 200 <= resp.status < 300:
+            raise HttpStatusError(method, self.cfg.url, resp.status, body)
+
+    async def write(self, datums: list[Datum]) -> None:
+        ids = {d.id for d in datums}
+        self.sent &= ids  # forget a batch that was given up on
+        todo = [(i, d) for i, d in enumerate(datums) if d.id not in self.sent]
+        results = await asyncio.gather(*(self.send(d) for _, d in todo), return_exceptions=True)
+        refused: dict[int, str] = {}
+        failure: BaseException | None = None
+        for (i, d), res in zip(todo, results):
+            if res is None:
+                self.sent.add(d.id)
+            elif isinstance(res, HttpStatusError) and 400 <= res.status < 500 and res.status not in RETRYABLE_4XX:
+                refused[i] = f"{type(res).__name__}: {res}"
+            elif failure is None:
+                failure = res
+        if failure is not None:
+            raise failure
+        if refused:
+            raise DatumsRejected(refused)
+        self.sent.clear()
+
+    async def close(self) -> None:
+        await self.session.close()
