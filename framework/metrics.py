@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import os
 import threading
+import time
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from nats import errors as nats_errors
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)
+SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+# /readyz: a function returning the reasons the worker is not ready (empty = ready), or a bool.
+ReadyCheck = Callable[[], "list[str] | bool"]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -33,10 +46,25 @@ class VertexMetrics:
         self._upstream = Gauge("source_upstream_backlog", "what the upstream system reports a source has not "
                                "finished: state=lag (not yet read) or pending (read, not acknowledged)",
                                labels + ("state",), registry=self.registry)
-        self._batch = Histogram(
-            "forwarder_udf_batch_seconds", "time to process one read batch", labels, registry=self.registry,
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
-        ).labels(**base)
+        self._platform = counter("forwarder_platform_error_total",
+                                 "batches left unacked because NATS failed mid-batch", ("reason",))
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] = SECONDS_BUCKETS):
+            return Histogram(name, doc, labels, registry=self.registry, buckets=buckets).labels(**base)
+
+        self._batch = histogram("forwarder_udf_batch_seconds", "time to process one read batch, read to ack")
+        self.udf_time = histogram("forwarder_udf_processing_seconds", "time in the user function per read batch")
+        self.sink_time = histogram("forwarder_sink_write_seconds", "time of one sink connector write call")
+        self.batch_size = histogram("forwarder_read_batch_size", "messages per read batch", SIZE_BUCKETS)
+        self._pending = Gauge("forwarder_buffer_pending", "messages in the vertex's buffer not yet delivered",
+                              labels + ("buffer",), registry=self.registry)
+        self._ack_pending = Gauge("forwarder_buffer_ack_pending", "messages delivered and not yet acked",
+                                  labels + ("buffer",), registry=self.registry)
+        self._watermark = Gauge("forwarder_watermark_ms", "the vertex's watermark, epoch ms (-1 = unknown)",
+                                labels, registry=self.registry).labels(**base)
+        self._wm_lag = Gauge("forwarder_watermark_lag_seconds", "now - watermark (NaN while unknown)",
+                             labels, registry=self.registry).labels(**base)
+        self.watch_watermark(lambda: -1)
         self.read = self._read.labels(**base)
         self.ack = self._ack.labels(**base)
         self.error = self._error.labels(**base)
@@ -58,9 +86,27 @@ class VertexMetrics:
     def observe_batch(self, seconds: float) -> None:
         self._batch.observe(seconds)
 
-    def serve(self, port: int, ready: Callable[[], bool], addr: str = "0.0.0.0") -> WSGIServer:
-        """Prometheus metrics on /metrics, `/livez` (the process answers) and `/readyz` (connected
-        and serving) for Kubernetes probes, on one port, in a daemon thread."""
+    def platform_error(self, reason: str) -> None:
+        self._platform.labels(reason=reason, **self._base).inc()
+
+    def buffer_state(self, buffer: str, pending: int, ack_pending: int) -> None:
+        self._pending.labels(buffer=buffer, **self._base).set(pending)
+        self._ack_pending.labels(buffer=buffer, **self._base).set(ack_pending)
+
+    def watch_watermark(self, current: Callable[[], int]) -> None:
+        """Read the watermark (epoch ms, < 0 = unknown) when scraped: nothing on the hot path."""
+        self._watermark.set_function(lambda: float(current()))
+
+        def lag() -> float:
+            wm = current()
+            return time.time() - wm / 1000 if wm >= 0 else math.nan
+
+        self._wm_lag.set_function(lag)
+
+    def serve(self, port: int, ready: ReadyCheck, addr: str = "0.0.0.0") -> WSGIServer:
+        """Prometheus metrics on /metrics, `/livez` (the process answers) and `/readyz` (200 when
+        `ready()` finds nothing missing, else 503 with the reasons) for Kubernetes probes, on one
+        port, in a daemon thread."""
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ, start_response):
@@ -69,9 +115,11 @@ class VertexMetrics:
                 start_response("200 OK", [("Content-Type", "text/plain")])
                 return [b"ok\n"]
             if path == "/readyz":
-                ok = ready()
-                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-                return [b"ready\n" if ok else b"not ready\n"]
+                missing = ready()
+                if isinstance(missing, bool):  # an older check: True = ready
+                    missing = [] if missing else ["not connected or stopping"]
+                start_response("503 Service Unavailable" if missing else "200 OK", [("Content-Type", "text/plain")])
+                return [f"not ready: {'; '.join(missing)}\n".encode() if missing else b"ready\n"]
             return metrics_app(environ, start_response)
 
         server = make_server(addr, port, app, handler_class=_QuietHandler)
@@ -88,3 +136,54 @@ class VertexMetrics:
                     suffix = "".join(f"[{v}]" for v in extra.values())
                     out[s.name + suffix] = s.value
         return out
+
+
+class BufferProbe:
+    """In the background, every `interval` s: the vertex's own buffers' consumer info sets the
+    pending gauges, and every buffer it reads or writes must exist for /readyz. Never on the hot
+    path: a scrape or a probe reads the last result."""
+
+    def __init__(self, js: JetStreamContext, metrics: VertexMetrics, own: list[str], out: list[str],
+                 interval: float | None = None):
+        self._js = js
+        self._metrics = metrics
+        self._own = own  # stream = durable consumer name (docs/protocol.md §1)
+        self._out = out
+        self._interval = interval if interval is not None else float(os.environ.get("NATSFLOW_METRICS_INTERVAL", "5"))
+        self.missing: list[str] = ["buffers not checked yet"]
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await self.check()
+            # Not ready: look again soon, so the pod turns ready quickly once provisioned.
+            await asyncio.sleep(min(self._interval, 1.0) if self.missing else self._interval)
+
+    async def check(self) -> None:
+        missing = []
+        for stream in self._own:
+            try:
+                info = await self._js.consumer_info(stream, stream)
+                self._metrics.buffer_state(stream, info.num_pending, info.num_ack_pending)
+            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                missing.append(_buffer_problem(stream, exc))
+        for stream in self._out:
+            try:
+                await self._js.stream_info(stream)
+            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                missing.append(_buffer_problem(stream, exc))
+        self.missing = missing
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _buffer_problem(stream: str, exc: Exception) -> str:
+    if isinstance(exc, NotFoundError):
+        return f"buffer {stream} not provisioned (run natsflow provision)"
+    return f"buffer {stream} unreadable ({type(exc).__name__})"

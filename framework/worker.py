@@ -26,10 +26,11 @@ from nats.aio.msg import Msg
 from . import buffer as b
 from .connection import NatsSettings, reply_all
 from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, SourceRecord, load_connector
-from .metrics import VertexMetrics
+from .metrics import BufferProbe, VertexMetrics
 from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
 from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
+from .tracing import VertexTracer
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
 from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
@@ -71,6 +72,13 @@ class VertexWorker:
         self.stopping = asyncio.Event()
         self.metrics = VertexMetrics(p.name, vertex)
         self.nc: Client | None = None
+        source = self.v.kind == "source"
+        own = [] if source else [b.stream_name(p.name, vertex, part) for part in b.partitions(p, vertex)]
+        out = [b.stream_name(p.name, e.to, part) for e in p.out_edges(vertex) for part in b.partitions(p, e.to)]
+        self.buffers = (own, out)
+        self.tracer = VertexTracer.from_env(p.name, vertex, source, ",".join(out if source else own))
+        self.probe: BufferProbe | None = None
+        self.loaded = False  # the handler / connector is imported and started
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,14 +95,38 @@ class VertexWorker:
             self.router.wm = WatermarkPublisher(self.kv, self.v.name, self.router.watermark_targets)
             self.router.wm.start_heartbeat(self.on_heartbeat)
         port = os.environ.get("NATSFLOW_METRICS_PORT")
+        self.metrics.watch_watermark(self.watermark)
         if port:
-            self.metrics.serve(int(port), ready=lambda: self.nc.is_connected and not self.stopping.is_set())
+            self.probe = BufferProbe(self.js, self.metrics, *self.buffers)
+            self.probe.start()
+            self.metrics.serve(int(port), ready=self.readiness)
         log.info("vertex %s (%s) started", self.v.name, self.v.kind)
         try:
             await self.serve()
         finally:
             await self.shutdown()
             log.info("vertex %s stopped; stats %s", self.v.name, json.dumps(self.metrics.snapshot()))
+
+    def readiness(self) -> list[str]:
+        """What keeps /readyz from answering 200 (runs in the metrics thread: reads state only)."""
+        missing = [] if self.nc is not None and self.nc.is_connected else ["not connected to NATS"]
+        if self.stopping.is_set():
+            missing.append("stopping")
+        side_inputs = getattr(self, "side_inputs", None)
+        if side_inputs is not None and not side_inputs.complete.is_set():
+            missing.append("waiting for side inputs")
+        elif not self.loaded:
+            missing.append("handler not loaded yet")
+        if self.probe is not None:
+            missing += self.probe.missing
+        return missing
+
+    def watermark(self) -> int:
+        """Epoch ms (-1 = unknown): a reader's input watermark, else what this vertex publishes."""
+        wm_in = getattr(self, "wm_in", None)
+        if wm_in is not None:
+            return wm_in.wm
+        return self.router.wm.wm if self.router.wm is not None else -1
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -119,8 +151,12 @@ class VertexWorker:
         self.metrics.dropped("no_route", report.unrouted)
 
     async def shutdown(self) -> None:
+        if self.probe is not None:
+            await self.probe.close()
         if self.router.wm is not None:
             await self.router.wm.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports the spans still queued
         await self.publisher.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.drain(), 10)
@@ -133,6 +169,7 @@ class SourceWorker(VertexWorker):
         connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
                                extra={"base_dir": self.base_dir, "metrics": self.metrics})
+        self.loaded = True
         await connector.run(ctx, self.emit, self.try_emit)
 
     def _outgoing(self, records: list[SourceRecord]) -> list[Outgoing]:
@@ -161,12 +198,33 @@ class SourceWorker(VertexWorker):
 
     async def emit(self, records: list[SourceRecord]) -> None:
         self.metrics.read.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
         self.assign_event_times(records)
-        self.count_writes(await self.router.write(self._outgoing(records)))
+        if self.tracer is None:
+            self.count_writes(await self.router.write(self._outgoing(records)))
+        else:
+            await self._traced_write(records)
         if records:
             self._last_emit = time.monotonic()
             wm_cfg = self.p.spec.watermark
             await self.router.wm.update(min(r.event_time_ms for r in records) - int(wm_cfg.max_delay * 1000))
+
+    async def _traced_write(self, records: list[SourceRecord]) -> None:
+        """A span per record, child of its incoming `traceparent` (HTTP header or message header),
+        ending once the record is stored; the record carries the span's context downstream."""
+        spans = []
+        for r in records:
+            if r.headers is None:
+                r.headers = {}
+            span = self.tracer.start(r.headers, r.id or r.offset)
+            if span is not None:
+                spans.append(span)
+        try:
+            self.count_writes(await self.router.write(self._outgoing(records)))
+        except BaseException as exc:
+            self.tracer.end(spans, f"{type(exc).__name__}: {exc}")
+            raise
+        self.tracer.end(spans)
 
     _last_emit = 0.0
     _last_idle_step = 0.0
@@ -195,6 +253,8 @@ class SourceWorker(VertexWorker):
 class ReadingWorker(VertexWorker):
     """A vertex that owns a buffer: UDFs and sinks."""
 
+    spans: dict | None = None  # the current batch's spans by id(msg), when tracing
+
     async def serve(self) -> None:
         stream = b.stream_name(self.p.name, self.v.name)
         self.reader = b.BufferReader(self.nc, stream, b.consumer_name(self.p.name, self.v.name),
@@ -205,7 +265,13 @@ class ReadingWorker(VertexWorker):
         if self.router.wm is not None:  # a vertex that writes on passes the watermark along
             self.wm_in = WatermarkFetcher(self.kv, self.v.name, 0, self.p.spec.watermark.publisher_timeout)
             await self.wm_in.start()
+        elif self.v.sink is not None:  # a sink only reports its watermark (forwarder_watermark_ms)
+            with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):  # no bucket: no watermark
+                self.kv = await self.js.key_value(bucket_name(self.p.name))
+                self.wm_in = WatermarkFetcher(self.kv, self.v.name, 0, self.p.spec.watermark.publisher_timeout)
+                await self.wm_in.start()
         await self.setup()
+        self.loaded = True
         await self.reader.start()
         try:
             while not self.stopping.is_set():
@@ -215,6 +281,9 @@ class ReadingWorker(VertexWorker):
                     continue
                 started = time.perf_counter()
                 self.metrics.read.inc(len(msgs))
+                self.metrics.batch_size.observe(len(msgs))
+                # Spans start before decoding: each input's traceparent becomes this vertex's span.
+                self.spans = self.tracer.start_messages(msgs) if self.tracer is not None else None
                 try:
                     async with self._keep_alive(msgs):
                         handled = await self.process(msgs)
@@ -223,11 +292,16 @@ class ReadingWorker(VertexWorker):
                     # after the ack wait and the msg ids drop whatever was already written.
                     log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
                                 self.v.name, len(msgs), type(exc).__name__, exc)
+                    self.metrics.platform_error(type(exc).__name__)
+                    if self.spans:
+                        self.tracer.end(self.spans.values(), f"not acked ({type(exc).__name__}); redelivered later")
                     continue
                 if handled:
                     await reply_all(self.nc, msgs, b"+ACK")
                     self.metrics.ack.inc(len(msgs))
                     await self._pass_watermark(max(b.stream_sequence(m) for m in msgs))
+                if self.spans:
+                    self.tracer.end(self.spans.values(), None if handled else "handed back while stopping")
                 self.metrics.observe_batch(time.perf_counter() - started)
         finally:
             await self.reader.close()
@@ -240,7 +314,9 @@ class ReadingWorker(VertexWorker):
         if self.wm_in is None:
             return
         self.processed_seq = max(self.processed_seq, seq)
-        await self.router.wm.update(self.wm_in.compute(self.processed_seq))
+        wm = self.wm_in.compute(self.processed_seq)
+        if self.router.wm is not None:
+            await self.router.wm.update(wm)
 
     async def _idle_watermark(self) -> None:
         """Nothing to read: everything up to the consumer's ack floor is processed by some replica
@@ -301,6 +377,7 @@ class ReadingWorker(VertexWorker):
             return
         out = []
         for m, error in failed:
+            VertexTracer.fail(self.spans, m, error)
             headers = dict(m.headers or {})
             headers[b.HDR_MSG_ID] = f"dlq:{self.v.name}:{b.stream_sequence(m)}"
             headers[b.HDR_ERROR] = error[:4000].replace("\r", " ").replace("\n", " | ")
@@ -348,7 +425,8 @@ class UdfWorker(ReadingWorker):
 
     async def process(self, msgs: list[Msg]) -> bool:
         good, failed = self.decode(msgs)
-        results = await self.runner.run([d for _, d in good])
+        with self.metrics.udf_time.time():
+            results = await self.runner.run([d for _, d in good])
         results = await self._retry(good, results)
         outgoing: list[Outgoing] = []
         prefix = self.v.name + ":"
@@ -421,7 +499,8 @@ class MapStreamWorker(UdfWorker):
 
     async def process(self, msgs: list[Msg]) -> bool:
         good, failed = self.decode(msgs)
-        errors = await asyncio.gather(*(self._stream_one(m, d) for m, d in good))
+        with self.metrics.udf_time.time():
+            errors = await asyncio.gather(*(self._stream_one(m, d) for m, d in good))
         failed += [(m, f"{type(e).__name__}: {e}") for (m, _), e in zip(good, errors) if e is not None]
         await self.dead_letter(failed)
         return True
@@ -492,7 +571,8 @@ class SinkWorker(ReadingWorker):
         retries = 0
         while pending:
             try:
-                await self.sink.write([d for _, d in pending])
+                with self.metrics.sink_time.time():
+                    await self.sink.write([d for _, d in pending])
                 self.metrics.written("sink", len(pending))
                 return True
             except DatumsRejected as exc:  # bad datums out, the rest is written again right away

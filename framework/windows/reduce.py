@@ -64,6 +64,7 @@ class ReduceWorker(ReadingWorker):
         self.cfg = cfg
         self.lateness = int(cfg.allowed_lateness * 1000)
         self.fn = load_handler(cfg.handler, self.base_dir)
+        self.loaded = True  # for /readyz
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
         self.parts: list[Partition] = []
         timeout = self.p.spec.watermark.publisher_timeout

@@ -1,7 +1,8 @@
 """`http`: `POST /vertices/<name>` stores the body in the first buffer and only then answers 2xx.
 
 Headers: `X-Natsflow-Keys` (comma-separated), `X-Natsflow-Event-Time` (epoch ms), `X-Natsflow-Id`
-(dedup id: a retried POST with the same id is stored once). Answers 400 for bad input, 401 for a
+(dedup id: a retried POST with the same id is stored once), W3C `traceparent`/`tracestate` (the
+message joins the client's trace). Answers 400 for bad input, 401 for a
 missing/wrong bearer token, 413 over the body limit, 503 while the buffer is full. `GET /livez` and
 `GET /readyz` answer 200.
 """
@@ -41,6 +42,17 @@ async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
+def trace_headers(headers: dict[str, str]) -> dict[str, str] | None:
+    """A client's W3C trace context travels with the message (the source's span, when tracing is
+    on, becomes its child; when off, the context passes through unchanged)."""
+    if "traceparent" not in headers:
+        return None
+    kept = {"traceparent": headers["traceparent"]}
+    if "tracestate" in headers:
+        kept["tracestate"] = headers["tracestate"]
+    return kept
+
+
 class HttpSource:
     def __init__(self, config: Config):
         self.cfg = config
@@ -63,7 +75,7 @@ class HttpSource:
         data_id = headers.get("x-natsflow-id") or uuid.uuid4().hex
         if len(data_id) > 256 or any(c in data_id for c in "\r\n"):
             raise HttpError(400, "X-Natsflow-Id must be at most 256 characters on one line")
-        return SourceRecord(body, data_id, event_ms, keys, None, data_id)
+        return SourceRecord(body, data_id, event_ms, keys, trace_headers(headers), data_id)
 
     async def read_body(self, receive: Receive, declared: str | None) -> bytes:
         limit = self.cfg.max_body_size

@@ -1,0 +1,111 @@
+"""A sink's `retryStrategy` and `fallback`: an always-failing sink sends everything to its fallback
+with the error text, `drop` counts what it drops, and the spec rejects fallbacks that cannot work."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from framework.embedded import free_port
+from framework.spec import Sink, SpecError, parse_pipeline
+from tests.conftest import wait_for
+from tests.vertices.test_http_sink import Receiver, feed, pipeline
+
+
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample from the worker's /metrics, or None when the worker does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_always_failing_sink_sends_everything_to_fallback_with_error(runner, nc):
+    receiver = await Receiver(lambda body: 500).start()
+    port = free_port()
+    try:
+        stream = await feed(nc, runner, 400)
+        fb_stream = f"FB_{runner.name}"
+        pipeline(runner, stream, {
+            "http": {"url": receiver.url},
+            "retryStrategy": {"backoff": {"interval": "10ms", "steps": 2, "jitter": 0.5}, "onFailure": "fallback"},
+            "fallback": {"jetstream": {"stream": fb_stream, "subject": f"{runner.name}.fb"}},
+        })
+        await runner.provision()
+        runner.start("out", NATSFLOW_METRICS_PORT=str(port))
+        runner.start("in")
+        js = nc.jetstream()
+
+        async def in_fallback() -> bool:
+            try:
+                return (await js.stream_info(fb_stream)).state.messages >= 400
+            except Exception:
+                return False
+
+        await wait_for(in_fallback, 60, "400 messages in the fallback stream")
+        await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+        assert (await js.stream_info(fb_stream)).state.messages == 400
+        psub = await js.pull_subscribe(f"{runner.name}.fb", durable=None, stream=fb_stream)
+        msgs = await psub.fetch(400, timeout=5)
+        assert sorted(m.data for m in msgs) == sorted(f"m{i}".encode() for i in range(400))
+        assert all(m.headers["Nf-Error"].startswith(f"HttpStatusError: POST {receiver.url} answered 500")
+                   and m.headers["Nf-Error-Vertex"] == "out" for m in msgs)
+        assert receiver.calls == 400 * 3  # the first try and two retries, then the fallback
+        assert await wait_for(lambda: metric(port, "forwarder_fallback_total") == 400, 10, "fallback counter")
+        assert metric(port, "forwarder_drop_total", reason="sink_failure") == 0
+    finally:
+        await receiver.stop()
+
+
+async def test_drop_counts_what_it_drops(runner, nc):
+    receiver = await Receiver(lambda body: 503).start()
+    port = free_port()
+    try:
+        stream = await feed(nc, runner, 250)
+        pipeline(runner, stream, {"http": {"url": receiver.url},
+                                  "retryStrategy": {"backoff": {"interval": "5ms", "steps": 1}, "onFailure": "drop"}})
+        await runner.provision()
+        runner.start("out", NATSFLOW_METRICS_PORT=str(port))
+        runner.start("in")
+        await wait_for(lambda: metric(port, "forwarder_drop_total", reason="sink_failure") == 250, 60,
+                       "250 drops counted")
+        await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+        assert receiver.calls == 250 * 2 and receiver.stored == []
+        assert metric(port, "forwarder_drop_total", reason="sink_failure") == 250
+        assert metric(port, "forwarder_fallback_total") == 0
+        assert "dropped 100 message(s) after 1 retries; error: HttpStatusError" in runner.log("out")
+    finally:
+        await receiver.stop()
+
+
+@pytest.mark.parametrize("raw, error", [
+    ({"log": {}, "retryStrategy": {"onFailure": "fallback"}}, "a fallback sink is required"),
+    ({"log": {}, "fallback": {"log": {}, "fallback": {"log": {}}}}, "cannot have a fallback of its own"),
+    ({"log": {}, "retryStrategy": {"onFailure": "later"}}, "retryStrategy.onFailure"),
+    ({"log": {}, "retryStrategy": {"backoff": {"steps": -1}}}, "retryStrategy.backoff.steps"),
+    ({"retryStrategy": {}}, "exactly one of: log, blackhole"),
+    ({"postgres": {"dsn": "postgresql://x/y", "table": "t", "mode": "upsert"}}, "needs keyColumns"),
+    ({"redis": {"stream": "s", "list": "l"}}, "exactly one of stream or list"),
+    ({"http": {"url": "ftp://x"}}, "http.url"),
+])
+def test_spec_errors_name_the_field(raw, error):
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+           "spec": {"vertices": [{"name": "in", "source": {"generator": {}}}, {"name": "out", "sink": raw}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    with pytest.raises(SpecError) as exc:
+        parse_pipeline(doc, file="p.yaml")
+    assert str(exc.value).startswith("p.yaml: spec.vertices[1].sink") and error in str(exc.value)
+
+
+def test_defaults_keep_retrying_forever():
+    s = Sink.model_validate({"log": {}})
+    assert s.kind == "log" and s.retry_strategy.on_failure.value == "retry" and s.fallback is None
+    s = Sink.model_validate({"http": {"url": "http://h"}, "retryStrategy": {"onFailure": "fallback"},
+                             "fallback": {"redis": {"list": "dead"}}})
+    assert s.kind == "http" and s.fallback.kind == "redis"
