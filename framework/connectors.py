@@ -18,6 +18,9 @@ SOURCES = {
     "http": "vertices.sources.http:HttpSource",
     "nats": "vertices.sources.nats:NatsSource",
     "jetstream": "vertices.sources.jetstream:JetStreamSource",
+    "kafka": "vertices.sources.kafka:KafkaSource",
+    "rabbitmq": "vertices.sources.rabbitmq:RabbitMqSource",
+    "mqtt": "vertices.sources.mqtt:MqttSource",
     "redisStreams": "vertices.sources.redis_streams:RedisStreamsSource",
 }
 SINKS = {
@@ -26,6 +29,7 @@ SINKS = {
     "nats": "vertices.sinks.nats:NatsSink",
     "jetstream": "vertices.sinks.jetstream:JetStreamSink",
     "udsink": "vertices.sinks.udsink:UserSink",
+    "kafka": "vertices.sinks.kafka:KafkaSink",
     "postgres": "vertices.sinks.postgres:PostgresSink",
     "redis": "vertices.sinks.redis:RedisSink",
     "http": "vertices.sinks.http:HttpSink",

@@ -153,6 +153,58 @@ class JetStreamSource(Model):
     deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
 
 
+class KafkaTls(Model):
+    ca_file: str | None = Field(None, alias="caFile")
+    cert_file: str | None = Field(None, alias="certFile")
+    key_file: str | None = Field(None, alias="keyFile")
+    insecure_skip_verify: bool = Field(False, alias="insecureSkipVerify")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "KafkaTls":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile go together (a client certificate needs its key)")
+        return self
+
+
+class SaslMechanism(str, Enum):
+    plain = "plain"
+    scram_sha_256 = "scram-sha-256"
+    scram_sha_512 = "scram-sha-512"
+
+
+class KafkaSasl(Model):
+    mechanism: SaslMechanism = SaslMechanism.plain
+    username: str
+    password: str
+
+
+class KafkaConnection(Model):
+    """What a Kafka source and sink share: where the brokers are and how to log in."""
+
+    brokers: list[str] = Field(min_length=1, description="host:port bootstrap servers")
+    topic: str = Field(min_length=1)
+    tls: KafkaTls | None = None
+    sasl: KafkaSasl | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="extra aiokafka client options")
+
+
+class KafkaSource(KafkaConnection):
+    consumer_group: str = Field(alias="consumerGroup", min_length=1)
+
+
+class RabbitMqSource(Model):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    queue: str = Field(min_length=1)
+    prefetch: int = Field(500, ge=1, le=65535)
+
+
+class MqttSource(Model):
+    url: str = "mqtt://127.0.0.1:1883"
+    topic: str = Field(min_length=1)
+    qos: Literal[0, 1, 2] = 1
+    client_id: str | None = Field(None, alias="clientId", description="fixed session id (default from the vertex)")
+
+
 class RedisStreamsSource(Model):
     url: str = "redis://127.0.0.1:6379/0"
     stream: str = Field(min_length=1)
@@ -165,7 +217,7 @@ class RedisStreamsSource(Model):
                                  description="take over entries another consumer left unacked this long")
 
 
-SOURCE_KINDS = ("generator", "http", "nats", "jetstream", "redisStreams")
+SOURCE_KINDS = ("generator", "http", "nats", "jetstream", "kafka", "rabbitmq", "mqtt", "redisStreams")
 
 
 class Source(Model):
@@ -173,6 +225,9 @@ class Source(Model):
     http: HttpSource | None = None
     nats: NatsSource | None = None
     jetstream: JetStreamSource | None = None
+    kafka: KafkaSource | None = None
+    rabbitmq: RabbitMqSource | None = None
+    mqtt: MqttSource | None = None
     redisStreams: RedisStreamsSource | None = None  # noqa: N815 - the attribute is the kind's name
     event_time: Handler | None = Field(None, alias="eventTime")
 
@@ -299,6 +354,10 @@ class JetStreamSink(Model):
     subject: str
 
 
+class KafkaSink(KafkaConnection):
+    set_key: bool = Field(False, alias="setKey", description="the message's keys, joined by ':', as the record key")
+
+
 class PostgresMode(str, Enum):
     insert = "insert"
     upsert = "upsert"
@@ -366,7 +425,7 @@ class RetryStrategy(Model):
     on_failure: OnFailure = Field(OnFailure.retry, alias="onFailure")
 
 
-SINK_KINDS = ("log", "blackhole", "nats", "jetstream", "udsink", "postgres", "redis", "http")
+SINK_KINDS = ("log", "blackhole", "nats", "jetstream", "udsink", "kafka", "postgres", "redis", "http")
 
 
 class Sink(Model):
@@ -375,6 +434,7 @@ class Sink(Model):
     nats: NatsSink | None = None
     jetstream: JetStreamSink | None = None
     udsink: Handler | None = None
+    kafka: KafkaSink | None = None
     postgres: PostgresSink | None = None
     redis: RedisSink | None = None
     http: HttpSink | None = None

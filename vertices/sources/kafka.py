@@ -1,0 +1,131 @@
+"""`kafka`: a consumer group member (aiokafka) that commits offsets only after the records are
+stored in the first buffer.
+
+Each record's msg id is `<topic>:<partition>:<offset>`, so records read again after a crash or a
+rebalance (their offsets were not committed yet) are dropped by JetStream's duplicate window. The
+record key becomes the message's keys, its headers pass through, its timestamp is the event time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import ssl
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from framework.connectors import ConnectorContext, Emit, SourceRecord
+from framework.spec import KafkaConnection
+from framework.spec import KafkaSource as Config
+
+log = logging.getLogger("natsflow.kafka")
+
+BATCH = 500
+POLL_MS = 500
+LAG_LOG_EVERY_S = 30.0
+SASL = {"plain": "PLAIN", "scram-sha-256": "SCRAM-SHA-256", "scram-sha-512": "SCRAM-SHA-512"}
+
+
+def ssl_context(cfg: KafkaConnection) -> ssl.SSLContext | None:
+    tls = cfg.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def client_options(cfg: KafkaConnection, client_cls: type, where: str, **defaults: Any) -> dict[str, Any]:
+    """aiokafka keyword arguments from the spec: `defaults`, then TLS/SASL, then `config` (which
+    wins, so any client option can be tuned); an unknown `config` key is an error naming it."""
+    accepted = set(inspect.signature(client_cls.__init__).parameters) - {"self", "loop", "topics"}
+    unknown = sorted(set(cfg.config) - accepted)
+    if unknown:
+        raise ValueError(f"{where}.config: unknown {client_cls.__name__} option(s) {', '.join(unknown)}")
+    opts: dict[str, Any] = {"bootstrap_servers": cfg.brokers, **defaults}
+    context = ssl_context(cfg)
+    if context is not None:
+        opts["ssl_context"] = context
+    if cfg.sasl is not None:
+        opts.update(sasl_mechanism=SASL[cfg.sasl.mechanism.value], sasl_plain_username=cfg.sasl.username,
+                    sasl_plain_password=cfg.sasl.password)
+    opts["security_protocol"] = ("SASL_" if cfg.sasl else "") + ("SSL" if context else "PLAINTEXT")
+    opts.update(cfg.config)
+    return opts
+
+
+def text(raw: bytes | None) -> str:
+    # NATS header values are one line of text; keep every byte visible rather than fail on it.
+    return (raw or b"").decode("utf-8", "backslashreplace").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def to_record(m: ConsumerRecord) -> SourceRecord:
+    offset = f"{m.topic}:{m.partition}:{m.offset}"
+    headers = {k: text(v) for k, v in (m.headers or ()) if not k.startswith(("Nats-", "Nf-"))}
+    event_ms = m.timestamp if m.timestamp is not None and m.timestamp >= 0 else int(time.time() * 1000)
+    keys = [text(m.key)] if m.key is not None else None
+    return SourceRecord(m.value or b"", offset, event_ms, keys, headers or None, offset)
+
+
+class KafkaSource:
+    def __init__(self, config: Config):
+        self.cfg = config
+        self._lag_logged = 0.0
+
+    def consumer(self, ctx: ConnectorContext) -> AIOKafkaConsumer:
+        # Offsets are committed by hand after emit(); a new group starts at the oldest record so
+        # nothing published before the first start is skipped (override with auto_offset_reset).
+        opts = client_options(self.cfg, AIOKafkaConsumer, "source.kafka", group_id=self.cfg.consumer_group,
+                              enable_auto_commit=False, auto_offset_reset="earliest",
+                              client_id=f"natsflow-{ctx.pipeline}-{ctx.vertex}")
+        return AIOKafkaConsumer(self.cfg.topic, **opts)
+
+    async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
+        consumer = self.consumer(ctx)
+        await consumer.start()
+        log.info("kafka source %s: topic %s, group %s", ctx.vertex, self.cfg.topic, self.cfg.consumer_group)
+        try:
+            while not ctx.stopping.is_set():
+                batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH)
+                records = [r for rs in batches.values() for r in rs]
+                if records:
+                    await emit([to_record(r) for r in records])
+                    await self.commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
+                await self.report_lag(ctx, consumer)
+        finally:
+            await consumer.stop()
+
+    async def commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions away: their new owner re-reads from the last commit
+            # and the msg ids make those re-reads duplicates that JetStream drops.
+            log.warning("kafka commit of %s failed (%s); the new owner re-reads them", offsets, exc)
+
+    async def report_lag(self, ctx: ConnectorContext, consumer: AIOKafkaConsumer) -> None:
+        """Log the records not yet read per partition (high watermark minus position) now and then:
+        that is the number to scale a Kafka source on."""
+        now = time.monotonic()
+        if now - self._lag_logged < LAG_LOG_EVERY_S:
+            return
+        self._lag_logged = now
+        lag = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            try:
+                pos = await consumer.position(tp)
+            except (KafkaError, IllegalStateError):
+                continue
+            if high is not None:
+                lag[tp.partition] = max(0, high - pos)
+        if lag:
+            log.info("kafka source %s: lag %d (per partition %s)", ctx.vertex, sum(lag.values()), lag)
+

@@ -1,0 +1,126 @@
+"""`rabbitmq`: consumes a queue (aio-pika) with manual acks, sent only after the messages are
+stored in the first buffer; `prefetch` is the channel's basic.qos, the most unacked deliveries.
+
+RabbitMQ has no offsets, so the msg id comes from the message itself: its `message_id` property
+when the publisher set one (then a redelivery after a crash is dropped as a duplicate), else a hash
+of its routing key, properties and body (stable across redeliveries, but two identical messages
+without a message_id inside the duplicate window are stored once). Publishers should set
+message_id. The routing key becomes the message's keys, the AMQP headers its headers, the
+`timestamp` property its event time (else the time of receipt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError
+
+from framework.connectors import ConnectorContext, Emit, SourceRecord
+from framework.spec import RabbitMqSource as Config
+
+log = logging.getLogger("natsflow.rabbitmq")
+
+LINGER_S = 0.005
+PENDING_LOG_EVERY_S = 30.0
+
+
+def content_id(m: AbstractIncomingMessage) -> str:
+    """A digest of what a redelivery keeps unchanged (the delivery tag and redelivered flag change)."""
+    props = [m.routing_key, m.correlation_id, m.type, m.app_id, m.user_id, m.content_type,
+             m.timestamp.isoformat() if m.timestamp else None]
+    h = hashlib.sha256(json.dumps(props, default=str).encode())
+    h.update(json.dumps(m.headers or {}, sort_keys=True, default=str).encode())
+    h.update(m.body)
+    return "sha256-" + h.hexdigest()[:32]
+
+
+def header_text(v: object) -> str:
+    s = v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+    return s.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def to_record(queue: str, m: AbstractIncomingMessage) -> SourceRecord:
+    data_id = m.message_id or content_id(m)
+    event_ms = int(m.timestamp.timestamp() * 1000) if m.timestamp else int(time.time() * 1000)
+    headers = {k: header_text(v) for k, v in (m.headers or {}).items() if not k.startswith(("Nats-", "Nf-"))}
+    keys = [m.routing_key] if m.routing_key else None
+    return SourceRecord(m.body, f"{queue}:{data_id}", event_ms, keys, headers or None, data_id)
+
+
+class RabbitMqSource:
+    def __init__(self, config: Config):
+        self.cfg = config
+        self._pending_logged = 0.0
+
+    async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
+        connection = await aio_pika.connect_robust(self.cfg.url, client_properties={
+            "connection_name": f"natsflow-{ctx.pipeline}-{ctx.vertex}"})
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self.cfg.prefetch)
+            try:
+                queue = await channel.get_queue(self.cfg.queue, ensure=True)  # passive: must exist
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                raise ValueError(f"source.rabbitmq.queue: queue {self.cfg.queue!r} does not exist") from None
+            tag = await queue.consume(inbox.put, no_ack=False)
+            log.info("rabbitmq source %s: queue %s, prefetch %d", ctx.vertex, self.cfg.queue, self.cfg.prefetch)
+            while not ctx.stopping.is_set():
+                batch = await self.next_batch(inbox)
+                if batch:
+                    await emit([to_record(self.cfg.queue, m) for m in batch])
+                    await self.ack(batch)
+                await self.report_pending(ctx, channel)
+            # Unacked deliveries go back to the queue when the channel closes: nothing is lost.
+            with contextlib.suppress(AMQPError, asyncio.TimeoutError):
+                await queue.cancel(tag, timeout=5)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 10)
+
+    async def next_batch(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
+        try:
+            batch = [await asyncio.wait_for(inbox.get(), 0.5)]
+        except asyncio.TimeoutError:
+            return []
+        # Give the rest of a burst a moment to arrive so one store and one ack cover it.
+        deadline = time.monotonic() + LINGER_S
+        while len(batch) < self.cfg.prefetch:
+            if inbox.empty():
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.001)
+                continue
+            batch.append(inbox.get_nowait())
+        return batch
+
+    async def ack(self, batch: list[AbstractIncomingMessage]) -> None:
+        # Delivery tags are per channel and handed out in order: one multiple-ack per channel
+        # covers the batch (after a reconnect a batch may span the old and the new channel).
+        last = {}
+        for m in batch:
+            last[id(m.channel)] = m
+        for m in last.values():
+            try:
+                await m.ack(multiple=True)
+            except (AMQPError, RuntimeError) as exc:
+                # The channel closed under us: RabbitMQ redelivers those messages, their ids dedup.
+                log.warning("rabbitmq ack failed (%s); the messages will be redelivered", exc)
+
+    async def report_pending(self, ctx: ConnectorContext, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Log the queue's ready messages now and then: the number to scale a RabbitMQ source on."""
+        now = time.monotonic()
+        if now - self._pending_logged < PENDING_LOG_EVERY_S:
+            return
+        self._pending_logged = now
+        with contextlib.suppress(AMQPError, asyncio.TimeoutError):
+            declared = await channel.declare_queue(self.cfg.queue, passive=True, timeout=5)
+            log.info("rabbitmq source %s: %d messages ready in %s", ctx.vertex,
+                     declared.declaration_result.message_count, self.cfg.queue)
