@@ -1,0 +1,166 @@
+// A natsflow UDF vertex in Node.js, written from docs/protocol.md with the `nats` package only.
+// It runs the `shout` function (see ../shout.py for its definition, the same in every language).
+import { connect, headers as newHeaders } from "nats";
+
+const desc = JSON.parse(process.env.NATSFLOW_DESCRIPTOR);
+const H = desc.headers; // names of the envelope headers (§3)
+const RESERVED = new Set([H.msgId, H.id, H.keys, H.eventTime]);
+const DROP = "__drop__";
+
+// ---- the function -------------------------------------------------------------------------
+function shout(keys, value) {
+  if (value.length === 0) return [];
+  const upper = Uint8Array.from(value, (c) => (c >= 97 && c <= 122 ? c - 32 : c));
+  const out = [{ value: upper, keys, tags: [value.length % 2 === 0 ? "even" : "odd"] }];
+  if (value.length > 12) out.push({ value: new TextEncoder().encode(String(value.length)), keys, tags: ["long"] });
+  return out;
+}
+
+// ---- protocol -----------------------------------------------------------------------------
+function decodeKeys(raw) {
+  if (raw === "" || raw === undefined || raw === null) return [];
+  const keys = JSON.parse(raw); // throws on bad JSON: a bad message (§3)
+  if (!Array.isArray(keys) || !keys.every((k) => typeof k === "string")) {
+    throw new Error(`${H.keys} must be a JSON array of strings, got ${raw}`);
+  }
+  return keys;
+}
+
+function matches(tagsCond, tags) {
+  if (!tagsCond) return true;
+  const have = new Set(tags);
+  const hits = tagsCond.values.filter((t) => have.has(t)).length;
+  if (tagsCond.operator === "and") return hits === tagsCond.values.length;
+  if (tagsCond.operator === "not") return hits === 0;
+  return hits > 0; // "or"
+}
+
+class Gate {
+  // Back pressure (§7): an estimate of each out-buffer's size, refreshed from the server when it
+  // reaches the soft limit or is older than a second.
+  constructor(jsm, out) {
+    this.jsm = jsm;
+    this.out = out;
+    this.count = 0;
+    this.at = 0;
+  }
+  async refresh() {
+    const info = await this.jsm.streams.info(this.out.stream);
+    this.count = info.state.messages;
+    this.at = Date.now();
+  }
+  async room(n, stopping) {
+    for (;;) {
+      if (this.count + n > this.out.softLimit || Date.now() - this.at > 1000) await this.refresh();
+      if (this.count + n <= this.out.softLimit) return true;
+      if (this.out.onFull === "discardLatest") return false;
+      if (stopping() && Date.now() - stopping() > 1000 * graceSeconds()) throw new Error("stopping while the buffer is full");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+function graceSeconds() {
+  return Number(process.env.NATSFLOW_GRACE_SECONDS || 30);
+}
+
+function outputHeaders(input, data) {
+  const h = newHeaders();
+  for (const [k, v] of input.userHeaders) h.set(k, v);
+  h.set(H.msgId, data.msgId);
+  h.set(H.id, data.id);
+  h.set(H.eventTime, input.eventTime);
+  if (data.keys.length) h.set(H.keys, JSON.stringify(data.keys));
+  return h;
+}
+
+async function processBatch(js, gates, msgs, stopping) {
+  const publishes = [];
+  const perGate = new Map();
+  const dead = [];
+  for (const m of msgs) {
+    const seq = m.seq;
+    const hdrs = m.headers;
+    const userHeaders = [];
+    if (hdrs) for (const k of hdrs.keys()) if (!RESERVED.has(k) && !k.startsWith("Nats-")) userHeaders.push([k, hdrs.get(k)]);
+    const input = { id: hdrs?.get(H.id) || "", eventTime: hdrs?.get(H.eventTime) || String(Date.now()), userHeaders };
+    let keys;
+    try {
+      keys = decodeKeys(hdrs?.get(H.keys));
+    } catch (err) {
+      dead.push({ m, seq, error: `bad envelope: ${err.message}` });
+      continue;
+    }
+    shout(keys, m.data).forEach((o, i) => {
+      if (o.tags.includes(DROP)) return;
+      const data = { msgId: `${desc.vertex}:${seq}:${i}`, id: i === 0 ? input.id : `${input.id}:${i}`, keys: o.keys };
+      for (const [g, gate] of gates.entries()) {
+        if (!matches(gate.out.tags, o.tags)) continue;
+        if (!perGate.has(g)) perGate.set(g, []);
+        perGate.get(g).push({ value: o.value, headers: outputHeaders(input, data), msgId: data.msgId });
+      }
+    });
+  }
+  for (const [g, list] of perGate.entries()) {
+    const gate = gates[g];
+    if (!(await gate.room(list.length, stopping))) continue; // discardLatest: dropped, counted in logs
+    gate.count += list.length;
+    for (const o of list) publishes.push(js.publish(gate.out.subject, o.value, { msgID: o.msgId, headers: o.headers }));
+  }
+  for (const d of dead) {
+    const h = newHeaders();
+    if (d.m.headers) for (const k of d.m.headers.keys()) if (k !== H.msgId) h.set(k, d.m.headers.get(k));
+    h.set(H.error, d.error);
+    h.set("Nf-Error-Vertex", desc.vertex);
+    publishes.push(js.publish(desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.seq}`, headers: h }));
+  }
+  await Promise.all(publishes); // every output stored (a duplicate counts as stored) ...
+  for (const m of msgs) m.ack(); // ... before any input is acked (§4)
+}
+
+async function main() {
+  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}-node` };
+  if (process.env.NATS_TOKEN) opts.token = process.env.NATS_TOKEN;
+  if (process.env.NATS_USER) Object.assign(opts, { user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD });
+  const nc = await connect(opts);
+  const js = nc.jetstream();
+  const jsm = await nc.jetstreamManager();
+  const consumer = await js.consumers.get(desc.input.stream, desc.input.consumer);
+  const gates = desc.outputs.map((out) => new Gate(jsm, out));
+
+  let stopAt = 0;
+  const stopping = () => stopAt;
+  let current = null;
+  for (const sig of ["SIGTERM", "SIGINT"]) {
+    process.on(sig, () => {
+      stopAt = stopAt || Date.now();
+      if (current) current.stop(); // stop pulling; messages already fetched are finished below
+    });
+  }
+  console.log(`${desc.vertex} (node) started: reading ${desc.input.stream}`);
+  while (!stopAt) {
+    current = await consumer.fetch({ max_messages: desc.limits.readBatchSize, expires: desc.limits.readTimeoutMs });
+    const msgs = [];
+    for await (const m of current) msgs.push(m);
+    if (msgs.length) {
+      // Long batches keep their inputs with +WPI every ackWait/3 (§4.5).
+      const keepAlive = setInterval(() => msgs.forEach((m) => m.working()), desc.limits.ackWaitMs / 3);
+      try {
+        await processBatch(js, gates, msgs, stopping);
+      } catch (err) {
+        // Nothing is acked: hand the batch back so it is redelivered at once (§4.6).
+        console.error(`batch failed, handing ${msgs.length} messages back: ${err.message}`);
+        msgs.forEach((m) => m.nak());
+      } finally {
+        clearInterval(keepAlive);
+      }
+    }
+  }
+  await nc.drain();
+  process.exit(0);
+}
+
+main().catch((err) => {
+  console.error(`vertex failed: ${err.stack || err}`);
+  process.exit(1);
+});
