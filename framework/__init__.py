@@ -2,7 +2,9 @@
 
 from .connection import NatsSettings
 from .sdk import DROP, Datum, Message, Window
+from .sideinputs import SideInputError, side_input, side_input_json
 from .spec import Pipeline, SpecError, load_pipeline
 
-__all__ = ["DROP", "Datum", "Message", "NatsSettings", "Pipeline", "SpecError", "Window", "load_pipeline"]
+__all__ = ["DROP", "Datum", "Message", "NatsSettings", "Pipeline", "SideInputError", "SpecError", "Window",
+           "load_pipeline", "side_input", "side_input_json"]
 __version__ = "0.1.0"

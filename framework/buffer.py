@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from .connection import _NEWLINES, encode_headers, publish_many, reply_all, subscribe_fast
 from .spec import OnFull, Pipeline
+from . import sideinputs
 from .watermark import bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.buffer")
@@ -168,6 +169,8 @@ async def provision(js: JetStreamContext, p: Pipeline) -> list[tuple[str, str]]:
         dcfg = dlq_stream_config(p, v.name)
         done.append((f"stream {dcfg.name}", await ensure_stream(js, dcfg)))
     done.append((f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name)))
+    if p.spec.side_inputs:
+        done.append((f"kv {sideinputs.bucket_name(p.name)}", await sideinputs.provision_bucket(js, p.name)))
     return done
 
 

@@ -82,15 +82,43 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_pipeline(args: argparse.Namespace, p) -> tuple[NatsSettings, str | None]:
+    """Settings for a command that looks at a running pipeline: without a NATS URL, the embedded
+    server `natsflow run/up` started for this pipeline (found in its data dir); also its
+    monitoring URL when known."""
+    from .embedded import running_server
+
+    settings = _settings(args)
+    if settings.url:
+        return settings, None
+    data_dir = Path(getattr(args, "data_dir", None) or Path.cwd() / ".natsflow")
+    info = running_server(data_dir / "nats" / p.name)
+    if info is None:
+        raise SystemExit(f"no NATS URL and no running `natsflow run` for pipeline {p.name!r} in {data_dir}: "
+                         "pass --nats-url or set NATS_URL")
+    return settings.with_url(info["url"]), info.get("monitor")
+
+
 async def _status(args: argparse.Namespace) -> int:
     from .status import show
 
     p = load_pipeline(args.file, check_handlers=False)
-    nc = await _settings(args).connect(f"natsflow-{p.name}-status")
+    settings, _ = _running_pipeline(args, p)
+    nc = await settings.connect(f"natsflow-{p.name}-status")
     try:
         await show(nc.jetstream(), p, watch=args.watch)
     finally:
         await nc.close()
+    return 0
+
+
+async def _ui(args: argparse.Namespace) -> int:
+    from .ui.server import UiOptions, serve
+
+    p = load_pipeline(args.file, check_handlers=False)
+    settings, monitor = _running_pipeline(args, p)
+    options = UiOptions(interval=args.interval, monitor_url=args.monitor_url or monitor)
+    await serve(p, settings, host=args.host, port=args.port, options=options)
     return 0
 
 
@@ -100,6 +128,29 @@ async def _run(args: argparse.Namespace) -> int:
     sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace,
                      autoscale=args.command == "up")
     await sup.run_until_signalled()
+    return 0
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from .conformance import format_table, run_conformance
+
+    command = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
+    if bool(command) == bool(args.handler):
+        print("natsflow conformance: give either --handler MOD:FN or -- CMD ...", file=sys.stderr)
+        return 2
+    env = dict(kv.split("=", 1) for kv in args.env)
+    results, passed = run_conformance(
+        command=command or None, handler=args.handler, tag=args.tag, messages=args.messages,
+        grace=args.grace, workdir=Path(args.workdir) if args.workdir else None, env=env,
+        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(results))
+    return 0 if passed else 1
+
+
+async def _sideinputs(args: argparse.Namespace) -> int:
+    from .sideinputs import run_manager
+
+    await run_manager(args.file, _settings(args))
     return 0
 
 
@@ -150,8 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per vertex: pending, ack pending, buffer use, dead letters, watermark")
     p.add_argument("file")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    p.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
     _nats_flags(p)
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("ui", help="a live web page of the pipeline: graph, rates, pending, replicas, errors")
+    p.add_argument("file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8321)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between JetStream polls")
+    p.add_argument("--monitor-url", help="nats-server monitoring URL (e.g. http://127.0.0.1:8222): "
+                   "replicas counted from client connections")
+    p.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
+    _nats_flags(p)
+    p.set_defaults(func=_ui)
 
     p = sub.add_parser("asyncapi", help="an AsyncAPI document of every buffer subject (via FastStream)")
     p.add_argument("file")
@@ -159,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yaml", action="store_true", help="YAML instead of JSON")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_asyncapi)
+
+    p = sub.add_parser("conformance", help="check a vertex program against docs/protocol.md",
+                       description="Runs CMD as the UDF vertex of a small pipeline on a private nats-server "
+                                   "and checks it against every rule of the protocol; exit 1 on any failure.")
+    p.add_argument("--handler", help="check the Python worker running this map handler instead of a command")
+    p.add_argument("--tag", default="even", help="a tag your function sets on some outputs (routing check)")
+    p.add_argument("--messages", type=int, default=3000, help="inputs per scenario (default 3000)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds allowed to exit after SIGTERM")
+    p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for CMD")
+    p.add_argument("--workdir", help="keep pipeline files and the vertex's logs here")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the vertex program and its arguments")
+    p.set_defaults(func=cmd_conformance)
+
+    p = sub.add_parser("sideinputs", help="run the side-input manager: spec.sideInputs handlers on their "
+                       "triggers, values into JetStream KV (run/up start it for you)")
+    p.add_argument("file")
+    _nats_flags(p)
+    p.set_defaults(func=_sideinputs)
 
     p = sub.add_parser("vertex", help="run exactly one vertex (what each Deployment runs)")
     p.add_argument("--pipeline", required=True, help="pipeline file")

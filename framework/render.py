@@ -2,9 +2,10 @@
 
 Per vertex: a Deployment running `natsflow vertex` (the image's entrypoint), and for vertices that
 own a buffer a keda.sh/v1alpha1 ScaledObject with one nats-jetstream trigger per buffer partition;
-a Service for HTTP sources. Per pipeline: a ConfigMap holding the pipeline file, and a Job that runs
+a Service for HTTP sources. Per pipeline: a ConfigMap holding the pipeline file, a Job that runs
 `natsflow provision` so streams and durable consumers exist before any worker starts (KEDA cannot
-wake a vertex whose consumer does not exist yet).
+wake a vertex whose consumer does not exist yet), and with `spec.sideInputs` a Deployment of the
+side-input manager.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .scaling import effective_cooldown
 from .spec import Pipeline, Vertex
 
 PIPELINE_MOUNT = "/etc/natsflow"
+MANAGER_SUFFIX = "sideinputs-manager"  # a vertex may not take this name (spec validation)
 METRICS_PORT = 9090
 GRACE_EXTRA_S = 10
 
@@ -145,6 +147,36 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
     }
 
 
+def render_side_input_manager(p: Pipeline, opts: RenderOptions) -> dict[str, Any]:
+    """The side-input manager: one pod (Recreate, so two never run handlers at once), not scaled."""
+    volume, mount = _volume(p)
+    name = object_name(p, MANAGER_SUFFIX)
+    # Its own role label: vertex pods never carry it, so no vertex (even one named "sideinputs")
+    # matches this selector.
+    pod_labels = {**labels(p), "app.kubernetes.io/component": "sideinputs", "natsflow.io/role": "sideinputs"}
+    container = {
+        "name": "sideinputs", "image": opts.image,
+        "command": ["natsflow", "sideinputs", f"{PIPELINE_MOUNT}/pipeline.yaml"],
+        "env": [{"name": "NATSFLOW_METRICS_PORT", "value": str(METRICS_PORT)}],
+        "envFrom": [{"secretRef": {"name": opts.nats_secret}}],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
+        "volumeMounts": [mount],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {**_meta(p, name, opts), "labels": pod_labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"natsflow.io/pipeline": p.name, "natsflow.io/role": "sideinputs"}},
+            "strategy": {"type": "Recreate"},
+            "template": {"metadata": {"labels": pod_labels},
+                         "spec": {"containers": [container], "volumes": [volume]}},
+        },
+    }
+
+
 def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     s = v.scale
     triggers = []
@@ -208,6 +240,8 @@ def render_pipeline(p: Pipeline, pipeline_text: str, opts: RenderOptions) -> dic
         "pipeline.yaml": [render_config_map(p, pipeline_text, opts), render_provision_job(p, opts)]}
     if opts.monitoring_secret:
         files["pipeline.yaml"].append(render_trigger_auth(p, opts))
+    if p.spec.side_inputs:
+        files["pipeline.yaml"].append(render_side_input_manager(p, opts))
     for v in p.spec.vertices:
         objs = [render_deployment(p, v, opts)]
         if v.kind != "source":

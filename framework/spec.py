@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -489,6 +490,8 @@ class Vertex(Model):
     scale: Scale = Field(default_factory=Scale)
     limits: Limits | None = None
     resources: Resources | None = None
+    side_inputs: list[Name] = Field(default_factory=list, alias="sideInputs",
+                                    description="names from spec.sideInputs this vertex reads")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Vertex":
@@ -560,9 +563,29 @@ class WatermarkConfig(Model):
     publisher_timeout: Duration = Field(10.0, alias="publisherTimeout", gt=0)
 
 
+class SideInputTrigger(Model):
+    schedule: str = Field(description="@every <duration>, @hourly/@daily/..., or a 5-field cron (UTC)")
+
+    @field_validator("schedule")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from .schedule import parse_schedule  # noqa: PLC0415 - schedule parsing is its own module
+
+        parse_schedule(value)
+        return value
+
+
+class SideInput(Handler):
+    """A value computed by `handler()` on `trigger`, stored in KV and read live by vertices."""
+
+    name: Name
+    trigger: SideInputTrigger
+
+
 class PipelineSpec(Model):
     limits: Limits = Field(default_factory=Limits)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
+    side_inputs: list[SideInput] = Field(default_factory=list, alias="sideInputs")
     vertices: list[Vertex] = Field(min_length=2)
     edges: list[Edge] = Field(min_length=1)
 
@@ -685,6 +708,30 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))
+    return problems + side_input_problems(p)
+
+
+def side_input_problems(p: Pipeline) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    declared: list[str] = []
+    for i, si in enumerate(p.spec.side_inputs):
+        if si.name in declared:
+            problems.append((f"spec.sideInputs[{i}].name", f"duplicate side input name {si.name!r}"))
+        declared.append(si.name)
+    known = ", ".join(declared) or "none declared"
+    for i, v in enumerate(p.spec.vertices):
+        for j, name in enumerate(v.side_inputs):
+            where = f"spec.vertices[{i}].sideInputs[{j}]"
+            if name not in declared:
+                problems.append((where, f"no side input named {name!r} in spec.sideInputs ({known})"))
+            elif name in v.side_inputs[:j]:
+                problems.append((where, f"side input {name!r} is listed twice"))
+        if declared and v.name == "sideinputs-manager":
+            problems.append((f"spec.vertices[{i}].name", "'sideinputs-manager' is the side-input manager's "
+                             "name (its Deployment); rename the vertex"))
+        if v.side_inputs and v.udf is not None and v.udf.command:
+            problems.append((f"spec.vertices[{i}].sideInputs", "a command vertex cannot read side inputs "
+                             "(the subprocess protocol does not carry them)"))
     return problems
 
 
@@ -703,6 +750,11 @@ def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]
             load_handler(ref, base_dir)
         except HandlerError as exc:
             problems.append((f"spec.vertices[{i}].{where}.handler", str(exc)))
+    for i, si in enumerate(p.spec.side_inputs):
+        try:
+            load_handler(si.handler, base_dir)
+        except HandlerError as exc:
+            problems.append((f"spec.sideInputs[{i}].handler", str(exc)))
     return problems
 
 

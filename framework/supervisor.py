@@ -101,6 +101,10 @@ class VertexProcess:
             self.proc.kill()
 
 
+def side_input_manager_command(pipeline_file: Path) -> list[str]:
+    return [sys.executable, "-m", "framework.cli", "sideinputs", str(pipeline_file)]
+
+
 def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[str], dict[str, str]]:
     v = p.vertex(vertex)
     if v.udf is not None and v.udf.command:
@@ -190,6 +194,7 @@ class Supervisor:
         self.decisions: list[tuple[float, str, int, int, str]] = []  # (time, vertex, from, to, reason)
         self._scaler: asyncio.Task | None = None
         self._sources: set[str] = set()
+        self.side_input_manager: VertexGroup | None = None  # kept apart: its name is not a vertex's
 
     async def start(self) -> None:
         p = load_pipeline(self.file)
@@ -205,6 +210,7 @@ class Supervisor:
         for what, result in await provision(self.nc.jetstream(), p):
             log.info("provision: %s %s", what, result)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        await self._sync_side_input_manager(None, p, base_env)
         # Sinks and UDFs first, so sources never write before their readers exist.
         for v in sorted(p.spec.vertices, key=lambda v: v.kind == "source"):
             cmd, extra = vertex_command(p, self.file, v.name)
@@ -249,6 +255,7 @@ class Supervisor:
             group.removed = True
             await group.scale_to(0, self.grace)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        await self._sync_side_input_manager(old, new, base_env)
         for v in sorted(new.spec.vertices, key=lambda v: v.kind == "source"):
             cmd, extra = vertex_command(new, self.file, v.name)
             group = self.groups.get(v.name)
@@ -262,6 +269,23 @@ class Supervisor:
                 await group.roll(self.grace, stop_first=v.udf is not None and v.udf.reduce is not None)
         self.pipeline = new
         self._sources = {v.name for v in new.spec.vertices if v.kind == "source"}
+
+    async def _sync_side_input_manager(self, old: Pipeline | None, new: Pipeline, env: dict[str, str]) -> None:
+        """One manager process while the pipeline declares side inputs; restarted when they change
+        (the values stay in KV meanwhile, so readers never wait for it)."""
+        def dump(p: Pipeline | None) -> list:
+            return [si.model_dump(mode="json") for si in p.spec.side_inputs] if p is not None else []
+
+        group = self.side_input_manager
+        if group is not None and dump(old) == dump(new):
+            return
+        if group is not None:
+            log.info("update: side inputs changed; restarting the side-input manager")
+            await group.scale_to(0, self.grace)
+        if new.spec.side_inputs:
+            group = VertexGroup("sideinputs", side_input_manager_command(self.file), env, self.file.parent, self.out)
+            await group.scale_to(1, self.grace)
+        self.side_input_manager = group if new.spec.side_inputs else None
 
     def initial_replicas(self, v) -> int:
         if not self.autoscale or v.kind == "source":
@@ -310,6 +334,8 @@ class Supervisor:
         others = [g for g in self.groups.values() if g.name not in self._sources]
         await asyncio.gather(*(g.scale_to(0, self.grace) for g in sources))
         await asyncio.gather(*(g.scale_to(0, self.grace) for g in others))
+        if self.side_input_manager is not None:
+            await self.side_input_manager.scale_to(0, self.grace)
         if getattr(self, "nc", None) is not None:
             await self.nc.close()
         if self.embedded is not None:

@@ -29,6 +29,7 @@ from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, DatumsReje
 from .metrics import BufferProbe, VertexMetrics
 from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
+from .sideinputs import SideInputWatcher
 from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
 from .tracing import VertexTracer
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
@@ -102,8 +103,11 @@ class VertexWorker:
             self.metrics.serve(int(port), ready=self.readiness)
         log.info("vertex %s (%s) started", self.v.name, self.v.kind)
         try:
-            await self.serve()
+            if await self.await_side_inputs():
+                await self.serve()
         finally:
+            if self.side_inputs is not None:
+                await self.side_inputs.close()
             await self.shutdown()
             log.info("vertex %s stopped; stats %s", self.v.name, json.dumps(self.metrics.snapshot()))
 
@@ -127,6 +131,16 @@ class VertexWorker:
         if wm_in is not None:
             return wm_in.wm
         return self.router.wm.wm if self.router.wm is not None else -1
+
+    side_inputs: SideInputWatcher | None = None
+
+    async def await_side_inputs(self) -> bool:
+        """A vertex listing side inputs reads no message before each has a value (False: stopped
+        while waiting); from then on a KV watch keeps `side_input(name)` current."""
+        if not self.v.side_inputs:
+            return True
+        self.side_inputs = await SideInputWatcher.start_for(self.js, self.p.name, self.v.side_inputs)
+        return await self.side_inputs.wait_complete(self.stopping)
 
     def stop(self) -> None:
         if not self.stopping.is_set():

@@ -1,0 +1,252 @@
+"""Side inputs: values a manager process computes on a schedule and every listed vertex reads live.
+
+The manager (`natsflow sideinputs FILE`, one process per pipeline) runs each `spec.sideInputs[]`
+handler once at start and then on its trigger, and puts the result under the side input's name in
+the JetStream KV bucket `nf_<pipeline>_sideinputs`. A vertex listing `sideInputs: [name]` watches
+those keys, so `side_input(name)` in its handler returns the newest value without a restart, and
+the vertex reads no message before every side input it lists has a value.
+
+Encoding of what a handler returns: `bytes` are stored as they are, `str` as UTF-8, `None` means
+"no new value" (the previous one stays), anything else as JSON. `side_input(name)` returns the
+stored bytes; `side_input_json(name)` decodes them as JSON once per new value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from prometheus_client import Counter
+
+from .connection import NatsSettings
+from .metrics import VertexMetrics
+from .schedule import parse_schedule
+from .spec import Pipeline, SideInput, load_handler, load_pipeline
+
+log = logging.getLogger("natsflow.sideinputs")
+
+MANAGER = "sideinputs"  # the manager's name in logs, metrics and rendered objects
+_DELETES = ("DEL", "PURGE")
+
+
+def bucket_name(pipeline: str) -> str:
+    return f"nf_{pipeline}_sideinputs"
+
+
+async def provision_bucket(js: JetStreamContext, pipeline: str) -> str:
+    try:
+        await js.key_value(bucket_name(pipeline))
+        return "unchanged"
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_key_value(api.KeyValueConfig(
+            bucket=bucket_name(pipeline), history=1, storage=api.StorageType.FILE,
+            description=f"natsflow side inputs of pipeline {pipeline}"))
+        return "created"
+
+
+def encode_value(result: Any) -> bytes | None:
+    """What a side-input handler returned, as the bytes to store; None keeps the previous value."""
+    if result is None:
+        return None
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return bytes(result)
+    if isinstance(result, str):
+        return result.encode()
+    try:
+        return json.dumps(result, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"side-input handler returned {type(result).__name__}, which is not bytes, str or "
+                        f"JSON-serialisable: {exc}") from None
+
+
+# ---- reading: the SDK calls and the watch that keeps them current (in each vertex process) -----
+
+
+class SideInputError(LookupError):
+    pass
+
+
+_values: dict[str, bytes] = {}
+_decoded: dict[str, tuple[bytes, Any]] = {}
+_declared: tuple[str, ...] = ()
+
+
+def side_input(name: str) -> bytes:
+    """The newest value of side input `name` (one listed in this vertex's `sideInputs`)."""
+    try:
+        return _values[name]
+    except KeyError:
+        if name not in _declared:
+            listed = ", ".join(_declared) or "none"
+            raise SideInputError(f"side input {name!r} is not listed in this vertex's sideInputs "
+                                 f"(listed: {listed})") from None
+        raise SideInputError(f"side input {name!r} has no value yet") from None
+
+
+def side_input_json(name: str) -> Any:
+    """`side_input(name)` decoded as JSON; decoded once per new value and shared, so don't mutate it."""
+    raw = side_input(name)
+    cached = _decoded.get(name)
+    if cached is None or cached[0] is not raw:
+        cached = _decoded[name] = (raw, json.loads(raw))
+    return cached[1]
+
+
+class SideInputWatcher:
+    """Keeps this process's side-input values current from the KV bucket (a KV watch)."""
+
+    def __init__(self, kv, names: list[str]):
+        global _declared
+        self._kv = kv
+        self.names = tuple(names)
+        _declared = self.names
+        self.complete = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    async def start_for(cls, js: JetStreamContext, pipeline: str, names: list[str]) -> "SideInputWatcher":
+        await provision_bucket(js, pipeline)  # the manager may not have started yet
+        watcher = cls(await js.key_value(bucket_name(pipeline)), names)
+        await watcher.start()
+        return watcher
+
+    async def start(self) -> None:
+        updates = await self._kv.watchall()
+
+        async def pump() -> None:
+            async for entry in updates:
+                if entry is not None and entry.key in self.names:
+                    self.observe(entry.key, entry.value, entry.operation, entry.revision)
+
+        self._task = asyncio.create_task(pump())
+
+    def observe(self, name: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        if operation in _DELETES:
+            log.warning("side input %s was deleted from the bucket; keeping its previous value", name)
+            return
+        first = name not in _values
+        _values[name] = value or b""
+        log.info("side input %s %s (revision %d, %d bytes)", name, "received" if first else "updated",
+                 revision, len(_values[name]))
+        if all(n in _values for n in self.names):
+            self.complete.set()
+
+    def missing(self) -> list[str]:
+        return [n for n in self.names if n not in _values]
+
+    async def wait_complete(self, stopping: asyncio.Event) -> bool:
+        """Block until every listed side input has a value (True) or the worker is stopping (False)."""
+        if self.complete.is_set():
+            return True
+        log.info("waiting for side inputs: %s", ", ".join(self.missing()))
+        done, _ = await asyncio.wait([asyncio.ensure_future(self.complete.wait()),
+                                      asyncio.ensure_future(stopping.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in _:
+            task.cancel()
+        if self.complete.is_set():
+            log.info("side inputs ready: %s", ", ".join(self.names))
+        return self.complete.is_set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+# ---- the manager ---------------------------------------------------------------------------
+
+
+class SideInputManager:
+    """Runs every side input's handler on its trigger and stores the results; one per pipeline."""
+
+    def __init__(self, p: Pipeline, settings: NatsSettings, base_dir: Path | None = None):
+        self.p = p
+        self.settings = settings
+        self.base_dir = base_dir
+        self.stopping = asyncio.Event()
+        self.metrics = VertexMetrics(p.name, MANAGER)
+        self.runs = Counter("side_input_runs_total", "side-input handler runs, by result (stored, unchanged, "
+                            "no_value, error)", ("pipeline", "side_input", "result"), registry=self.metrics.registry)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}")
+        js = self.nc.jetstream()
+        await provision_bucket(js, self.p.name)
+        self.kv = await js.key_value(bucket_name(self.p.name))
+        port = os.environ.get("NATSFLOW_METRICS_PORT")
+        if port:
+            self.metrics.serve(int(port), ready=lambda: self.nc.is_connected and not self.stopping.is_set())
+        log.info("side-input manager of %s started: %s", self.p.name,
+                 ", ".join(f"{si.name} ({si.trigger.schedule})" for si in self.p.spec.side_inputs))
+        tasks = [asyncio.create_task(self._keep_current(si)) for si in self.p.spec.side_inputs]
+        try:
+            await self.stopping.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 10)
+            log.info("side-input manager stopped; stats %s", json.dumps(self.metrics.snapshot()))
+
+    async def _keep_current(self, si: SideInput) -> None:
+        fn = load_handler(si.handler, self.base_dir)
+        schedule = parse_schedule(si.trigger.schedule)
+        stored: bytes | None = None
+        while not self.stopping.is_set():
+            started = time.time()
+            stored = await self.refresh(si, fn, stored)
+            # Fire times follow the schedule from the run's start, so a slow handler does not drift
+            # an `@every`; a run that overran its slot starts the next one at once.
+            delay = max(0.0, schedule.next_after(started) - time.time())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+
+    async def refresh(self, si: SideInput, fn: Callable[[], Any], stored: bytes | None) -> bytes | None:
+        """One run of the handler; returns what the bucket now holds (as far as this process knows).
+        A failing handler or put is logged and counted, and the previous value stays in force."""
+        count = self.runs.labels(pipeline=self.p.name, side_input=si.name, result="error")
+        try:
+            result = await fn() if inspect.iscoroutinefunction(fn) else await asyncio.to_thread(fn)
+            value = encode_value(result)
+        except Exception as exc:  # noqa: BLE001 - a bad run must not stop the schedule
+            count.inc()
+            log.warning("side input %s: handler %s failed (%s: %s); keeping the previous value",
+                        si.name, si.handler, type(exc).__name__, exc)
+            return stored
+        if value is None or value == stored:
+            self.runs.labels(pipeline=self.p.name, side_input=si.name,
+                             result="no_value" if value is None else "unchanged").inc()
+            return stored
+        try:
+            revision = await self.kv.put(si.name, value)
+        except Exception as exc:  # noqa: BLE001 - NATS away: try again on the next run
+            count.inc()
+            log.warning("side input %s: storing the new value failed (%s: %s); will retry", si.name,
+                        type(exc).__name__, exc)
+            return stored
+        self.runs.labels(pipeline=self.p.name, side_input=si.name, result="stored").inc()
+        log.info("side input %s stored (revision %d, %d bytes)", si.name, revision, len(value))
+        return value
+
+
+async def run_manager(pipeline_file: str | Path, settings: NatsSettings) -> None:
+    path = Path(pipeline_file)
+    p = load_pipeline(path, check_handlers=False)
+    if not p.spec.side_inputs:
+        raise SystemExit(f"{path}: the pipeline declares no spec.sideInputs; nothing to manage")
+    await SideInputManager(p, settings, path.parent).run()
