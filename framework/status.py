@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from . import buffer as b
 from .spec import Pipeline
-from .watermark import bucket_name
+from .watermark import HEARTBEAT_S, bucket_name
+
+REPLICA_ALIVE_MS = int(3 * HEARTBEAT_S * 1000)
 
 
 @dataclass
@@ -26,15 +28,22 @@ class VertexStatus:
     capacity: int | None = None
     dead_letters: int | None = None
     watermark_ms: int | None = None
+    # Totals since the buffer was created (stream sequences never go back): what the UI turns
+    # into rates. A work-queue stream deletes acked messages, so processed = appended - stored.
+    appended: int | None = None
+    processed: int | None = None
+    replicas: int | None = None  # replicas publishing watermark heartbeats (vertices with out-edges)
 
 
 async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
-    watermarks = await _watermarks(js, p)
+    writers = await _writers(js, p)
     out = []
     for v in p.spec.vertices:
-        st = VertexStatus(v.name, v.kind, watermark_ms=watermarks.get(v.name))
+        st = VertexStatus(v.name, v.kind, watermark_ms=writers.watermarks.get(v.name))
+        if p.out_edges(v.name):
+            st.replicas = len(writers.replicas.get(v.name, ()))
         if v.kind != "source":
-            st.pending = st.ack_pending = st.readers = st.buffered = 0
+            st.pending = st.ack_pending = st.readers = st.buffered = st.appended = 0
             st.capacity = p.limits_for(v.name).buffer_max_length * len(b.partitions(p, v.name))
             for part in b.partitions(p, v.name):
                 try:
@@ -47,6 +56,11 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
                 st.ack_pending += ci.num_ack_pending
                 st.readers += ci.num_waiting or 0
                 st.buffered += si.state.messages
+                st.appended += si.state.last_seq
+            if st.pending is None:
+                st.buffered = st.appended = None
+            else:
+                st.processed = st.appended - st.buffered
             try:
                 st.dead_letters = (await js.stream_info(b.dlq_stream_name(p.name, v.name))).state.messages
             except NotFoundError:
@@ -55,22 +69,39 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
     return out
 
 
-async def _watermarks(js: JetStreamContext, p: Pipeline) -> dict[str, int]:
-    """Per writing vertex, the minimum watermark its live replicas published."""
+@dataclass
+class _Writers:
+    watermarks: dict[str, int] = field(default_factory=dict)
+    replicas: dict[str, set[str]] = field(default_factory=dict)
+
+
+async def _writers(js: JetStreamContext, p: Pipeline) -> _Writers:
+    """From the watermark bucket (keys `U.V.<partition>.<replica>`): per writing vertex, the
+    minimum watermark its live replicas published, and which replicas beat recently."""
+    found = _Writers()
     try:
         kv = await js.key_value(bucket_name(p.name))
         keys = await kv.keys()
     except Exception:  # noqa: BLE001 - no bucket or no keys yet
-        return {}
+        return found
     now = int(time.time() * 1000)
-    found: dict[str, int] = {}
     for key in keys:
-        entry = await kv.get(key)
-        value = json.loads(entry.value)
-        if now - value["ts"] > p.spec.watermark.publisher_timeout * 1000 or value["wm"] < 0:
+        try:
+            entry = await kv.get(key)
+        except NotFoundError:  # deleted between keys() and get()
             continue
-        src = key.split(".")[0]
-        found[src] = min(found.get(src, value["wm"]), value["wm"])
+        parts = key.split(".", 3)
+        if len(parts) != 4:
+            continue  # not a writer's key
+        src, replica = parts[0], parts[3]
+        value = json.loads(entry.value)
+        age_ms = now - value["ts"]
+        # Heartbeats come every second; three missed ones mean the replica is gone.
+        if age_ms <= REPLICA_ALIVE_MS:
+            found.replicas.setdefault(src, set()).add(replica)
+        if age_ms > p.spec.watermark.publisher_timeout * 1000 or value["wm"] < 0:
+            continue
+        found.watermarks[src] = min(found.watermarks.get(src, value["wm"]), value["wm"])
     return found
 
 

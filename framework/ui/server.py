@@ -1,0 +1,313 @@
+"""The `natsflow ui` server: a small ASGI app on uvicorn. It polls JetStream (framework/status.py)
+once per interval for every browser at once, turns totals into rates, and serves the static page.
+
+Routes: `/` the page, `/static/*` its assets, `/api/pipeline` the graph and its layout,
+`/api/status` the latest poll, `/api/vertex/<name>` one vertex's spec and recent dead letters,
+`/livez`. Read-only: nothing here changes the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import buffer as b
+from ..connection import NatsSettings
+from ..spec import Pipeline
+from ..status import VertexStatus, collect
+from .layout import layout
+
+log = logging.getLogger("natsflow.ui")
+
+STATIC = Path(__file__).parent / "static"
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+SECRET_WORDS = ("token", "password", "secret", "creds")
+DEAD_LETTERS_SHOWN = 5
+DEAD_LETTER_SCAN = 200  # sequences looked at (newest first) to find them; deleted ones are skipped
+
+Send = Callable[[dict], Awaitable[None]]
+
+
+class UiOptions(BaseModel):
+    """How `natsflow ui` polls; camelCase aliases like the pipeline spec."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    interval: float = Field(1.0, gt=0, description="seconds between JetStream polls")
+    monitor_url: str | None = Field(None, alias="monitorUrl",
+                                    description="nats-server monitoring URL: replicas are counted from /connz")
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def redact(value: Any) -> Any:
+    """The vertex spec as shown in the browser, without credentials (http auth tokens, ...)."""
+    if isinstance(value, dict):
+        return {k: "***" if any(w in k.lower() for w in SECRET_WORDS) and v is not None else redact(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
+    """Client connections per vertex, from nats-server's /connz: every worker replica connects
+    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread)."""
+    prefix = f"natsflow-{pipeline}-"
+    counts: Counter[str] = Counter()
+    offset = 0
+    while True:
+        url = f"{monitor_url.rstrip('/')}/connz?limit=1024&offset={offset}"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            page = json.load(r)
+        conns = page.get("connections") or []
+        counts.update(c["name"][len(prefix):] for c in conns if (c.get("name") or "").startswith(prefix))
+        offset += len(conns)
+        if not conns or offset >= page.get("total", 0):
+            return counts
+
+
+class StatusPoller:
+    """One JetStream poll per interval, shared by every open page; rates from successive polls."""
+
+    def __init__(self, nc: Client, p: Pipeline, options: UiOptions):
+        self.nc, self.js, self.p, self.options = nc, nc.jetstream(), p, options
+        self.latest: dict[str, Any] = {"pipeline": p.name, "time": None, "error": None, "vertices": [], "edges": []}
+        self._previous: tuple[float, dict[str, VertexStatus]] | None = None
+        self.polls = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception as exc:  # noqa: BLE001 - the page shows the error and keeps the last numbers
+                log.warning("status poll failed: %s", exc)
+                self.latest = {**self.latest, "error": f"cannot read JetStream: {exc}"}
+            await asyncio.sleep(self.options.interval)
+
+    async def poll(self) -> dict[str, Any]:
+        now = time.monotonic()
+        rows = {r.name: r for r in await collect(self.js, self.p)}
+        conns, conn_error = await self._connections()
+        prev = self._previous
+        self._previous = (now, rows)
+        dt = now - prev[0] if prev else 0.0
+        vertices = [self._vertex(r, conns, prev[1] if prev else None, dt) for r in rows.values()]
+        by_name = {v["name"]: v for v in vertices}
+        for v in vertices:
+            if v["kind"] == "source":
+                v["rate"] = self._source_rate(v["name"], by_name)
+        self.polls += 1
+        self.latest = {"pipeline": self.p.name, "time": int(time.time() * 1000), "poll": self.polls,
+                       "error": conn_error, "vertices": vertices, "edges": self._edges(by_name)}
+        return self.latest
+
+    async def _connections(self) -> tuple[Counter[str] | None, str | None]:
+        if not self.options.monitor_url:
+            return None, None
+        try:
+            return await asyncio.to_thread(connection_counts, self.options.monitor_url, self.p.name), None
+        except Exception as exc:  # noqa: BLE001 - fall back to heartbeats, say why
+            return None, f"cannot read {self.options.monitor_url}/connz: {exc}"
+
+    def _vertex(self, r: VertexStatus, conns: Counter[str] | None, prev: dict[str, VertexStatus] | None,
+                dt: float) -> dict[str, Any]:
+        limit = self.p.limits_for(r.name).buffer_usage_limit
+        out = {**asdict(r), "usageLimit": limit, "usage": None, "rate": None, "inRate": None}
+        if r.capacity and r.buffered is not None:
+            out["usage"] = round(100.0 * r.buffered / r.capacity, 2)
+        if conns is not None:
+            out["replicas"], out["replicasFrom"] = conns.get(r.name, 0), "connections"
+        else:
+            out["replicasFrom"] = "heartbeats" if r.replicas is not None else None
+        before = prev.get(r.name) if prev else None
+        if before is not None and dt > 0 and r.processed is not None and before.processed is not None:
+            # Totals only grow; a smaller one means the buffer was re-created: start over.
+            out["rate"] = max(0.0, round((r.processed - before.processed) / dt, 1))
+            out["inRate"] = max(0.0, round((r.appended - before.appended) / dt, 1))
+        return out
+
+    def _source_rate(self, name: str, by_name: dict[str, dict]) -> float | None:
+        """A source has no buffer of its own: its rate is what arrives in the buffers it alone
+        feeds. Unknown (None) when a target is also fed by another vertex."""
+        total = 0.0
+        for e in self.p.out_edges(name):
+            target = by_name[e.to]
+            if len(self.p.in_edges(e.to)) != 1 or target["inRate"] is None:
+                return None
+            total += target["inRate"]
+        return round(total, 1)
+
+    def _edges(self, by_name: dict[str, dict]) -> list[dict[str, Any]]:
+        edges = []
+        for e in self.p.spec.edges:
+            target = by_name[e.to]
+            usage, limit = target["usage"], target["usageLimit"]
+            # Coloured against the usage limit, where writers start to wait (back pressure).
+            level = None if usage is None else "full" if usage >= limit else "busy" if usage >= limit / 2 else "ok"
+            edges.append({"from": e.from_, "to": e.to, "usage": usage, "level": level})
+        return edges
+
+
+async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEAD_LETTERS_SHOWN) -> dict[str, Any]:
+    """The newest `n` messages of the vertex's dead-letter stream with their `Nf-Error` header:
+    what the page calls the vertex's recent errors."""
+    js = nc.jetstream()
+    stream = b.dlq_stream_name(p.name, vertex)
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return {"stream": stream, "total": None, "messages": []}
+    found = []
+    last, first = info.state.last_seq, info.state.first_seq
+    seq = last
+    while seq >= max(first, 1) and seq > last - DEAD_LETTER_SCAN and len(found) < n:
+        try:
+            msg = await js.get_msg(stream, seq)
+        except NotFoundError:
+            seq -= 1
+            continue
+        headers = msg.headers or {}
+        found.append({
+            "seq": msg.seq, "time": msg.time.isoformat() if msg.time else None,
+            "error": headers.get(b.HDR_ERROR), "vertex": headers.get(b.HDR_ERROR_VERTEX),
+            "id": headers.get(b.HDR_ID), "keys": headers.get(b.HDR_KEYS),  # raw: a broken envelope lands here too
+            "value": (msg.data or b"")[:500].decode("utf-8", "replace"),
+        })
+        seq -= 1
+    return {"stream": stream, "total": info.state.messages, "messages": found}
+
+
+def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
+    v = p.vertex(name)
+    return {
+        "name": name, "kind": v.kind,
+        "spec": redact(v.model_dump(mode="json", by_alias=True, exclude_none=True)),
+        "limits": p.limits_for(name).model_dump(mode="json"),
+        "in": [e.from_ for e in p.in_edges(name)],
+        "out": [e.to for e in p.out_edges(name)],
+        "buffer": None if v.kind == "source" else b.stream_name(p.name, name),
+    }
+
+
+# ---- ASGI ---------------------------------------------------------------------------------------
+
+
+class UiApp:
+    """A plain ASGI callable: lifespan connects to NATS and starts the poller."""
+
+    def __init__(self, p: Pipeline, settings: NatsSettings, options: UiOptions | None = None):
+        self.p, self.settings, self.options = p, settings, options or UiOptions()
+        self.nc: Client | None = None
+        self.poller: StatusPoller | None = None
+        self._task: asyncio.Task | None = None
+        self._layout = layout(p).model_dump(by_alias=True)
+        self._assets = {f.name: f for f in STATIC.iterdir() if f.suffix in CONTENT_TYPES}
+
+    async def startup(self) -> None:
+        self.nc = await self.settings.connect(f"natsflow-ui-{self.p.name}")
+        self.poller = StatusPoller(self.nc, self.p, self.options)
+        await self.poller.poll()  # the first page load already has numbers
+        self._task = asyncio.create_task(self.poller.run())
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, send)
+
+    async def _lifespan(self, receive: Callable, send: Send) -> None:
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - uvicorn prints the message and exits
+                    await send({"type": "lifespan.startup.failed", "message": f"natsflow ui: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif event["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain")
+            return
+        if path == "/":
+            await self._asset(send, "index.html")
+        elif path.startswith("/static/"):
+            await self._asset(send, path.removeprefix("/static/"))
+        elif path == "/api/pipeline":
+            await _json(send, 200, {"pipeline": self.p.name, "layout": self._layout,
+                                    "interval": self.options.interval})
+        elif path == "/api/status":
+            await _json(send, 200, self.poller.latest if self.poller else {})
+        elif path.startswith("/api/vertex/"):
+            await self._vertex(send, path.removeprefix("/api/vertex/"))
+        elif path == "/livez":
+            await _respond(send, 200, b"ok\n", "text/plain")
+        else:
+            await _respond(send, 404, b"not found\n", "text/plain")
+
+    async def _asset(self, send: Send, name: str) -> None:
+        f = self._assets.get(name)  # only files shipped in static/: no path traversal
+        if f is None:
+            await _respond(send, 404, b"not found\n", "text/plain")
+            return
+        await _respond(send, 200, f.read_bytes(), CONTENT_TYPES[f.suffix])
+
+    async def _vertex(self, send: Send, name: str) -> None:
+        try:
+            detail = vertex_detail(self.p, name)
+        except KeyError as exc:
+            await _json(send, 404, {"error": str(exc.args[0])})
+            return
+        try:
+            detail["deadLetters"] = await recent_dead_letters(self.nc, self.p, name)
+        except Exception as exc:  # noqa: BLE001 - show the spec even when JetStream is unreachable
+            detail["deadLetters"] = {"error": f"cannot read dead letters: {exc}", "messages": []}
+        await _json(send, 200, detail)
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode()), (b"cache-control", b"no-store"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, doc: Any) -> None:
+    await _respond(send, status, json.dumps(doc).encode(), "application/json")
+
+
+async def serve(p: Pipeline, settings: NatsSettings, host: str = "127.0.0.1", port: int = 8321,
+                options: UiOptions | None = None) -> None:
+    import uvicorn
+
+    app = UiApp(p, settings, options)
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    print(f"natsflow ui: pipeline {p.name} on http://{host}:{port}/ (NATS {settings.url})", flush=True)
+    await server.serve()
