@@ -58,6 +58,16 @@ async def feed(nc, runner, n: int, payload: Callable[[int], bytes] = lambda i: f
     return stream
 
 
+async def all_through(nc, runner, stream: str, n: int) -> bool:
+    """The source has stored and acked all n records, and every buffer is empty."""
+    try:
+        info = await nc.jetstream().consumer_info(stream, f"nf_{runner.name}_in_src")
+    except Exception:
+        return False
+    return (info.delivered.stream_seq >= n and info.num_pending == 0 and info.num_ack_pending == 0
+            and await runner.drained(nc))
+
+
 def pipeline(runner, stream: str, sink: dict) -> None:
     runner.write([{"name": "in", "source": {"jetstream": {"stream": stream}}}, {"name": "out", "sink": sink}],
                  [{"from": "in", "to": "out"}], limits={"readBatchSize": 100})
@@ -106,12 +116,13 @@ async def test_http_sink_4xx_rejects_only_that_message(runner, nc):
         pipeline(runner, stream, {"http": {"url": receiver.url}})
         await runner.start_all()
         dlq = f"nf_{runner.name}_out_dlq"
-        await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+        await wait_for(lambda: all_through(nc, runner, stream, 100), 30, "100 records through")
 
         async def dead() -> bool:
             return await runner.stream_messages(nc, dlq) >= 10
 
         await wait_for(dead, 10, "10 dead letters")
+        assert await runner.stream_messages(nc, dlq) == 10
         assert sorted(b for b, _ in receiver.stored) == sorted(f"m{i}".encode() for i in range(100) if i % 10 != 7)
         psub = await nc.jetstream().pull_subscribe(f"nfdlq.{runner.name}.out", durable=None, stream=dlq)
         dead = await psub.fetch(10, timeout=5)
