@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
@@ -157,20 +157,28 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: api.Consume
     return "updated"
 
 
-async def provision(js: JetStreamContext, p: Pipeline) -> list[tuple[str, str]]:
-    """Create or update every buffer, consumer and dead-letter stream; idempotent."""
+async def provision(js: JetStreamContext, p: Pipeline,
+                    progress: Callable[[str, str], None] | None = None) -> list[tuple[str, str]]:
+    """Create or update every buffer, consumer and dead-letter stream; idempotent. `progress` is
+    called with (what, result) as each one is done (the CLI prints it)."""
     done: list[tuple[str, str]] = []
+
+    def record(what: str, result: str) -> None:
+        done.append((what, result))
+        if progress is not None:
+            progress(what, result)
+
     for v in p.reading_vertices():
         for part in partitions(p, v.name):
             cfg = buffer_stream_config(p, v.name, part)
-            done.append((f"stream {cfg.name}", await ensure_stream(js, cfg)))
+            record(f"stream {cfg.name}", await ensure_stream(js, cfg))
             ccfg = buffer_consumer_config(p, v.name, part)
-            done.append((f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg)))
+            record(f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg))
         dcfg = dlq_stream_config(p, v.name)
-        done.append((f"stream {dcfg.name}", await ensure_stream(js, dcfg)))
-    done.append((f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name)))
+        record(f"stream {dcfg.name}", await ensure_stream(js, dcfg))
+    record(f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name))
     if p.spec.side_inputs:
-        done.append((f"kv {sideinputs.bucket_name(p.name)}", await sideinputs.provision_bucket(js, p.name)))
+        record(f"kv {sideinputs.bucket_name(p.name)}", await sideinputs.provision_bucket(js, p.name))
     return done
 
 

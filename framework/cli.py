@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .buffer import provision
@@ -43,11 +45,16 @@ async def _provision(args: argparse.Namespace) -> int:
     p = load_pipeline(args.file, check_handlers=False)
     settings = _settings(args)
     nc = await settings.connect(f"natsflow-{p.name}-provision")
+    print(f"provisioning pipeline {p.name} on {settings.url}...", file=sys.stderr, flush=True)
+    started = time.monotonic()
     try:
-        for what, result in await provision(nc.jetstream(), p):
-            print(f"{what}: {result}")
+        # One line per stream/consumer/bucket as it is done: a slow server shows where it is.
+        done = await provision(nc.jetstream(), p, progress=lambda what, result: print(f"{what}: {result}", flush=True))
     finally:
         await nc.close()
+    counts = collections.Counter(result for _, result in done)
+    summary = ", ".join(f"{counts[r]} {r}" for r in ("created", "updated", "unchanged") if counts[r])
+    print(f"provisioned {len(done)} objects in {time.monotonic() - started:.2f}s ({summary})", file=sys.stderr)
     return 0
 
 

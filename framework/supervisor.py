@@ -332,8 +332,9 @@ class Supervisor:
         # Sources first, so nothing new enters while the rest drains.
         sources = [g for g in self.groups.values() if g.name in self._sources]
         others = [g for g in self.groups.values() if g.name not in self._sources]
-        await asyncio.gather(*(g.scale_to(0, self.grace) for g in sources))
-        await asyncio.gather(*(g.scale_to(0, self.grace) for g in others))
+        _progress(f"stopping {self.file.name}: sources first, then the rest drains (up to {self.grace:g}s each)")
+        await self._drain(sources)
+        await self._drain(others)
         if self.side_input_manager is not None:
             await self.side_input_manager.scale_to(0, self.grace)
         if getattr(self, "nc", None) is not None:
@@ -341,6 +342,18 @@ class Supervisor:
         if self.embedded is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
         log.info("pipeline stopped")
+
+    async def _drain(self, groups: list[VertexGroup]) -> None:
+        """Stops the groups together; one progress line per vertex as it finishes draining."""
+
+        async def one(g: VertexGroup) -> None:
+            n, began = len(g), time.monotonic()
+            await g.scale_to(0, self.grace)
+            if n:
+                _progress(f"draining {g.name} ({n} replica{'' if n == 1 else 's'})... "
+                          f"done in {time.monotonic() - began:.1f}s")
+
+        await asyncio.gather(*(one(g) for g in groups))
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
