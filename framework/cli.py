@@ -125,7 +125,7 @@ async def _ui(args: argparse.Namespace) -> int:
     p = load_pipeline(args.file, check_handlers=False)
     settings, monitor = _running_pipeline(args, p)
     options = UiOptions(interval=args.interval, monitor_url=args.monitor_url or monitor)
-    await serve(p, settings, host=args.host, port=args.port, options=options)
+    await serve(p, settings, host=args.host, port=args.port, options=options, file=args.file)
     return 0
 
 

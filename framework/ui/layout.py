@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..spec import Pipeline
 
-NODE_W, NODE_H = 200, 112
+NODE_W, NODE_H = 200, 112  # NODE_H: the slot; a box is as tall as the numbers it shows
+ROWS = {"source": 3, "udf": 5, "sink": 4}  # must match ROWS in static/app.js
 GAP_X, GAP_Y, MARGIN = 110, 36, 24
 
 
@@ -109,8 +110,10 @@ def layout(p: Pipeline) -> Layout:
         used = len(col) * NODE_H + (len(col) - 1) * GAP_Y
         top = (height - used) // 2  # centre each column vertically
         for j, name in enumerate(col):
-            boxes.append(Box(name=name, kind=p.vertex(name).kind, layer=i,
-                             x=MARGIN + i * (NODE_W + GAP_X), y=top + j * (NODE_H + GAP_Y)))
+            kind = p.vertex(name).kind
+            h = 34 + 15 * ROWS[kind]
+            boxes.append(Box(name=name, kind=kind, layer=i, x=MARGIN + i * (NODE_W + GAP_X),
+                             y=top + j * (NODE_H + GAP_Y) + (NODE_H - h) // 2, h=h))
     lines = []
     for e in p.spec.edges:
         tags = None

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import buffer as b
 from ..connection import NatsSettings
-from ..spec import Pipeline
+from ..spec import Pipeline, SpecError, load_pipeline
 from ..status import VertexStatus, collect
 from .layout import layout
 
@@ -79,12 +79,44 @@ def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
             return counts
 
 
+class PipelineFile:
+    """The pipeline the page shows, re-read when its file changes (`natsflow up` applies edits
+    live); `revision` tells the page to redraw."""
+
+    def __init__(self, p: Pipeline, path: Path | None = None):
+        self.p, self.path, self.revision, self.error = p, path, 0, None
+        self.layout = layout(p).model_dump(by_alias=True)
+        self._stamp = self._mtime()
+
+    def _mtime(self) -> int | None:
+        try:
+            return self.path.stat().st_mtime_ns if self.path else None
+        except OSError:
+            return None
+
+    def refresh(self) -> bool:
+        """True when a changed, valid file replaced the pipeline."""
+        stamp = self._mtime()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            new = load_pipeline(self.path, check_handlers=False)
+        except SpecError as exc:
+            self.error = f"the pipeline file changed but is not valid; showing the previous version: {exc}"
+            return False
+        self.p, self.error, self.revision = new, None, self.revision + 1
+        self.layout = layout(new).model_dump(by_alias=True)
+        return True
+
+
 class StatusPoller:
     """One JetStream poll per interval, shared by every open page; rates from successive polls."""
 
-    def __init__(self, nc: Client, p: Pipeline, options: UiOptions):
-        self.nc, self.js, self.p, self.options = nc, nc.jetstream(), p, options
-        self.latest: dict[str, Any] = {"pipeline": p.name, "time": None, "error": None, "vertices": [], "edges": []}
+    def __init__(self, nc: Client, source: PipelineFile, options: UiOptions):
+        self.nc, self.js, self.source, self.options = nc, nc.jetstream(), source, options
+        self.latest: dict[str, Any] = {"pipeline": source.p.name, "time": None, "error": None, "vertices": [],
+                                       "edges": [], "revision": source.revision}
         self._previous: tuple[float, dict[str, VertexStatus]] | None = None
         self.polls = 0
 
@@ -97,7 +129,13 @@ class StatusPoller:
                 self.latest = {**self.latest, "error": f"cannot read JetStream: {exc}"}
             await asyncio.sleep(self.options.interval)
 
+    @property
+    def p(self) -> Pipeline:
+        return self.source.p
+
     async def poll(self) -> dict[str, Any]:
+        if self.source.refresh():
+            self._previous = None  # other vertices now: rates start over
         now = time.monotonic()
         rows = {r.name: r for r in await collect(self.js, self.p)}
         conns, conn_error = await self._connections()
@@ -111,7 +149,8 @@ class StatusPoller:
                 v["rate"] = self._source_rate(v["name"], by_name)
         self.polls += 1
         self.latest = {"pipeline": self.p.name, "time": int(time.time() * 1000), "poll": self.polls,
-                       "error": conn_error, "vertices": vertices, "edges": self._edges(by_name)}
+                       "revision": self.source.revision, "error": self.source.error or conn_error,
+                       "vertices": vertices, "edges": self._edges(by_name)}
         return self.latest
 
     async def _connections(self) -> tuple[Counter[str] | None, str | None]:
@@ -208,17 +247,18 @@ def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
 class UiApp:
     """A plain ASGI callable: lifespan connects to NATS and starts the poller."""
 
-    def __init__(self, p: Pipeline, settings: NatsSettings, options: UiOptions | None = None):
-        self.p, self.settings, self.options = p, settings, options or UiOptions()
+    def __init__(self, p: Pipeline, settings: NatsSettings, options: UiOptions | None = None,
+                 file: str | Path | None = None):
+        self.source = PipelineFile(p, Path(file) if file else None)
+        self.settings, self.options = settings, options or UiOptions()
         self.nc: Client | None = None
         self.poller: StatusPoller | None = None
         self._task: asyncio.Task | None = None
-        self._layout = layout(p).model_dump(by_alias=True)
         self._assets = {f.name: f for f in STATIC.iterdir() if f.suffix in CONTENT_TYPES}
 
     async def startup(self) -> None:
-        self.nc = await self.settings.connect(f"natsflow-ui-{self.p.name}")
-        self.poller = StatusPoller(self.nc, self.p, self.options)
+        self.nc = await self.settings.connect(f"natsflow-ui-{self.source.p.name}")
+        self.poller = StatusPoller(self.nc, self.source, self.options)
         await self.poller.poll()  # the first page load already has numbers
         self._task = asyncio.create_task(self.poller.run())
 
@@ -260,8 +300,8 @@ class UiApp:
         elif path.startswith("/static/"):
             await self._asset(send, path.removeprefix("/static/"))
         elif path == "/api/pipeline":
-            await _json(send, 200, {"pipeline": self.p.name, "layout": self._layout,
-                                    "interval": self.options.interval})
+            await _json(send, 200, {"pipeline": self.source.p.name, "layout": self.source.layout,
+                                    "revision": self.source.revision, "interval": self.options.interval})
         elif path == "/api/status":
             await _json(send, 200, self.poller.latest if self.poller else {})
         elif path.startswith("/api/vertex/"):
@@ -280,12 +320,13 @@ class UiApp:
 
     async def _vertex(self, send: Send, name: str) -> None:
         try:
-            detail = vertex_detail(self.p, name)
+            p = self.source.p
+            detail = vertex_detail(p, name)
         except KeyError as exc:
             await _json(send, 404, {"error": str(exc.args[0])})
             return
         try:
-            detail["deadLetters"] = await recent_dead_letters(self.nc, self.p, name)
+            detail["deadLetters"] = await recent_dead_letters(self.nc, p, name)
         except Exception as exc:  # noqa: BLE001 - show the spec even when JetStream is unreachable
             detail["deadLetters"] = {"error": f"cannot read dead letters: {exc}", "messages": []}
         await _json(send, 200, detail)
@@ -303,10 +344,10 @@ async def _json(send: Send, status: int, doc: Any) -> None:
 
 
 async def serve(p: Pipeline, settings: NatsSettings, host: str = "127.0.0.1", port: int = 8321,
-                options: UiOptions | None = None) -> None:
+                options: UiOptions | None = None, file: str | Path | None = None) -> None:
     import uvicorn
 
-    app = UiApp(p, settings, options)
+    app = UiApp(p, settings, options, file)
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     print(f"natsflow ui: pipeline {p.name} on http://{host}:{port}/ (NATS {settings.url})", flush=True)

@@ -223,6 +223,21 @@ async def test_ui_page_shows_live_pipeline(runner, nc, ui_server, tmp_path: Path
                 assert int(text.split("cannot score item ")[1].split()[0]) % 7 == 0
             assert await page.locator("#panel-dlq-total").text_content() == f"{FAILING} in nf_{runner.name}_score_dlq"
             await page.screenshot(path=str(ARTIFACTS / "ui-drained.png"), full_page=True)
+
+            # The file changes (as under `natsflow up`): the page redraws with the new vertex,
+            # shown as not provisioned until its buffer exists.
+            vertices, edges_doc = _doc(runner)
+            runner.write(vertices + [{"name": "audit", "sink": {"blackhole": {}}}],
+                         edges_doc + [{"from": "score", "to": "audit"}])
+            await page.wait_for_selector("body[data-revision='1']", timeout=15_000)
+            assert await page.locator("svg#dag g.node").count() == 4
+            assert await page.locator("svg#dag path.edge").count() == 3
+            audit_edge = page.locator("path.edge[data-from='score'][data-to='audit']")
+            await wait_for(lambda: _has_class(audit_edge, "unknown"), 10, "the new edge drawn as not provisioned")
+            assert await field("audit", "pending") == "–"
+            await runner.provision()
+            await wait_for(lambda: _has_class(audit_edge, "ok"), 15, "the new edge coloured once provisioned")
+            await wait_for(lambda: _text_is(page, "audit", "pending", "0"), 10, "the new vertex's pending")
             assert errors == []
             print(f"screenshots: {shot_flowing} {ARTIFACTS / 'ui-drained.png'}")
         finally:
@@ -237,3 +252,18 @@ async def _errors_nonzero(page) -> bool:
 async def _panel_has_dead_letter(page) -> bool:
     texts = await page.locator("#panel-dead-letters li .dl-error").all_text_contents()
     return any("cannot score item" in t for t in texts)
+
+
+def _doc(runner) -> tuple[list[dict], list[dict]]:
+    import yaml
+
+    spec = yaml.safe_load(runner.file.read_text())["spec"]
+    return spec["vertices"], spec["edges"]
+
+
+async def _has_class(locator, name: str) -> bool:
+    return name in ((await locator.get_attribute("class")) or "").split()
+
+
+async def _text_is(page, vertex: str, field: str, value: str) -> bool:
+    return await page.locator(f"g.node[data-vertex='{vertex}'] text[data-field='{field}']").text_content() == value

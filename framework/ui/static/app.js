@@ -5,6 +5,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 let layout = null;
+let revision = null; // of the pipeline file the drawing shows
 let interval = 1000;
 let selected = null;
 let lastStatus = null;
@@ -28,7 +29,8 @@ function fmtTime(ms) {
   return new Date(ms).toISOString().slice(11, 19) + "Z";
 }
 
-// Rows shown inside every box: [field, label]; sources have no buffer, so no pending.
+// Rows shown inside every box: [field, label]; sources have no buffer, so no pending. The box
+// heights come from ROWS in layout.py: keep the counts in step.
 const ROWS = {
   source: [["rate", "out"], ["replicas", "replicas"], ["watermark_ms", "watermark"]],
   udf: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
@@ -53,6 +55,7 @@ function edgePath(e, a, b, height) {
 
 function draw() {
   const svg = $("dag");
+  svg.replaceChildren();
   svg.setAttribute("width", layout.width);
   svg.setAttribute("height", layout.height);
   svg.setAttribute("viewBox", `0 0 ${layout.width} ${layout.height}`);
@@ -87,7 +90,11 @@ function draw() {
   }
 }
 
-function update(status) {
+async function update(status) {
+  if (status.revision !== undefined && status.revision !== revision) {
+    await loadPipeline(); // the file changed (natsflow up applies edits live): redraw
+    if (selected && !layout.nodes.some((n) => n.name === selected)) closePanel();
+  }
   lastStatus = status;
   $("updated").textContent = status.time ? `updated ${fmtTime(status.time)} · poll #${status.poll}` : "waiting for data";
   const err = $("error");
@@ -112,8 +119,9 @@ function update(status) {
       path.dataset.usage = e.usage === null ? "" : e.usage;
     }
     const label = document.querySelector(`text.edge-label${sel}`);
-    const tags = layout.edges.find((x) => x.from === e.from && x.to === e.to).tags;
-    if (label) label.textContent = [tags, e.usage === null ? null : `${e.usage.toFixed(1)}%`].filter(Boolean).join(" · ");
+    const drawn = layout.edges.find((x) => x.from === e.from && x.to === e.to);
+    const tags = drawn ? drawn.tags : null;
+    if (label) label.textContent = [tags, e.usage === null ? null : `${e.usage.toFixed(1)}% used`].filter(Boolean).join(" · ");
   }
   if (selected) {
     fillLive(selected);
@@ -190,7 +198,7 @@ function select(name) {
 async function poll() {
   try {
     const r = await fetch("/api/status");
-    update(await r.json());
+    await update(await r.json());
   } catch (exc) {
     $("error").hidden = false;
     $("error").textContent = `natsflow ui server unreachable: ${exc}`;
@@ -198,19 +206,31 @@ async function poll() {
   setTimeout(poll, interval);
 }
 
-async function main() {
+async function loadPipeline() {
   const r = await fetch("/api/pipeline");
   const p = await r.json();
   layout = p.layout;
+  revision = p.revision;
   interval = Math.max(250, p.interval * 1000);
   document.title = `natsflow · ${p.pipeline}`;
   $("pipeline-name").textContent = p.pipeline;
-  $("close").addEventListener("click", () => {
-    selected = null;
-    $("panel").hidden = true;
-    for (const g of document.querySelectorAll("g.node")) g.classList.remove("selected");
-  });
   draw();
+  document.body.dataset.revision = revision;
+  if (selected) {
+    const g = document.querySelector(`g.node[data-vertex="${CSS.escape(selected)}"]`);
+    if (g) g.classList.add("selected");
+  }
+}
+
+function closePanel() {
+  selected = null;
+  $("panel").hidden = true;
+  for (const g of document.querySelectorAll("g.node")) g.classList.remove("selected");
+}
+
+async function main() {
+  $("close").addEventListener("click", closePanel);
+  await loadPipeline();
   document.body.dataset.ready = "1";
   poll();
 }
