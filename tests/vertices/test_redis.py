@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
 from tests.vertices.test_http_sink import all_through, feed, pipeline
+from tests.vertices.test_sink_retry import metric
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -49,10 +50,16 @@ async def test_redis_streams_source_exactly_n_with_keys_headers_event_time(runne
     ids = await add(client, stream, 0, 1000)
     await client.xadd(stream, {"a": "1", "b": "x"})  # no `value` field: stored whole as JSON
     source_pipeline(runner, stream)
-    await runner.start_all()
+    await runner.provision()
+    port = free_port()
+    runner.start("out")
+    runner.start("in", NATSFLOW_METRICS_PORT=str(port))
     await out.wait_count(1001, 60)
     await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
     assert len(out.msgs) == 1001 and len(set(out.ids)) == 1001
+    # The group's backlog as Redis reports it, exported for scaling.
+    await wait_for(lambda: metric(port, "source_upstream_backlog", None, state="lag") == 0
+                   and metric(port, "source_upstream_backlog", None, state="pending") == 0, 10, "backlog gauges at 0")
     by_value = {m.data: m for m in out.msgs}
     assert set(by_value) == {f"v{i}".encode() for i in range(1000)} | {b'{"a":"1","b":"x"}'}
     m = by_value[b"v5"]

@@ -10,11 +10,12 @@ import pytest
 from framework.embedded import free_port
 from framework.spec import Sink, SpecError, parse_pipeline
 from tests.conftest import wait_for
-from tests.vertices.test_http_sink import Receiver, feed, pipeline
+from tests.vertices.test_http_sink import Receiver, all_through, feed, pipeline
 
 
-def metric(port: int, name: str, **labels: str) -> float | None:
-    """One sample from the worker's /metrics, or None when the worker does not answer yet."""
+def metric(port: int, name: str, missing: float | None = 0.0, **labels: str) -> float | None:
+    """One sample from the worker's /metrics (`missing` when it has none yet), or None when the
+    worker does not answer yet."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
@@ -23,7 +24,7 @@ def metric(port: int, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return missing
 
 
 async def test_always_failing_sink_sends_everything_to_fallback_with_error(runner, nc):
@@ -109,3 +110,28 @@ def test_defaults_keep_retrying_forever():
     s = Sink.model_validate({"http": {"url": "http://h"}, "retryStrategy": {"onFailure": "fallback"},
                              "fallback": {"redis": {"list": "dead"}}})
     assert s.kind == "http" and s.fallback.kind == "redis"
+
+
+async def test_sink_down_backs_up_through_buffers_then_delivers_everything(runner, nc):
+    state = {"up": False}
+    receiver = await Receiver(lambda body: 200 if state["up"] else 503).start()
+    try:
+        stream = await feed(nc, runner, 1500)
+        runner.write([{"name": "in", "source": {"jetstream": {"stream": stream}}},
+                      {"name": "out", "sink": {"http": {"url": receiver.url}}}],
+                     [{"from": "in", "to": "out"}],
+                     limits={"readBatchSize": 50, "bufferMaxLength": 200, "bufferUsageLimit": 50})
+        await runner.start_all()
+        buffer = f"nf_{runner.name}_out"
+        await wait_for(lambda: runner.log("out").count("answered 503") >= 5, 30, "five failed writes")
+        # The source stopped at the sink's full buffer: the rest waits upstream, unread.
+        src = await nc.jetstream().consumer_info(stream, f"nf_{runner.name}_in_src")
+        assert await runner.stream_messages(nc, buffer) <= 200
+        assert src.num_pending + src.num_ack_pending >= 1500 - 200
+        assert receiver.stored == []
+        state["up"] = True
+        await wait_for(lambda: all_through(nc, runner, stream, 1500), 90, "1500 records through")
+        bodies = sorted(b for b, _ in receiver.stored)
+        assert bodies == sorted(f"m{i}".encode() for i in range(1500))
+    finally:
+        await receiver.stop()
