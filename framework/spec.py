@@ -755,6 +755,13 @@ def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]
             load_handler(si.handler, base_dir)
         except HandlerError as exc:
             problems.append((f"spec.sideInputs[{i}].handler", str(exc)))
+    for i, v in enumerate(p.spec.vertices):  # a udsink as fallback imports like any handler
+        fb = v.sink.fallback if v.sink is not None else None
+        if fb is not None and fb.udsink is not None:
+            try:
+                load_handler(fb.udsink.handler, base_dir)
+            except HandlerError as exc:
+                problems.append((f"spec.vertices[{i}].sink.fallback.udsink.handler", str(exc)))
     return problems
 
 

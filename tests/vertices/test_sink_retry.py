@@ -135,3 +135,14 @@ async def test_sink_down_backs_up_through_buffers_then_delivers_everything(runne
         assert bodies == sorted(f"m{i}".encode() for i in range(1500))
     finally:
         await receiver.stop()
+
+
+def test_udsink_fallback_handler_is_checked():
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+           "spec": {"vertices": [{"name": "in", "source": {"generator": {}}},
+                                 {"name": "out", "sink": {"log": {}, "fallback": {"udsink": {"handler": "tests.udfs:nope"}}}}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    with pytest.raises(SpecError) as exc:
+        parse_pipeline(doc, file="p.yaml")
+    assert str(exc.value) == ("p.yaml: spec.vertices[1].sink.fallback.udsink.handler: "
+                              "module 'tests.udfs' has no attribute 'nope'")
