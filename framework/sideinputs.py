@@ -111,6 +111,7 @@ class SideInputWatcher:
         self.names = tuple(names)
         _declared = self.names
         self.complete = asyncio.Event()
+        self.replayed = asyncio.Event()  # the bucket's current entries have been delivered
         self._task: asyncio.Task | None = None
 
     @classmethod
@@ -125,7 +126,9 @@ class SideInputWatcher:
 
         async def pump() -> None:
             async for entry in updates:
-                if entry is not None and entry.key in self.names:
+                if entry is None:
+                    self.replayed.set()
+                elif entry.key in self.names:
                     self.observe(entry.key, entry.value, entry.operation, entry.revision)
 
         self._task = asyncio.create_task(pump())
@@ -146,17 +149,22 @@ class SideInputWatcher:
 
     async def wait_complete(self, stopping: asyncio.Event) -> bool:
         """Block until every listed side input has a value (True) or the worker is stopping (False)."""
-        if self.complete.is_set():
-            return True
-        log.info("waiting for side inputs: %s", ", ".join(self.missing()))
-        done, _ = await asyncio.wait([asyncio.ensure_future(self.complete.wait()),
-                                      asyncio.ensure_future(stopping.wait())],
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for task in _:
+        # Values already in the bucket arrive with the watch's replay: only say we wait when the
+        # replay is over and something is still missing.
+        await self._until(self.replayed, stopping)
+        if not self.complete.is_set() and not stopping.is_set():
+            log.info("waiting for side inputs: %s", ", ".join(self.missing()))
+            await self._until(self.complete, stopping)
+            if self.complete.is_set():
+                log.info("side inputs ready: %s", ", ".join(self.names))
+        return self.complete.is_set() and not stopping.is_set()
+
+    @staticmethod
+    async def _until(event: asyncio.Event, stopping: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
             task.cancel()
-        if self.complete.is_set():
-            log.info("side inputs ready: %s", ", ".join(self.names))
-        return self.complete.is_set()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -201,7 +209,8 @@ class SideInputManager:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 10)
-            log.info("side-input manager stopped; stats %s", json.dumps(self.metrics.snapshot()))
+            stats = {k: v for k, v in self.metrics.snapshot().items() if k.startswith("side_input")}
+            log.info("side-input manager stopped; stats %s", json.dumps(stats))
 
     async def _keep_current(self, si: SideInput) -> None:
         fn = load_handler(si.handler, self.base_dir)
