@@ -119,6 +119,16 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 async def _ui(args: argparse.Namespace) -> int:
     from .ui.server import UiOptions, serve
 
@@ -216,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8321)
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between JetStream polls")
+    p.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between JetStream polls")
     p.add_argument("--monitor-url", help="nats-server monitoring URL (e.g. http://127.0.0.1:8222): "
                    "replicas counted from client connections")
     p.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -123,6 +124,15 @@ def ui_server(runner, nats_server, tmp_path: Path):
         proc.wait(10)
 
 
+def _http_error(url: str) -> tuple[int, object]:
+    try:
+        urllib.request.urlopen(url, timeout=5)
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        return exc.code, json.loads(body) if exc.headers.get("content-type") == "application/json" else body
+    raise AssertionError(f"{url} answered 200")
+
+
 async def _live(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/livez", timeout=1) as r:
@@ -146,6 +156,9 @@ async def test_ui_page_shows_live_pipeline(runner, nc, ui_server, tmp_path: Path
     await runner.start_all(SLOW_SINK_SECONDS="0.1")
     url = ui_server()
     await wait_for(lambda: _live(url), 30, "natsflow ui to serve /livez", interval=0.1)
+    assert _http_error(url + "/api/vertex/nope") == (404, {"error": f"pipeline {runner.name!r} has no vertex 'nope' "
+                                                                  "(vertices: in, score, out)"})
+    assert _http_error(url + "/static/..%2Fserver.py")[0] == 404  # only the shipped assets
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as pw:
