@@ -77,7 +77,8 @@ async def test_http_sink_one_request_per_message_with_headers(runner, nc):
     receiver = await Receiver().start()
     try:
         stream = await feed(nc, runner, 300, keys=lambda i: [f"k{i % 3}"])
-        pipeline(runner, stream, {"http": {"url": receiver.url, "method": "PUT", "headers": {"Authorization": "Bearer t"}}})
+        pipeline(runner, stream, {"http": {"url": receiver.url, "method": "PUT",
+                                           "headers": {"Authorization": "Bearer t"}}})
         await runner.start_all()
         await wait_for(lambda: len(receiver.stored) >= 300, 30, "300 requests")
         await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")

@@ -133,3 +133,19 @@ async def test_redis_sink_down_then_back_loses_nothing(runner, nc, tmp_path):
         await client.aclose()
         server.terminate()
         server.wait(10)
+
+
+async def test_redis_streams_source_takes_over_entries_a_dead_consumer_left(runner, nc, r):
+    client, stream = r
+    out = await Collector().start(nc, f"{runner.name}.out")
+    await add(client, stream, 0, 300)
+    await client.xgroup_create(stream, "g", id="0")
+    ghost = await client.xreadgroup("g", "ghost", {stream: ">"}, count=120)  # read, never acked
+    assert len(ghost[0][1]) == 120
+    source_pipeline(runner, stream, claimIdle="1s")
+    await runner.start_all()
+    await out.wait_count(300, 60)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    assert len(out.msgs) == 300 and sorted(m.data for m in out.msgs) == sorted(f"v{i}".encode() for i in range(300))
+    await wait_for(lambda: runner.log("in").count("took over 120 entries") == 1, 10, "the take-over log line")
+    assert (await client.xinfo_groups(stream))[0]["pending"] == 0

@@ -140,7 +140,8 @@ async def test_sink_down_backs_up_through_buffers_then_delivers_everything(runne
 def test_udsink_fallback_handler_is_checked():
     doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
            "spec": {"vertices": [{"name": "in", "source": {"generator": {}}},
-                                 {"name": "out", "sink": {"log": {}, "fallback": {"udsink": {"handler": "tests.udfs:nope"}}}}],
+                                 {"name": "out", "sink": {"log": {},
+                                                          "fallback": {"udsink": {"handler": "tests.udfs:nope"}}}}],
                     "edges": [{"from": "in", "to": "out"}]}}
     with pytest.raises(SpecError) as exc:
         parse_pipeline(doc, file="p.yaml")

@@ -65,7 +65,7 @@ class HttpSink:
         results = await asyncio.gather(*(self.send(d) for _, d in todo), return_exceptions=True)
         refused: dict[int, str] = {}
         failure: BaseException | None = None
-        for (i, d), res in zip(todo, results):
+        for (i, d), res in zip(todo, results, strict=True):
             if res is None:
                 self.sent.add(d.id)
             elif isinstance(res, HttpStatusError) and 400 <= res.status < 500 and res.status not in RETRYABLE_4XX:

@@ -78,7 +78,8 @@ class PostgresSink:
         if self.cfg.mode is PostgresMode.upsert:
             keys = ", ".join(quote(c) for c in self.cfg.key_columns)
             rest = [c for c in cols if c not in self.cfg.key_columns]
-            action = ("UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in rest)) if rest else "NOTHING"
+            sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in rest)
+            action = f"UPDATE SET {sets}" if rest else "NOTHING"
             stmt += f" ON CONFLICT ({keys}) DO {action}"
         return stmt
 
@@ -86,6 +87,7 @@ class PostgresSink:
         """Batch position → row, and position → why it cannot be a row."""
         rows: dict[int, dict[str, Any]] = {}
         bad: dict[int, str] = {}
+        upsert = self.cfg.mode is PostgresMode.upsert
         for i, d in enumerate(datums):
             try:
                 row = self.row(d)
@@ -93,14 +95,14 @@ class PostgresSink:
                 bad[i] = str(exc)
                 continue
             unknown = sorted(set(row) - columns)
-            missing = [k for k in self.cfg.key_columns if row.get(k) is None] if self.cfg.mode is PostgresMode.upsert else []
+            missing = [k for k in self.cfg.key_columns if row.get(k) is None] if upsert else []
             if unknown:
                 bad[i] = f"field {unknown[0]!r} is not a column of table {self.cfg.table}"
             elif missing:
                 bad[i] = f"upsert needs key column {missing[0]!r} in every row"
             else:
                 rows[i] = row
-        if self.cfg.mode is PostgresMode.upsert:  # one statement cannot update a row twice: last wins
+        if upsert:  # one statement cannot update a row twice: last wins
             last = {tuple(json.dumps(r[k]) for k in self.cfg.key_columns): i for i, r in rows.items()}
             rows = {i: rows[i] for i in sorted(last.values())}
         return rows, bad
