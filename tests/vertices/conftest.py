@@ -115,3 +115,18 @@ def mqtt_url() -> str:
         pytest.fail("Mosquitto is not listening on 127.0.0.1:1883; start it with "
                     "`mosquitto -d -c /etc/mosquitto/mosquitto.conf`")
     return MQTT_URL
+
+
+def scrape_gauge(port: int, name: str, **labels: str) -> float | None:
+    """The value of one sample on a worker's /metrics (None while absent or unreachable)."""
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            body = r.read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -9,7 +9,9 @@ from collections import Counter
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
+from tests.vertices.conftest import scrape_gauge
 
 BASE_MS = 1_700_000_000_000
 # A SIGKILLed member stays in the group until its session times out; keep that short in tests.
@@ -63,11 +65,11 @@ def numbers(c: Collector) -> Counter:
     return Counter(json.loads(m.data)["n"] for m in c.msgs)
 
 
-def source_pipeline(runner, kafka_broker, topic: str, group: str) -> None:
+def source_pipeline(runner, kafka_broker, topic: str, group: str, limits: dict | None = None) -> None:
     runner.write([{"name": "in", "source": {"kafka": {"brokers": [kafka_broker.bootstrap], "topic": topic,
                                                       "consumerGroup": group, "config": FAST_GROUP}}},
                   {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
-                 [{"from": "in", "to": "out"}])
+                 [{"from": "in", "to": "out"}], limits=limits)
 
 
 async def committed(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
@@ -125,6 +127,32 @@ async def test_kafka_source_sigkill_restart_loses_and_duplicates_nothing(runner,
     counts = numbers(sink)
     assert set(counts) == set(range(total))
     assert [n for n, c in counts.items() if c > 1] == []
+    assert len(sink.msgs) == total
+
+
+async def test_kafka_source_reports_lag_while_backed_up(runner, nc, kafka_broker):
+    total = 3000
+    topic = await create_topic(kafka_broker.bootstrap)
+    await produce(kafka_broker.bootstrap, topic, 0, total)
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    source_pipeline(runner, kafka_broker, topic, f"g-{runner.name}",
+                    limits={"bufferMaxLength": 400, "bufferUsageLimit": 50})
+    await runner.provision()
+    port = free_port()
+    runner.start("in", NATSFLOW_METRICS_PORT=str(port))  # the sink is not running: its buffer fills
+
+    def lag() -> float | None:
+        return scrape_gauge(port, "source_upstream_backlog", state="lag")
+
+    def positive() -> float | None:
+        value = lag()
+        return value if value else None
+
+    backed_up = await wait_for(positive, 30, "a positive lag while the buffer is full")
+    assert 0 < backed_up < total  # the first batches were read; the rest waits in Kafka
+    runner.start("out")
+    await sink.wait_count(total, timeout=60)
+    await wait_for(lambda: lag() == 0, 30, "the lag to fall to 0 once everything is read")
     assert len(sink.msgs) == total
 
 

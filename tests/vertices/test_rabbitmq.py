@@ -10,7 +10,9 @@ from datetime import datetime, timezone
 import aio_pika
 import pytest_asyncio
 
+from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
+from tests.vertices.conftest import scrape_gauge
 
 BASE_S = 1_700_000_000
 
@@ -41,10 +43,10 @@ async def publish(channel, queue: str, start: int, count: int, with_id=lambda n:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue)
 
 
-def pipeline(runner, url: str, queue: str, prefetch: int = 500) -> None:
+def pipeline(runner, url: str, queue: str, prefetch: int = 500, limits: dict | None = None) -> None:
     runner.write([{"name": "in", "source": {"rabbitmq": {"url": url, "queue": queue, "prefetch": prefetch}}},
                   {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
-                 [{"from": "in", "to": "out"}])
+                 [{"from": "in", "to": "out"}], limits=limits)
 
 
 async def ready_count(channel, queue: str) -> int:
@@ -92,6 +94,32 @@ async def test_rabbitmq_source_sigkill_restart_loses_and_duplicates_nothing(amqp
     counts = Counter(json.loads(m.data)["n"] for m in sink.msgs)
     assert set(counts) == set(range(total))
     assert [n for n, c in counts.items() if c > 1] == []
+    assert len(sink.msgs) == total
+
+
+async def test_rabbitmq_source_reports_ready_messages_while_backed_up(amqp, rabbitmq_url, runner, nc):
+    channel, declare = amqp
+    total = 3000
+    queue = await declare()
+    await publish(channel, queue, 0, total)
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    pipeline(runner, rabbitmq_url, queue, prefetch=100, limits={"bufferMaxLength": 400, "bufferUsageLimit": 50})
+    await runner.provision()
+    port = free_port()
+    runner.start("in", NATSFLOW_METRICS_PORT=str(port))  # the sink is not running: its buffer fills
+
+    def ready() -> float | None:
+        return scrape_gauge(port, "source_upstream_backlog", state="lag")
+
+    def positive() -> float | None:
+        value = ready()
+        return value if value else None
+
+    backed_up = await wait_for(positive, 30, "ready messages reported while the buffer is full")
+    assert 0 < backed_up < total
+    runner.start("out")
+    await sink.wait_count(total, timeout=60)
+    await wait_for(lambda: ready() == 0, 30, "no ready messages once everything is read")
     assert len(sink.msgs) == total
 
 

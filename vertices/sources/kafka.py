@@ -8,6 +8,7 @@ record key becomes the message's keys, its headers pass through, its timestamp i
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import ssl
@@ -25,7 +26,7 @@ log = logging.getLogger("natsflow.kafka")
 
 BATCH = 500
 POLL_MS = 500
-LAG_LOG_EVERY_S = 30.0
+LAG_EVERY_S = 5.0
 SASL = {"plain": "PLAIN", "scram-sha-256": "SCRAM-SHA-256", "scram-sha-512": "SCRAM-SHA-512"}
 
 
@@ -77,7 +78,6 @@ def to_record(m: ConsumerRecord) -> SourceRecord:
 class KafkaSource:
     def __init__(self, config: Config):
         self.cfg = config
-        self._lag_logged = 0.0
 
     def consumer(self, ctx: ConnectorContext) -> AIOKafkaConsumer:
         # Offsets are committed by hand after emit(); a new group starts at the oldest record so
@@ -91,6 +91,8 @@ class KafkaSource:
         consumer = self.consumer(ctx)
         await consumer.start()
         log.info("kafka source %s: topic %s, group %s", ctx.vertex, self.cfg.topic, self.cfg.consumer_group)
+        # Beside the read loop, so the lag is still reported while emit() waits on a full buffer.
+        reporter = asyncio.create_task(self.report_lag(ctx, consumer))
         try:
             while not ctx.stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH)
@@ -98,8 +100,8 @@ class KafkaSource:
                 if records:
                     await emit([to_record(r) for r in records])
                     await self.commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
-                await self.report_lag(ctx, consumer)
         finally:
+            reporter.cancel()
             await consumer.stop()
 
     async def commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -111,21 +113,21 @@ class KafkaSource:
             log.warning("kafka commit of %s failed (%s); the new owner re-reads them", offsets, exc)
 
     async def report_lag(self, ctx: ConnectorContext, consumer: AIOKafkaConsumer) -> None:
-        """Log the records not yet read per partition (high watermark minus position) now and then:
-        that is the number to scale a Kafka source on."""
-        now = time.monotonic()
-        if now - self._lag_logged < LAG_LOG_EVERY_S:
-            return
-        self._lag_logged = now
-        lag = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            try:
-                pos = await consumer.position(tp)
-            except (KafkaError, IllegalStateError):
-                continue
-            if high is not None:
-                lag[tp.partition] = max(0, high - pos)
-        if lag:
-            log.info("kafka source %s: lag %d (per partition %s)", ctx.vertex, sum(lag.values()), lag)
-
+        """Export the records not yet read (high watermark minus position, summed over the assigned
+        partitions) as `source_upstream_backlog{state="lag"}` every few seconds: what to scale a
+        Kafka source on. The high watermark comes with fetch responses, so it costs no request."""
+        metrics = ctx.extra.get("metrics")
+        while True:
+            lag = {}
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                try:
+                    pos = await consumer.position(tp)
+                except (KafkaError, IllegalStateError):
+                    continue
+                if high is not None:
+                    lag[tp.partition] = max(0, high - pos)
+            if metrics is not None:
+                metrics.upstream_backlog("lag", sum(lag.values()))
+            log.debug("kafka source %s: lag per partition %s", ctx.vertex, lag)
+            await asyncio.sleep(LAG_EVERY_S)

@@ -28,7 +28,7 @@ from framework.spec import RabbitMqSource as Config
 log = logging.getLogger("natsflow.rabbitmq")
 
 LINGER_S = 0.005
-PENDING_LOG_EVERY_S = 30.0
+PENDING_EVERY_S = 5.0
 
 
 def content_id(m: AbstractIncomingMessage) -> str:
@@ -57,7 +57,6 @@ def to_record(queue: str, m: AbstractIncomingMessage) -> SourceRecord:
 class RabbitMqSource:
     def __init__(self, config: Config):
         self.cfg = config
-        self._pending_logged = 0.0
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         connection = await aio_pika.connect_robust(self.cfg.url, client_properties={
@@ -71,13 +70,17 @@ class RabbitMqSource:
             except aio_pika.exceptions.ChannelNotFoundEntity:
                 raise ValueError(f"source.rabbitmq.queue: queue {self.cfg.queue!r} does not exist") from None
             tag = await queue.consume(inbox.put, no_ack=False)
+            probe = await connection.channel()  # a failed passive declare closes its channel
             log.info("rabbitmq source %s: queue %s, prefetch %d", ctx.vertex, self.cfg.queue, self.cfg.prefetch)
-            while not ctx.stopping.is_set():
-                batch = await self.next_batch(inbox)
-                if batch:
-                    await emit([to_record(self.cfg.queue, m) for m in batch])
-                    await self.ack(batch)
-                await self.report_pending(ctx, channel)
+            reporter = asyncio.create_task(self.report_pending(ctx, probe))  # runs while emit() waits
+            try:
+                while not ctx.stopping.is_set():
+                    batch = await self.next_batch(inbox)
+                    if batch:
+                        await emit([to_record(self.cfg.queue, m) for m in batch])
+                        await self.ack(batch)
+            finally:
+                reporter.cancel()
             # Unacked deliveries go back to the queue when the channel closes: nothing is lost.
             with contextlib.suppress(AMQPError, asyncio.TimeoutError):
                 await queue.cancel(tag, timeout=5)
@@ -115,12 +118,15 @@ class RabbitMqSource:
                 log.warning("rabbitmq ack failed (%s); the messages will be redelivered", exc)
 
     async def report_pending(self, ctx: ConnectorContext, channel: aio_pika.abc.AbstractChannel) -> None:
-        """Log the queue's ready messages now and then: the number to scale a RabbitMQ source on."""
-        now = time.monotonic()
-        if now - self._pending_logged < PENDING_LOG_EVERY_S:
-            return
-        self._pending_logged = now
-        with contextlib.suppress(AMQPError, asyncio.TimeoutError):
-            declared = await channel.declare_queue(self.cfg.queue, passive=True, timeout=5)
-            log.info("rabbitmq source %s: %d messages ready in %s", ctx.vertex,
-                     declared.declaration_result.message_count, self.cfg.queue)
+        """Export the queue's ready messages (not yet delivered to any consumer) as
+        `source_upstream_backlog{state="lag"}` every few seconds: what to scale a RabbitMQ source on."""
+        metrics = ctx.extra.get("metrics")
+        while True:
+            with contextlib.suppress(AMQPError, asyncio.TimeoutError, RuntimeError):
+                # On the raw channel: aio-pika's robust channel answers a passive declare from a cache.
+                raw = await channel.get_underlay_channel()
+                ready = (await asyncio.wait_for(raw.queue_declare(self.cfg.queue, passive=True), 5)).message_count
+                if metrics is not None:
+                    metrics.upstream_backlog("lag", ready)
+                log.debug("rabbitmq source %s: %d messages ready in %s", ctx.vertex, ready, self.cfg.queue)
+            await asyncio.sleep(PENDING_EVERY_S)
