@@ -156,6 +156,30 @@ async def test_kafka_source_reports_lag_while_backed_up(runner, nc, kafka_broker
     assert len(sink.msgs) == total
 
 
+async def test_kafka_source_rebalance_between_replicas_duplicates_nothing(runner, nc, kafka_broker):
+    """A second replica joins mid-stream (partitions move), then the first is SIGKILLed (its
+    partitions move again, from the last committed offsets): every record arrives exactly once."""
+    total = 24_000
+    topic = await create_topic(kafka_broker.bootstrap, partitions=4)
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    source_pipeline(runner, kafka_broker, topic, f"g-{runner.name}")
+    await runner.start_all()
+    await produce(kafka_broker.bootstrap, topic, 0, 8000)
+    await sink.wait_count(1000, timeout=60)
+    runner.start("in", replica="b")
+    await wait_for(lambda: "kafka source in:" in runner.log("in#b"), 30, "the second replica to start")
+    await produce(kafka_broker.bootstrap, topic, 8000, 8000)
+    await sink.wait_count(9000, timeout=60)
+    runner.kill("in")
+    await produce(kafka_broker.bootstrap, topic, 16000, total - 16000)
+    await sink.wait_count(total, timeout=120)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    counts = numbers(sink)
+    assert set(counts) == set(range(total))
+    assert [n for n, c in counts.items() if c > 1] == []
+    assert len(sink.msgs) == total
+
+
 def sink_pipeline(runner, bootstrap: str, topic: str, total: int, config: dict | None = None) -> None:
     runner.write([{"name": "in", "source": {"generator": {"total": total, "rpu": 5000, "duration": "100ms",
                                                           "keyCount": 4}}},
@@ -212,3 +236,57 @@ async def test_kafka_config_typo_is_named(runner, kafka_broker):
     await wait_for(lambda: proc.poll() is not None, 30, "the source to exit on a bad option")
     assert proc.returncode != 0
     assert "source.kafka.config: unknown AIOKafkaConsumer option(s) sesion_timeout_ms" in runner.log("in")
+
+
+def test_kafka_spec_errors_name_the_field():
+    from framework.spec import SpecError, parse_pipeline  # noqa: PLC0415
+
+    def problems(source: dict, sink: dict | None = None) -> str:
+        doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "k"},
+               "spec": {"vertices": [{"name": "in", "source": source},
+                                     {"name": "out", "sink": sink or {"log": {}}}],
+                        "edges": [{"from": "in", "to": "out"}]}}
+        try:
+            parse_pipeline(doc)
+        except SpecError as exc:
+            return str(exc)
+        return ""
+
+    assert "spec.vertices[0].source.kafka.consumerGroup: Field required" in problems(
+        {"kafka": {"brokers": ["b:9092"], "topic": "t"}})
+    assert "spec.vertices[0].source.kafka.sasl.mechanism: Input should be 'plain', 'scram-sha-256' or " \
+           "'scram-sha-512'" in problems({"kafka": {"brokers": ["b:9092"], "topic": "t", "consumerGroup": "g",
+                                                    "sasl": {"mechanism": "gssapi", "username": "u",
+                                                             "password": "p"}}})
+    assert "spec.vertices[0].source.kafka.tls: certFile and keyFile go together" in problems(
+        {"kafka": {"brokers": ["b:9092"], "topic": "t", "consumerGroup": "g", "tls": {"certFile": "c.pem"}}})
+    assert "spec.vertices[1].sink.kafka.brokers: List should have at least 1 item" in problems(
+        {"generator": {}}, {"kafka": {"brokers": [], "topic": "t"}})
+    assert "spec.vertices[1].sink.kafka.setkey: unknown field" in problems(
+        {"generator": {}}, {"kafka": {"brokers": ["b:9092"], "topic": "t", "setkey": True}})
+
+
+def test_kafka_tls_and_sasl_map_to_client_options(tmp_path):
+    import ssl  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from framework.spec import KafkaSource  # noqa: PLC0415
+    from vertices.sources.kafka import client_options  # noqa: PLC0415
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    cfg = KafkaSource.model_validate({
+        "brokers": ["b:9093"], "topic": "t", "consumerGroup": "g",
+        "tls": {"caFile": str(cert), "certFile": str(cert), "keyFile": str(key), "insecureSkipVerify": True},
+        "sasl": {"mechanism": "scram-sha-512", "username": "u", "password": "p"},
+        "config": {"session_timeout_ms": 7000}})
+    opts = client_options(cfg, AIOKafkaConsumer, "source.kafka", group_id="g")
+    assert opts["security_protocol"] == "SASL_SSL" and opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (opts["sasl_plain_username"], opts["sasl_plain_password"]) == ("u", "p")
+    assert opts["session_timeout_ms"] == 7000 and opts["bootstrap_servers"] == ["b:9093"]
+    context = opts["ssl_context"]
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    plain = client_options(KafkaSource.model_validate({"brokers": ["b:1"], "topic": "t", "consumerGroup": "g"}),
+                           AIOKafkaConsumer, "source.kafka")
+    assert plain["security_protocol"] == "PLAINTEXT" and "ssl_context" not in plain

@@ -93,3 +93,18 @@ async def test_mqtt_bad_url_is_named(runner):
     await wait_for(lambda: proc.poll() is not None, 30, "the source to exit")
     assert proc.returncode != 0
     assert "source.mqtt.url: scheme must be mqtt:// or mqtts://" in runner.log("in")
+
+
+def test_mqtt_qos_outside_0_to_2_is_named():
+    from framework.spec import SpecError, parse_pipeline  # noqa: PLC0415
+
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "m"},
+           "spec": {"vertices": [{"name": "in", "source": {"mqtt": {"topic": "a/#", "qos": 3}}},
+                                 {"name": "out", "sink": {"log": {}}}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    try:
+        parse_pipeline(doc)
+    except SpecError as exc:
+        assert "spec.vertices[0].source.mqtt.qos: Input should be 0, 1 or 2" in str(exc)
+    else:
+        raise AssertionError("qos 3 was accepted")
