@@ -2,7 +2,7 @@
 only after it is stored in the first buffer.
 
 Mapping of an entry: the field `valueField` (default `value`) is the payload and every other field
-becomes a header (names that cannot be NATS header names are left out); an entry without that
+becomes a header (`Nats-*`, `Nf-*` and names that cannot be NATS header names are left out); an entry without that
 field is stored whole, as a JSON object of its fields. The field `keyField` (default `key`), when
 present, is the message key. Event time is the millisecond part of the entry id. The offset (and
 data id) is `<stream>:<entry id>`, so an entry read again after a crash is deduplicated.
@@ -58,7 +58,9 @@ class RedisStreamsSource:
             value = fields[value_field]
             headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace").replace("\r", " ").replace("\n", " ")
                        for k, v in fields.items() if k not in (value_field, key_field)}
-            headers = {k: v for k, v in headers.items() if HEADER_NAME.match(k)} or None
+            # natsflow's own envelope headers are set from the entry itself, never from a field
+            headers = {k: v for k, v in headers.items()
+                       if HEADER_NAME.match(k) and not k.startswith(("Nats-", "Nf-"))} or None
         else:
             value = json.dumps({k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                                 for k, v in fields.items()}, separators=(",", ":")).encode()
