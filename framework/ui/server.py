@@ -237,7 +237,9 @@ def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
         "limits": p.limits_for(name).model_dump(mode="json"),
         "in": [e.from_ for e in p.in_edges(name)],
         "out": [e.to for e in p.out_edges(name)],
-        "buffer": None if v.kind == "source" else b.stream_name(p.name, name),
+        # A keyed reduce with partitions has one buffer stream per partition.
+        "buffer": None if v.kind == "source" else ", ".join(b.stream_name(p.name, name, part)
+                                                             for part in b.partitions(p, name)),
     }
 
 

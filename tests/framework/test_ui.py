@@ -18,7 +18,7 @@ from playwright.async_api import async_playwright
 from framework.embedded import EmbeddedNats, free_port, running_server
 from framework.spec import Pipeline
 from framework.ui.layout import layout
-from framework.ui.server import redact
+from framework.ui.server import redact, vertex_detail
 from tests.conftest import REPO, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -70,6 +70,16 @@ def test_redact_hides_credentials_by_field_name():
             "list": [{"apiToken": "x"}], "creds": None}
     assert redact(spec) == {"source": {"http": {"port": 1, "auth": {"token": "***"}}},
                             "sink": {"kafka": {"password": "***", "user": "u"}}, "list": [{"apiToken": "***"}], "creds": None}
+
+
+def test_vertex_detail_masks_the_http_token_and_lists_partition_buffers():
+    p = pipeline([{"name": "a", "source": {"http": {"port": 1, "auth": {"token": "s3cret"}}}},
+                  {"name": "r", "udf": {"reduce": {"handler": "m:f", "window": {"fixed": {"length": "5s"}}, "partitions": 3}}}],
+                 [{"from": "a", "to": "r"}])
+    a = vertex_detail(p, "a")
+    assert a["spec"]["source"]["http"]["auth"] == {"token": "***"} and "s3cret" not in json.dumps(a)
+    assert (a["buffer"], a["out"]) == (None, ["r"])
+    assert vertex_detail(p, "r")["buffer"] == "nf_g_r_p0, nf_g_r_p1, nf_g_r_p2"
 
 
 def test_status_without_url_finds_the_embedded_server(tmp_path: Path):
