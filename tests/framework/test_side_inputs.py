@@ -128,6 +128,14 @@ async def test_outputs_switch_to_the_new_value_while_traffic_flows(runner, nc, t
     assert counts["side_input_runs_total[mode][error]"] >= 1
     assert "side input mode updated" in runner.log("enrich")
 
+    # The value outlives the manager: a map restarted while no manager runs starts with it at once.
+    runner.kill("enrich")
+    runner.start("enrich", replica="2")
+    await publish(nc, runner, range(sent + 50, sent + 70))
+    await out.wait_count(sent + 70, timeout=30)
+    assert [results(out)[n] for n in range(sent + 50, sent + 70)] == ["v2"] * 20
+    assert "waiting for side inputs" not in runner.log("enrich#2")
+
 
 async def test_vertex_waits_for_every_side_input_before_its_first_message(runner, nc, tmp_path):
     value_file = tmp_path / "limits.txt"
@@ -294,3 +302,57 @@ def test_manager_is_rendered_as_its_own_deployment(tmp_path):
     assert not all(vertex["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())
     assert not any(o["kind"] == "ScaledObject" and o["metadata"]["name"] == manager["metadata"]["name"]
                    for objs in files.values() for o in objs)
+
+
+class Lines:
+    """The supervisor's prefixed output, kept for assertions."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_supervisor_runs_the_manager_and_restarts_it_when_side_inputs_change(tmp_path, nc, nats_url,
+                                                                                    monkeypatch):
+    from framework.connection import NatsSettings
+    from framework.supervisor import Supervisor
+
+    value_file = tmp_path / "mode.txt"
+    value_file.write_text("v1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("SIDE_INPUT_FILE", str(value_file))
+    runner = PipelineRunner(tmp_path, nats_url)
+    _, out = await setup(runner, nc)
+    lines = Lines()
+    sup = Supervisor(runner.file, NatsSettings.from_env(url=nats_url), grace=10, out=lines)
+    await sup.start()
+    try:
+        await publish(nc, runner, range(30))
+        await out.wait_count(30, timeout=60)
+        assert sorted(results(out)) == list(range(30)) and set(results(out).values()) == {"v1"}
+        first = sup.side_input_manager.replicas[0]
+
+        doc = yaml.safe_load(runner.file.read_text())
+        doc["spec"]["sideInputs"][0]["trigger"]["schedule"] = "@every 2s"
+        runner.file.write_text(yaml.safe_dump(doc))
+        await sup.apply(load_pipeline(runner.file))  # what `natsflow up` does on a file change
+        second = sup.side_input_manager.replicas[0]
+        assert second is not first and first.proc.returncode == 0
+        assert "[sideinputs] " in lines.text and "side-input manager stopped" in lines.text
+        await wait_for(lambda: lines.text.count("side-input manager of") == 2, 30, "the second manager to start")
+
+        del doc["spec"]["sideInputs"]
+        doc["spec"]["vertices"][1] = {"name": "enrich", "udf": {"map": {"handler": "tests.udfs:identity"}}}
+        runner.file.write_text(yaml.safe_dump(doc))
+        await sup.apply(load_pipeline(runner.file))
+        assert sup.side_input_manager is None and second.proc.returncode == 0
+        await publish(nc, runner, range(30, 40))
+        await out.wait_count(40, timeout=60)
+        assert [m.data for m in out.msgs[30:]] == [json.dumps({"seq": n}).encode() for n in range(30, 40)]
+    finally:
+        await sup.stop()
