@@ -445,7 +445,7 @@ class ConformanceKit:
             seq, i = parsed
             idx_by_seq.setdefault(seq, []).append(i)
             src = obs.inputs[seq]
-            want_id = src["id"] if i == 0 else f"{src['id']}:{i}"
+            want_id = src["id"] if i == 0 else f"{src['id']}:{VUT}:{seq}:{i}"
             if o.data_id != want_id:
                 problems.append(f"{o.msg_id}: Nf-Id {o.data_id!r}, expected {want_id!r}")
             if o.headers.get(b.HDR_EVENT_TIME) != src["event_time"]:

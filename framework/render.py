@@ -116,11 +116,8 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "volumeMounts": [mount],
     }
-    if v.udf is not None and v.udf.command:
-        # A vertex in another language: its program in the same image, wiring in NATSFLOW_DESCRIPTOR.
-        container["command"] = list(v.udf.command)
-        container.pop("args")
-        container["env"] = container["env"] + [{"name": "NATSFLOW_DESCRIPTOR", "value": json.dumps(vertex_descriptor(p, v.name))}]
+    if v.udf is not None and v.udf.is_program:
+        _as_program(container, p, v)
     if v.udf is not None and v.udf.env:
         container["env"] = container["env"] + [{"name": k, "value": val} for k, val in sorted(v.udf.env.items())]
     if v.resources is not None:
@@ -145,6 +142,26 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
             },
         },
     }
+
+
+def _as_program(container: dict[str, Any], p: Pipeline, v: Vertex) -> None:
+    """A vertex in another language: `udf.container` (its own image) or else `udf.command` in the
+    pipeline image; its wiring comes in NATSFLOW_DESCRIPTOR. A foreign program need not serve the
+    worker's health endpoints (the protocol makes them optional), so its own image gets no probes."""
+    assert v.udf is not None
+    container.pop("args")
+    container["env"] = container["env"] + [{"name": "NATSFLOW_DESCRIPTOR", "value": json.dumps(vertex_descriptor(p, v.name))}]
+    own = v.udf.container
+    if own is None:
+        container["command"] = list(v.udf.command or [])
+        return
+    container["image"] = own.image
+    if own.command:
+        container["command"] = list(own.command)
+    if own.args:
+        container["args"] = list(own.args)
+    for key in ("livenessProbe", "readinessProbe", "volumeMounts"):
+        container.pop(key)
 
 
 def render_side_input_manager(p: Pipeline, opts: RenderOptions) -> dict[str, Any]:

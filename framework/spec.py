@@ -300,7 +300,15 @@ class Reduce(Handler):
     partitions: int = Field(1, ge=1, le=256)
 
 
-UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")
+UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")  # "command": command and/or container
+
+
+class Container(Model):
+    """A vertex program in its own image, for `natsflow render` (it follows docs/protocol.md)."""
+
+    image: str = Field(min_length=1)
+    command: list[str] | None = Field(None, min_length=1, description="default: the image's entrypoint")
+    args: list[str] | None = None
 
 
 class Udf(Model):
@@ -310,12 +318,14 @@ class Udf(Model):
     map_stream: Handler | None = Field(None, alias="mapStream")
     reduce: Reduce | None = None
     command: list[str] | None = Field(None, min_length=1)
+    container: Container | None = None
     env: dict[str, str] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Udf":
-        chosen = [k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.command)]
+        # `command` (run locally) and `container` (rendered) may both describe one foreign program.
+        chosen = [k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program)]
         if len(chosen) != 1:
             raise ValueError(f"a udf must set exactly one of: {', '.join(UDF_KINDS)} (found {len(chosen)})")
         return self
@@ -325,8 +335,13 @@ class Udf(Model):
                 "mapStream": self.map_stream, "reduce": self.reduce}.get(kind)
 
     @property
+    def is_program(self) -> bool:
+        """A program of its own (any language) rather than a Python handler run by the worker."""
+        return bool(self.command) or self.container is not None
+
+    @property
     def kind(self) -> str:
-        return next(k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.command))
+        return next(k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program))
 
     @property
     def handler(self) -> "Handler | None":
@@ -729,7 +744,7 @@ def side_input_problems(p: Pipeline) -> list[tuple[str, str]]:
         if declared and v.name == "sideinputs-manager":
             problems.append((f"spec.vertices[{i}].name", "'sideinputs-manager' is the side-input manager's "
                              "name (its Deployment); rename the vertex"))
-        if v.side_inputs and v.udf is not None and v.udf.command:
+        if v.side_inputs and v.udf is not None and v.udf.is_program:
             problems.append((f"spec.vertices[{i}].sideInputs", "a command vertex cannot read side inputs "
                              "(the subprocess protocol does not carry them)"))
     return problems

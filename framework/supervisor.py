@@ -101,13 +101,24 @@ class VertexProcess:
             self.proc.kill()
 
 
+def _progress(line: str) -> None:
+    """Progress of long CLI work (draining on stop) for the person at the terminal: stderr,
+    beside the log, never mixed into the vertices' prefixed stdout."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def side_input_manager_command(pipeline_file: Path) -> list[str]:
     return [sys.executable, "-m", "framework.cli", "sideinputs", str(pipeline_file)]
 
 
 def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[str], dict[str, str]]:
     v = p.vertex(vertex)
-    if v.udf is not None and v.udf.command:
+    if v.udf is not None and v.udf.is_program:
+        if not v.udf.command:
+            index = [x.name for x in p.spec.vertices].index(vertex)
+            raise SpecError(str(pipeline_file), [(f"spec.vertices[{index}].udf.command",
+                                                  f"vertex {vertex!r} has only udf.container, which runs when rendered "
+                                                  "for Kubernetes; add udf.command to run it on this machine")])
         return list(v.udf.command), {"NATSFLOW_DESCRIPTOR": json.dumps(vertex_descriptor(p, vertex)), **v.udf.env}
     extra = dict(v.udf.env) if v.udf is not None else {}
     return [sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(pipeline_file),

@@ -3,6 +3,7 @@ against KEDA's own CRDs (v2.20.2, beside the checkout in ../shared/keda-crds), p
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import yaml
 
 from framework.render import RenderOptions, render_pipeline
 from framework.scaling import desired_replicas
-from framework.spec import Scale, load_pipeline
+from framework.spec import Scale, SpecError, load_pipeline
+from framework.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO.parent / "shared" / "keda-crds"
@@ -43,7 +45,7 @@ def rendered(example: str, **opts) -> dict[str, list[dict]]:
     return render_pipeline(p, path.read_text(), RenderOptions(image="registry.local/natsflow:test", **opts))
 
 
-@pytest.mark.parametrize("example", ["sentiment", "anomaly", "clicks"])
+@pytest.mark.parametrize("example", ["sentiment", "anomaly", "clicks", "polyglot"])
 def test_every_object_validates(example):
     files = rendered(example)
     kinds = [o["kind"] for objs in files.values() for o in objs]
@@ -152,3 +154,34 @@ def test_committed_deploy_manifests_are_current_and_valid():
 def test_reduce_is_replaced_not_overlapped():
     dep = rendered("anomaly")["detect.yaml"][0]
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_foreign_vertices_get_their_image_or_command_and_the_descriptor():
+    files = rendered("polyglot")
+    go = files["go.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
+    node = files["node.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
+    py = files["python.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
+    # udf.container: its own image and command, wiring in NATSFLOW_DESCRIPTOR, no worker probes
+    assert go["image"] == "ghcr.io/example/shout-go:1.0" and go["command"] == ["/shout-vertex"]
+    assert "args" not in go and "livenessProbe" not in go
+    env = {e["name"]: e.get("value") for e in go["env"]}
+    desc = json.loads(env["NATSFLOW_DESCRIPTOR"])
+    assert desc["input"]["stream"] == "nf_polyglot_go" and desc["outputs"][0]["subject"] == "nf.polyglot.out.go"
+    assert go["envFrom"] == [{"secretRef": {"name": "natsflow-nats"}}]
+    # udf.command only: that command in the pipeline image
+    assert node["image"] == "registry.local/natsflow:test" and node["command"] == ["node", "node/vertex.js"]
+    # a Python handler: the worker with its probes
+    assert py["args"][-1] == "python" and py["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert "go" in {o["metadata"]["name"].removeprefix("polyglot-") for o in files["go.yaml"][1:]
+                    if o["kind"] == "ScaledObject"}
+
+
+def test_container_only_vertex_cannot_run_locally(tmp_path):
+    path = tmp_path / "p.yaml"
+    text = (REPO / "examples" / "polyglot" / "pipeline.yaml").read_text().replace(
+        "        command: [./go/shout-vertex]\n", "")
+    path.write_text(text)
+    p = load_pipeline(path, check_handlers=False)
+    with pytest.raises(SpecError) as err:
+        vertex_command(p, path, "go")
+    assert "spec.vertices[2].udf.command" in str(err.value) and "only udf.container" in str(err.value)

@@ -100,7 +100,7 @@ async def test_drop_and_flatmap(runner, nc):
     assert await runner.terminate("dropper") == 0
     stats = json.loads(runner.log("dropper").rsplit("stats ", 1)[1].splitlines()[0])
     assert stats["forwarder_drop_total[drop_tag]"] == 150 and stats["forwarder_write_total[kept]"] == 150
-    assert len(set(flat.ids)) == len(expected_flat)  # output i>0 gets id '<input id>:<i>'
+    assert len(set(flat.ids)) == len(expected_flat)  # output i>0 gets id '<input id>:<vertex>:<seq>:<i>'
 
 
 async def test_udf_errors_go_to_dead_letter_stream(runner, nc):

@@ -214,7 +214,7 @@ func (v *vertex) process(msgs []*nats.Msg) error {
 			msgID := fmt.Sprintf("%s:%d:%d", v.d.Vertex, seq, i)
 			dataID := id
 			if i > 0 {
-				dataID = fmt.Sprintf("%s:%d", id, i)
+				dataID = fmt.Sprintf("%s:%s:%d:%d", id, v.d.Vertex, seq, i)
 			}
 			for g, gt := range v.gates {
 				if gt.out.Tags.matches(o.tags) {

@@ -93,7 +93,7 @@ async function processBatch(js, gates, msgs, stopping) {
     }
     shout(keys, m.data).forEach((o, i) => {
       if (o.tags.includes(DROP)) return;
-      const data = { msgId: `${desc.vertex}:${seq}:${i}`, id: i === 0 ? input.id : `${input.id}:${i}`, keys: o.keys };
+      const data = { msgId: `${desc.vertex}:${seq}:${i}`, id: i === 0 ? input.id : `${input.id}:${desc.vertex}:${seq}:${i}`, keys: o.keys };
       for (const [g, gate] of gates.entries()) {
         if (!matches(gate.out.tags, o.tags)) continue;
         if (!perGate.has(g)) perGate.set(g, []);
