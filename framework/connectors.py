@@ -66,13 +66,24 @@ class BufferFull(Exception):
 class DatumsRejected(Exception):
     """Raised by a sink's `write` for datums that can never be written (a payload the target
     refuses); `reasons` maps their positions in the batch to the error text. The worker sends
-    those to the fallback sink (or the dead-letter stream) and writes the others again, so a sink
-    must make writing them again harmless (a rolled-back transaction, skipping what it sent)."""
+    those to the fallback sink (or the dead-letter stream) at once. The others are written again
+    (a rolled-back transaction), unless `rest_written` says the sink already wrote them."""
 
-    def __init__(self, reasons: dict[int, str]):
+    def __init__(self, reasons: dict[int, str], rest_written: bool = False):
         self.reasons = reasons
+        self.rest_written = rest_written
         first = next(iter(reasons.values()), "")
         super().__init__(f"{len(reasons)} datum(s) rejected; first: {first}")
+
+
+class PartialWrite(Exception):
+    """Raised by a sink's `write` that wrote only part of a batch: `failed` maps the positions
+    not written to the error text. Only those are retried (or given up) under `retryStrategy`."""
+
+    def __init__(self, failed: dict[int, str]):
+        self.failed = failed
+        first = next(iter(failed.values()), "")
+        super().__init__(f"{len(failed)} datum(s) not written; first: {first}")
 
 
 Emit = Callable[[list[SourceRecord]], Awaitable[None]]
@@ -106,7 +117,7 @@ class SinkConnector(Protocol):
 
     async def write(self, datums: list[Datum]) -> None:
         """Write all or raise; the batch is retried as a whole (ids make retries idempotent where
-        the sink supports it)."""
+        the sink supports it). `DatumsRejected` and `PartialWrite` narrow that down."""
 
     async def close(self) -> None: ...
 

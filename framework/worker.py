@@ -25,7 +25,8 @@ from nats.aio.msg import Msg
 
 from . import buffer as b
 from .connection import NatsSettings, reply_all
-from .connectors import SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, SourceRecord, load_connector
+from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, SourceRecord,
+                         load_connector)
 from .metrics import BufferProbe, VertexMetrics
 from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
@@ -592,18 +593,28 @@ class SinkWorker(ReadingWorker):
             except DatumsRejected as exc:  # bad datums out, the rest is written again right away
                 rejected = [(pending[i], reason) for i, reason in sorted(exc.reasons.items())]
                 await self.reject(rejected)
-                pending = [md for i, md in enumerate(pending) if i not in exc.reasons]
+                rest = [md for i, md in enumerate(pending) if i not in exc.reasons]
+                if exc.rest_written:
+                    self.metrics.written("sink", len(rest))
+                    return True
+                pending = rest
                 continue
+            except PartialWrite as exc:  # only what failed is tried again
+                self.metrics.error.inc(1)
+                self.metrics.written("sink", len(pending) - len(exc.failed))
+                pending = [pending[i] for i in sorted(exc.failed)]
+                errors = [exc.failed[i] for i in sorted(exc.failed)]
             except Exception as exc:  # noqa: BLE001 - a failing sink backs the pipeline up, never loses data
                 self.metrics.error.inc(1)
-                error = f"{type(exc).__name__}: {exc}"
+                errors = [f"{type(exc).__name__}: {exc}"] * len(pending)
+            error = errors[0]
             if self.stopping.is_set():
                 log.warning("sink %s failing while stopping (%s); handing %d messages back",
                             self.v.name, error, len(pending))
                 await self._hand_back(msgs, pending)
                 return False
             if strategy.on_failure is not OnFailure.retry and retries >= strategy.backoff.steps:
-                await self.give_up(pending, error, strategy.on_failure)
+                await self.give_up(pending, errors, strategy.on_failure)
                 return True
             delay = next(delays)
             retries += 1
@@ -621,13 +632,13 @@ class SinkWorker(ReadingWorker):
         self.metrics.ack.inc(len(done))
         await reply_all(self.nc, [m for m, _ in pending], b"-NAK")
 
-    async def give_up(self, pending: list[tuple[Msg, Datum]], error: str, on_failure: OnFailure) -> None:
+    async def give_up(self, pending: list[tuple[Msg, Datum]], errors: list[str], on_failure: OnFailure) -> None:
         if on_failure is OnFailure.drop:
             self.metrics.dropped("sink_failure", len(pending))
             log.warning("sink %s: dropped %d message(s) after %d retries; error: %s", self.v.name,
-                        len(pending), self.v.sink.retry_strategy.backoff.steps, error)
+                        len(pending), self.v.sink.retry_strategy.backoff.steps, errors[0])
             return
-        await self.reject([(md, error) for md in pending])
+        await self.reject(list(zip(pending, errors, strict=True)))
 
     async def reject(self, rejected: list[tuple[tuple[Msg, Datum], str]]) -> None:
         """Datums the sink will not take: to the fallback sink with the error, else dead-lettered."""

@@ -147,3 +147,36 @@ def test_udsink_fallback_handler_is_checked():
         parse_pipeline(doc, file="p.yaml")
     assert str(exc.value) == ("p.yaml: spec.vertices[1].sink.fallback.udsink.handler: "
                               "module 'tests.udfs' has no attribute 'nope'")
+
+
+async def test_partial_failure_retries_only_what_failed(runner, nc):
+    seen: set[bytes] = set()
+
+    def status(body: bytes) -> int:
+        if body.endswith(b"5"):
+            return 500  # always: ends in the fallback with its own error
+        if body.endswith(b"3") and body not in seen:
+            seen.add(body)
+            return 503  # once: the retry succeeds
+        return 200
+
+    receiver = await Receiver(status).start()
+    try:
+        stream = await feed(nc, runner, 100)
+        fb_stream = f"FB_{runner.name}"
+        pipeline(runner, stream, {
+            "http": {"url": receiver.url},
+            "retryStrategy": {"backoff": {"interval": "10ms", "steps": 2}, "onFailure": "fallback"},
+            "fallback": {"jetstream": {"stream": fb_stream, "subject": f"{runner.name}.fb"}},
+        })
+        await runner.start_all()
+        await wait_for(lambda: all_through(nc, runner, stream, 100), 60, "100 records through")
+        assert sorted(b for b, _ in receiver.stored) == sorted(f"m{i}".encode() for i in range(100) if i % 10 != 5)
+        assert receiver.calls == 100 + 10 + 10 * 2  # each "3" once more, each "5" twice more
+        js = nc.jetstream()
+        assert (await js.stream_info(fb_stream)).state.messages == 10
+        msgs = await (await js.pull_subscribe(f"{runner.name}.fb", durable=None, stream=fb_stream)).fetch(10, timeout=5)
+        assert sorted(m.data for m in msgs) == sorted(f"m{i}".encode() for i in range(5, 100, 10))
+        assert all("answered 500: status 500" in m.headers["Nf-Error"] for m in msgs)
+    finally:
+        await receiver.stop()

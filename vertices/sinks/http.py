@@ -6,7 +6,7 @@ natsflow HTTP source's headers (`X-Natsflow-Id`, `X-Natsflow-Keys`, `X-Natsflow-
 one pipeline can post into another), the configured `headers`, and the message's own headers (a
 fallback's `Nf-Error` among them). A 4xx other than 408 and 429 means the receiver refuses that
 message: it goes to the fallback sink or the dead-letter stream and the batch goes on. Any other
-failure retries the batch; messages already answered 2xx are not sent again.
+failure retries only the messages that were not answered 2xx.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 
 import aiohttp
 
-from framework.connectors import ConnectorContext, DatumsRejected
+from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
 from framework.spec import HttpSink as Config
 
@@ -32,7 +32,6 @@ class HttpStatusError(Exception):
 class HttpSink:
     def __init__(self, config: Config):
         self.cfg = config
-        self.sent: set[str] = set()  # ids answered 2xx in a batch that has not fully succeeded yet
 
     async def start(self, ctx: ConnectorContext) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
@@ -59,24 +58,22 @@ class HttpSink:
             raise HttpStatusError(method, self.cfg.url, resp.status, body)
 
     async def write(self, datums: list[Datum]) -> None:
-        ids = {d.id for d in datums}
-        self.sent &= ids  # forget a batch that was given up on
-        todo = [(i, d) for i, d in enumerate(datums) if d.id not in self.sent]
-        results = await asyncio.gather(*(self.send(d) for _, d in todo), return_exceptions=True)
+        results = await asyncio.gather(*(self.send(d) for d in datums), return_exceptions=True)
         refused: dict[int, str] = {}
-        failure: BaseException | None = None
-        for (i, d), res in zip(todo, results, strict=True):
+        failed: dict[int, str] = {}
+        for i, res in enumerate(results):
             if res is None:
-                self.sent.add(d.id)
-            elif isinstance(res, HttpStatusError) and 400 <= res.status < 500 and res.status not in RETRYABLE_4XX:
+                continue
+            if isinstance(res, HttpStatusError) and 400 <= res.status < 500 and res.status not in RETRYABLE_4XX:
                 refused[i] = f"{type(res).__name__}: {res}"
-            elif failure is None:
-                failure = res
-        if failure is not None:
-            raise failure
+            else:
+                failed[i] = f"{type(res).__name__}: {res}"
+        if failed:  # retry only what was not answered 2xx (refusals too: they get their turn next)
+            if len(failed) == len(datums):
+                raise results[0]
+            raise PartialWrite({**failed, **refused})
         if refused:
-            raise DatumsRejected(refused)
-        self.sent.clear()
+            raise DatumsRejected(refused, rest_written=True)
 
     async def close(self) -> None:
         await self.session.close()
