@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import logging
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from .buffer import provision
 from .connection import NatsSettings
@@ -77,8 +80,8 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     from .asyncapi import build_asyncapi
 
     p = load_pipeline(args.file, check_handlers=False)
-    spec = build_asyncapi(p, servers=args.servers)
-    text = spec.to_yaml() if args.yaml else spec.to_json()
+    doc = build_asyncapi(p, servers=args.servers)
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True) if args.yaml else json.dumps(doc, indent=2)
     if args.output:
         from pathlib import Path
 

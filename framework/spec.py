@@ -505,6 +505,9 @@ class Vertex(Model):
     scale: Scale = Field(default_factory=Scale)
     limits: Limits | None = None
     resources: Resources | None = None
+    output_schema: dict[str, Any] | None = Field(
+        None, alias="outputSchema",
+        description="JSON Schema of the payloads this vertex writes (documentation: `natsflow asyncapi`)")
     side_inputs: list[Name] = Field(default_factory=list, alias="sideInputs",
                                     description="names from spec.sideInputs this vertex reads")
 

@@ -26,3 +26,21 @@ def test_asyncapi_document_lists_every_buffer_and_edge():
     edge = doc["channels"]["detect writes to anomalies"]
     assert "tags match" in edge["description"] and "Nf-Event-Time" in edge["description"]
     assert any("nats.example" in str(s) for s in doc["servers"].values())
+
+
+def test_envelope_headers_and_declared_payload_schemas():
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "asyncapi", "examples/polyglot/pipeline.yaml"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    messages = doc["components"]["messages"]
+    headers = doc["components"]["schemas"]["NatsflowHeaders"]
+    assert set(headers["required"]) == {"Nats-Msg-Id", "Nf-Id", "Nf-Event-Time"}
+    assert all(m["headers"] == {"$ref": "#/components/schemas/NatsflowHeaders"} for m in messages.values())
+    assert all(m["correlationId"]["location"] == "$message.header#/Nf-Id" for m in messages.values())
+    # `node` declares outputSchema: its edges and the buffers only it writes carry that schema
+    node_out = {"$ref": "#/components/schemas/nodeOutput"}
+    assert doc["components"]["schemas"]["nodeOutput"]["type"] == "string"
+    assert messages["node writes to go:Message"]["payload"] == node_out
+    assert messages["go reads nf_polyglot_go:SubscribeMessage"]["payload"] == node_out
+    assert messages["go writes to out:Message"]["payload"] == {"$ref": "#/components/schemas/Envelope"}
