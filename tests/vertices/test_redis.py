@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
-from tests.vertices.test_http_sink import all_through, feed, pipeline
+from tests.vertices.test_http_sink import Receiver, all_through, feed, pipeline
 from tests.vertices.test_sink_retry import metric
 
 URL = "redis://127.0.0.1:6379/0"
@@ -150,3 +150,31 @@ async def test_redis_streams_source_takes_over_entries_a_dead_consumer_left(runn
     assert len(out.msgs) == 300 and sorted(m.data for m in out.msgs) == sorted(f"v{i}".encode() for i in range(300))
     await wait_for(lambda: runner.log("in").count("took over 120 entries") == 1, 10, "the take-over log line")
     assert (await client.xinfo_groups(stream))[0]["pending"] == 0
+
+
+async def test_redis_streams_backlog_reported_while_backed_up(runner, nc, r):
+    client, stream = r
+    state = {"up": False}
+    receiver = await Receiver(lambda body: 200 if state["up"] else 503).start()
+    port = free_port()
+    try:
+        await add(client, stream, 0, 1200)
+        runner.write([{"name": "in", "source": {"redisStreams": {"url": URL, "stream": stream, "group": "g"}}},
+                      {"name": "out", "sink": {"http": {"url": receiver.url}}}],
+                     [{"from": "in", "to": "out"}],
+                     limits={"readBatchSize": 50, "bufferMaxLength": 200, "bufferUsageLimit": 50})
+        await runner.provision()
+        runner.start("out")
+        runner.start("in", NATSFLOW_METRICS_PORT=str(port))
+        # The sink is down, its buffer is full, the source waits: Redis still holds the rest.
+        await wait_for(lambda: (metric(port, "source_upstream_backlog", None, state="lag") or 0) >= 1200 - 500,
+                       30, "the group's lag while backed up")
+        assert (metric(port, "source_upstream_backlog", None, state="pending") or 0) > 0
+        assert receiver.stored == []
+        state["up"] = True
+        await wait_for(lambda: len(receiver.stored) >= 1200, 60, "1200 requests")
+        await wait_for(lambda: metric(port, "source_upstream_backlog", None, state="lag") == 0
+                       and metric(port, "source_upstream_backlog", None, state="pending") == 0, 10, "backlog at 0")
+        assert sorted(b for b, _ in receiver.stored) == sorted(f"v{i}".encode() for i in range(1200))
+    finally:
+        await receiver.stop()

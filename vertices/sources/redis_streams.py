@@ -123,12 +123,24 @@ class RedisStreamsSource:
             if g.get("lag") is not None:  # Redis 7+; unknown after deletions
                 metrics.upstream_backlog("lag", int(g["lag"]))
 
+    async def backlog_loop(self, r: aioredis.Redis, ctx: ConnectorContext) -> None:
+        """Its own task, so the backlog is still reported while `emit` waits on a full buffer."""
+        while not ctx.stopping.is_set():
+            try:
+                await self.report_backlog(r, ctx)
+            except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+                log.debug("redis stream %s: no backlog reading (%s)", self.cfg.stream, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ctx.stopping.wait(), BACKLOG_EVERY_S)
+
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         r = aioredis.from_url(self.cfg.url)
+        reporter: asyncio.Task | None = None
         try:
             await self.ensure_group(r)
+            reporter = asyncio.create_task(self.backlog_loop(r, ctx))
             recover = True
-            next_claim = next_backlog = 0.0
+            next_claim = 0.0
             while not ctx.stopping.is_set():
                 try:
                     if recover:
@@ -138,9 +150,6 @@ class RedisStreamsSource:
                     if now >= next_claim:
                         await self.claim_idle(r, emit)
                         next_claim = now + self.cfg.claim_idle / 2
-                    if now >= next_backlog:
-                        await self.report_backlog(r, ctx)
-                        next_backlog = now + BACKLOG_EVERY_S
                     await self.store(r, emit, await self.read(r, ">", BLOCK_MS))
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     # Unacked entries stay pending in the group and are re-read once Redis is back.
@@ -149,4 +158,8 @@ class RedisStreamsSource:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(ctx.stopping.wait(), 1.0)
         finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
             await r.aclose()
