@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -44,3 +47,24 @@ def test_envelope_headers_and_declared_payload_schemas():
     assert messages["node writes to go:Message"]["payload"] == node_out
     assert messages["go reads nf_polyglot_go:SubscribeMessage"]["payload"] == node_out
     assert messages["go writes to out:Message"]["payload"] == {"$ref": "#/components/schemas/Envelope"}
+
+
+@pytest.fixture(scope="session")
+def asyncapi_schema(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """AsyncAPI's own JSON Schema for 3.0.0, from the @asyncapi/specs npm package (pinned)."""
+    where = tmp_path_factory.mktemp("asyncapi-specs")
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(where),
+                    "@asyncapi/specs@6.11.1"], check=True, timeout=300, capture_output=True)
+    path = where / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0-without-$id.json"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("example", ["anomaly", "polyglot"])
+def test_documents_validate_against_the_asyncapi_schema(example, asyncapi_schema):
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "asyncapi", f"examples/{example}/pipeline.yaml"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    doc = json.loads(res.stdout)
+    validator = jsonschema.Draft7Validator(asyncapi_schema)
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    doc["operations"][next(iter(doc["operations"]))]["action"] = "consume"  # not send/receive
+    assert any("consume" in e.message for e in validator.iter_errors(doc))

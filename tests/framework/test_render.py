@@ -45,7 +45,7 @@ def rendered(example: str, **opts) -> dict[str, list[dict]]:
     return render_pipeline(p, path.read_text(), RenderOptions(image="registry.local/natsflow:test", **opts))
 
 
-@pytest.mark.parametrize("example", ["sentiment", "anomaly", "clicks", "polyglot"])
+@pytest.mark.parametrize("example", ["sentiment", "anomaly", "clicks", "polyglot", "fraud"])
 def test_every_object_validates(example):
     files = rendered(example)
     kinds = [o["kind"] for objs in files.values() for o in objs]
