@@ -112,6 +112,8 @@ class VertexWorker:
             await self.shutdown()
             log.info("vertex %s stopped; stats %s", self.v.name, json.dumps(self.metrics.snapshot()))
 
+    side_inputs: SideInputWatcher | None = None
+
     def readiness(self) -> list[str]:
         """What keeps /readyz from answering 200 (runs in the metrics thread: reads state only)."""
         missing = [] if self.nc is not None and self.nc.is_connected else ["not connected to NATS"]
@@ -132,8 +134,6 @@ class VertexWorker:
         if wm_in is not None:
             return wm_in.wm
         return self.router.wm.wm if self.router.wm is not None else -1
-
-    side_inputs: SideInputWatcher | None = None
 
     async def await_side_inputs(self) -> bool:
         """A vertex listing side inputs reads no message before each has a value (False: stopped
@@ -474,7 +474,9 @@ class UdfWorker(ReadingWorker):
             headers = {**d.headers, **out.headers}
         return Outgoing(
             msg_id=f"{prefix}{seq}:{i}",
-            data_id=d.id if i == 0 else f"{d.id}:{i}",
+            # Output 0 keeps the input's id (a map keeps ids end to end); later outputs name the
+            # input message too, so chained flatmaps never make two messages with one id.
+            data_id=d.id if i == 0 else f"{d.id}:{prefix}{seq}:{i}",
             value=as_bytes(out.value),
             event_time_ms=int(out.event_time.timestamp() * 1000) if out.event_time else d.event_time_ms,
             keys=d.keys if out.keys is None else list(out.keys),
