@@ -180,6 +180,20 @@ async def test_kafka_source_rebalance_between_replicas_duplicates_nothing(runner
     assert len(sink.msgs) == total
 
 
+async def test_kafka_source_waits_for_brokers_that_are_down_at_start(runner, nc, tansu_factory):
+    total = 1000
+    broker = tansu_factory()  # its port is reserved but nothing listens yet
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    source_pipeline(runner, broker, "late-topic", f"g-{runner.name}")
+    await runner.start_all()
+    await wait_for(lambda: "retrying in" in runner.log("in"), 30, "the source to report the brokers down")
+    broker.start()
+    await produce(broker.bootstrap, "late-topic", 0, total)
+    await sink.wait_count(total, timeout=60)
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    assert set(numbers(sink)) == set(range(total)) and len(sink.msgs) == total
+
+
 def sink_pipeline(runner, bootstrap: str, topic: str, total: int, config: dict | None = None) -> None:
     runner.write([{"name": "in", "source": {"generator": {"total": total, "rpu": 5000, "duration": "100ms",
                                                           "keyCount": 4}}},

@@ -9,6 +9,7 @@ record key becomes the message's keys, its headers pass through, its timestamp i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import ssl
@@ -16,11 +17,12 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
 
 from framework.connectors import ConnectorContext, Emit, SourceRecord
 from framework.spec import KafkaConnection
 from framework.spec import KafkaSource as Config
+from vertices.sources._text import header_value, safe_id, upstream_headers
 
 log = logging.getLogger("natsflow.kafka")
 
@@ -62,17 +64,11 @@ def client_options(cfg: KafkaConnection, client_cls: type, where: str, **default
     return opts
 
 
-def text(raw: bytes | None) -> str:
-    # NATS header values are one line of text; keep every byte visible rather than fail on it.
-    return (raw or b"").decode("utf-8", "backslashreplace").replace("\r", "\\r").replace("\n", "\\n")
-
-
 def to_record(m: ConsumerRecord) -> SourceRecord:
-    offset = f"{m.topic}:{m.partition}:{m.offset}"
-    headers = {k: text(v) for k, v in (m.headers or ()) if not k.startswith(("Nats-", "Nf-"))}
+    offset = safe_id(f"{m.topic}:{m.partition}:{m.offset}")
     event_ms = m.timestamp if m.timestamp is not None and m.timestamp >= 0 else int(time.time() * 1000)
-    keys = [text(m.key)] if m.key is not None else None
-    return SourceRecord(m.value or b"", offset, event_ms, keys, headers or None, offset)
+    keys = [header_value(m.key)] if m.key is not None else None
+    return SourceRecord(m.value or b"", offset, event_ms, keys, upstream_headers(m.headers or ()), offset)
 
 
 class KafkaSource:
@@ -87,9 +83,26 @@ class KafkaSource:
                               client_id=f"natsflow-{ctx.pipeline}-{ctx.vertex}")
         return AIOKafkaConsumer(self.cfg.topic, **opts)
 
+    async def started(self, ctx: ConnectorContext) -> AIOKafkaConsumer | None:
+        """A started consumer, retrying while the brokers cannot be reached (None if told to stop)."""
+        delay = 0.5
+        while not ctx.stopping.is_set():
+            consumer = self.consumer(ctx)
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaConnectionError as exc:
+                await consumer.stop()
+                log.warning("kafka source %s: %s; retrying in %.1fs", ctx.vertex, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ctx.stopping.wait(), delay)
+                delay = min(delay * 2, 10.0)
+        return None
+
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
-        consumer = self.consumer(ctx)
-        await consumer.start()
+        consumer = await self.started(ctx)
+        if consumer is None:
+            return
         log.info("kafka source %s: topic %s, group %s", ctx.vertex, self.cfg.topic, self.cfg.consumer_group)
         # Beside the read loop, so the lag is still reported while emit() waits on a full buffer.
         reporter = asyncio.create_task(self.report_lag(ctx, consumer))

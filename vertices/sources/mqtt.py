@@ -27,6 +27,7 @@ import aiomqtt
 
 from framework.connectors import ConnectorContext, Emit, SourceRecord
 from framework.spec import MqttSource as Config
+from vertices.sources._text import safe_id
 
 log = logging.getLogger("natsflow.mqtt")
 
@@ -41,7 +42,7 @@ def record_from(m: aiomqtt.Message) -> SourceRecord:
     if m.qos == 0:
         offset = uuid.uuid4().hex
     else:
-        offset = f"{topic}:{m.mid}:{hashlib.sha256(payload).hexdigest()[:16]}"
+        offset = safe_id(f"{topic}:{m.mid}:{hashlib.sha256(payload).hexdigest()[:16]}")
     return SourceRecord(payload, offset, int(time.time() * 1000), [topic], None, offset)
 
 

@@ -20,10 +20,11 @@ import time
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError
+from aio_pika.exceptions import AMQPConnectionError, AMQPError
 
 from framework.connectors import ConnectorContext, Emit, SourceRecord
 from framework.spec import RabbitMqSource as Config
+from vertices.sources._text import safe_id, upstream_headers
 
 log = logging.getLogger("natsflow.rabbitmq")
 
@@ -41,26 +42,37 @@ def content_id(m: AbstractIncomingMessage) -> str:
     return "sha256-" + h.hexdigest()[:32]
 
 
-def header_text(v: object) -> str:
-    s = v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
-    return s.replace("\r", "\\r").replace("\n", "\\n")
-
-
 def to_record(queue: str, m: AbstractIncomingMessage) -> SourceRecord:
-    data_id = m.message_id or content_id(m)
+    data_id = safe_id(m.message_id) if m.message_id else content_id(m)
     event_ms = int(m.timestamp.timestamp() * 1000) if m.timestamp else int(time.time() * 1000)
-    headers = {k: header_text(v) for k, v in (m.headers or {}).items() if not k.startswith(("Nats-", "Nf-"))}
     keys = [m.routing_key] if m.routing_key else None
-    return SourceRecord(m.body, f"{queue}:{data_id}", event_ms, keys, headers or None, data_id)
+    return SourceRecord(m.body, safe_id(f"{queue}:{data_id}"), event_ms, keys,
+                        upstream_headers((m.headers or {}).items()), data_id)
 
 
 class RabbitMqSource:
     def __init__(self, config: Config):
         self.cfg = config
 
+    async def connected(self, ctx: ConnectorContext) -> aio_pika.abc.AbstractRobustConnection | None:
+        """A connection, retrying while RabbitMQ cannot be reached (None if told to stop); once
+        connected, aio-pika's robust connection reconnects by itself."""
+        delay = 0.5
+        while not ctx.stopping.is_set():
+            try:
+                return await aio_pika.connect_robust(self.cfg.url, client_properties={
+                    "connection_name": f"natsflow-{ctx.pipeline}-{ctx.vertex}"})
+            except (AMQPConnectionError, OSError) as exc:
+                log.warning("rabbitmq source %s: cannot connect (%s); retrying in %.1fs", ctx.vertex, exc, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ctx.stopping.wait(), delay)
+                delay = min(delay * 2, 10.0)
+        return None
+
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
-        connection = await aio_pika.connect_robust(self.cfg.url, client_properties={
-            "connection_name": f"natsflow-{ctx.pipeline}-{ctx.vertex}"})
+        connection = await self.connected(ctx)
+        if connection is None:
+            return
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         try:
             channel = await connection.channel()
