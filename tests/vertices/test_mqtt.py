@@ -86,6 +86,19 @@ async def test_mqtt_source_sigkill_restart_loses_and_duplicates_nothing(mqtt_ses
     assert len(sink.msgs) == sent
 
 
+async def test_mqtt_qos0_while_connected_arrives_exactly(mqtt_session, mqtt_url, runner, nc):
+    topic = f"nf/{uuid.uuid4().hex[:8]}"
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    pipeline(runner, mqtt_url, topic, mqtt_session, qos=0)
+    await runner.start_all()
+    await subscribed(runner)
+    await publish(topic, 0, 500, qos=0)
+    await sink.wait_count(500, timeout=30)
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    assert set(numbers(sink)) == set(range(500)) and len(sink.msgs) == 500
+    assert len(set(sink.ids)) == 500  # random ids: qos 0 is never resent
+
+
 async def test_mqtt_bad_url_is_named(runner):
     pipeline(runner, "http://127.0.0.1:1883", "x", "nf-bad")
     await runner.provision()

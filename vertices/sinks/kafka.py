@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from aiokafka import AIOKafkaProducer
 
@@ -18,8 +17,6 @@ from framework.connectors import ConnectorContext
 from framework.sdk import Datum
 from framework.spec import KafkaSink as Config
 from vertices.sources.kafka import client_options
-
-log = logging.getLogger("natsflow.kafka")
 
 
 class KafkaSink:
