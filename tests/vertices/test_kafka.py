@@ -15,7 +15,7 @@ from tests.vertices.conftest import scrape_gauge
 
 BASE_MS = 1_700_000_000_000
 # A SIGKILLed member stays in the group until its session times out; keep that short in tests.
-FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
+FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 300}
 
 
 async def create_topic(bootstrap: str, partitions: int = 3) -> str:
@@ -180,7 +180,7 @@ async def test_kafka_source_rebalance_between_replicas_duplicates_nothing(runner
     assert len(sink.msgs) == total
 
 
-async def test_kafka_source_waits_for_brokers_that_are_down_at_start(runner, nc, tansu_factory):
+async def test_kafka_source_waits_for_brokers_that_are_down_at_start(tansu_factory, runner, nc):
     total = 1000
     broker = tansu_factory()  # its port is reserved but nothing listens yet
     sink = await Collector().start(nc, f"{runner.name}.out")
@@ -218,7 +218,7 @@ async def test_kafka_sink_writes_exact_records_with_keys_and_ids(runner, nc, kaf
     await wait_for(lambda: runner.drained(nc), 20, "the sink's buffer to drain")
 
 
-async def test_kafka_sink_broker_down_then_back_loses_nothing(runner, nc, tansu_factory):
+async def test_kafka_sink_broker_down_then_back_loses_nothing(tansu_factory, runner, nc):
     total = 2000
     broker = tansu_factory()  # its port is reserved but nothing listens yet
     topic = f"t-{uuid.uuid4().hex[:10]}"

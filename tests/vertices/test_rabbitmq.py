@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
@@ -36,11 +37,15 @@ async def amqp(rabbitmq_url):
 
 
 async def publish(channel, queue: str, start: int, count: int, with_id=lambda n: True) -> None:
-    for n in range(start, start + count):
-        await channel.default_exchange.publish(aio_pika.Message(
-            json.dumps({"n": n}).encode(), message_id=f"m-{n}" if with_id(n) else None,
-            headers={"trace": f"t{n}"}, timestamp=datetime.fromtimestamp(BASE_S + n, timezone.utc),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue)
+    """Publish with confirms, 500 in flight at a time."""
+    def message(n: int) -> aio_pika.Message:
+        return aio_pika.Message(json.dumps({"n": n}).encode(), message_id=f"m-{n}" if with_id(n) else None,
+                                headers={"trace": f"t{n}"}, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                timestamp=datetime.fromtimestamp(BASE_S + n, timezone.utc))
+
+    for chunk in range(start, start + count, 500):
+        await asyncio.gather(*(channel.default_exchange.publish(message(n), routing_key=queue)
+                               for n in range(chunk, min(chunk + 500, start + count))))
 
 
 def pipeline(runner, url: str, queue: str, prefetch: int = 500, limits: dict | None = None) -> None:
