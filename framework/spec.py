@@ -723,6 +723,9 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if v.udf is not None and v.udf.reduce is not None and v.scale.max > 1:
             problems.append((f"spec.vertices[{i}].scale.max", "a reduce vertex runs as one replica for now "
                              "(its replicas would need stable indexes to split the partitions); set max: 1"))
+        if v.source is not None and v.source.mqtt is not None and v.scale.min > 1:
+            problems.append((f"spec.vertices[{i}].scale.min", "an mqtt source runs as one replica (replicas "
+                             "sharing its client id would disconnect each other); set min: 1"))
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))

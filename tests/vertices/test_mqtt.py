@@ -108,7 +108,7 @@ async def test_mqtt_bad_url_is_named(runner):
     assert "source.mqtt.url: scheme must be mqtt:// or mqtts://" in runner.log("in")
 
 
-def test_mqtt_qos_outside_0_to_2_is_named():
+def test_mqtt_spec_errors_name_the_field():
     from framework.spec import SpecError, parse_pipeline  # noqa: PLC0415
 
     doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "m"},
@@ -121,3 +121,10 @@ def test_mqtt_qos_outside_0_to_2_is_named():
         assert "spec.vertices[0].source.mqtt.qos: Input should be 0, 1 or 2" in str(exc)
     else:
         raise AssertionError("qos 3 was accepted")
+    doc["spec"]["vertices"][0] = {"name": "in", "source": {"mqtt": {"topic": "a/#"}}, "scale": {"min": 2, "max": 2}}
+    try:
+        parse_pipeline(doc)
+    except SpecError as exc:
+        assert "spec.vertices[0].scale.min: an mqtt source runs as one replica" in str(exc)
+    else:
+        raise AssertionError("two mqtt replicas were accepted")
