@@ -34,6 +34,7 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 SECRET_WORDS = ("token", "password", "secret", "creds")
 DEAD_LETTERS_SHOWN = 5
+CONNECT_TIMEOUT_S = 10.0
 DEAD_LETTER_SCAN = 200  # sequences looked at (newest first) to find them; deleted ones are skipped
 
 Send = Callable[[dict], Awaitable[None]]
@@ -122,12 +123,15 @@ class StatusPoller:
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.poll()
-            except Exception as exc:  # noqa: BLE001 - the page shows the error and keeps the last numbers
-                log.warning("status poll failed: %s", exc)
-                self.latest = {**self.latest, "error": f"cannot read JetStream: {exc}"}
             await asyncio.sleep(self.options.interval)
+            await self.poll_safely()
+
+    async def poll_safely(self) -> None:
+        try:
+            await self.poll()
+        except Exception as exc:  # noqa: BLE001 - the page shows the error and keeps the last numbers
+            log.warning("status poll failed: %s", exc)
+            self.latest = {**self.latest, "error": f"cannot read JetStream: {exc or type(exc).__name__}"}
 
     @property
     def p(self) -> Pipeline:
@@ -259,10 +263,18 @@ class UiApp:
         self._assets = {f.name: f for f in STATIC.iterdir() if f.suffix in CONTENT_TYPES}
 
     async def startup(self) -> None:
-        self.nc = await self.settings.connect(f"natsflow-ui-{self.source.p.name}")
+        try:
+            # The settings retry forever (right for workers); a UI nobody can reach should say so.
+            self.nc = await asyncio.wait_for(
+                self.settings.connect(f"natsflow-ui-{self.source.p.name}", error_cb=self._nats_error), CONNECT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"cannot reach NATS at {self.settings.url} within {CONNECT_TIMEOUT_S:g}s") from None
         self.poller = StatusPoller(self.nc, self.source, self.options)
-        await self.poller.poll()  # the first page load already has numbers
+        await self.poller.poll_safely()  # the first page load already has numbers
         self._task = asyncio.create_task(self.poller.run())
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("nats: %s", exc or type(exc).__name__)  # one line, not nats-py's traceback per retry
 
     async def shutdown(self) -> None:
         if self._task is not None:
