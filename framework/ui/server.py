@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import urllib.request
 from collections import Counter
@@ -32,7 +33,9 @@ log = logging.getLogger("natsflow.ui")
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-SECRET_WORDS = ("token", "password", "secret", "creds")
+SECRET_WORDS = ("token", "password", "secret", "creds", "authorization", "api-key", "apikey", "sasl")
+URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.IGNORECASE)
+DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 DEAD_LETTERS_SHOWN = 5
 CONNECT_TIMEOUT_S = 10.0
 DEAD_LETTER_SCAN = 200  # sequences looked at (newest first) to find them; deleted ones are skipped
@@ -60,6 +63,8 @@ def redact(value: Any) -> Any:
                 for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):  # passwords inside URLs and DSNs: postgres://u:pw@h, redis://:pw@h, password=pw
+        return DSN_PASSWORD.sub(r"\1***", URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value))
     return value
 
 

@@ -71,6 +71,18 @@ def test_redact_hides_credentials_by_field_name():
                             "sink": {"kafka": {"password": "***", "user": "u"}}, "list": [{"apiToken": "***"}], "creds": None}
 
 
+def test_redact_hides_passwords_inside_urls_dsns_and_auth_headers():
+    spec = {"sink": {"postgres": {"dsn": "postgresql://bob:s3cr3t@db:5432/x"}},
+            "redis": {"url": "redis://:pw@h:6379/0", "plain": "redis://h:6379"},
+            "http": {"url": "http://h/x", "headers": {"Authorization": "Bearer t", "X-Api-Key": "k", "Accept": "a"}},
+            "dsn": "host=h password=abc user=u"}
+    assert redact(spec) == {"sink": {"postgres": {"dsn": "postgresql://bob:***@db:5432/x"}},
+                            "redis": {"url": "redis://:***@h:6379/0", "plain": "redis://h:6379"},
+                            "http": {"url": "http://h/x", "headers": {"Authorization": "***", "X-Api-Key": "***",
+                                                                      "Accept": "a"}},
+                            "dsn": "host=h password=*** user=u"}
+
+
 def test_vertex_detail_masks_the_http_token_and_lists_partition_buffers():
     p = pipeline([{"name": "a", "source": {"http": {"port": 1, "auth": {"token": "s3cret"}}}},
                   {"name": "r", "udf": {"reduce": {"handler": "m:f", "window": {"fixed": {"length": "5s"}}, "partitions": 3}}}],
