@@ -13,6 +13,7 @@ import aiomqtt
 import pytest_asyncio
 
 from tests.conftest import Collector, wait_for
+from tests.vertices.conftest import TcpProxy
 
 
 @pytest_asyncio.fixture
@@ -84,6 +85,30 @@ async def test_mqtt_source_sigkill_restart_loses_and_duplicates_nothing(mqtt_ses
     assert set(counts) == set(range(sent))
     assert [n for n, c in counts.items() if c > 1] == []
     assert len(sink.msgs) == sent
+
+
+async def test_mqtt_source_connection_cut_mid_stream_reconnects_exactly_once(mqtt_session, mqtt_url, runner, nc):
+    """The source's connection is cut (a TCP relay in front of Mosquitto) and restored: the
+    session resends what was not acknowledged, with the same ids, and keeps what came meanwhile."""
+    topic = f"nf/{uuid.uuid4().hex[:8]}"
+    proxy = await TcpProxy(1883).start()
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    pipeline(runner, f"mqtt://127.0.0.1:{proxy.port}", topic, mqtt_session)
+    await runner.start_all()
+    await subscribed(runner)
+    await publish(topic, 0, 300)
+    await sink.wait_count(200, timeout=30)
+    await proxy.stop()
+    await wait_for(lambda: "reconnecting" in runner.log("in"), 30, "the source to notice the cut")
+    await publish(topic, 300, 400)  # the broker keeps these for the session
+    await proxy.start()
+    await sink.wait_count(700, timeout=60)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    counts = numbers(sink)
+    assert set(counts) == set(range(700))
+    assert [n for n, c in counts.items() if c > 1] == []
+    assert await runner.terminate("in", timeout=15) == 0
+    await proxy.stop()
 
 
 async def test_mqtt_qos0_while_connected_arrives_exactly(mqtt_session, mqtt_url, runner, nc):

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
-from tests.vertices.conftest import scrape_gauge
+from tests.vertices.conftest import TcpProxy, scrape_gauge
 
 BASE_S = 1_700_000_000
 
@@ -100,6 +100,45 @@ async def test_rabbitmq_source_sigkill_restart_loses_and_duplicates_nothing(amqp
     assert set(counts) == set(range(total))
     assert [n for n, c in counts.items() if c > 1] == []
     assert len(sink.msgs) == total
+
+
+async def test_rabbitmq_source_connection_cut_mid_stream_reconnects_exactly_once(amqp, rabbitmq_url, runner, nc):
+    """The source's connection is cut (a TCP relay in front of RabbitMQ) and restored: unacked
+    deliveries go back to the queue, the source reconnects, and each message is stored once."""
+    channel, declare = amqp
+    total = 10_000
+    queue = await declare()
+    proxy = await TcpProxy(5672).start()
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    pipeline(runner, f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue, prefetch=200)
+    await runner.start_all()
+    await publish(channel, queue, 0, total)
+    await sink.wait_count(1000, timeout=60)
+    await proxy.stop()
+    assert len(sink.msgs) < total, "the cut came too late to test anything"
+    await wait_for(lambda: "Connection" in runner.log("in") or "connection" in runner.log("in"), 30,
+                   "the source to notice the cut")
+    await proxy.start()
+    await sink.wait_count(total, timeout=90)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    counts = Counter(json.loads(m.data)["n"] for m in sink.msgs)
+    assert set(counts) == set(range(total))
+    assert [n for n, c in counts.items() if c > 1] == []
+    assert await runner.terminate("in", timeout=15) == 0
+    assert await ready_count(channel, queue) == 0
+    await proxy.stop()
+
+
+async def test_rabbitmq_source_stops_promptly_while_rabbitmq_is_unreachable(amqp, rabbitmq_url, runner, nc):
+    channel, declare = amqp
+    queue = await declare()
+    proxy = await TcpProxy(5672).start()
+    pipeline(runner, f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue)
+    await runner.start_all()
+    await wait_for(lambda: "rabbitmq source in: queue" in runner.log("in"), 30, "the source to consume")
+    await proxy.stop()
+    await wait_for(lambda: "Reconnecting" in runner.log("in"), 30, "the source to notice the cut")
+    assert await runner.terminate("in", timeout=15) == 0
 
 
 async def test_rabbitmq_source_reports_ready_messages_while_backed_up(amqp, rabbitmq_url, runner, nc):

@@ -29,6 +29,7 @@ from vertices.sources._text import safe_id, upstream_headers
 log = logging.getLogger("natsflow.rabbitmq")
 
 LINGER_S = 0.005
+CLOSE_S = 5.0
 PENDING_EVERY_S = 5.0
 
 
@@ -74,6 +75,8 @@ class RabbitMqSource:
         if connection is None:
             return
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        queue: aio_pika.abc.AbstractQueue | None = None
+        tag: str | None = None
         try:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=self.cfg.prefetch)
@@ -93,12 +96,31 @@ class RabbitMqSource:
                         await self.ack(batch)
             finally:
                 reporter.cancel()
-            # Unacked deliveries go back to the queue when the channel closes: nothing is lost.
-            with contextlib.suppress(AMQPError, asyncio.TimeoutError):
-                await queue.cancel(tag, timeout=5)
         finally:
+            await self.close(connection, queue, tag)
+
+    @staticmethod
+    async def close(connection: aio_pika.abc.AbstractRobustConnection, queue: aio_pika.abc.AbstractQueue | None,
+                    tag: str | None) -> None:
+        """Cancel the consumer and close, for at most CLOSE_S: unacked deliveries go back to the
+        queue when the channel closes, so nothing is lost by giving up (e.g. RabbitMQ is down and
+        aio-pika would wait for a reconnect first)."""
+
+        async def close() -> None:
+            if queue is not None and tag is not None:
+                with contextlib.suppress(AMQPError, RuntimeError, asyncio.TimeoutError):
+                    await queue.cancel(tag, timeout=CLOSE_S)
+            await connection.close()
+
+        task = asyncio.create_task(close())
+        # asyncio.wait (not wait_for): do not wait on a close that ignores its cancellation.
+        done, _ = await asyncio.wait({task}, timeout=CLOSE_S)
+        if task in done:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 10)
+                task.result()
+        else:
+            task.cancel()
+            log.warning("rabbitmq source: closing took over %.0fs; left it (unacked messages are requeued)", CLOSE_S)
 
     async def next_batch(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
         try:
@@ -119,15 +141,22 @@ class RabbitMqSource:
     async def ack(self, batch: list[AbstractIncomingMessage]) -> None:
         # Delivery tags are per channel and handed out in order: one multiple-ack per channel
         # covers the batch (after a reconnect a batch may span the old and the new channel).
-        last = {}
+        # Deliveries of a channel that closed meanwhile cannot be acked: RabbitMQ redelivers
+        # them and their ids make the copies duplicates that JetStream drops.
+        last: dict[int, AbstractIncomingMessage] = {}
+        lost = 0
         for m in batch:
-            last[id(m.channel)] = m
+            try:
+                last[id(m.channel)] = m
+            except RuntimeError:  # aio-pika: the delivery's channel is closed
+                lost += 1
         for m in last.values():
             try:
                 await m.ack(multiple=True)
-            except (AMQPError, RuntimeError) as exc:
-                # The channel closed under us: RabbitMQ redelivers those messages, their ids dedup.
-                log.warning("rabbitmq ack failed (%s); the messages will be redelivered", exc)
+            except Exception:  # noqa: BLE001 - aiormq fails a closing channel's writes with its close reason, any type
+                lost += 1
+        if lost:
+            log.warning("rabbitmq source: acks for a closed channel skipped; RabbitMQ redelivers those messages")
 
     async def report_pending(self, ctx: ConnectorContext, channel: aio_pika.abc.AbstractChannel) -> None:
         """Export the queue's ready messages (not yet delivered to any consumer) as
