@@ -197,3 +197,32 @@ def _ready(port: int) -> bool:
             return r.status == 200 and json.loads(r.read())["status"] == "ok"
     except OSError:
         return False
+
+
+def test_sampling_ratio_at_the_source_and_parent_decision_downstream():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.trace import SpanKind
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))  # sample no new root
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    source = VertexTracer(provider, "in", SpanKind.PRODUCER, "nf_p_map")
+    reader = VertexTracer(provider, "map", SpanKind.CONSUMER, "nf_p_map")
+
+    root: dict[str, str] = {}
+    assert source.start(root, "a") is None  # not sampled: nothing recorded ...
+    tp = root["traceparent"]
+    assert len(tp) == 55 and not int(tp[-2:], 16) & 1  # ... but the decision travels downstream
+    assert reader.start(root, "a") is None and root["traceparent"] == tp  # and is respected there
+
+    client = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}
+    span = source.start(client, "b")  # a sampled caller wins over the source's ratio
+    assert span is not None and client["traceparent"].startswith(f"00-{'ab' * 16}-")
+    child = reader.start(client, "b")
+    VertexTracer.end([span, child])
+    finished = exported.get_finished_spans()
+    assert [s.name for s in finished] == ["in publish", "map process"]
+    assert finished[1].parent.span_id == finished[0].context.span_id
