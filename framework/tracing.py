@@ -18,13 +18,14 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger("natsflow.tracing")
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+MAX_LINKS = 128  # a window may hold thousands of inputs; span links are for following a sample
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -113,6 +114,27 @@ class VertexTracer:
         if sc.trace_state:
             headers[TRACESTATE] = sc.trace_state.to_header()
         return span if span.is_recording() else None
+
+    def start_window(self, inputs: Iterable[Mapping[str, str]], message_id: str) -> tuple[Span | None, dict[str, str]]:
+        """A reduce result has many inputs, so no single parent: a new root span linked to (up to
+        MAX_LINKS) sampled input spans. Returns the span (None if unsampled) and the headers that
+        carry its context to the result's outputs."""
+        links = []
+        for h in inputs:
+            parent = h.get(TRACEPARENT)
+            if parent is None or _unsampled(parent):
+                continue
+            sc = trace.get_current_span(self._propagator.extract(h, context=Context())).get_span_context()
+            if sc.is_valid:
+                links.append(Link(sc))
+                if len(links) == MAX_LINKS:
+                    break
+        attrs = dict(self._attrs)
+        attrs["messaging.message.id"] = message_id
+        span = self._tracer.start_span(self._name, context=Context(), kind=self._kind, attributes=attrs, links=links)
+        sc = span.get_span_context()
+        headers = {TRACEPARENT: f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"}
+        return (span if span.is_recording() else None), headers
 
     def start_messages(self, msgs: Iterable) -> dict[int, Span]:
         """Spans for a batch of NATS messages, keyed by `id(msg)`; rewrites each `msg.headers`."""

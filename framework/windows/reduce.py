@@ -178,7 +178,7 @@ class ReduceWorker(ReadingWorker):
             outgoing, failed = [], []
             for w in ready:
                 try:
-                    outgoing.extend(await self._emit(ps, w))
+                    outgoing.extend(await self._traced_emit(ps, w))
                 except Exception as exc:  # noqa: BLE001 - after retries: the window's inputs are dead letters
                     failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
             self.count_writes(await self.router.write(outgoing))
@@ -214,6 +214,23 @@ class ReduceWorker(ReadingWorker):
                 ps.sessions.pop(w.keys, None)
         else:
             ps.windows.pop((w.keys, w.start, w.end), None)
+
+    async def _traced_emit(self, ps: Partition, w: OpenWindow) -> list[Outgoing]:
+        """With tracing on, one span per window result, linked to its inputs' spans; the results
+        carry its context (docs/metrics.md)."""
+        if self.tracer is None:
+            return await self._emit(ps, w)
+        span, headers = self.tracer.start_window((d.headers for d, _ in w.items),
+                                                 f"{','.join(w.keys)}@{w.start}-{w.end}")
+        try:
+            out = await self._emit(ps, w)
+        except Exception as exc:
+            self.tracer.end([span] if span else [], f"{type(exc).__name__}: {exc}")
+            raise
+        for o in out:
+            o.headers = {**o.headers, **headers} if o.headers else headers
+        self.tracer.end([span] if span else [])
+        return out
 
     async def _emit(self, ps: Partition, w: OpenWindow) -> list[Outgoing]:
         window = Window.from_ms(w.start, w.end)

@@ -31,6 +31,7 @@ class ReceivedSpan:
     kind: int
     error: str | None
     attributes: dict
+    links: tuple = ()  # (trace id, span id) of each link
 
 
 class OtlpReceiver:
@@ -73,7 +74,7 @@ class OtlpReceiver:
                     attrs = {a.key: a.value.string_value for a in s.attributes}
                     got.append(ReceivedSpan(s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name,
                                             service, s.kind, s.status.message if s.status.code == 2 else None,
-                                            attrs))
+                                            attrs, tuple((lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links)))
         with self._lock:
             self.requests += 1
             self.spans.extend(got)
@@ -226,3 +227,41 @@ def test_sampling_ratio_at_the_source_and_parent_decision_downstream():
     finished = exported.get_finished_spans()
     assert [s.name for s in finished] == ["in publish", "map process"]
     assert finished[1].parent.span_id == finished[0].context.span_id
+
+
+async def test_reduce_result_span_links_its_inputs(runner, nc):
+    from tests.framework.test_reduce import T0, consumed, publish, reduce_pipeline, source_stream
+
+    otlp = OtlpReceiver()
+    out = await Collector().start(nc, f"{runner.name}.out")
+    try:
+        js = await source_stream(nc, runner)
+        reduce_pipeline(runner, {"fixed": {"length": "10s"}})
+        await runner.start_all(OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url, OTEL_BSP_SCHEDULE_DELAY="100")
+        subj = f"{runner.name}.src"
+        clients = [(secrets.token_hex(16), secrets.token_hex(8)) for _ in range(5)]
+        for i, (trace_id, span_id) in enumerate(clients):  # 5 events of key a in window [0, 10)
+            headers = {"Nf-Event-Time": str((T0 + i) * 1000), "Nf-Keys": '["a"]',
+                       "traceparent": f"00-{trace_id}-{span_id}-01"}
+            await js.publish(subj, json.dumps({"v": i}).encode(), headers=headers)
+        await consumed(nc, runner)
+        await publish(js, subj, [("a", 40, 100)])  # the watermark passes 10 s: [0, 10) closes
+        await out.wait_count(1, 30)
+        # 6 source spans, 1 window span, 1 sink span
+        await wait_for(lambda: len(otlp.spans) >= 8, 30, f"8 spans (have {len(otlp.spans)})")
+        runner.stop_all()
+        spans = list(otlp.spans)
+        assert len(spans) == 8
+        sources = [s for s in spans if s.service == f"{runner.name}-in"]
+        (window,) = [s for s in spans if s.service == f"{runner.name}-agg"]
+        (sink,) = [s for s in spans if s.service == f"{runner.name}-out"]
+        first_five = {s.trace_id: s for s in sources if s.trace_id in {t for t, _ in clients}}
+        assert len(first_five) == 5  # each event's source span continues its client's trace
+        assert window.parent_id == ""  # a new root: a window has many parents, linked instead
+        assert window.attributes["messaging.message.id"] == f"a@{T0 * 1000}-{(T0 + 10) * 1000}"
+        assert sorted(window.links) == sorted((s.trace_id, s.span_id) for s in first_five.values())
+        assert sink.trace_id == window.trace_id and sink.parent_id == window.span_id
+        assert json.loads(out.msgs[0].data)["count"] == 5
+    finally:
+        runner.stop_all()
+        otlp.close()
