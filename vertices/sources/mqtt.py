@@ -8,8 +8,8 @@ resend. Two messages are taken for one only if they share topic, payload and pac
 duplicate window, i.e. 65 535 deliveries apart on one session. QoS 0 has no packet id nor resend:
 each message gets a random id (at-most-once). With QoS 2 the client answers PUBREC on receipt and
 the broker then only resends PUBREL, which carries no payload: a crash after that and before the
-store loses the message, so QoS 1 is the safer choice here. The topic becomes the message's keys; the event time is
-the time of receipt (MQTT 3.1.1 carries none).
+store loses the message, so QoS 1 is the safer choice here. The topic becomes the message's keys;
+the event time is the time of receipt (MQTT 3.1.1 carries none).
 """
 
 from __future__ import annotations
