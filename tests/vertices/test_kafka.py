@@ -13,6 +13,7 @@ from framework.buffer import consumer_name
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
 from tests.vertices.conftest import TcpProxy, scrape_gauge
+from tests.vertices.test_http_sink import all_through, feed, pipeline
 
 BASE_MS = 1_700_000_000_000
 # A SIGKILLed member stays in the group until its session times out; keep that short in tests.
@@ -221,6 +222,21 @@ async def test_kafka_sink_writes_exact_records_with_keys_and_ids(runner, nc, kaf
     assert headers["Nf-Id"].decode() == json.loads(r.value)["id"]
     assert abs(r.timestamp - json.loads(r.value)["createdTs"]) < 1000
     await wait_for(lambda: runner.drained(nc), 20, "the sink's buffer to drain")
+
+
+async def test_kafka_sink_dead_letters_a_too_large_record_and_writes_the_rest_once(runner, nc, kafka_broker):
+    topic = await create_topic(kafka_broker.bootstrap)
+    stream = await feed(nc, runner, 60, lambda i: (b"x" * 20_000) if i == 7 else f"m{i}".encode())
+    pipeline(runner, stream, {"kafka": {"brokers": [kafka_broker.bootstrap], "topic": topic,
+                                        "config": {"max_request_size": 10_000}}})
+    await runner.start_all()
+    got = await consume_all(kafka_broker.bootstrap, topic, 59)
+    assert sorted(r.value for r in got) == sorted(f"m{i}".encode() for i in range(60) if i != 7)  # each once
+    await wait_for(lambda: all_through(nc, runner, stream, 60), 30, "60 records through")
+    dlq = f"nf_{runner.name}_out_dlq"
+    [m] = await (await nc.jetstream().pull_subscribe(f"nfdlq.{runner.name}.out", durable=None, stream=dlq)).fetch(
+        1, timeout=5)
+    assert len(m.data) == 20_000 and m.headers["Nf-Error"].startswith("MessageSizeTooLargeError: ")
 
 
 async def test_kafka_sink_broker_down_then_back_loses_nothing(tansu_factory, runner, nc):

@@ -1,5 +1,7 @@
 """`kafka`: produces each message to a topic (aiokafka) and returns only when every record is
-acknowledged by the brokers, so a failed batch is retried by the sink worker and nothing is lost.
+acknowledged by the brokers; the records that were not are retried by the sink worker, so nothing
+is lost. A record larger than the producer's `max_request_size` can never be written: it goes to
+the fallback sink or the dead-letter stream and the rest of the batch is written.
 
 Kafka has no publish-side dedup across producer sessions: a batch retried after an error or a crash
 can be written twice. Every record carries the message's id in the `Nf-Id` header so a consumer can
@@ -12,8 +14,9 @@ import asyncio
 import contextlib
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
-from framework.connectors import ConnectorContext
+from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
 from framework.spec import KafkaSink as Config
 from vertices.sources.kafka import client_options
@@ -46,16 +49,24 @@ class KafkaSink:
 
     async def write(self, datums: list[Datum]) -> None:
         producer = await self.connected()
-        pending = []
-        for d in datums:
+        pending: dict[int, asyncio.Future] = {}
+        refused: dict[int, str] = {}
+        for i, d in enumerate(datums):
             headers = [(k, v.encode()) for k, v in (d.headers or {}).items()] + [("Nf-Id", d.id.encode())]
-            # send() only queues the record; the futures settle when the brokers acknowledge.
-            pending.append(await producer.send(self.cfg.topic, d.value, key=self.key(d), headers=headers,
-                                               timestamp_ms=d.event_time_ms))
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+            try:
+                # send() only queues the record; the futures settle when the brokers acknowledge.
+                pending[i] = await producer.send(self.cfg.topic, d.value, key=self.key(d), headers=headers,
+                                                 timestamp_ms=d.event_time_ms)
+            except MessageSizeTooLargeError as exc:  # can never be written: dead-letter it, send the rest
+                refused[i] = f"{type(exc).__name__}: {exc}"
+        results = await asyncio.gather(*pending.values(), return_exceptions=True)
+        failed = {i: f"{type(r).__name__}: {r}" for i, r in zip(pending, results) if isinstance(r, BaseException)}
+        if failed:  # retry only what the brokers did not acknowledge (refusals get their turn next)
+            if len(failed) == len(datums):
+                raise next(r for r in results if isinstance(r, BaseException))
+            raise PartialWrite({**failed, **refused})
+        if refused:
+            raise DatumsRejected(refused, rest_written=True)
 
     async def close(self) -> None:
         if self.producer is not None:
