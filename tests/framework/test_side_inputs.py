@@ -188,10 +188,10 @@ async def test_watcher_follows_kv_updates_and_ignores_deletes(nats_url):
         assert await si.provision_bucket(js, pipeline) == "unchanged"
         kv = await js.key_value(si.bucket_name(pipeline))
         await kv.put("other", b"x")
-        watcher = await si.SideInputWatcher.start_for(js, pipeline, ["cfg"])
+        watcher = await si.SideInputWatcher.start_for(js, pipeline, ["cfg", "other"])
         with pytest.raises(si.SideInputError, match="side input 'cfg' has no value yet"):
             side_input("cfg")
-        with pytest.raises(si.SideInputError, match=r"'nope' is not listed in this vertex's sideInputs \(listed: cfg\)"):
+        with pytest.raises(si.SideInputError, match=r"'nope' is not listed in this vertex's sideInputs \(listed: cfg, other\)"):
             side_input("nope")
         await kv.put("cfg", si.encode_value({"max": 3}))
         await wait_for(lambda: watcher.complete.is_set(), 5, "the first value")
@@ -200,7 +200,7 @@ async def test_watcher_follows_kv_updates_and_ignores_deletes(nats_url):
         await wait_for(lambda: side_input_json("cfg") == {"max": 4}, 5, "the updated value")
         await kv.delete("cfg")
         await kv.put("other", b"y")  # after the delete in the stream: once seen, the delete was too
-        await client.flush()
+        await wait_for(lambda: side_input("other") == b"y", 5, "the put after the delete")
         assert side_input_json("cfg") == {"max": 4}
         await watcher.close()
     finally:
