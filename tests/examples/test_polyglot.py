@@ -3,6 +3,7 @@ pipeline mixing Node.js, Go and Python vertices delivers exactly what the Python
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from examples.polyglot.shout import shout
 from framework.sdk import Datum
+from framework.ui.server import connection_counts
 from tests.conftest import Collector, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +64,7 @@ def expected_outputs(words: list[bytes]) -> Counter:
     return out
 
 
-async def test_node_go_and_python_in_one_pipeline(runner, nc, node_vertex, go_vertex):
+async def test_node_go_and_python_in_one_pipeline(runner, nc, nats_server, node_vertex, go_vertex):
     subject = f"in.{runner.name}"
     runner.write(
         vertices=[
@@ -98,3 +100,6 @@ async def test_node_go_and_python_in_one_pipeline(runner, nc, node_vertex, go_ve
     assert got == want
     ids = collector.ids
     assert len(ids) == len(set(ids)) == sum(want.values())  # each output once, distinct data ids
+    # `natsflow ui` counts replicas by connection name: the Node.js and Go programs use it too.
+    conns = await asyncio.to_thread(connection_counts, f"http://127.0.0.1:{nats_server.monitor_port}", runner.name)
+    assert {v: conns[v] for v in ("node", "go", "python")} == {"node": 1, "go": 1, "python": 1}, conns

@@ -280,7 +280,8 @@ func main() {
 	if url == "" {
 		url = nats.DefaultURL
 	}
-	opts := []nats.Option{nats.Name(fmt.Sprintf("natsflow-%s-%s-go", d.Pipeline, d.Vertex))}
+	// The name `natsflow ui` counts replicas by (protocol §8).
+	opts := []nats.Option{nats.Name(fmt.Sprintf("natsflow-%s-%s", d.Pipeline, d.Vertex))}
 	if t := os.Getenv("NATS_TOKEN"); t != "" {
 		opts = append(opts, nats.Token(t))
 	}

@@ -119,7 +119,7 @@ async function processBatch(js, gates, msgs, stopping) {
 }
 
 async function main() {
-  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}-node` };
+  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}` }; // the name `natsflow ui` counts replicas by (§8)
   if (process.env.NATS_TOKEN) opts.token = process.env.NATS_TOKEN;
   if (process.env.NATS_USER) Object.assign(opts, { user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD });
   const nc = await connect(opts);
