@@ -31,7 +31,7 @@ from prometheus_client import Counter
 from .connection import NatsSettings
 from .metrics import VertexMetrics
 from .schedule import parse_schedule
-from .spec import Pipeline, SideInput, load_handler, load_pipeline
+from .spec import HandlerError, Pipeline, SideInput, load_handler, load_pipeline
 
 log = logging.getLogger("natsflow.sideinputs")
 
@@ -188,6 +188,14 @@ class SideInputManager:
                             "no_value, error)", ("pipeline", "side_input", "result"), registry=self.metrics.registry)
 
     async def run(self) -> None:
+        # Import every handler up front: one that cannot be loaded ends the manager with an error
+        # naming it (inside its task it would die unseen, leaving the vertices waiting forever).
+        handlers = {}
+        for i, si in enumerate(self.p.spec.side_inputs):
+            try:
+                handlers[si.name] = load_handler(si.handler, self.base_dir)
+            except HandlerError as exc:
+                raise SystemExit(f"spec.sideInputs[{i}].handler: {exc}") from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -200,7 +208,7 @@ class SideInputManager:
             self.metrics.serve(int(port), ready=lambda: self.nc.is_connected and not self.stopping.is_set())
         log.info("side-input manager of %s started: %s", self.p.name,
                  ", ".join(f"{si.name} ({si.trigger.schedule})" for si in self.p.spec.side_inputs))
-        tasks = [asyncio.create_task(self._keep_current(si)) for si in self.p.spec.side_inputs]
+        tasks = [asyncio.create_task(self._keep_current(si, handlers[si.name])) for si in self.p.spec.side_inputs]
         try:
             await self.stopping.wait()
         finally:
@@ -212,8 +220,7 @@ class SideInputManager:
             stats = {k: v for k, v in self.metrics.snapshot().items() if k.startswith("side_input")}
             log.info("side-input manager stopped; stats %s", json.dumps(stats))
 
-    async def _keep_current(self, si: SideInput) -> None:
-        fn = load_handler(si.handler, self.base_dir)
+    async def _keep_current(self, si: SideInput, fn: Callable[[], Any]) -> None:
         schedule = parse_schedule(si.trigger.schedule)
         stored: bytes | None = None
         while not self.stopping.is_set():

@@ -169,6 +169,19 @@ async def test_vertex_waits_for_every_side_input_before_its_first_message(runner
     assert len(out.msgs) == 50
 
 
+async def test_manager_with_a_handler_it_cannot_import_exits_naming_the_field(runner):
+    doc = pipeline_doc(runner.name, "s", "o", side_inputs=[
+        {"name": "mode", "handler": f"{H}:read_mode", "trigger": {"schedule": "@every 1s"}},
+        {"name": "gone", "handler": f"{H}:nothing_here", "trigger": {"schedule": "@every 1s"}}])
+    runner.file = runner.tmp / f"{runner.name}.yaml"
+    runner.file.write_text(yaml.safe_dump(doc, sort_keys=False))  # as a manager image without the module sees it
+    proc = start_manager(runner, SIDE_INPUT_FILE=str(runner.tmp / "none.txt"))
+    await wait_for(lambda: proc.poll() is not None, 30, "the manager to exit")
+    assert proc.returncode == 1
+    assert (f"spec.sideInputs[1].handler: module '{H}' has no attribute 'nothing_here'"
+            in runner.log("sideinputs"))
+
+
 def readyz(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
