@@ -90,6 +90,7 @@ class ReduceWorker(ReadingWorker):
                     msgs = await ps.reader.fetch(wait)
                     if msgs:
                         self.metrics.read.inc(len(msgs))
+                        self.metrics.batch_size.observe(len(msgs))
                         await self._ingest(ps, msgs)
                     await self._close_ready(ps)
                 await self._publish_watermark()
@@ -151,6 +152,7 @@ class ReduceWorker(ReadingWorker):
         await self.dead_letter(bad)
         await self._late(late, ps.index or 0)
         await reply_all(self.nc, [m for m, _ in bad] + [m for m, _ in late], b"+ACK")
+        self.metrics.ack.inc(len(bad) + len(late))  # acked like any input (docs/metrics.md)
 
     async def _late(self, late: list[tuple[Msg, Datum]], ps_index: int | None) -> None:
         """Beyond the allowed lateness: to the `late: true` out-edge if there is one, else counted."""

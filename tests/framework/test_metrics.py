@@ -129,3 +129,30 @@ async def test_readyz_names_what_is_missing(runner, nc):
     # Not ready is re-checked every second (not every interval), so this turns quickly.
     assert await wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), 5, "/readyz to answer 200")
     assert await runner.terminate("map") == 0
+
+
+async def test_reduce_counts_late_inputs_as_acked(runner, nc):
+    """A reduce acks a late input at once (dropped, no late edge): it counts in forwarder_ack_total
+    like every other acked input, so read and ack totals agree once the windows are closed."""
+    from tests.framework.test_reduce import consumed, publish, reduce_pipeline, source_stream
+
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}})
+    await runner.provision()
+    port = free_port()
+    runner.start("out")
+    runner.start("agg", NATSFLOW_METRICS_PORT=str(port), NATSFLOW_METRICS_INTERVAL="0.3")
+    runner.start("in")
+    subj = f"{runner.name}.src"
+    await publish(js, subj, [("a", t, t) for t in range(5)])  # window [0, 10)
+    await consumed(nc, runner)
+    await publish(js, subj, [("a", 40, 0)])  # the watermark passes 10 s: [0, 10) closes, [40, 50) stays open
+    await out.wait_count(1, 30)
+    await consumed(nc, runner)
+    await publish(js, subj, [("a", 5, 0), ("a", 6, 0)])  # beyond the (zero) lateness of [0, 10)
+    m = await wait_for(lambda: (m := scrape(port)) and m.get("forwarder_drop_total{reason=late}") == 2
+                       and m["forwarder_ack_total"] == 7 and m, 15, "2 late inputs dropped and acked")
+    assert m["forwarder_read_total"] == 8  # the one input not acked is held by the open window [40, 50)
+    assert m["forwarder_read_batch_size_sum"] == 8 and m["forwarder_read_batch_size_count"] >= 3
+    assert len(out.msgs) == 1
