@@ -45,7 +45,7 @@ def build_asyncapi(p: Pipeline, servers: str = "nats://localhost:4222", schema_v
     for v in p.reading_vertices():
         for part in b.partitions(p, v.name):
             stream = b.stream_name(p.name, v.name, part)
-            subject = f"nf.{p.name}.{v.name}{'' if part is None else f'_p{part}'}.*"
+            subject = b.edge_subject(p.name, v.name, "*", part)  # what the stream takes from every writer
 
             async def read(body: Envelope) -> None:  # pragma: no cover - never run, only described
                 return None
