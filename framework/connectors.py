@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -12,6 +13,8 @@ from nats.aio.client import Client
 from .buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
 from .connection import NatsSettings
 from .sdk import Datum
+
+log = logging.getLogger("natsflow.connectors")
 
 SOURCES = {
     "generator": "vertices.sources.generator:GeneratorSource",
@@ -51,12 +54,23 @@ class SourceRecord:
 
 def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecord:
     """A record from a NATS message that may carry natsflow's envelope headers (keys, event time);
-    other `Nats-*`/`Nf-*` headers are dropped, user headers pass through."""
+    other `Nats-*`/`Nf-*` headers are dropped, user headers pass through. A malformed envelope
+    header is ignored with a warning: the message is still stored, and the source does not crash
+    on it (and re-read it forever)."""
     h = msg.headers or {}
+    try:
+        keys = decode_keys(h.get(HDR_KEYS))
+    except ValueError as exc:
+        log.warning("source message %s: ignored a bad %s header (%s)", offset, HDR_KEYS, exc)
+        keys = []
     et = h.get(HDR_EVENT_TIME)
-    keys = decode_keys(h.get(HDR_KEYS))
+    try:
+        event_ms = int(et) if et else default_event_ms
+    except ValueError:
+        log.warning("source message %s: ignored a bad %s header %r", offset, HDR_EVENT_TIME, et)
+        event_ms = default_event_ms
     user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
-    return SourceRecord(msg.data, offset, int(et) if et else default_event_ms, keys or None, user or None, offset)
+    return SourceRecord(msg.data, offset, event_ms, keys or None, user or None, offset)
 
 
 class BufferFull(Exception):

@@ -58,3 +58,24 @@ async def test_jetstream_source_acks_after_store_and_log_sink_prints(runner, nc)
     assert sorted(lines) == sorted(f"show id={src}:{i + 1} keys=[] line {i}" for i in range(200))
     consumer = await js.consumer_info(src, f"nf_{runner.name}_in_src")
     assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+
+
+async def test_jetstream_source_stores_messages_with_malformed_envelope_headers(runner, nc):
+    """A bad `Nf-Keys`/`Nf-Event-Time` from an outside publisher is ignored, not a crashed source."""
+    js = nc.jetstream()
+    src = f"SRC_{runner.name}"
+    await js.add_stream(name=src, subjects=[f"{runner.name}.src"])
+    bad = {3: {"Nf-Keys": "not json"}, 5: {"Nf-Keys": '[1, 2]'}, 7: {"Nf-Event-Time": "soon", "Nf-Keys": '["k"]'}}
+    for i in range(10):
+        await js.publish(f"{runner.name}.src", f"m{i}".encode(), headers=bad.get(i))
+    out = await Collector().start(nc, f"{runner.name}.out")
+    runner.write([{"name": "in", "source": {"jetstream": {"stream": src}}},
+                  {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
+                 [{"from": "in", "to": "out"}])
+    await runner.start_all()
+    await out.wait_count(10, timeout=30)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    assert sorted(m.data for m in out.msgs) == sorted(f"m{i}".encode() for i in range(10))
+    m7 = next(m for m in out.msgs if m.data == b"m7")
+    assert json.loads(m7.headers["Nf-Keys"]) == ["k"] and int(m7.headers["Nf-Event-Time"]) > 1_600_000_000_000
+    assert "ignored a bad Nf-Event-Time header 'soon'" in runner.log("in")
