@@ -54,7 +54,7 @@ def parse_transaction(raw: bytes) -> dict[str, Any]:
     for name, kind in TXN_FIELDS.items():
         if name not in txn:
             raise ValueError(f"transaction field {name!r} is missing")
-        if not isinstance(txn[name], kind) or (kind is int and isinstance(txn[name], bool)):
+        if not isinstance(txn[name], kind) or (kind is not bool and isinstance(txn[name], bool)):
             raise ValueError(f"transaction field {name!r} has the wrong type ({type(txn[name]).__name__})")
     return txn
 

@@ -57,6 +57,9 @@ def test_bad_transactions_and_rules_name_the_field(tmp_path, monkeypatch):
         parse_transaction(json.dumps({k: v for k, v in TXN.items() if k != "amount"}).encode())
     with pytest.raises(ValueError, match=r"transaction field 'card_present' has the wrong type \(str\)"):
         parse_transaction(json.dumps({**TXN, "card_present": "yes"}).encode())
+    for field in ("amount", "ts"):  # JSON true is a Python int too: not a number here
+        with pytest.raises(ValueError, match=rf"transaction field '{field}' has the wrong type \(bool\)"):
+            parse_transaction(json.dumps({**TXN, field: True}).encode())
     bad = tmp_path / "rules.json"
     bad.write_text(json.dumps({**STRICTER, "flagAbove": 3}))
     monkeypatch.setenv("FRAUD_THRESHOLDS", str(bad))
