@@ -318,28 +318,29 @@ class ConformanceKit:
 
     async def _sigkill(self, ref: Observation) -> None:
         self.progress("scenario 2: SIGKILL mid-stream, then restart")
-        js = self._nc.jetstream()
-        p, vut = await self._setup(self._nc)
-        obs = Observation()
-        await vut.start()
-        try:
-            await until(lambda: self._pulling(js, p, vut), 20)
-            await self._feed(js, p, obs, 0, self.messages)
-            await until(lambda: self._written(js, p, self.messages // 4), 30, interval=0.005)
-            in_flight = (await self._consumer(js, p)).num_ack_pending
+
+        async def kill(vut: VertexUnderTest, in_flight: int) -> str:
             vut.kill()
             await vut.proc.wait()
-            await vut.start()
-            done = await until(lambda: self._input_done(js, p), 60)
-            await vut.terminate(self.grace)
-            await self._collect(js, p, obs)
-            self._compare("SIGKILL mid-stream + restart: no loss, no duplicates", ref, obs, done,
-                          f"killed with {in_flight} inputs unacked")
-        finally:
-            await vut.stop()
+            return f"killed with {in_flight} inputs unacked"
+
+        await self._interrupted(ref, "SIGKILL mid-stream + restart: no loss, no duplicates", kill)
 
     async def _sigterm(self, ref: Observation) -> None:
         self.progress("scenario 3: SIGTERM mid-stream")
+
+        async def terminate(vut: VertexUnderTest, in_flight: int) -> str:
+            code, took = await vut.terminate(self.grace)
+            self._record("exits 0 on SIGTERM mid-stream, within the grace period", code == 0,
+                         f"exit code {code} after {took:.2f}s with {in_flight} inputs unacked at the signal")
+            return ""
+
+        await self._interrupted(ref, "SIGTERM mid-stream + restart: no loss, no duplicates", terminate)
+
+    async def _interrupted(self, ref: Observation, rule: str,
+                           interrupt: Callable[[VertexUnderTest, int], Awaitable[str]]) -> None:
+        """Feed, `interrupt` the vertex once a quarter of the outputs exist, restart it, and
+        compare everything it wrote with the reference run."""
         js = self._nc.jetstream()
         p, vut = await self._setup(self._nc)
         obs = Observation()
@@ -348,15 +349,12 @@ class ConformanceKit:
             await until(lambda: self._pulling(js, p, vut), 20)
             await self._feed(js, p, obs, 0, self.messages)
             await until(lambda: self._written(js, p, self.messages // 4), 30, interval=0.005)
-            in_flight = (await self._consumer(js, p)).num_ack_pending
-            code, took = await vut.terminate(self.grace)
-            self._record("exits 0 on SIGTERM mid-stream, within the grace period", code == 0,
-                         f"exit code {code} after {took:.2f}s with {in_flight} inputs unacked at the signal")
+            context = await interrupt(vut, (await self._consumer(js, p)).num_ack_pending)
             await vut.start()
             done = await until(lambda: self._input_done(js, p), 60)
             await vut.terminate(self.grace)
             await self._collect(js, p, obs)
-            self._compare("SIGTERM mid-stream + restart: no loss, no duplicates", ref, obs, done, "")
+            self._compare(rule, ref, obs, done, context)
         finally:
             await vut.stop()
 
