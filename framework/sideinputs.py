@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from .connection import NatsSettings
+from .connection import NatsSettings, ensure_kv_bucket
 from .metrics import VertexMetrics
 from .schedule import parse_schedule
 from .spec import HandlerError, Pipeline, SideInput, load_handler, load_pipeline
@@ -44,14 +43,7 @@ def bucket_name(pipeline: str) -> str:
 
 
 async def provision_bucket(js: JetStreamContext, pipeline: str) -> str:
-    try:
-        await js.key_value(bucket_name(pipeline))
-        return "unchanged"
-    except (BucketNotFoundError, NotFoundError):
-        await js.create_key_value(api.KeyValueConfig(
-            bucket=bucket_name(pipeline), history=1, storage=api.StorageType.FILE,
-            description=f"natsflow side inputs of pipeline {pipeline}"))
-        return "created"
+    return await ensure_kv_bucket(js, bucket_name(pipeline), f"natsflow side inputs of pipeline {pipeline}")
 
 
 def encode_value(result: Any) -> bytes | None:

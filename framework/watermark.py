@@ -19,8 +19,9 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js import JetStreamContext
+
+from .connection import ensure_kv_bucket
 
 log = logging.getLogger("natsflow.watermark")
 
@@ -39,14 +40,7 @@ def replica_id() -> str:
 
 
 async def provision_bucket(js: JetStreamContext, pipeline: str) -> str:
-    try:
-        await js.key_value(bucket_name(pipeline))
-        return "unchanged"
-    except (BucketNotFoundError, NotFoundError):
-        await js.create_key_value(api.KeyValueConfig(
-            bucket=bucket_name(pipeline), history=1, storage=api.StorageType.FILE,
-            description=f"natsflow watermarks of pipeline {pipeline}"))
-        return "created"
+    return await ensure_kv_bucket(js, bucket_name(pipeline), f"natsflow watermarks of pipeline {pipeline}")
 
 
 class WatermarkPublisher:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -18,7 +17,6 @@ from aiokafka import AIOKafkaConsumer
 
 from examples.fraud.demo import STRICTER, transactions
 from examples.fraud.udf import features, load_thresholds, parse_transaction, probability, scored_row
-from framework.embedded import free_port
 from framework.spec import load_pipeline
 from tests.conftest import REPO, wait_for
 from tests.vertices.conftest import Tansu
