@@ -3,6 +3,8 @@ fail: exact requests and headers, a receiver down for a while loses nothing, 4xx
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Callable
 
@@ -129,5 +131,48 @@ async def test_http_sink_4xx_rejects_only_that_message(runner, nc):
         dead = await psub.fetch(10, timeout=5)
         assert sorted(m.data for m in dead) == sorted(f"m{i}".encode() for i in range(7, 100, 10))
         assert all("answered 422: status 422" in m.headers["Nf-Error"] for m in dead)
+    finally:
+        await receiver.stop()
+
+
+class Gate(Receiver):
+    """Holds each request (up to 3 s) until `width` are in flight at once; records the most seen."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.in_flight = self.max_in_flight = 0
+        self.full = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if self.in_flight >= self.width:
+            self.full.set()
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.full.wait(), 3)
+            return await super().handle(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_http_sink_concurrency_above_the_client_pool_default(runner, nc):
+    receiver = await Gate(150).start()  # aiohttp's connection pool holds 100 unless told otherwise
+    try:
+        stream = await feed(nc, runner, 300)
+        runner.write([{"name": "in", "source": {"jetstream": {"stream": stream}}},
+                      {"name": "out", "sink": {"http": {"url": receiver.url, "concurrency": 150}}}],
+                     [{"from": "in", "to": "out"}], limits={"readBatchSize": 200})
+        await runner.provision()
+        runner.start("in")
+
+        async def buffered() -> bool:  # the sink's first read then holds 200
+            return await runner.stream_messages(nc, f"nf_{runner.name}_out") == 300
+
+        await wait_for(buffered, 30, "300 messages in the sink's buffer")
+        runner.start("out")
+        await wait_for(lambda: all_through(nc, runner, stream, 300), 60, "300 records through")
+        assert receiver.max_in_flight == 150 and receiver.calls == 300
     finally:
         await receiver.stop()

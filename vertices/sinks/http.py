@@ -34,7 +34,10 @@ class HttpSink:
         self.cfg = config
 
     async def start(self, ctx: ConnectorContext) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout))
+        # The pool must hold `concurrency` connections (aiohttp's default is 100): a request waiting
+        # for a pooled connection would spend its timeout there.
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
+                                             connector=aiohttp.TCPConnector(limit=self.cfg.concurrency))
         self.limit = asyncio.Semaphore(self.cfg.concurrency)
 
     def headers(self, d: Datum) -> dict[str, str]:
