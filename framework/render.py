@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -229,6 +230,67 @@ def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[st
     }
 
 
+# Sources whose upstream has its own backlog KEDA can read: their replicas follow it (a consumer
+# group shares the work). With scale.max 1 they stay a plain Deployment, as other sources do.
+UPSTREAM_SCALED = ("kafka", "redisStreams", "rabbitmq")
+KAFKA_SASL = {"plain": "plaintext", "scram-sha-256": "scram_sha256", "scram-sha-512": "scram_sha512"}
+
+
+def scaler_secret(p: Pipeline, v: Vertex) -> str:
+    """The Secret a user creates with a source's upstream credentials for KEDA (docs: deploy/keda)."""
+    return object_name(p, f"{v.name}-scaler")
+
+
+def upstream_trigger(p: Pipeline, v: Vertex) -> tuple[dict[str, Any], list[str]]:
+    """KEDA trigger reading the upstream backlog of a source, and the credential parameters it
+    takes from the source's scaler Secret (never inlined: the spec's passwords stay out of it)."""
+    assert v.source is not None
+    s, kind = v.scale, v.source.kind
+    cfg = getattr(v.source, kind)
+    auth: list[str] = []
+    if kind == "kafka":
+        meta = {"bootstrapServers": ",".join(cfg.brokers), "consumerGroup": cfg.consumer_group, "topic": cfg.topic,
+                "lagThreshold": str(s.lag_threshold), "activationLagThreshold": str(s.activation_lag_threshold),
+                "offsetResetPolicy": "earliest"}
+        if cfg.sasl is not None:
+            meta["sasl"] = KAFKA_SASL[cfg.sasl.mechanism.value]
+            auth += ["username", "password"]
+        if cfg.tls is not None:
+            meta["tls"] = "enable"
+            auth += [k for k, present in (("ca", cfg.tls.ca_file), ("cert", cfg.tls.cert_file),
+                                          ("key", cfg.tls.key_file)) if present]
+        return {"type": "kafka", "name": "upstream-lag", "metadata": meta}, auth
+    url = urlsplit(cfg.url)
+    if kind == "redisStreams":
+        meta = {"address": f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", "stream": cfg.stream,
+                "consumerGroup": cfg.group, "lagCount": str(s.lag_threshold),
+                "activationLagCount": str(s.activation_lag_threshold),
+                "databaseIndex": (url.path.strip("/") or "0")}
+        if url.scheme == "rediss":
+            meta["enableTLS"] = "true"
+        if url.password:
+            auth.append("password")
+        return {"type": "redis-streams", "name": "upstream-lag", "metadata": meta}, auth
+    # rabbitmq: the AMQP URL carries credentials, so it always comes from the Secret (key `host`)
+    meta = {"protocol": "amqp", "queueName": cfg.queue, "mode": "QueueLength", "value": str(s.lag_threshold),
+            "activationValue": str(s.activation_lag_threshold)}
+    return {"type": "rabbitmq", "name": "upstream-lag", "metadata": meta}, ["host"]
+
+
+def render_source_scaling(p: Pipeline, v: Vertex, opts: RenderOptions) -> list[dict[str, Any]]:
+    trigger, auth = upstream_trigger(p, v)
+    objs = []
+    if auth:
+        trigger["authenticationRef"] = {"name": scaler_secret(p, v), "kind": "TriggerAuthentication"}
+        objs.append({"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+                     "metadata": _meta(p, scaler_secret(p, v), opts, v),
+                     "spec": {"secretTargetRef": [{"parameter": k, "name": scaler_secret(p, v), "key": k}
+                                                  for k in auth]}})
+    so = render_scaled_object(p, v, opts)
+    so["spec"]["triggers"] = [trigger]
+    return [so, *objs]
+
+
 def render_trigger_auth(p: Pipeline, opts: RenderOptions) -> dict[str, Any]:
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
@@ -263,6 +325,8 @@ def render_pipeline(p: Pipeline, pipeline_text: str, opts: RenderOptions) -> dic
         objs = [render_deployment(p, v, opts)]
         if v.kind != "source":
             objs.append(render_scaled_object(p, v, opts))
+        elif v.source.kind in UPSTREAM_SCALED and v.scale.max > 1:
+            objs.extend(render_source_scaling(p, v, opts))
         if v.source is not None and v.source.http is not None:
             objs.append(render_service(p, v, opts))
         files[f"{v.name}.yaml"] = objs

@@ -16,7 +16,7 @@ import yaml
 
 from framework.render import RenderOptions, render_pipeline
 from framework.scaling import desired_replicas
-from framework.spec import Scale, SpecError, load_pipeline
+from framework.spec import Scale, SpecError, load_pipeline, parse_pipeline
 from framework.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,3 +185,45 @@ def test_container_only_vertex_cannot_run_locally(tmp_path):
     with pytest.raises(SpecError) as err:
         vertex_command(p, path, "go")
     assert "spec.vertices[2].udf.command" in str(err.value) and "only udf.container" in str(err.value)
+
+
+def render_source(source: dict, scale: dict) -> list[dict]:
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "up"},
+           "spec": {"vertices": [{"name": "in", "source": source, "scale": scale},
+                                 {"name": "out", "sink": {"log": {}}}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    p = parse_pipeline(doc, file="p.yaml", check_handlers=False)
+    return render_pipeline(p, yaml.safe_dump(doc), RenderOptions(image="i"))["in.yaml"]
+
+
+@pytest.mark.parametrize("source, trigger_type, meta, auth", [
+    ({"kafka": {"brokers": ["k1:9092", "k2:9092"], "topic": "tx", "consumerGroup": "g",
+                "sasl": {"mechanism": "scram-sha-512", "username": "u", "password": "secret-pw"}}},
+     "kafka", {"bootstrapServers": "k1:9092,k2:9092", "topic": "tx", "consumerGroup": "g", "lagThreshold": "50",
+               "sasl": "scram_sha512"}, ["username", "password"]),
+    ({"redisStreams": {"url": "redis://:secret-pw@redis:6380/2", "stream": "s", "group": "g"}},
+     "redis-streams", {"address": "redis:6380", "stream": "s", "consumerGroup": "g", "lagCount": "50",
+                       "databaseIndex": "2"}, ["password"]),
+    ({"rabbitmq": {"url": "amqp://u:secret-pw@mq:5672/", "queue": "q"}},
+     "rabbitmq", {"queueName": "q", "mode": "QueueLength", "value": "50"}, ["host"]),
+])
+def test_sources_with_an_upstream_backlog_scale_on_it(source, trigger_type, meta, auth):
+    objs = render_source(source, {"min": 1, "max": 6, "lagThreshold": 50})
+    so = next(o for o in objs if o["kind"] == "ScaledObject")
+    for obj in objs:
+        validate(obj)
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == trigger_type and meta.items() <= trigger["metadata"].items()
+    assert so["spec"]["minReplicaCount"] == 1 and so["spec"]["maxReplicaCount"] == 6
+    ta = next(o for o in objs if o["kind"] == "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == ta["metadata"]["name"] == "up-in-scaler"
+    assert [r["parameter"] for r in ta["spec"]["secretTargetRef"]] == auth
+    assert "secret-pw" not in json.dumps(objs[1:])  # credentials come from the Secret, never inline
+
+
+def test_sources_without_a_readable_backlog_or_max_one_get_no_scaled_object():
+    assert [o["kind"] for o in render_source({"kafka": {"brokers": ["k:9092"], "topic": "t", "consumerGroup": "g"}},
+                                             {"max": 1})] == ["Deployment"]
+    assert [o["kind"] for o in render_source({"mqtt": {"topic": "t"}}, {"max": 1})] == ["Deployment"]
+    objs = render_source({"redisStreams": {"url": "redis://r:6379/0", "stream": "s", "group": "g"}}, {"max": 3})
+    assert [o["kind"] for o in objs] == ["Deployment", "ScaledObject"]  # no password: no auth object
