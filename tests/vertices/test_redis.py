@@ -178,3 +178,19 @@ async def test_redis_streams_backlog_reported_while_backed_up(runner, nc, r):
         assert sorted(b for b, _ in receiver.stored) == sorted(f"v{i}".encode() for i in range(1200))
     finally:
         await receiver.stop()
+
+
+async def test_redis_streams_source_keeps_going_when_the_stream_is_deleted(runner, nc, r):
+    client, stream = r
+    out = await Collector().start(nc, f"{runner.name}.out")
+    await add(client, stream, 0, 100)
+    source_pipeline(runner, stream)
+    await runner.start_all()
+    await out.wait_count(100, 30)
+    await client.delete(stream)  # the stream and its group go; the source is blocked reading it
+    await add(client, stream, 100, 100)  # a new stream under the same name
+    await out.wait_count(200, 30)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    assert sorted(m.data for m in out.msgs) == sorted(f"v{i}".encode() for i in range(200))
+    assert "group g is gone" in runner.log("in")
+    assert (await client.xinfo_groups(stream))[0]["pending"] == 0

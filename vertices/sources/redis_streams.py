@@ -9,7 +9,8 @@ data id) is `<stream>:<entry id>`, so an entry read again after a crash is dedup
 
 Recovery: a restarted consumer first re-reads its own pending entries (id `0`), then new ones
 (`>`). Entries another consumer left unacked for `claimIdle` are taken over (XAUTOCLAIM), so a
-replica that never comes back (a new pod name) strands nothing. The group's `lag` (not yet read)
+replica that never comes back (a new pod name) strands nothing. A stream or group deleted while the
+source runs is created again at `startId`. The group's `lag` (not yet read)
 and `pending` (read, not acked) are exported as `source_upstream_backlog`.
 """
 
@@ -157,6 +158,14 @@ class RedisStreamsSource:
                     recover = True
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(ctx.stopping.wait(), 1.0)
+                except ResponseError as exc:
+                    if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                        raise
+                    # The stream (or its group) was deleted: make them again at startId and go on.
+                    log.warning("redis stream %s: group %s is gone (%s); creating it again", self.cfg.stream,
+                                self.cfg.group, exc)
+                    await self.ensure_group(r)
+                    recover = True
         finally:
             if reporter is not None:
                 reporter.cancel()
