@@ -33,7 +33,8 @@ log = logging.getLogger("natsflow.ui")
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-SECRET_WORDS = ("token", "password", "secret", "creds", "authorization", "api-key", "apikey", "sasl")
+SECRET_WORDS = ("token", "password", "passwd", "passphrase", "secret", "creds", "credential", "authorization",
+                "api-key", "api_key", "apikey", "private_key", "private-key", "sasl")
 URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.IGNORECASE)
 DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 DEAD_LETTERS_SHOWN = 5

@@ -71,6 +71,13 @@ def test_redact_hides_credentials_by_field_name():
                             "sink": {"kafka": {"password": "***", "user": "u"}}, "list": [{"apiToken": "***"}], "creds": None}
 
 
+def test_redact_hides_credentials_in_environment_variables():
+    env = {"API_KEY": "k1", "OPENAI_API_KEY": "k2", "GCP_CREDENTIALS": "{}", "TLS_PRIVATE_KEY": "pem",
+           "DB_PASSWD": "pw", "KEY_PASSPHRASE": "pp", "MODEL": "small", "LOG_LEVEL": "info"}
+    assert redact({"udf": {"command": ["./v"], "env": env}})["udf"]["env"] == {
+        **{k: "***" for k in env}, "MODEL": "small", "LOG_LEVEL": "info"}
+
+
 def test_redact_hides_passwords_inside_urls_dsns_and_auth_headers():
     spec = {"sink": {"postgres": {"dsn": "postgresql://bob:s3cr3t@db:5432/x"}},
             "redis": {"url": "redis://:pw@h:6379/0", "plain": "redis://h:6379"},
