@@ -49,8 +49,8 @@ class Cron:
     days: frozenset[int]
     months: frozenset[int]
     weekdays: frozenset[int]  # 0 = Sunday
-    any_day: bool  # day-of-month field was `*`
-    any_weekday: bool  # day-of-week field was `*`
+    any_day: bool  # day-of-month field started with `*`
+    any_weekday: bool  # day-of-week field started with `*`
 
     def _day_matches(self, dt: datetime) -> bool:
         dom = dt.day in self.days
@@ -127,8 +127,9 @@ def parse_cron(expr: str) -> Cron:
                          f"day-of-week), found {len(fields)}")
     sets = [_field(text, *spec) for text, spec in zip(fields, _FIELDS)]
     weekdays = frozenset(d % 7 for d in sets[4])  # 7 is Sunday too
-    return Cron(sets[0], sets[1], sets[2], sets[3], weekdays, any_day=fields[2] == "*",
-                any_weekday=fields[4] == "*")
+    # Vixie cron: a day field starting with `*` (`*`, `*/2`) counts as unrestricted for the OR rule.
+    return Cron(sets[0], sets[1], sets[2], sets[3], weekdays, any_day=fields[2].startswith("*"),
+                any_weekday=fields[4].startswith("*"))
 
 
 def parse_schedule(text: str) -> Schedule:
