@@ -113,10 +113,10 @@ async def _status(args: argparse.Namespace) -> int:
     from .status import show
 
     p = load_pipeline(args.file, check_handlers=False)
-    settings, _ = _running_pipeline(args, p)
+    settings, monitor = _running_pipeline(args, p)
     nc = await settings.connect(f"natsflow-{p.name}-status")
     try:
-        await show(nc.jetstream(), p, watch=args.watch)
+        await show(nc.jetstream(), p, watch=args.watch, monitor_url=args.monitor_url or monitor)
     finally:
         await nc.close()
     return 0
@@ -218,9 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitoring-secret", help="Secret with keys endpoint/account: render a TriggerAuthentication")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("status", help="per vertex: pending, ack pending, buffer use, dead letters, watermark")
+    p = sub.add_parser("status", help="per vertex: replicas, rates, pending, ack pending, buffer use, dead "
+                                      "letters, watermark")
     p.add_argument("file")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    p.add_argument("--monitor-url", help="nats-server monitoring URL: replicas counted from /connz "
+                                         "(default: the embedded server's; else watermark heartbeats)")
     p.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
     _nats_flags(p)
     p.set_defaults(func=_status)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
@@ -105,28 +107,104 @@ async def _writers(js: JetStreamContext, p: Pipeline) -> _Writers:
     return found
 
 
-def render_table(rows: list[VertexStatus]) -> str:
+@dataclass
+class Sample:
+    """One `collect` and when it was taken: two of them give rates."""
+
+    at: float
+    rows: dict[str, VertexStatus]
+
+    @classmethod
+    async def take(cls, js: JetStreamContext, p: Pipeline) -> "Sample":
+        return cls(time.monotonic(), {r.name: r for r in await collect(js, p)})
+
+
+@dataclass
+class Rates:
+    into: float | None = None  # messages/s arriving in its buffer
+    out: float | None = None  # messages/s it finished (acked); for a source, what it wrote
+
+
+def rates(p: Pipeline, before: Sample | None, now: Sample) -> dict[str, Rates]:
+    """Per vertex, from the growth of its buffer's totals between two samples. A source has no
+    buffer: its rate is what arrives in the buffers it alone feeds (unknown when shared)."""
+    dt = now.at - before.at if before is not None else 0.0
+    out: dict[str, Rates] = {}
+    for name, r in now.rows.items():
+        b = before.rows.get(name) if before is not None else None
+        if b is None or dt <= 0 or r.processed is None or b.processed is None:
+            out[name] = Rates()
+            continue
+        # Totals only grow; a smaller one means the buffer was re-created: count from zero.
+        out[name] = Rates(max(0.0, (r.appended - b.appended) / dt), max(0.0, (r.processed - b.processed) / dt))
+    for v in p.spec.vertices:
+        if v.kind == "source" and v.name in out:
+            fed = [out[e.to].into if e.to in out and len(p.in_edges(e.to)) == 1 else None for e in p.out_edges(v.name)]
+            out[v.name] = Rates(None, None if not fed or None in fed else sum(fed))
+    return out
+
+
+def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
+    """Client connections per vertex, from nats-server's /connz: every worker replica connects
+    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread)."""
+    prefix = f"natsflow-{pipeline}-"
+    counts: Counter[str] = Counter()
+    offset = 0
+    while True:
+        url = f"{monitor_url.rstrip('/')}/connz?limit=1024&offset={offset}"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            page = json.load(r)
+        conns = page.get("connections") or []
+        counts.update(c["name"][len(prefix):] for c in conns if (c.get("name") or "").startswith(prefix))
+        offset += len(conns)
+        if not conns or offset >= page.get("total", 0):
+            return counts
+
+
+def render_table(rows: list[VertexStatus], rate: dict[str, Rates] | None = None,
+                 replicas: Counter[str] | None = None) -> str:
     def n(x) -> str:
         return "-" if x is None else f"{x:,}"
+
+    def per_s(x) -> str:
+        return "-" if x is None else f"{x:,.1f}"
 
     def wm(ms) -> str:
         return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
 
-    head = f"{'vertex':<16}{'kind':<8}{'pending':>10}{'ack-pend':>10}{'buffer':>16}{'pulls':>7}{'dlq':>7}  watermark (UTC)"
+    rate = rate or {}
+    head = (f"{'vertex':<16}{'kind':<8}{'replicas':>9}{'in/s':>10}{'out/s':>10}{'pending':>10}{'ack-pend':>10}"
+            f"{'buffer':>16}{'pulls':>7}{'dlq':>7}  watermark (UTC)")
     lines = [head, "-" * len(head)]
     for r in rows:
         buf = "-" if r.buffered is None else f"{r.buffered:,}/{r.capacity:,}"
-        lines.append(f"{r.name:<16}{r.kind:<8}{n(r.pending):>10}{n(r.ack_pending):>10}{buf:>16}"
+        count = replicas.get(r.name, 0) if replicas is not None else r.replicas
+        rr = rate.get(r.name, Rates())
+        lines.append(f"{r.name:<16}{r.kind:<8}{n(count):>9}{per_s(rr.into):>10}{per_s(rr.out):>10}"
+                     f"{n(r.pending):>10}{n(r.ack_pending):>10}{buf:>16}"
                      f"{n(r.readers):>7}{n(r.dead_letters):>7}  {wm(r.watermark_ms)}")
     return "\n".join(lines)
 
 
-async def show(js: JetStreamContext, p: Pipeline, watch: float | None = None) -> None:
+async def show(js: JetStreamContext, p: Pipeline, watch: float | None = None, monitor_url: str | None = None,
+               rate_window: float = 1.0) -> None:
+    """Print the table once (two samples `rate_window` apart, for rates) or every `watch` seconds.
+    Replicas: client connections from the server's /connz when its monitoring URL is known, else
+    replicas beating in the watermark bucket (vertices with out-edges only)."""
+    before = await Sample.take(js, p)
+    await asyncio.sleep(rate_window)
     while True:
-        table = render_table(await collect(js, p))
-        if watch:
-            print("\x1b[2J\x1b[H" + f"pipeline {p.name}   {time.strftime('%H:%M:%S')}\n" + table, flush=True)
-            await asyncio.sleep(watch)
-        else:
+        now = await Sample.take(js, p)
+        replicas = None
+        if monitor_url:
+            try:
+                replicas = await asyncio.to_thread(connection_counts, monitor_url, p.name)
+            except OSError:
+                pass
+        table = render_table(list(now.rows.values()), rates(p, before, now), replicas)
+        if not watch:
             print(table)
             return
+        print("\x1b[2J\x1b[H" + f"pipeline {p.name}   {time.strftime('%H:%M:%S')}\n" + table, flush=True)
+        before = now
+        await asyncio.sleep(watch)

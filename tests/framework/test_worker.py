@@ -282,7 +282,10 @@ async def test_status_table(runner, nc):
         return {line.split()[0]: line.split() for line in res.stdout.splitlines()[2:]}
 
     # watermarks travel by heartbeat (1 s): wait until the map's is published
-    rows = await wait_for(lambda: (r := status()) and r["score"][7] != "-" and r, 20, "a watermark for score")
-    assert rows["score"][1:4] == ["udf", "0", "0"]  # kind, pending, ack pending
-    assert rows["score"][6] == "100"  # dead letters: multiples of 7 below 700
-    assert rows["score"][7].startswith("20")  # a watermark (its source's event time), UTC date
+    rows = await wait_for(lambda: (r := status()) and r["score"][10] != "-" and r, 20, "a watermark for score")
+    assert rows["score"][1:3] == ["udf", "1"]  # kind, replicas (watermark heartbeats: no monitoring URL)
+    assert rows["score"][3:5] == ["0.0", "0.0"]  # rates in/out once drained
+    assert rows["score"][5:7] == ["0", "0"]  # pending, ack pending
+    assert rows["score"][9] == "100"  # dead letters: multiples of 7 below 700
+    assert rows["score"][10].startswith("20")  # a watermark (its source's event time), UTC date
+    assert rows["out"][2] == "-"  # a sink publishes no heartbeat: replicas unknown without /connz

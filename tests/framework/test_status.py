@@ -1,0 +1,40 @@
+"""`natsflow status` while traffic flows: replicas from the server's connections, live rates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO, Collector, wait_for
+from tests.framework.test_worker import gen, out, udf
+
+
+def status(runner, *extra: str) -> dict[str, list[str]]:
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "status", str(runner.file), "--nats-url", runner.url,
+                          *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return {line.split()[0]: line.split() for line in res.stdout.splitlines()[2:]}
+
+
+async def test_status_counts_replicas_by_connection_and_shows_rates(runner, nc, nats_server):
+    # 200 messages per second for 12 s: rates are measured over the command's 1 s window.
+    runner.write([gen("in", 2400, rpu=20, duration="100ms"), udf("map", "identity"),
+                  out("out", f"{runner.name}.out")],
+                 [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    await runner.start_all()
+    runner.start("map", replica="2")  # a second replica of the map
+    await sink.wait_count(200, timeout=30)
+    monitor = f"http://127.0.0.1:{nats_server.monitor_port}"
+
+    def flowing() -> dict[str, list[str]] | None:
+        rows = status(runner, "--monitor-url", monitor)
+        return rows if rows["map"][2] == "2" and float(rows["map"][4].replace(",", "")) > 0 else None
+
+    rows = await wait_for(flowing, 30, "two map replicas and traffic in the status table", interval=0.5)
+    assert rows["in"][2] == "1" and rows["out"][2] == "1"  # one connection each
+    for name, col in (("in", 4), ("map", 3), ("map", 4), ("out", 4)):
+        rate = float(rows[name][col].replace(",", ""))
+        assert 50 <= rate <= 600, (name, col, rows[name])  # about 200/s, measured over ~1 s
+    assert rows["in"][3] == "-"  # a source has no buffer: nothing comes in
+    await sink.wait_count(2400, timeout=60)
