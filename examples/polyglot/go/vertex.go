@@ -281,7 +281,8 @@ func main() {
 		url = nats.DefaultURL
 	}
 	// The name `natsflow ui` counts replicas by (protocol §8).
-	opts := []nats.Option{nats.Name(fmt.Sprintf("natsflow-%s-%s", d.Pipeline, d.Vertex))}
+	// Reconnect forever like the Python worker: nats.go's default gives up after 60 tries.
+	opts := []nats.Option{nats.Name(fmt.Sprintf("natsflow-%s-%s", d.Pipeline, d.Vertex)), nats.MaxReconnects(-1)}
 	if t := os.Getenv("NATS_TOKEN"); t != "" {
 		opts = append(opts, nats.Token(t))
 	}
@@ -312,8 +313,12 @@ func main() {
 	wait := time.Duration(d.Limits.ReadTimeoutMs) * time.Millisecond
 	for !v.stopping.Load() {
 		msgs, err := sub.Fetch(d.Limits.ReadBatchSize, nats.MaxWait(wait))
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			log.Fatalf("fetch: %v", err) // every later fetch fails at once: exit 1, let the supervisor restart us
+		}
 		if err != nil && !errors.Is(err, nats.ErrTimeout) {
 			log.Printf("fetch: %v", err)
+			time.Sleep(time.Second) // not a busy loop while NATS is unwell
 			continue
 		}
 		if len(msgs) == 0 {
