@@ -79,3 +79,12 @@ async def test_jetstream_source_stores_messages_with_malformed_envelope_headers(
     m7 = next(m for m in out.msgs if m.data == b"m7")
     assert json.loads(m7.headers["Nf-Keys"]) == ["k"] and int(m7.headers["Nf-Event-Time"]) > 1_600_000_000_000
     assert "ignored a bad Nf-Event-Time header 'soon'" in runner.log("in")
+
+
+def test_upstream_headers_are_made_safe_for_nats():
+    from vertices.sources._text import safe_id, upstream_headers  # noqa: PLC0415
+
+    got = upstream_headers([("trace id", b"a\r\nb"), ("null", None), ("Nf-Keys", b"x"), ("n", 5)])
+    assert got == {"trace_id": "a\\r\\nb", "null": "", "n": "5"}  # a null value (Kafka, AMQP) is empty
+    assert upstream_headers([("Nats-Msg-Id", "x")]) is None
+    assert safe_id("t:0:1") == "t:0:1" and safe_id("x" * 201) == safe_id("x" * 201) != "x" * 201

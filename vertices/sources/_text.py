@@ -17,6 +17,8 @@ def header_name(name: str) -> str:
 
 
 def header_value(raw: object) -> str:
+    if raw is None:  # a null header value (Kafka, AMQP void) is empty, not the text "None"
+        return ""
     text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
