@@ -403,8 +403,11 @@ class ReadingWorker(VertexWorker):
             retry = [o for o, e in zip(out, errors) if e is not None]
             if not retry:
                 break
-            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry),
-                        next(e for e in errors if e))
+            first = next(e for e in errors if e)
+            if self.stopping.is_set():
+                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
+                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
+            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
             out = retry
             await asyncio.sleep(0.5)
         self.metrics.dlq.inc(len(failed))

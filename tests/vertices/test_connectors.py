@@ -87,4 +87,5 @@ def test_upstream_headers_are_made_safe_for_nats():
     got = upstream_headers([("trace id", b"a\r\nb"), ("null", None), ("Nf-Keys", b"x"), ("n", 5)])
     assert got == {"trace_id": "a\\r\\nb", "null": "", "n": "5"}  # a null value (Kafka, AMQP) is empty
     assert upstream_headers([("Nats-Msg-Id", "x")]) is None
+    assert upstream_headers([("nats-msg-id", "x"), ("NF-KEYS", "y")]) is None  # any case
     assert safe_id("t:0:1") == "t:0:1" and safe_id("x" * 201) == safe_id("x" * 201) != "x" * 201

@@ -25,7 +25,8 @@ def header_value(raw: object) -> str:
 
 def upstream_headers(items) -> dict[str, str] | None:
     """`(name, value)` pairs as user headers; natsflow's own (`Nats-*`, `Nf-*`) are not taken."""
-    out = {header_name(k): header_value(v) for k, v in items if not k.startswith(("Nats-", "Nf-"))}
+    # Header names are case-insensitive to NATS: `nats-msg-id` would set the dedup id.
+    out = {header_name(k): header_value(v) for k, v in items if not k.lower().startswith(("nats-", "nf-"))}
     return out or None
 
 
