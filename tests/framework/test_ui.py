@@ -117,8 +117,9 @@ def test_status_without_url_finds_the_embedded_server(tmp_path: Path):
                        env=env, cwd=REPO, check=True, capture_output=True, timeout=60)
         found = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert found.returncode == 0, found.stderr
-        row = [line.split() for line in found.stdout.splitlines() if line.startswith("s ")]
-        assert row and row[0][:4] == ["s", "sink", "0", "0"], found.stdout
+        lines = found.stdout.splitlines()
+        row = [dict(zip(lines[0].split(), line.split())) for line in lines if line.startswith("s ")]
+        assert row and (row[0]["kind"], row[0]["pending"], row[0]["ack-pend"]) == ("sink", "0", "0"), found.stdout
     finally:
         server.stop()
     assert running_server(tmp_path / "nats" / "disc") is None
