@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import buffer as b
 from ..connection import NatsSettings
 from ..spec import Pipeline, SpecError, load_pipeline
-from ..status import VertexStatus, collect
+from ..status import VertexStatus, collect, connection_counts
 from .layout import layout
 
 log = logging.getLogger("natsflow.ui")
@@ -67,23 +66,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):  # passwords inside URLs and DSNs: postgres://u:pw@h, redis://:pw@h, password=pw
         return DSN_PASSWORD.sub(r"\1***", URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value))
     return value
-
-
-def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
-    """Client connections per vertex, from nats-server's /connz: every worker replica connects
-    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread)."""
-    prefix = f"natsflow-{pipeline}-"
-    counts: Counter[str] = Counter()
-    offset = 0
-    while True:
-        url = f"{monitor_url.rstrip('/')}/connz?limit=1024&offset={offset}"
-        with urllib.request.urlopen(url, timeout=2) as r:
-            page = json.load(r)
-        conns = page.get("connections") or []
-        counts.update(c["name"][len(prefix):] for c in conns if (c.get("name") or "").startswith(prefix))
-        offset += len(conns)
-        if not conns or offset >= page.get("total", 0):
-            return counts
 
 
 class PipelineFile:
