@@ -32,6 +32,7 @@ from vertices.sources._text import safe_id
 log = logging.getLogger("natsflow.mqtt")
 
 BATCH = 500
+INBOX = 4 * BATCH
 LINGER_S = 0.005
 RECONNECT_S = 1.0
 
@@ -81,11 +82,13 @@ class MqttSource:
                     await asyncio.wait_for(ctx.stopping.wait(), RECONNECT_S)
 
     async def session(self, ctx: ConnectorContext, emit: Emit) -> None:
-        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        # Bounded, so memory stays bounded while `emit` waits on a full buffer: QoS 1/2 deliveries
+        # then wait (the broker's in-flight window stops sending), QoS 0 ones are dropped and counted.
+        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(maxsize=INBOX)
         async with self.client(ctx) as client:
             await client.subscribe(self.cfg.topic, qos=self.cfg.qos)
             log.info("mqtt source %s: subscribed to %s (qos %d)", ctx.vertex, self.cfg.topic, self.cfg.qos)
-            reader = asyncio.create_task(self.pump(client, inbox))
+            reader = asyncio.create_task(self.pump(client, inbox, ctx.extra.get("metrics")))
             try:
                 while not ctx.stopping.is_set():
                     batch = await self.next_batch(inbox, reader)
@@ -100,9 +103,13 @@ class MqttSource:
                     await reader
 
     @staticmethod
-    async def pump(client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+    async def pump(client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message], metrics=None) -> None:
         async for m in client.messages:
-            inbox.put_nowait(m)
+            if m.qos == 0 and inbox.full():
+                if metrics is not None:
+                    metrics.dropped("qos0_inbox_full", 1)
+                continue
+            await inbox.put(m)
 
     @staticmethod
     async def next_batch(inbox: asyncio.Queue[aiomqtt.Message], reader: asyncio.Task) -> list[aiomqtt.Message]:
