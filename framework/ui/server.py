@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import buffer as b
 from ..connection import NatsSettings
 from ..spec import Pipeline, SpecError, load_pipeline
-from ..status import VertexStatus, collect, connection_counts
+from ..status import Rates, Sample, VertexStatus, connection_counts, rates
 from .layout import layout
 
 log = logging.getLogger("natsflow.ui")
@@ -106,7 +106,7 @@ class StatusPoller:
         self.nc, self.js, self.source, self.options = nc, nc.jetstream(), source, options
         self.latest: dict[str, Any] = {"pipeline": source.p.name, "time": None, "error": None, "vertices": [],
                                        "edges": [], "revision": source.revision}
-        self._previous: tuple[float, dict[str, VertexStatus]] | None = None
+        self._previous: Sample | None = None
         self.polls = 0
 
     async def run(self) -> None:
@@ -128,17 +128,12 @@ class StatusPoller:
     async def poll(self) -> dict[str, Any]:
         if self.source.refresh():
             self._previous = None  # other vertices now: rates start over
-        now = time.monotonic()
-        rows = {r.name: r for r in await collect(self.js, self.p)}
+        sample = await Sample.take(self.js, self.p)
         conns, conn_error = await self._connections()
-        prev = self._previous
-        self._previous = (now, rows)
-        dt = now - prev[0] if prev else 0.0
-        vertices = [self._vertex(r, conns, prev[1] if prev else None, dt) for r in rows.values()]
+        per_vertex = rates(self.p, self._previous, sample)  # the same rates as `natsflow status`
+        self._previous = sample
+        vertices = [self._vertex(r, conns, per_vertex[r.name]) for r in sample.rows.values()]
         by_name = {v["name"]: v for v in vertices}
-        for v in vertices:
-            if v["kind"] == "source":
-                v["rate"] = self._source_rate(v["name"], by_name)
         self.polls += 1
         self.latest = {"pipeline": self.p.name, "time": int(time.time() * 1000), "poll": self.polls,
                        "revision": self.source.revision, "error": self.source.error or conn_error,
@@ -153,33 +148,18 @@ class StatusPoller:
         except Exception as exc:  # noqa: BLE001 - fall back to heartbeats, say why
             return None, f"cannot read {self.options.monitor_url}/connz: {exc}"
 
-    def _vertex(self, r: VertexStatus, conns: Counter[str] | None, prev: dict[str, VertexStatus] | None,
-                dt: float) -> dict[str, Any]:
+    def _vertex(self, r: VertexStatus, conns: Counter[str] | None, rate: Rates) -> dict[str, Any]:
         limit = self.p.limits_for(r.name).buffer_usage_limit
-        out = {**asdict(r), "usageLimit": limit, "usage": None, "rate": None, "inRate": None}
+        # rate: what it finished (a source: what arrives in the buffers it alone feeds); inRate:
+        # what arrives in its buffer. None until two polls, or when not known.
+        out = {**asdict(r), "usageLimit": limit, "usage": None, "rate": _round(rate.out), "inRate": _round(rate.into)}
         if r.capacity and r.buffered is not None:
             out["usage"] = round(100.0 * r.buffered / r.capacity, 2)
         if conns is not None:
             out["replicas"], out["replicasFrom"] = conns.get(r.name, 0), "connections"
         else:
             out["replicasFrom"] = "heartbeats" if r.replicas is not None else None
-        before = prev.get(r.name) if prev else None
-        if before is not None and dt > 0 and r.processed is not None and before.processed is not None:
-            # Totals only grow; a smaller one means the buffer was re-created: start over.
-            out["rate"] = max(0.0, round((r.processed - before.processed) / dt, 1))
-            out["inRate"] = max(0.0, round((r.appended - before.appended) / dt, 1))
         return out
-
-    def _source_rate(self, name: str, by_name: dict[str, dict]) -> float | None:
-        """A source has no buffer of its own: its rate is what arrives in the buffers it alone
-        feeds. Unknown (None) when a target is also fed by another vertex."""
-        total = 0.0
-        for e in self.p.out_edges(name):
-            target = by_name[e.to]
-            if len(self.p.in_edges(e.to)) != 1 or target["inRate"] is None:
-                return None
-            total += target["inRate"]
-        return round(total, 1)
 
     def _edges(self, by_name: dict[str, dict]) -> list[dict[str, Any]]:
         edges = []
@@ -190,6 +170,10 @@ class StatusPoller:
             level = None if usage is None else "full" if usage >= limit else "busy" if usage >= limit / 2 else "ok"
             edges.append({"from": e.from_, "to": e.to, "usage": usage, "level": level})
         return edges
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
 
 
 async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEAD_LETTERS_SHOWN) -> dict[str, Any]:

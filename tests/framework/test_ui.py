@@ -257,6 +257,7 @@ async def test_ui_page_shows_live_pipeline(runner, nc, ui_server, tmp_path: Path
             assert (status["score"]["processed"], status["score"]["dead_letters"]) == (TOTAL, FAILING)
             assert (status["out"]["processed"], status["out"]["dead_letters"]) == (TOTAL - FAILING, 0)
             assert status["score"]["replicasFrom"] == "connections"
+            assert (status["in"]["rate"], status["score"]["rate"]) == (0.0, 0.0)  # a source: what reaches score
 
             errs = await page.locator("#panel-dead-letters li .dl-error").all_text_contents()
             assert len(errs) == 5  # the newest five
