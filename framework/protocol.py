@@ -10,6 +10,25 @@ from .spec import Pipeline
 PROTOCOL_VERSION = "1"
 
 
+def _output(p: Pipeline, vertex: str, to: str, e: Any) -> dict[str, Any]:
+    parts = b.partitions(p, to)
+    out: dict[str, Any] = {
+        "to": to,
+        "subject": b.edge_subject(p.name, to, vertex),
+        "stream": b.stream_name(p.name, to),
+        "softLimit": p.limits_for(to).buffer_soft_limit,
+        "onFull": e.on_full.value,
+        "tags": e.conditions.tags.model_dump(mode="json") if e.conditions and e.conditions.tags else None,
+    }
+    if parts != [None]:
+        # A partitioned reduce has no unpartitioned buffer: a writer that ignores `partitions`
+        # must fail at once rather than publish where no stream listens.
+        out["subject"] = out["stream"] = None
+        out["partitions"] = [{"subject": b.edge_subject(p.name, to, vertex, i), "stream": b.stream_name(p.name, to, i)}
+                             for i in parts]
+    return out
+
+
 def vertex_descriptor(p: Pipeline, vertex: str) -> dict[str, Any]:
     """Everything a vertex process needs to find its buffers: passed as NATSFLOW_DESCRIPTOR JSON."""
     v = p.vertex(vertex)
@@ -24,17 +43,7 @@ def vertex_descriptor(p: Pipeline, vertex: str) -> dict[str, Any]:
             "readTimeoutMs": int(limits.read_timeout * 1000),
             "ackWaitMs": int(limits.ack_wait * 1000),
         },
-        "outputs": [
-            {
-                "to": e.to,
-                "subject": b.edge_subject(p.name, e.to, vertex),
-                "stream": b.stream_name(p.name, e.to),
-                "softLimit": p.limits_for(e.to).buffer_soft_limit,
-                "onFull": e.on_full.value,
-                "tags": e.conditions.tags.model_dump(mode="json") if e.conditions and e.conditions.tags else None,
-            }
-            for e in p.out_edges(vertex)
-        ],
+        "outputs": [_output(p, vertex, e.to, e) for e in p.out_edges(vertex)],
         "headers": {"msgId": b.HDR_MSG_ID, "id": b.HDR_ID, "keys": b.HDR_KEYS, "eventTime": b.HDR_EVENT_TIME,
                     "error": b.HDR_ERROR},
     }

@@ -199,7 +199,7 @@ async def show(js: JetStreamContext, p: Pipeline, watch: float | None = None, mo
         if monitor_url:
             try:
                 replicas = await asyncio.to_thread(connection_counts, monitor_url, p.name)
-            except OSError:
+            except (OSError, ValueError):  # unreachable or not JSON: replicas from heartbeats instead
                 pass
         table = render_table(list(now.rows.values()), rates(p, before, now), replicas)
         if not watch:

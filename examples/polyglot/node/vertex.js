@@ -119,7 +119,8 @@ async function processBatch(js, gates, msgs, stopping) {
 }
 
 async function main() {
-  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}` }; // the name `natsflow ui` counts replicas by (§8)
+  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}`,
+    maxReconnectAttempts: -1 }; // ride out NATS outages like the Python and Go vertices // the name `natsflow ui` counts replicas by (§8)
   if (process.env.NATS_TOKEN) opts.token = process.env.NATS_TOKEN;
   if (process.env.NATS_USER) Object.assign(opts, { user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD });
   const nc = await connect(opts);
