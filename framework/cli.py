@@ -174,6 +174,13 @@ async def _sideinputs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _watermark_proxy(args: argparse.Namespace) -> int:
+    from .watermark_proxy import run_proxy
+
+    await run_proxy(args.pipeline, args.vertex, _settings(args))
+    return 0
+
+
 async def _vertex(args: argparse.Namespace) -> int:
     from .worker import run_vertex
 
@@ -263,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     _nats_flags(p)
     p.set_defaults(func=_sideinputs)
+
+    p = sub.add_parser("watermark-proxy", help="publish watermarks for a program vertex (another language) from "
+                                               "its ack floor and out-buffers; run/up do it for you")
+    p.add_argument("--pipeline", required=True, help="pipeline file")
+    p.add_argument("--vertex", required=True, help="the program vertex")
+    _nats_flags(p)
+    p.set_defaults(func=_watermark_proxy)
 
     p = sub.add_parser("vertex", help="run exactly one vertex (what each Deployment runs)")
     p.add_argument("--pipeline", required=True, help="pipeline file")

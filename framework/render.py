@@ -22,6 +22,7 @@ from . import buffer as b
 from .protocol import vertex_descriptor
 from .scaling import effective_cooldown
 from .spec import Pipeline, Vertex
+from .watermark_proxy import needs_proxy
 
 PIPELINE_MOUNT = "/etc/natsflow"
 MANAGER_SUFFIX = "sideinputs-manager"  # a vertex may not take this name (spec validation)
@@ -137,12 +138,25 @@ def render_deployment(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, 
                 "metadata": {"labels": labels(p, v)},
                 "spec": {
                     "terminationGracePeriodSeconds": grace_seconds(p, v),
-                    "containers": [container],
+                    "containers": [container, *_watermark_sidecar(p, v, opts, mount)],
                     "volumes": [volume],
                 },
             },
         },
     }
+
+
+def _watermark_sidecar(p: Pipeline, v: Vertex, opts: RenderOptions, mount: dict) -> list[dict[str, Any]]:
+    """A program vertex publishes no watermarks itself: a small natsflow container beside it does,
+    from its ack floor (framework/watermark_proxy.py), so reduces downstream close windows."""
+    if not needs_proxy(p, v.name):
+        return []
+    return [{"name": "watermark-proxy", "image": opts.image,
+             "command": ["natsflow", "watermark-proxy", "--pipeline", f"{PIPELINE_MOUNT}/pipeline.yaml",
+                         "--vertex", v.name],
+             "envFrom": [{"secretRef": {"name": opts.nats_secret}}],
+             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+             "volumeMounts": [mount]}]
 
 
 def _as_program(container: dict[str, Any], p: Pipeline, v: Vertex) -> None:

@@ -17,6 +17,7 @@ from .embedded import EmbeddedNats, free_port
 from .protocol import vertex_descriptor
 from .scaling import LagReader, desired_replicas, effective_cooldown
 from .spec import Pipeline, SpecError, load_pipeline
+from .watermark_proxy import WatermarkProxy, needs_proxy
 
 log = logging.getLogger("natsflow.supervisor")
 
@@ -206,6 +207,7 @@ class Supervisor:
         self._scaler: asyncio.Task | None = None
         self._sources: set[str] = set()
         self.side_input_manager: VertexGroup | None = None  # kept apart: its name is not a vertex's
+        self._proxies: dict[str, asyncio.Task] = {}  # vertex -> its watermark proxy (program vertices)
 
     async def start(self) -> None:
         p = load_pipeline(self.file)
@@ -229,6 +231,7 @@ class Supervisor:
             self.groups[v.name] = group
             await group.scale_to(self.initial_replicas(v), self.grace)
         await asyncio.gather(*(g.started() for g in self.groups.values()))
+        self._sync_watermark_proxies(p)
         log.info("pipeline %s running: %s", p.name, ", ".join(f"{n} x{len(g)}" for n, g in self.groups.items()))
         if self.autoscale:
             self._scaler = asyncio.create_task(self._autoscale())
@@ -280,6 +283,16 @@ class Supervisor:
                 await group.roll(self.grace, stop_first=v.udf is not None and v.udf.reduce is not None)
         self.pipeline = new
         self._sources = {v.name for v in new.spec.vertices if v.kind == "source"}
+        self._sync_watermark_proxies(new)
+
+    def _sync_watermark_proxies(self, p: Pipeline) -> None:
+        """A watermark proxy task (in this process) for every program vertex with out-edges;
+        restarted on every update, since its out-buffers may have changed."""
+        for task in self._proxies.values():
+            task.cancel()
+        self._proxies = {v.name: asyncio.create_task(WatermarkProxy(self.nc, p, v.name).run(asyncio.Event()),
+                                                     name=f"wmproxy-{v.name}")
+                         for v in p.spec.vertices if needs_proxy(p, v.name)}
 
     async def _sync_side_input_manager(self, old: Pipeline | None, new: Pipeline, env: dict[str, str]) -> None:
         """One manager process while the pipeline declares side inputs; restarted when they change
@@ -336,7 +349,7 @@ class Supervisor:
             await asyncio.sleep(tick / 2)
 
     async def stop(self) -> None:
-        for task in (self._scaler, getattr(self, "_watcher", None)):
+        for task in (self._scaler, getattr(self, "_watcher", None), *self._proxies.values()):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

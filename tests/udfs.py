@@ -123,3 +123,9 @@ def version_a(keys: list[str], datum: Datum) -> Message:
 
 def version_b(keys: list[str], datum: Datum) -> Message:
     return Message(json.dumps({"seq": seq(datum), "version": "b"}).encode())
+
+
+def window_values(keys: list[str], datums, window) -> Message:
+    """reduce: the window and the payloads in it (any bytes, as text)."""
+    body = {"start": int(window.start.timestamp() * 1000), "values": sorted(d.value.decode() for d in datums)}
+    return Message(json.dumps(body).encode())

@@ -4,6 +4,7 @@ pipeline mixing Node.js, Go and Python vertices delivers exactly what the Python
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,51 @@ async def test_node_go_and_python_in_one_pipeline(runner, nc, nats_server, node_
     # `natsflow ui` counts replicas by connection name: the Node.js and Go programs use it too.
     conns = await asyncio.to_thread(connection_counts, f"http://127.0.0.1:{nats_server.monitor_port}", runner.name)
     assert {v: conns[v] for v in ("node", "go", "python")} == {"node": 1, "go": 1, "python": 1}, conns
+
+
+async def test_a_reduce_downstream_of_a_program_vertex_closes_windows(runner, nc, go_vertex):
+    """The Go vertex publishes no watermarks; the watermark proxy (what `natsflow run` runs for it)
+    publishes them from its ack floor, so the reduce after it closes its windows."""
+    subject = f"in.{runner.name}"
+    runner.write(
+        vertices=[
+            {"name": "words", "source": {"nats": {"subject": subject}}},
+            {"name": "go", "udf": {"command": go_vertex}},
+            {"name": "count", "udf": {"reduce": {"handler": "tests.udfs:window_values", "keyed": False,
+                                                 "window": {"fixed": {"length": "1s"}}}}},
+            {"name": "out", "sink": {"nats": {"subject": f"out.{runner.name}"}}},
+        ],
+        edges=[{"from": "words", "to": "go"}, {"from": "go", "to": "count"}, {"from": "count", "to": "out"}],
+    )
+    collector = await Collector().start(nc, f"out.{runner.name}")
+    await runner.start_all()
+    proxy = subprocess.Popen([sys.executable, "-m", "framework.cli", "watermark-proxy", "--pipeline",
+                              str(runner.file), "--vertex", "go"], env=runner.env(), cwd=REPO)
+    try:
+        base = 1_767_225_600_000  # a whole second: windows [base + k s, base + (k+1) s)
+        probe_js = nc.jetstream()
+
+        async def subscribed() -> bool:  # the source's subscription is up once a probe is stored
+            await nc.publish(subject, b"p", headers={"Nats-Msg-Id": "probe", "Nf-Event-Time": str(base - 5000)})
+            info = await probe_js.stream_info(f"nf_{runner.name}_go")
+            return info.state.last_seq >= 1
+
+        await wait_for(subscribed, 30, "the source to subscribe", interval=0.2)
+        for i in range(300):  # 100 per window
+            await nc.publish(subject, f"w{i}".encode(), headers={"Nf-Event-Time": str(base + i * 10)})
+
+        async def stored() -> bool:
+            return (await probe_js.stream_info(f"nf_{runner.name}_go")).state.last_seq >= 301
+
+        await wait_for(stored, 30, "300 messages stored")
+        # A source's watermark is the oldest event time of its newest batch: a batch of its own
+        # far later moves it past the three windows.
+        await nc.publish(subject, b"later", headers={"Nf-Event-Time": str(base + 10_000)})
+        await collector.wait_count(4, timeout=60)  # the probe's window and the three full ones
+        windows = {json.loads(m.data)["start"]: json.loads(m.data)["values"] for m in collector.msgs}
+        assert windows[base - 5000] == ["P"]
+        for k in range(3):
+            assert windows[base + k * 1000] == sorted(f"W{i}" for i in range(k * 100, (k + 1) * 100))
+    finally:
+        proxy.terminate()
+        assert proxy.wait(20) == 0

@@ -168,6 +168,11 @@ def test_foreign_vertices_get_their_image_or_command_and_the_descriptor():
     desc = json.loads(env["NATSFLOW_DESCRIPTOR"])
     assert desc["input"]["stream"] == "nf_polyglot_go" and desc["outputs"][0]["subject"] == "nf.polyglot.out.go"
     assert go["envFrom"] == [{"secretRef": {"name": "natsflow-nats"}}]
+    # beside it, natsflow's watermark proxy speaks for it (it publishes no watermarks itself)
+    proxy = files["go.yaml"][0]["spec"]["template"]["spec"]["containers"][1]
+    assert proxy["name"] == "watermark-proxy" and proxy["image"] == "registry.local/natsflow:test"
+    assert proxy["command"][-4:] == ["--pipeline", "/etc/natsflow/pipeline.yaml", "--vertex", "go"]
+    assert len(files["python.yaml"][0]["spec"]["template"]["spec"]["containers"]) == 1
     # udf.command only: that command in the pipeline image
     assert node["image"] == "registry.local/natsflow:test" and node["command"] == ["node", "node/vertex.js"]
     # a Python handler: the worker with its probes
