@@ -154,5 +154,5 @@ async def test_reduce_counts_late_inputs_as_acked(runner, nc):
     m = await wait_for(lambda: (m := scrape(port)) and m.get("forwarder_drop_total{reason=late}") == 2
                        and m["forwarder_ack_total"] == 7 and m, 15, "2 late inputs dropped and acked")
     assert m["forwarder_read_total"] == 8  # the one input not acked is held by the open window [40, 50)
-    assert m["forwarder_read_batch_size_sum"] == 8 and m["forwarder_read_batch_size_count"] >= 3
+    assert m["forwarder_read_batch_size_sum"] == 8 and m["forwarder_read_batch_size_count"] >= 2  # the late pair comes after the output, in a batch of its own
     assert len(out.msgs) == 1
