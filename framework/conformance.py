@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 
 from . import buffer as b
 from .embedded import EmbeddedNats
-from .spec import load_pipeline
+from .spec import Pipeline, load_pipeline
 from .supervisor import vertex_command
 from .watermark import bucket_name
 
@@ -192,7 +192,7 @@ class ConformanceKit:
     def _udf(self) -> dict[str, Any]:
         return {"command": self.command} if self.command else {"map": {"handler": self.handler}}
 
-    async def _setup(self, nc: Client, out_limits: dict | None = None) -> tuple[Any, VertexUnderTest]:
+    async def _setup(self, nc: Client, out_limits: dict | None = None) -> tuple[Pipeline, VertexUnderTest]:
         self._scenario += 1
         name = f"cf{self._scenario}"
         doc = conformance_pipeline(name, self._udf(), self.tag, out_limits=out_limits)
@@ -209,7 +209,7 @@ class ConformanceKit:
         env.pop("NATSFLOW_METRICS_PORT", None)
         return p, VertexUnderTest(cmd, env, self.workdir / f"{name}.log")
 
-    async def _feed(self, js: JetStreamContext, p: Any, obs: Observation, start: int, count: int) -> None:
+    async def _feed(self, js: JetStreamContext, p: Pipeline, obs: Observation, start: int, count: int) -> None:
         """Publish inputs `start .. start+count-1` into the vertex's buffer, as an upstream vertex would:
         varied keys, event times, payloads, a user header, and now and then a bad message."""
         subject = b.edge_subject(p.name, VUT, "feed")
@@ -229,10 +229,10 @@ class ConformanceKit:
             for meta, ack in zip(metas, await asyncio.gather(*sends)):
                 obs.inputs[ack.seq] = meta
 
-    async def _consumer(self, js: JetStreamContext, p: Any) -> Any:
+    async def _consumer(self, js: JetStreamContext, p: Pipeline) -> Any:
         return await js.consumer_info(b.stream_name(p.name, VUT), b.consumer_name(p.name, VUT))
 
-    async def _input_done(self, js: JetStreamContext, p: Any) -> bool:
+    async def _input_done(self, js: JetStreamContext, p: Pipeline) -> bool:
         info = await js.stream_info(b.stream_name(p.name, VUT))
         return info.state.messages == 0
 
@@ -251,7 +251,7 @@ class ConformanceKit:
             count += 1
         return count
 
-    async def _collect(self, js: JetStreamContext, p: Any, obs: Observation) -> None:
+    async def _collect(self, js: JetStreamContext, p: Pipeline, obs: Observation) -> None:
         for edge in OUT_EDGES:
             await self._read_stream(js, b.stream_name(p.name, edge), edge, obs.outputs)
         await self._read_stream(js, b.dlq_stream_name(p.name, VUT), "dlq", obs.dead)
@@ -310,7 +310,7 @@ class ConformanceKit:
         finally:
             await vut.stop()
 
-    async def _pulling(self, js: JetStreamContext, p: Any, vut: VertexUnderTest) -> bool:
+    async def _pulling(self, js: JetStreamContext, p: Pipeline, vut: VertexUnderTest) -> bool:
         if not vut.alive():
             return False
         info = await self._consumer(js, p)
@@ -389,7 +389,7 @@ class ConformanceKit:
 
     # ---- helpers for scenarios ---------------------------------------------------------------
 
-    async def _written(self, js: JetStreamContext, p: Any, n: int) -> bool:
+    async def _written(self, js: JetStreamContext, p: Pipeline, n: int) -> bool:
         info = await js.stream_info(b.stream_name(p.name, "all"))
         return info.state.last_seq >= n
 
@@ -407,7 +407,7 @@ class ConformanceKit:
             await asyncio.sleep(0.05)
         return False
 
-    async def _drain_all(self, js: JetStreamContext, p: Any, obs: Observation) -> bool:
+    async def _drain_all(self, js: JetStreamContext, p: Pipeline, obs: Observation) -> bool:
         """Consume `all` through its durable consumer (acking, so room appears) until the input is
         done and `all` is empty; what was taken goes into obs.outputs."""
         sub = await js.pull_subscribe_bind(b.consumer_name(p.name, "all"), b.stream_name(p.name, "all"))
@@ -494,7 +494,7 @@ class ConformanceKit:
                      else f"expected dlq:{VUT}:<seq> for seqs {sorted(bad)[:5]}, got {sorted(got)[:5]}; "
                           f"{len(leaked)} produced outputs")
 
-    async def _check_watermarks(self, js: JetStreamContext, p: Any) -> None:
+    async def _check_watermarks(self, js: JetStreamContext, p: Pipeline) -> None:
         try:
             kv = await js.key_value(bucket_name(p.name))
             keys = await kv.keys()
