@@ -175,6 +175,7 @@ class SideInputManager:
         self.settings = settings
         self.base_dir = base_dir
         self.stopping = asyncio.Event()
+        self._threads: dict[str, asyncio.Future] = {}  # side input -> its handler's running thread
         self.metrics = VertexMetrics(p.name, MANAGER)
         self.runs = Counter("side_input_runs_total", "side-input handler runs, by result (stored, unchanged, "
                             "no_value, error)", ("pipeline", "side_input", "result"), registry=self.metrics.registry)
@@ -224,13 +225,29 @@ class SideInputManager:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
 
+    async def _call(self, si: SideInput, fn: Callable[[], Any]) -> Any:
+        """The handler's result. A plain function runs in a thread, which a timeout cannot stop:
+        while one is still running, no second one starts (hung runs must not pile up)."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn()
+        running = self._threads.get(si.name)
+        if running is not None and not running.done():
+            raise RuntimeError("the previous run is still going (timed out earlier); not starting another")
+        self._threads[si.name] = asyncio.get_running_loop().run_in_executor(None, fn)
+        return await asyncio.shield(self._threads[si.name])
+
     async def refresh(self, si: SideInput, fn: Callable[[], Any], stored: bytes | None) -> bytes | None:
         """One run of the handler; returns what the bucket now holds (as far as this process knows).
         A failing handler or put is logged and counted, and the previous value stays in force."""
         count = self.runs.labels(pipeline=self.p.name, side_input=si.name, result="error")
         try:
-            result = await fn() if inspect.iscoroutinefunction(fn) else await asyncio.to_thread(fn)
+            result = await asyncio.wait_for(self._call(si, fn), si.trigger.timeout)
             value = encode_value(result)
+        except asyncio.TimeoutError:
+            count.inc()
+            log.warning("side input %s: handler %s gave no result within %gs; keeping the previous value",
+                        si.name, si.handler, si.trigger.timeout)
+            return stored
         except Exception as exc:  # noqa: BLE001 - a bad run must not stop the schedule
             count.inc()
             log.warning("side input %s: handler %s failed (%s: %s); keeping the previous value",

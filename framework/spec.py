@@ -583,6 +583,7 @@ class WatermarkConfig(Model):
 
 class SideInputTrigger(Model):
     schedule: str = Field(description="@every <duration>, @hourly/@daily/..., or a 5-field cron (UTC)")
+    timeout: Duration = Field(60.0, gt=0, description="a run taking longer counts as failed; the old value stays")
 
     @field_validator("schedule")
     @classmethod

@@ -3,8 +3,11 @@ plus spec validation, the SDK calls, the live KV watch and the rendered manager 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +18,7 @@ import yaml
 
 from framework import side_input, side_input_json
 from framework import sideinputs as si
+from framework.connection import NatsSettings
 from framework.embedded import free_port
 from framework.render import RenderOptions, render_pipeline
 from framework.spec import SpecError, load_pipeline, parse_pipeline
@@ -218,6 +222,45 @@ async def test_watcher_follows_kv_updates_and_ignores_deletes(nats_url):
         await watcher.close()
     finally:
         await client.jetstream().delete_key_value(si.bucket_name(pipeline))
+        await client.close()
+
+
+async def test_a_hung_handler_times_out_and_keeps_the_previous_value(nats_url):
+    doc = pipeline_doc("sitimeout", "S", "s.out", side_inputs=[
+        {"name": "mode", "handler": f"{H}:read_mode", "trigger": {"schedule": "@every 1s", "timeout": "200ms"}}])
+    p = parse_pipeline(doc, check_handlers=False)
+    spec_si = p.spec.side_inputs[0]
+    manager = si.SideInputManager(p, NatsSettings.from_env(url=nats_url))
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        await si.provision_bucket(js, p.name)
+        manager.kv = await js.key_value(si.bucket_name(p.name))
+        assert await manager.refresh(spec_si, lambda: b"v1", None) == b"v1"
+        release = threading.Event()
+
+        def hung() -> bytes:  # a sync handler stuck on I/O: its thread cannot be stopped
+            release.wait(20)
+            return b"v2"
+
+        async def hung_async() -> bytes:
+            await asyncio.sleep(20)
+            return b"never"
+
+        started = time.monotonic()
+        assert await manager.refresh(spec_si, hung, b"v1") == b"v1"  # timed out: previous value stays
+        assert await manager.refresh(spec_si, hung, b"v1") == b"v1"  # no second thread while one hangs
+        assert await manager.refresh(spec_si, hung_async, b"v1") == b"v1"
+        assert time.monotonic() - started < 3
+        errors = manager.metrics.registry.get_sample_value(
+            "side_input_runs_total", {"pipeline": "sitimeout", "side_input": "mode", "result": "error"})
+        assert errors == 3
+        assert (await manager.kv.get("mode")).value == b"v1"
+        release.set()  # the stuck call returns: the next run starts a new one and stores its value
+        await wait_for(lambda: manager._threads["mode"].done(), 5, "the stuck thread to finish")
+        assert await manager.refresh(spec_si, hung, b"v1") == b"v2"
+        assert (await manager.kv.get("mode")).value == b"v2"
+    finally:
         await client.close()
 
 
