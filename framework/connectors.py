@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
@@ -71,6 +72,20 @@ def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecor
         event_ms = default_event_ms
     user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
     return SourceRecord(msg.data, offset, event_ms, keys or None, user or None, offset)
+
+
+async def linger_fill(queue: asyncio.Queue, batch: list, limit: int, linger: float = 0.005) -> list:
+    """Top `batch` up from `queue` to `limit`, giving the rest of a burst `linger` seconds to
+    arrive, so one store and one upstream ack cover it."""
+    deadline = time.monotonic() + linger
+    while len(batch) < limit:
+        if queue.empty():
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.001)
+            continue
+        batch.append(queue.get_nowait())
+    return batch
 
 
 class BufferFull(Exception):

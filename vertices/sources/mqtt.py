@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from framework.connectors import ConnectorContext, Emit, SourceRecord
+from framework.connectors import ConnectorContext, Emit, SourceRecord, linger_fill
 from framework.spec import MqttSource as Config
 from vertices.sources._text import safe_id
 
@@ -123,12 +123,4 @@ class MqttSource:
             batch = [getter.result()]
         else:
             batch = [inbox.get_nowait()]
-        deadline = time.monotonic() + LINGER_S
-        while len(batch) < BATCH:
-            if inbox.empty():
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.001)
-                continue
-            batch.append(inbox.get_nowait())
-        return batch
+        return await linger_fill(inbox, batch, BATCH, LINGER_S)

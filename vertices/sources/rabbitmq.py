@@ -22,7 +22,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPConnectionError, AMQPError
 
-from framework.connectors import ConnectorContext, Emit, SourceRecord
+from framework.connectors import ConnectorContext, Emit, SourceRecord, linger_fill
 from framework.spec import RabbitMqSource as Config
 from vertices.sources._text import safe_id, upstream_headers
 
@@ -127,16 +127,7 @@ class RabbitMqSource:
             batch = [await asyncio.wait_for(inbox.get(), 0.5)]
         except asyncio.TimeoutError:
             return []
-        # Give the rest of a burst a moment to arrive so one store and one ack cover it.
-        deadline = time.monotonic() + LINGER_S
-        while len(batch) < self.cfg.prefetch:
-            if inbox.empty():
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.001)
-                continue
-            batch.append(inbox.get_nowait())
-        return batch
+        return await linger_fill(inbox, batch, self.cfg.prefetch, LINGER_S)
 
     async def ack(self, batch: list[AbstractIncomingMessage]) -> None:
         # Delivery tags are per channel and handed out in order: one multiple-ack per channel
