@@ -571,9 +571,11 @@ class SinkWorker(ReadingWorker):
             await self.fallback.start(ctx)
 
     async def teardown(self) -> None:
-        await self.sink.close()
-        if self.fallback is not None:
-            await self.fallback.close()
+        try:
+            await self.sink.close()
+        finally:
+            if self.fallback is not None:
+                await self.fallback.close()
 
     async def process(self, msgs: list[Msg]) -> bool:
         try:
