@@ -1,5 +1,7 @@
 """`redis`: appends each message to a Redis stream (XADD) or list (RPUSH), one MULTI/EXEC per
-batch, so a batch is stored whole or not at all.
+batch: one round trip, and no other client's writes interleave with it. (Redis does not roll a
+transaction back, so a command that fails inside it leaves the others applied; the batch is then
+retried and those are written again — at-least-once, like a crash between write and ack.)
 
 Stream entries get the fields `value` (the payload), `id` (the data id), `eventTime` (epoch ms),
 `keys` (a JSON array, when the message has keys) and one field per header (a fallback's `Nf-Error`
