@@ -5,6 +5,7 @@ the 20 in flight and drops the rest, so the tests keep the backlog below that.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
@@ -70,11 +71,17 @@ async def test_mqtt_source_sigkill_restart_loses_and_duplicates_nothing(mqtt_ses
     await runner.start_all()
     await subscribed(runner)
     sent = 0
-    for _ in range(3):  # paced so the broker's queue for us stays far below its limit
+    for _ in range(2):  # paced so the broker's queue for us stays far below its limit
         await publish(topic, sent, 200)
         sent += 200
         await sink.wait_count(sent - 100, timeout=30)
+    # Kill while the third chunk is still being published: a quarter of it through, the rest not
+    # yet sent, so the kill lands mid-stream however fast the machine is.
+    publishing = asyncio.create_task(publish(topic, sent, 200))
+    await sink.wait_count(sent + 50, timeout=30)
     runner.kill("in")
+    sent += 200
+    await publishing
     assert len(sink.msgs) < sent, "the kill came too late to test anything"
     await publish(topic, sent, 500)  # kept by the broker for the session while the source is down
     sent += 500
