@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from framework.embedded import free_port
+from tests.conftest import wait_for
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MQTT_URL = "mqtt://127.0.0.1:1883"
@@ -176,3 +179,34 @@ def scrape_gauge(port: int, name: str, **labels: str) -> float | None:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def numbers(sink) -> Counter:
+    """How often each payload `{"n": ...}` reached `sink`."""
+    return Counter(json.loads(m.data)["n"] for m in sink.msgs)
+
+
+async def arrives_exactly_once(sink, runner, nc, total: int, timeout: float = 120) -> None:
+    """Every payload `{"n": 0..total-1}` reaches `sink` once, and the buffers drain: what every
+    source test asserts after a kill, a cut or a rebalance."""
+    await sink.wait_count(total, timeout=timeout)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    counts = numbers(sink)
+    assert set(counts) == set(range(total))
+    assert [n for n, c in counts.items() if c > 1] == []
+    assert len(sink.msgs) == total
+
+
+async def backlog_while_full(runner, nc, port: int, total: int, what: str) -> float:
+    """With the sink stopped and its buffer (bufferMaxLength 400, usage 50%) full, the source's
+    `source_upstream_backlog{state="lag"}` gauge turns positive and covers at most `total`."""
+    async def buffer_full() -> bool:
+        return await runner.stream_messages(nc, f"nf_{runner.name}_out") >= 200  # 50% of 400
+
+    def positive() -> float | None:
+        return scrape_gauge(port, "source_upstream_backlog", state="lag") or None
+
+    await wait_for(buffer_full, 30, "the sink's buffer to fill up")
+    backed_up = await wait_for(positive, 30, f"{what} while the buffer is full")
+    assert 0 < backed_up <= total  # what is not read yet waits upstream
+    return backed_up

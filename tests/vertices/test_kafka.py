@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from framework.buffer import consumer_name
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
-from tests.vertices.conftest import TcpProxy, scrape_gauge
+from tests.vertices.conftest import TcpProxy, arrives_exactly_once, backlog_while_full, numbers, scrape_gauge
 from tests.vertices.test_http_sink import all_through, feed, pipeline
 
 BASE_MS = 1_700_000_000_000
@@ -61,10 +61,6 @@ async def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 
     finally:
         await consumer.stop()
     return got
-
-
-def numbers(c: Collector) -> Counter:
-    return Counter(json.loads(m.data)["n"] for m in c.msgs)
 
 
 def source_pipeline(runner, kafka_broker, topic: str, group: str, limits: dict | None = None) -> None:
@@ -124,12 +120,7 @@ async def test_kafka_source_sigkill_restart_loses_and_duplicates_nothing(runner,
     assert len(sink.msgs) < total // 2, "the kill came too late to test anything"
     await produce(kafka_broker.bootstrap, topic, total // 2, total - total // 2)
     runner.start("in")
-    await sink.wait_count(total, timeout=120)
-    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
-    counts = numbers(sink)
-    assert set(counts) == set(range(total))
-    assert [n for n, c in counts.items() if c > 1] == []
-    assert len(sink.msgs) == total
+    await arrives_exactly_once(sink, runner, nc, total)
 
 
 async def test_kafka_source_reports_lag_while_backed_up(runner, nc, kafka_broker):
@@ -146,16 +137,7 @@ async def test_kafka_source_reports_lag_while_backed_up(runner, nc, kafka_broker
     def lag() -> float | None:
         return scrape_gauge(port, "source_upstream_backlog", state="lag")
 
-    def positive() -> float | None:
-        value = lag()
-        return value if value else None
-
-    async def buffer_full() -> bool:
-        return await runner.stream_messages(nc, f"nf_{runner.name}_out") >= 200  # 50% of 400
-
-    await wait_for(buffer_full, 30, "the sink's buffer to fill up")
-    backed_up = await wait_for(positive, 30, "a positive lag while the buffer is full")
-    assert 0 < backed_up <= total  # what is not read yet waits in Kafka
+    await backlog_while_full(runner, nc, port, total, "a positive lag")
     runner.start("out")
     await sink.wait_count(total, timeout=60)
     await wait_for(lambda: lag() == 0, 30, "the lag to fall to 0 once everything is read")
@@ -178,12 +160,7 @@ async def test_kafka_source_rebalance_between_replicas_duplicates_nothing(runner
     await sink.wait_count(9000, timeout=60)
     runner.kill("in")
     await produce(kafka_broker.bootstrap, topic, 16000, total - 16000)
-    await sink.wait_count(total, timeout=120)
-    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
-    counts = numbers(sink)
-    assert set(counts) == set(range(total))
-    assert [n for n, c in counts.items() if c > 1] == []
-    assert len(sink.msgs) == total
+    await arrives_exactly_once(sink, runner, nc, total)
 
 
 async def test_kafka_source_waits_for_brokers_that_are_down_at_start(tansu_factory, runner, nc):

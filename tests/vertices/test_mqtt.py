@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import Counter
 
 import aiomqtt
 import pytest_asyncio
 
 from tests.conftest import Collector, wait_for
-from tests.vertices.conftest import TcpProxy
+from tests.vertices.conftest import TcpProxy, arrives_exactly_once, numbers
 
 
 @pytest_asyncio.fixture
@@ -36,10 +35,6 @@ def pipeline(runner, url: str, topic: str, client_id: str, qos: int = 1) -> None
     runner.write([{"name": "in", "source": {"mqtt": {"url": url, "topic": topic, "qos": qos, "clientId": client_id}}},
                   {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
                  [{"from": "in", "to": "out"}])
-
-
-def numbers(c: Collector) -> Counter:
-    return Counter(json.loads(m.data)["n"] for m in c.msgs)
 
 
 async def subscribed(runner) -> None:
@@ -86,12 +81,7 @@ async def test_mqtt_source_sigkill_restart_loses_and_duplicates_nothing(mqtt_ses
     await publish(topic, sent, 500)  # kept by the broker for the session while the source is down
     sent += 500
     runner.start("in")
-    await sink.wait_count(sent, timeout=60)
-    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
-    counts = numbers(sink)
-    assert set(counts) == set(range(sent))
-    assert [n for n, c in counts.items() if c > 1] == []
-    assert len(sink.msgs) == sent
+    await arrives_exactly_once(sink, runner, nc, sent, timeout=60)
 
 
 async def test_mqtt_source_connection_cut_mid_stream_reconnects_exactly_once(mqtt_session, mqtt_url, runner, nc):
@@ -109,11 +99,7 @@ async def test_mqtt_source_connection_cut_mid_stream_reconnects_exactly_once(mqt
     await wait_for(lambda: "reconnecting" in runner.log("in"), 30, "the source to notice the cut")
     await publish(topic, 300, 400)  # the broker keeps these for the session
     await proxy.start()
-    await sink.wait_count(700, timeout=60)
-    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
-    counts = numbers(sink)
-    assert set(counts) == set(range(700))
-    assert [n for n, c in counts.items() if c > 1] == []
+    await arrives_exactly_once(sink, runner, nc, 700, timeout=60)
     assert await runner.terminate("in", timeout=15) == 0
     await proxy.stop()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import Counter
 from datetime import datetime, timezone
 
 import aio_pika
@@ -13,7 +12,7 @@ import pytest_asyncio
 
 from framework.embedded import free_port
 from tests.conftest import Collector, wait_for
-from tests.vertices.conftest import TcpProxy, scrape_gauge
+from tests.vertices.conftest import TcpProxy, arrives_exactly_once, backlog_while_full, numbers, scrape_gauge
 
 BASE_S = 1_700_000_000
 
@@ -69,7 +68,7 @@ async def test_rabbitmq_source_exact_mapping_and_acks_after_store(amqp, rabbitmq
     await sink.wait_count(total, timeout=60)
     await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
     assert await runner.terminate("in") == 0
-    counts = Counter(json.loads(m.data)["n"] for m in sink.msgs)
+    counts = numbers(sink)
     assert set(counts) == set(range(total)) and len(sink.msgs) == total
     assert sorted(sink.ids) == sorted(f"m-{n}" for n in range(total))
     m = next(m for m in sink.msgs if json.loads(m.data)["n"] == 9)
@@ -94,12 +93,7 @@ async def test_rabbitmq_source_sigkill_restart_loses_and_duplicates_nothing(amqp
     assert len(sink.msgs) < total // 2, "the kill came too late to test anything"
     await publish(channel, queue, total // 2, total - total // 2, with_id=lambda n: n % 2 == 0)
     runner.start("in")
-    await sink.wait_count(total, timeout=120)
-    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
-    counts = Counter(json.loads(m.data)["n"] for m in sink.msgs)
-    assert set(counts) == set(range(total))
-    assert [n for n, c in counts.items() if c > 1] == []
-    assert len(sink.msgs) == total
+    await arrives_exactly_once(sink, runner, nc, total)
 
 
 async def test_rabbitmq_source_connection_cut_mid_stream_reconnects_exactly_once(amqp, rabbitmq_url, runner, nc):
@@ -119,11 +113,7 @@ async def test_rabbitmq_source_connection_cut_mid_stream_reconnects_exactly_once
     await wait_for(lambda: "Connection" in runner.log("in") or "connection" in runner.log("in"), 30,
                    "the source to notice the cut")
     await proxy.start()
-    await sink.wait_count(total, timeout=90)
-    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
-    counts = Counter(json.loads(m.data)["n"] for m in sink.msgs)
-    assert set(counts) == set(range(total))
-    assert [n for n, c in counts.items() if c > 1] == []
+    await arrives_exactly_once(sink, runner, nc, total, timeout=90)
     assert await runner.terminate("in", timeout=15) == 0
     assert await ready_count(channel, queue) == 0
     await proxy.stop()
@@ -155,16 +145,7 @@ async def test_rabbitmq_source_reports_ready_messages_while_backed_up(amqp, rabb
     def ready() -> float | None:
         return scrape_gauge(port, "source_upstream_backlog", state="lag")
 
-    def positive() -> float | None:
-        value = ready()
-        return value if value else None
-
-    async def buffer_full() -> bool:
-        return await runner.stream_messages(nc, f"nf_{runner.name}_out") >= 200  # 50% of 400
-
-    await wait_for(buffer_full, 30, "the sink's buffer to fill up")
-    backed_up = await wait_for(positive, 30, "ready messages reported while the buffer is full")
-    assert 0 < backed_up <= total
+    await backlog_while_full(runner, nc, port, total, "ready messages reported")
     runner.start("out")
     await sink.wait_count(total, timeout=60)
     await wait_for(lambda: ready() == 0, 30, "no ready messages once everything is read")
