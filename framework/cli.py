@@ -30,6 +30,14 @@ def _nats_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key")
 
 
+def _running_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the commands that look at a running pipeline (status, ui)."""
+    parser.add_argument("--monitor-url", help="nats-server monitoring URL (e.g. http://127.0.0.1:8222): replicas "
+                        "counted from client connections (default: the embedded server's; else watermark heartbeats)")
+    parser.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
+    _nats_flags(parser)
+
+
 def _settings(args: argparse.Namespace) -> NatsSettings:
     return NatsSettings.from_env(
         url=args.nats_url, token=args.nats_token, user=args.nats_user, password=args.nats_password,
@@ -229,10 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "letters, watermark")
     p.add_argument("file")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
-    p.add_argument("--monitor-url", help="nats-server monitoring URL: replicas counted from /connz "
-                                         "(default: the embedded server's; else watermark heartbeats)")
-    p.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
-    _nats_flags(p)
+    _running_flags(p)
     p.set_defaults(func=_status)
 
     p = sub.add_parser("ui", help="a live web page of the pipeline: graph, rates, pending, replicas, errors")
@@ -240,10 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between JetStream polls")
-    p.add_argument("--monitor-url", help="nats-server monitoring URL (e.g. http://127.0.0.1:8222): "
-                   "replicas counted from client connections")
-    p.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
-    _nats_flags(p)
+    _running_flags(p)
     p.set_defaults(func=_ui)
 
     p = sub.add_parser("asyncapi", help="an AsyncAPI document of every buffer subject (via FastStream)")
