@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import logging
 import time
@@ -43,6 +44,9 @@ HDR_ERROR = "Nf-Error"
 HDR_ERROR_VERTEX = "Nf-Error-Vertex"
 HDR_ATTEMPTS = "Nf-Attempts"
 RESERVED_HEADERS = frozenset({HDR_MSG_ID, HDR_ID, HDR_KEYS, HDR_EVENT_TIME})
+
+# JetStream acknowledgement tokens, sent to a delivered message's reply subject.
+ACK, NAK, ACK_IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
 
 DUPLICATE_WINDOW_S = 120.0
 DLQ_MAX_MSGS = 1_000_000
@@ -242,6 +246,18 @@ def delivery_count(msg: Msg) -> int:
     return int(parts[4] if len(parts) == 9 else parts[6])
 
 
+def origin(msg: Msg) -> str:
+    """A stable name of one input message, from which its outputs' ids are derived: the first 24
+    hex digits of SHA-256 over its `Nats-Msg-Id`. That id is unique in its buffer (it is the dedup
+    key) and the same when the writer stores the message again, which is what ids must survive: a
+    nats-server crash loses the dedup table, an upstream retry stores a second copy under a new
+    stream sequence, and both copies must produce the same output ids. Hashed, so ids stay short
+    along chains and cycles. A message without one (written by hand) falls back to its sequence."""
+    headers = msg.headers
+    msg_id = headers.get(HDR_MSG_ID) if headers else None
+    return hashlib.sha256((msg_id or f"seq:{stream_sequence(msg)}").encode()).hexdigest()[:24]
+
+
 def stream_sequence(msg: Msg) -> int:
     """The stream sequence from a JetStream ack subject `$JS.ACK.<stream>.<consumer>.<n>.<sseq>...`."""
     parts = msg.reply.split(".")
@@ -254,30 +270,50 @@ def stream_sequence(msg: Msg) -> int:
 
 class BufferReader:
     """Pulls from a durable consumer with pull requests kept in flight, so the next batch is
-    already arriving while the current one is processed. Holds at most 2 × batch_size messages."""
+    already arriving while the current one is processed. Holds at most 2 × batch_size messages
+    fetched ahead, plus whatever the caller has not acked or nak'd yet.
 
-    def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0):
+    Every message it delivers stays *held* until the caller passes it to `ack` or `nak`: while
+    held — handed out or still waiting in the read-ahead — it is kept in progress (`+WPI` every
+    ack_wait / 3), so however long a UDF or a sink stalls, JetStream never redelivers it to
+    another replica and nothing is processed twice without a crash.
+    """
+
+    def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0,
+                 ack_wait: float = 30.0):
         self._nc = nc
         self._batch = batch_size
         self._expires = expires
+        self._ack_wait = ack_wait
         self.stream, self.consumer = stream, consumer
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._buf: collections.deque[Msg] = collections.deque()
+        # stream sequence -> its newest delivery, until acked or nak'd (a redelivery of a held
+        # message replaces the older delivery rather than being held twice)
+        self._held: dict[int, Msg] = {}
         self._credit = 0  # messages requested and not yet delivered or expired
         self._arrived = asyncio.Event()
         self._last_response = time.monotonic()
         self._sub = None
+        self._keep_alive: asyncio.Task | None = None
         self._closed = False
 
     async def start(self) -> None:
         self._sub = await subscribe_fast(self._nc, self._inbox, self._on_msg)
+        self._keep_alive = asyncio.create_task(self._beat(), name=f"in-progress-{self.stream}")
+
+    @property
+    def held(self) -> int:
+        """Messages delivered to this reader and not yet acked or nak'd."""
+        return len(self._held)
 
     def _on_msg(self, msg: Msg) -> None:
         self._last_response = time.monotonic()
         if msg.reply:
             self._credit -= 1
             self._buf.append(msg)
+            self._held[stream_sequence(msg)] = msg
             self._arrived.set()
             return
         hdrs = msg.headers or {}
@@ -291,6 +327,17 @@ class BufferReader:
             self._credit = max(self._credit, 0)
             self._arrived.set()
         # 100 = idle heartbeat; nothing to do
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._ack_wait / 3)
+            if self._held:
+                try:
+                    await self._reply(list(self._held.values()), ACK_IN_PROGRESS)
+                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                    # Reconnecting: the next beat tries again (a beat is a third of the ack wait).
+                    log.warning("in-progress beat for %d held messages of %s failed: %s",
+                                len(self._held), self.stream, exc)
 
     async def _top_up(self) -> None:
         if self._closed:
@@ -327,19 +374,44 @@ class BufferReader:
         await self._top_up()
         return out
 
+    async def ack(self, msgs: list[Msg]) -> None:
+        """Done with these: JetStream removes them from the work-queue buffer."""
+        self._release(msgs)
+        await self._reply(msgs, ACK)
+
+    async def nak(self, msgs: list[Msg]) -> None:
+        """Hand these back for immediate redelivery (to any replica). They are released before
+        the token is sent: if it cannot be sent (connection lost), the ack wait still ends and
+        JetStream redelivers them; the deterministic msg ids drop what was already written."""
+        self._release(msgs)
+        await self._reply(msgs, NAK)
+
+    def _release(self, msgs: list[Msg]) -> None:
+        held = self._held
+        for m in msgs:
+            held.pop(stream_sequence(m), None)
+
+    async def _reply(self, msgs: list[Msg], token: bytes) -> None:
+        await reply_all(self._nc, msgs, token)
+
     def interrupt(self) -> None:
         """Wake a waiting fetch() so a stopping worker does not wait out the read timeout."""
         self._closed = True
         self._arrived.set()
 
     async def close(self) -> None:
-        """Stop pulling and hand back anything fetched but not processed (nak = redeliver now)."""
+        """Stop pulling and hand back what was fetched ahead and never handed out. Messages the
+        caller still holds stay its to ack or nak; they are no longer kept in progress."""
         self._closed = True
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            self._keep_alive = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-        await reply_all(self._nc, list(self._buf), b"-NAK")
+        unread = list(self._buf)
         self._buf.clear()
+        await self.nak(unread)
 
 
 # ---- writing ---------------------------------------------------------------------------------

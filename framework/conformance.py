@@ -11,6 +11,7 @@ The function must therefore be deterministic for the kit's inputs, which exactly
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -59,27 +60,33 @@ class Output:
 
 @dataclass
 class Observation:
-    """What one scenario saw: inputs by stream sequence, every output, every dead letter."""
+    """What one scenario saw: inputs by origin (docs/protocol.md §5), every output, every dead letter."""
 
-    inputs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> {id, event_time, probe, bad}
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # origin -> {id, event_time, probe, bad}
     outputs: list[Output] = field(default_factory=list)
     dead: list[Output] = field(default_factory=list)
 
     def by_input(self) -> dict[str, list[tuple[int, bytes, str]]]:
         """input data id -> sorted (output index, payload, edge); the comparison key across runs."""
         result: dict[str, list[tuple[int, bytes, str]]] = {}
-        seq_to_id = {s: i["id"] for s, i in self.inputs.items()}
+        origin_to_id = {s: i["id"] for s, i in self.inputs.items()}
         for o in self.outputs:
             parsed = parse_msg_id(o.msg_id)
-            if parsed is None or parsed[0] not in seq_to_id:
+            if parsed is None or parsed[0] not in origin_to_id:
                 continue
-            result.setdefault(seq_to_id[parsed[0]], []).append((parsed[1], o.data, o.edge))
+            result.setdefault(origin_to_id[parsed[0]], []).append((parsed[1], o.data, o.edge))
         return {k: sorted(v) for k, v in result.items()}
 
 
-def parse_msg_id(msg_id: str) -> tuple[int, int] | None:
-    m = re.fullmatch(rf"{VUT}:(\d+):(\d+)", msg_id)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+def parse_msg_id(msg_id: str) -> tuple[str, int] | None:
+    """(input origin, output index) from `<vertex>:<origin>:<index>`."""
+    m = re.fullmatch(rf"{VUT}:([0-9a-f]{{24}}):(\d+)", msg_id)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def origin_of(msg_id: str) -> str:
+    """The origin of an input with this `Nats-Msg-Id` (docs/protocol.md §5)."""
+    return hashlib.sha256(msg_id.encode()).hexdigest()[:24]
 
 
 def conformance_pipeline(name: str, udf: dict[str, Any], tag: str, *, out_limits: dict | None = None,
@@ -224,10 +231,12 @@ class ConformanceKit:
                     headers[b.HDR_KEYS] = "not-json"
                 payload = [f"message {n}".encode(), json.dumps({"n": n, "text": "h\u00e9llo"}).encode(),
                            bytes([n % 256, 0, 255]), b""][n % 4]
-                metas.append({"id": f"in-{n}", "event_time": str(event_ms), "probe": f"p{n}", "bad": bad})
+                metas.append({"msg_id": f"feed:{n}", "id": f"in-{n}", "event_time": str(event_ms),
+                              "probe": f"p{n}", "bad": bad})
                 sends.append(js.publish(subject, payload, headers=headers))
-            for meta, ack in zip(metas, await asyncio.gather(*sends)):
-                obs.inputs[ack.seq] = meta
+            await asyncio.gather(*sends)
+            for meta in metas:
+                obs.inputs[origin_of(meta.pop("msg_id"))] = meta
 
     async def _consumer(self, js: JetStreamContext, p: Pipeline) -> Any:
         return await js.consumer_info(b.stream_name(p.name, VUT), b.consumer_name(p.name, VUT))
@@ -434,16 +443,16 @@ class ConformanceKit:
 
     def _check_envelope(self, obs: Observation) -> None:
         good = {s: i for s, i in obs.inputs.items() if not i["bad"]}
-        bad_ids, idx_by_seq, problems = [], {}, []
+        bad_ids, idx_by_origin, problems = [], {}, []
         for o in (o for o in obs.outputs if o.edge == "all"):
             parsed = parse_msg_id(o.msg_id)
             if parsed is None or parsed[0] not in obs.inputs:
                 bad_ids.append(o.msg_id)
                 continue
-            seq, i = parsed
-            idx_by_seq.setdefault(seq, []).append(i)
-            src = obs.inputs[seq]
-            want_id = src["id"] if i == 0 else f"{src['id']}:{VUT}:{seq}:{i}"
+            origin, i = parsed
+            idx_by_origin.setdefault(origin, []).append(i)
+            src = obs.inputs[origin]
+            want_id = src["id"] if i == 0 else o.msg_id
             if o.data_id != want_id:
                 problems.append(f"{o.msg_id}: Nf-Id {o.data_id!r}, expected {want_id!r}")
             if o.headers.get(b.HDR_EVENT_TIME) != src["event_time"]:
@@ -457,9 +466,9 @@ class ConformanceKit:
                     b.decode_keys(keys)
                 except ValueError as exc:
                     problems.append(f"{o.msg_id}: {exc}")
-        gaps = [s for s, idx in idx_by_seq.items() if sorted(idx) != list(range(len(idx)))]
-        outs = sum(len(v) for v in idx_by_seq.values())
-        self._record("Nats-Msg-Id is <vertex>:<input stream seq>:<output index>",
+        gaps = [s for s, idx in idx_by_origin.items() if sorted(idx) != list(range(len(idx)))]
+        outs = sum(len(v) for v in idx_by_origin.values())
+        self._record("Nats-Msg-Id is <vertex>:<input origin>:<output index>",
                      not bad_ids and not gaps and outs > 0,
                      f"{outs} outputs for {len(good)} inputs" if not bad_ids and not gaps and outs
                      else f"{len(bad_ids)} ids not of the form (e.g. {bad_ids[:3]}), "
@@ -483,15 +492,15 @@ class ConformanceKit:
         bad = {s for s, i in obs.inputs.items() if i["bad"]}
         got = {}
         for d in obs.dead:
-            m = re.fullmatch(rf"dlq:{VUT}:(\d+)", d.msg_id)
+            m = re.fullmatch(rf"dlq:{VUT}:([0-9a-f]{{24}})", d.msg_id)
             if m and d.headers.get(b.HDR_ERROR):
-                got[int(m.group(1))] = d.headers[b.HDR_ERROR]
-        leaked = {s for s in bad if any((parse_msg_id(o.msg_id) or (0, 0))[0] == s for o in obs.outputs)}
+                got[m.group(1)] = d.headers[b.HDR_ERROR]
+        leaked = {s for s in bad if any((parse_msg_id(o.msg_id) or ("", 0))[0] == s for o in obs.outputs)}
         ok = bad == set(got) and not leaked and bool(bad)
         sample = next(iter(got.values()), "")
         self._record("a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked", ok,
                      f"{len(got)}/{len(bad)} dead-lettered, e.g. Nf-Error {sample[:80]!r}" if ok
-                     else f"expected dlq:{VUT}:<seq> for seqs {sorted(bad)[:5]}, got {sorted(got)[:5]}; "
+                     else f"expected dlq:{VUT}:<origin> for {sorted(bad)[:5]}, got {sorted(got)[:5]}; "
                           f"{len(leaked)} produced outputs")
 
     async def _check_watermarks(self, js: JetStreamContext, p: Pipeline) -> None:

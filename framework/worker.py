@@ -1,8 +1,8 @@
 """One vertex as one process: read a batch → call the UDF or sink → route by tags → write → ack.
 
 Inputs are acknowledged only after every output's publish ack, so delivery is at-least-once;
-outputs carry deterministic msg ids (`<vertex>:<input stream seq>:<output index>`), so a
-redelivered input produces no duplicate downstream within the duplicate window.
+outputs carry deterministic msg ids (`<vertex>:<digest of the input's msg id>:<output index>`),
+so a redelivered or re-stored input produces no duplicate downstream within the duplicate window.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import buffer as b
-from .connection import NatsSettings, reply_all
+from .connection import NatsSettings
 from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, SourceRecord,
                          load_connector)
 from .metrics import BufferProbe, VertexMetrics
@@ -273,7 +273,7 @@ class ReadingWorker(VertexWorker):
     async def serve(self) -> None:
         stream = b.stream_name(self.p.name, self.v.name)
         self.reader = b.BufferReader(self.nc, stream, b.consumer_name(self.p.name, self.v.name),
-                                     self.limits.read_batch_size)
+                                     self.limits.read_batch_size, ack_wait=self.limits.ack_wait)
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
         self.processed_seq = 0
         self.wm_in: WatermarkFetcher | None = None
@@ -300,19 +300,20 @@ class ReadingWorker(VertexWorker):
                 # Spans start before decoding: each input's traceparent becomes this vertex's span.
                 self.spans = self.tracer.start_messages(msgs) if self.tracer is not None else None
                 try:
-                    async with self._keep_alive(msgs):
-                        handled = await self.process(msgs)
+                    handled = await self.process(msgs)
                 except (nats_errors.Error, asyncio.TimeoutError) as exc:
-                    # A NATS outage mid-batch: leave the inputs unacked; JetStream redelivers them
-                    # after the ack wait and the msg ids drop whatever was already written.
+                    # A NATS outage mid-batch: hand the inputs back (or, if even that fails, let
+                    # their ack wait run out); the msg ids drop whatever was already written.
                     log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
                                 self.v.name, len(msgs), type(exc).__name__, exc)
+                    with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+                        await self.reader.nak(msgs)
                     self.metrics.platform_error(type(exc).__name__)
                     if self.spans:
                         self.tracer.end(self.spans.values(), f"not acked ({type(exc).__name__}); redelivered later")
                     continue
                 if handled:
-                    await reply_all(self.nc, msgs, b"+ACK")
+                    await self.reader.ack(msgs)
                     self.metrics.ack.inc(len(msgs))
                     await self._pass_watermark(max(b.stream_sequence(m) for m in msgs))
                 if self.spans:
@@ -362,22 +363,6 @@ class ReadingWorker(VertexWorker):
         """Handle a batch; True when every input may be acked, False when they were nak'ed."""
         raise NotImplementedError
 
-    @contextlib.asynccontextmanager
-    async def _keep_alive(self, msgs: list[Msg]):
-        """While a batch takes long (slow UDF, full downstream), tell JetStream it is in progress
-        so the ack wait does not expire and hand the messages to another replica."""
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.limits.ack_wait / 3)
-                await reply_all(self.nc, msgs, b"+WPI")
-
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-
     def decode(self, msgs: list[Msg]) -> tuple[list[tuple[Msg, Datum]], list[tuple[Msg, str]]]:
         good, bad = [], []
         for m in msgs:
@@ -394,7 +379,7 @@ class ReadingWorker(VertexWorker):
         for m, error in failed:
             VertexTracer.fail(self.spans, m, error)
             headers = dict(m.headers or {})
-            headers[b.HDR_MSG_ID] = f"dlq:{self.v.name}:{b.stream_sequence(m)}"
+            headers[b.HDR_MSG_ID] = f"dlq:{self.v.name}:{b.origin(m)}"
             headers[b.HDR_ERROR] = error[:4000].replace("\r", " ").replace("\n", " | ")
             headers[b.HDR_ERROR_VERTEX] = self.v.name
             out.append(b.OutMessage(self.dlq_subject, m.data, headers))
@@ -456,9 +441,9 @@ class UdfWorker(ReadingWorker):
             if not res:
                 filtered += 1
                 continue
-            seq = b.stream_sequence(m)
+            origin = b.origin(m)
             try:
-                mine = [self._outgoing(prefix, seq, i, d, out) for i, out in enumerate(res) if not out.is_drop]
+                mine = [self._outgoing(prefix, origin, i, d, out) for i, out in enumerate(res) if not out.is_drop]
             except TypeError as exc:  # e.g. a value that is neither bytes nor str: the input fails
                 failed.append((m, f"TypeError: {exc}"))
                 continue
@@ -471,15 +456,16 @@ class UdfWorker(ReadingWorker):
         return True
 
     @staticmethod
-    def _outgoing(prefix: str, seq: int, i: int, d: Datum, out: Message) -> Outgoing:
+    def _outgoing(prefix: str, origin: str, i: int, d: Datum, out: Message) -> Outgoing:
         headers = d.headers or None
         if out.headers:
             headers = {**d.headers, **out.headers}
+        msg_id = f"{prefix}{origin}:{i}"
         return Outgoing(
-            msg_id=f"{prefix}{seq}:{i}",
-            # Output 0 keeps the input's id (a map keeps ids end to end); later outputs name the
-            # input message too, so chained flatmaps never make two messages with one id.
-            data_id=d.id if i == 0 else f"{d.id}:{prefix}{seq}:{i}",
+            msg_id=msg_id,
+            # Output 0 keeps the input's id (a map keeps ids end to end); a later output is named
+            # by its msg id, unique even when flatmaps are chained or a message cycles.
+            data_id=d.id if i == 0 else msg_id,
             value=as_bytes(out.value),
             event_time_ms=int(out.event_time.timestamp() * 1000) if out.event_time else d.event_time_ms,
             keys=d.keys if out.keys is None else list(out.keys),
@@ -526,7 +512,7 @@ class MapStreamWorker(UdfWorker):
         return True
 
     async def _stream_one(self, m: Msg, d: Datum) -> Exception | None:
-        prefix, seq = self.v.name + ":", b.stream_sequence(m)
+        prefix, origin = self.v.name + ":", b.origin(m)
         delays = backoff_delays(self.v.udf.retry)
         while True:
             try:
@@ -538,7 +524,7 @@ class MapStreamWorker(UdfWorker):
                         self.metrics.dropped("drop_tag", 1)
                     else:
                         # Ids depend only on (input, position): a retried stream rewrites the same ids.
-                        self.count_writes(await self.router.write([self._outgoing(prefix, seq, i, d, out)]))
+                        self.count_writes(await self.router.write([self._outgoing(prefix, origin, i, d, out)]))
                     i += 1
                 return None
             except (nats_errors.Error, asyncio.TimeoutError):
@@ -581,7 +567,7 @@ class SinkWorker(ReadingWorker):
         try:
             return await self._write_batch(msgs)
         except _FallbackDown:  # stopping while the fallback fails: all back (at-least-once)
-            await reply_all(self.nc, msgs, b"-NAK")
+            await self.reader.nak(msgs)
             return False
 
     async def _write_batch(self, msgs: list[Msg]) -> bool:
@@ -635,9 +621,9 @@ class SinkWorker(ReadingWorker):
         """While stopping: ack what was handled (written, rejected, dead-lettered), NAK the rest."""
         unhandled = {id(m) for m, _ in pending}
         done = [m for m in msgs if id(m) not in unhandled]
-        await reply_all(self.nc, done, b"+ACK")
+        await self.reader.ack(done)
         self.metrics.ack.inc(len(done))
-        await reply_all(self.nc, [m for m, _ in pending], b"-NAK")
+        await self.reader.nak([m for m, _ in pending])
 
     async def give_up(self, pending: list[tuple[Msg, Datum]], errors: list[str], on_failure: OnFailure) -> None:
         if on_failure is OnFailure.drop:

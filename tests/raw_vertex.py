@@ -2,6 +2,7 @@
 upper-cases the payload. Proves a `udf: {command: [...]}` vertex needs only the protocol."""
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -23,9 +24,9 @@ async def main() -> None:
             continue
         acks = []
         for m in msgs:
-            seq = m.metadata.sequence.stream
             headers = dict(m.headers or {})
-            headers["Nats-Msg-Id"] = f"{d['vertex']}:{seq}:0"
+            origin = hashlib.sha256(headers["Nats-Msg-Id"].encode()).hexdigest()[:24]
+            headers["Nats-Msg-Id"] = f"{d['vertex']}:{origin}:0"
             for out in d["outputs"]:
                 acks.append(js.publish(out["subject"], m.data.upper(), headers=headers))
         await asyncio.gather(*acks)  # every output stored ...

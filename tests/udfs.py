@@ -129,3 +129,9 @@ def window_values(keys: list[str], datums, window) -> Message:
     """reduce: the window and the payloads in it (any bytes, as text)."""
     body = {"start": int(window.start.timestamp() * 1000), "values": sorted(d.value.decode() for d in datums)}
     return Message(json.dumps(body).encode())
+
+
+def fan_two(keys: list[str], datum: Datum) -> list[Message]:
+    """flatmap: two outputs per input, `<seq>:0` and `<seq>:1`."""
+    n = seq(datum)
+    return [Message(f"{n}:0".encode()), Message(f"{n}:1".encode())]

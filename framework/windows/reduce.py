@@ -1,7 +1,7 @@
 """The reduce vertex: keyed event-time windows closed by the watermark.
 
-Crash safety without a local disk: every input stays unacked in JetStream (kept alive with +WPI)
-until every window it belongs to has been emitted and its outputs are stored; only then is it
+Crash safety without a local disk: every input stays unacked in JetStream (held by the reader,
+which keeps it in progress) until every window it belongs to has been emitted and its outputs are stored; only then is it
 acked. A replica that dies loses nothing: JetStream redelivers the unacked inputs, the windows are
 rebuilt, and each (key, window) result carries the msg id `<vertex>:<partition>:<key hash>:<start>:
 <end>:<i>`, so a result emitted before the crash is dropped as a duplicate. The price: a partition
@@ -21,7 +21,6 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from .. import buffer as b
-from ..connection import reply_all
 from ..routing import Outgoing, as_bytes, message_tags
 from ..sdk import Datum, Message, Window
 from ..spec import load_handler
@@ -70,7 +69,8 @@ class ReduceWorker(ReadingWorker):
         timeout = self.p.spec.watermark.publisher_timeout
         for part in owned_partitions(b.partitions(self.p, self.v.name)):
             reader = b.BufferReader(self.nc, b.stream_name(self.p.name, self.v.name, part),
-                                    b.consumer_name(self.p.name, self.v.name, part), self.limits.read_batch_size)
+                                    b.consumer_name(self.p.name, self.v.name, part), self.limits.read_batch_size,
+                                    ack_wait=self.limits.ack_wait)
             fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, timeout)
             await fetcher.start(wait_ready=5.0)
             # Asked before our first pull: every message pending an ack now was held by the
@@ -82,7 +82,6 @@ class ReduceWorker(ReadingWorker):
                 log.info("reduce %s partition %s: waiting for %d redelivered inputs before closing windows",
                          self.v.name, part, info.num_ack_pending)
         log.info("reduce %s owns partitions %s", self.v.name, [p.index for p in self.parts])
-        keep_alive = asyncio.create_task(self._keep_alive_held())
         try:
             wait = self.limits.read_timeout / max(1, len(self.parts))
             while not self.stopping.is_set():
@@ -95,22 +94,15 @@ class ReduceWorker(ReadingWorker):
                     await self._close_ready(ps)
                 await self._publish_watermark()
         finally:
-            keep_alive.cancel()
             for ps in self.parts:
+                # Unemitted windows: hand their inputs back now rather than after the ack wait.
+                await ps.reader.nak([m for _, m in ps.refs.values()])
                 await ps.reader.close()
                 await ps.fetcher.close()
-                # Unemitted windows: hand their inputs back now rather than after the ack wait.
-                await reply_all(self.nc, [m for _, m in ps.refs.values()], b"-NAK")
 
     def on_stop(self) -> None:
         for ps in getattr(self, "parts", []):
             ps.reader.interrupt()
-
-    async def _keep_alive_held(self) -> None:
-        while True:
-            await asyncio.sleep(self.limits.ack_wait / 3)
-            for ps in self.parts:
-                await reply_all(self.nc, [m for _, m in ps.refs.values()], b"+WPI")
 
     # ---- ingest --------------------------------------------------------------------------
 
@@ -150,16 +142,16 @@ class ReduceWorker(ReadingWorker):
                 ps.windows.setdefault((keys, s, e), OpenWindow(keys, s, e)).items.append((d, m))
             ps.refs[seq] = [len(wins), m]
         await self.dead_letter(bad)
-        await self._late(late, ps.index or 0)
-        await reply_all(self.nc, [m for m, _ in bad] + [m for m, _ in late], b"+ACK")
+        await self._late(late)
+        await ps.reader.ack([m for m, _ in bad] + [m for m, _ in late])
         self.metrics.ack.inc(len(bad) + len(late))  # acked like any input (docs/metrics.md)
 
-    async def _late(self, late: list[tuple[Msg, Datum]], ps_index: int | None) -> None:
+    async def _late(self, late: list[tuple[Msg, Datum]]) -> None:
         """Beyond the allowed lateness: to the `late: true` out-edge if there is one, else counted."""
         if not late:
             return
         if any(e.late for e in self.p.out_edges(self.v.name)):
-            items = [Outgoing(f"{self.v.name}:late:{ps_index}:{b.stream_sequence(m)}", d.id, d.value, d.event_time_ms,
+            items = [Outgoing(f"{self.v.name}:late:{b.origin(m)}", d.id, d.value, d.event_time_ms,
                               d.keys, dict(d.headers) or None, frozenset(), late=True) for m, d in late]
             self.count_writes(await self.router.write(items))
         else:
@@ -195,7 +187,7 @@ class ReduceWorker(ReadingWorker):
                         ref[0] -= 1
                         if ref[0] == 0:
                             done.append(ps.refs.pop(seq)[1])
-            await reply_all(self.nc, done, b"+ACK")
+            await ps.reader.ack(done)
             self.metrics.ack.inc(len(done))
 
     async def _publish_watermark(self) -> None:

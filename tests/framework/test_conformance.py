@@ -42,7 +42,7 @@ def test_a_vertex_that_breaks_the_protocol_fails_its_rules(tmp_path):
     assert table["routing by tags: `or [even]` and `not [even]` split the unconditional edge"] == "FAIL"
     assert table["a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked"] == "FAIL"
     assert table["waits at a full buffer (soft limit) instead of overfilling it"] == "FAIL"
-    assert table["Nats-Msg-Id is <vertex>:<input stream seq>:<output index>"] == "pass"
+    assert table["Nats-Msg-Id is <vertex>:<input origin>:<output index>"] == "pass"
     assert table["SIGKILL mid-stream + restart: no loss, no duplicates"] == "pass"
     assert "failed" in res.stdout and (tmp_path / "cf1.log").exists()
 

@@ -86,13 +86,16 @@ class Tansu:
 
 class TcpProxy:
     """A loopback TCP relay to `target_port` that a test can cut (every connection dropped, the
-    port refusing) and restore on the same port: a network outage between a client and a broker."""
+    port refusing) and restore on the same port: a network outage between a client and a broker;
+    or freeze (nothing passes, nothing is dropped) and thaw: a stalled network."""
 
     def __init__(self, target_port: int, port: int | None = None):
         self.target_port = target_port
         self.port = port or free_port()
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self) -> "TcpProxy":
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
@@ -109,6 +112,7 @@ class TcpProxy:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
+                    await self.flowing.wait()
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.CancelledError):
@@ -118,6 +122,13 @@ class TcpProxy:
 
         await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
         self.writers -= {client_w, broker_w}
+
+    def freeze(self) -> None:
+        """Stall the network: connections stay open, but no byte passes until `thaw()`."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -6,7 +6,6 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from framework.buffer import BufferReader, stream_sequence
-from framework.connection import reply_all
 from framework.connectors import ConnectorContext, Emit, record_from_msg
 from framework.spec import JetStreamSource as Config
 
@@ -41,6 +40,6 @@ class JetStreamSource:
                 # The stream position is the offset; publish time is the event time by default.
                 await emit([record_from_msg(m, f"{self.cfg.stream}:{stream_sequence(m)}",
                                             int(m.metadata.timestamp.timestamp() * 1000)) for m in msgs])
-                await reply_all(nc, msgs, b"+ACK")
+                await reader.ack(msgs)
         finally:
             await reader.close()

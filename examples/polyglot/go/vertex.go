@@ -7,6 +7,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,6 +182,16 @@ func (v *vertex) outHeaders(in *nats.Msg, msgID, id string, keys []string) nats.
 	return h
 }
 
+// origin names an input after its own Nats-Msg-Id (§5): stable when the message is stored again.
+func (v *vertex) origin(m *nats.Msg, seq uint64) string {
+	id := m.Header.Get(v.d.Headers["msgId"])
+	if id == "" {
+		id = fmt.Sprintf("seq:%d", seq)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:])[:24]
+}
+
 func (v *vertex) process(msgs []*nats.Msg) error {
 	perGate := make([][]*nats.Msg, len(v.gates))
 	var futures []nats.PubAckFuture
@@ -188,7 +200,7 @@ func (v *vertex) process(msgs []*nats.Msg) error {
 		if err != nil {
 			return err
 		}
-		seq := meta.Sequence.Stream
+		from := v.origin(m, meta.Sequence.Stream)
 		keys, err := decodeKeys(m.Header.Get(v.d.Headers["keys"]))
 		if err != nil { // a bad message goes to the dead-letter subject (§6)
 			h := nats.Header{}
@@ -199,7 +211,7 @@ func (v *vertex) process(msgs []*nats.Msg) error {
 			h.Set(v.d.Headers["error"], "bad envelope: "+err.Error())
 			h.Set("Nf-Error-Vertex", v.d.Vertex)
 			f, err := v.js.PublishMsgAsync(&nats.Msg{Subject: v.d.Input.DeadLetterSubject, Data: m.Data, Header: h},
-				nats.MsgId(fmt.Sprintf("dlq:%s:%d", v.d.Vertex, seq)))
+				nats.MsgId(fmt.Sprintf("dlq:%s:%s", v.d.Vertex, from)))
 			if err != nil {
 				return err
 			}
@@ -211,10 +223,10 @@ func (v *vertex) process(msgs []*nats.Msg) error {
 			if contains(o.tags, drop) {
 				continue
 			}
-			msgID := fmt.Sprintf("%s:%d:%d", v.d.Vertex, seq, i)
+			msgID := fmt.Sprintf("%s:%s:%d", v.d.Vertex, from, i)
 			dataID := id
 			if i > 0 {
-				dataID = fmt.Sprintf("%s:%s:%d:%d", id, v.d.Vertex, seq, i)
+				dataID = msgID
 			}
 			for g, gt := range v.gates {
 				if gt.out.Tags.matches(o.tags) {

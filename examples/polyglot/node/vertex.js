@@ -1,5 +1,6 @@
 // A natsflow UDF vertex in Node.js, written from docs/protocol.md with the `nats` package only.
 // It runs the `shout` function (see ../shout.py for its definition, the same in every language).
+import { createHash } from "node:crypto";
 import { connect, headers as newHeaders } from "nats";
 
 const desc = JSON.parse(process.env.NATSFLOW_DESCRIPTOR);
@@ -17,6 +18,12 @@ function shout(keys, value) {
 }
 
 // ---- protocol -----------------------------------------------------------------------------
+// §5: outputs are named after the input's own Nats-Msg-Id (stable when it is stored again).
+function origin(m) {
+  const id = m.headers?.get(H.msgId) || `seq:${m.seq}`;
+  return createHash("sha256").update(id, "utf8").digest("hex").slice(0, 24);
+}
+
 function decodeKeys(raw) {
   if (raw === "" || raw === undefined || raw === null) return [];
   const keys = JSON.parse(raw); // throws on bad JSON: a bad message (§3)
@@ -79,7 +86,7 @@ async function processBatch(js, gates, msgs, stopping) {
   const perGate = new Map();
   const dead = [];
   for (const m of msgs) {
-    const seq = m.seq;
+    const from = origin(m);
     const hdrs = m.headers;
     const userHeaders = [];
     if (hdrs) for (const k of hdrs.keys()) if (!RESERVED.has(k) && !k.startsWith("Nats-")) userHeaders.push([k, hdrs.get(k)]);
@@ -88,12 +95,13 @@ async function processBatch(js, gates, msgs, stopping) {
     try {
       keys = decodeKeys(hdrs?.get(H.keys));
     } catch (err) {
-      dead.push({ m, seq, error: `bad envelope: ${err.message}` });
+      dead.push({ m, from, error: `bad envelope: ${err.message}` });
       continue;
     }
     shout(keys, m.data).forEach((o, i) => {
       if (o.tags.includes(DROP)) return;
-      const data = { msgId: `${desc.vertex}:${seq}:${i}`, id: i === 0 ? input.id : `${input.id}:${desc.vertex}:${seq}:${i}`, keys: o.keys };
+      const msgId = `${desc.vertex}:${from}:${i}`;
+      const data = { msgId, id: i === 0 ? input.id : msgId, keys: o.keys };
       for (const [g, gate] of gates.entries()) {
         if (!matches(gate.out.tags, o.tags)) continue;
         if (!perGate.has(g)) perGate.set(g, []);
@@ -112,7 +120,7 @@ async function processBatch(js, gates, msgs, stopping) {
     if (d.m.headers) for (const k of d.m.headers.keys()) if (k !== H.msgId) h.set(k, d.m.headers.get(k));
     h.set(H.error, d.error);
     h.set("Nf-Error-Vertex", desc.vertex);
-    publishes.push(js.publish(desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.seq}`, headers: h }));
+    publishes.push(js.publish(desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.from}`, headers: h }));
   }
   await Promise.all(publishes); // every output stored (a duplicate counts as stored) ...
   for (const m of msgs) m.ack(); // ... before any input is acked (§4)
