@@ -22,12 +22,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -85,10 +85,6 @@ class SecretRef(Model):
     name: str
     key: str
 
-    @model_serializer
-    def _as_written(self) -> dict[str, dict[str, str]]:
-        return {"secretRef": {"name": self.name, "key": self.key}}
-
 
 def _text_or_secret(value: Any) -> "str | SecretRef":
     """`Secret` fields: a non-empty string, or `{secretRef: {name, key}}` (errors at the field itself)."""
@@ -116,6 +112,8 @@ def _text_or_secret(value: Any) -> "str | SecretRef":
 Secret = Annotated[
     str | SecretRef,
     PlainValidator(_text_or_secret),
+    # dumped as written, so a dumped pipeline reads back the same
+    PlainSerializer(lambda v: v if isinstance(v, str) else {"secretRef": {"name": v.name, "key": v.key}}),
     WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {
         "type": "object", "additionalProperties": False, "required": ["secretRef"],
         "properties": {"secretRef": {"type": "object", "additionalProperties": False, "required": ["name", "key"],
