@@ -61,8 +61,10 @@ def _replace(text: str, path: str, env: Mapping[str, str], out: Substituted) -> 
         if m.group(0) == "$${":
             return "${"
         if m.group("bad") is not None:
-            out.problems.append((path, f"bad reference {text[m.start():m.start() + 20]!r}...: write ${{NAME}} or "
-                                       "${NAME:-default} (NAME: letters, digits, _), or $${ for a literal ${"))
+            end = text.find("}", m.start())
+            bad = text[m.start():end + 1] if 0 <= end < m.start() + 40 else text[m.start():m.start() + 20] + "..."
+            out.problems.append((path, f"bad reference {bad!r}: write ${{NAME}} or ${{NAME:-default}} (NAME: "
+                                       "letters, digits, _), or $${ for a literal ${"))
             return m.group(0)
         ref = EnvRef(path, m.group("name"), m.group("default"))
         out.refs.append(ref)
