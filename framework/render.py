@@ -30,7 +30,7 @@ import yaml
 from . import buffer as b
 from .protocol import vertex_descriptor
 from .scaling import effective_cooldown
-from .secrets import env_name, refs_in, vertex_refs
+from .secrets import env_name, refs_in, vertex_path, vertex_refs
 from .spec import Pipeline, Resources, SecretRef, Vertex
 from .watermark_proxy import needs_proxy
 
@@ -416,10 +416,6 @@ def scaler_secret(p: Pipeline, v: Vertex) -> str:
     return object_name(p, f"{v.name}-scaler")
 
 
-def vertex_path(p: Pipeline, v: Vertex) -> str:
-    return f"spec.vertices[{p.spec.vertices.index(v)}]"
-
-
 def _keda_param(meta: dict[str, str], param: str, value: str, path: str) -> None:
     """A value KEDA reads itself: literal, or exactly `${VAR}`, which KEDA takes from the
     Deployment's environment (`<param>FromEnv`); anything else it could not substitute."""
@@ -609,8 +605,8 @@ def inline_credentials(p: Pipeline) -> list[str]:
                 or (parent in ("headers", "env") and _CREDENTIAL_NAME.search(key))):
             found.append(path)
 
-    for i, v in enumerate(p.spec.vertices):
-        walk(v.model_dump(mode="json", by_alias=True, exclude_none=True), f"spec.vertices[{i}]", "", "")
+    for v in p.spec.vertices:
+        walk(v.model_dump(mode="json", by_alias=True, exclude_none=True), vertex_path(p, v), "", "")
     return found
 
 

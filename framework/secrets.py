@@ -48,10 +48,15 @@ def refs_in(value: Any, path: str) -> Iterator[tuple[str, SecretRef]]:
             yield from refs_in(v, f"{path}[{i}]")
 
 
+def vertex_path(p: Pipeline, v: Vertex) -> str:
+    """`spec.vertices[i]`: where a vertex's fields are in the file, for messages."""
+    return f"spec.vertices[{p.spec.vertices.index(v)}]"
+
+
 def vertex_refs(p: Pipeline, v: Vertex) -> list[tuple[str, SecretRef]]:
     """The secretRefs a vertex's worker reads (its source or sink and fallback sink). `udf.env`
     is not among them: its values reach the program under their own names (`udf_env`)."""
-    where = f"spec.vertices[{p.spec.vertices.index(v)}]"
+    where = vertex_path(p, v)
     return [*refs_in(v.source, f"{where}.source"), *refs_in(v.sink, f"{where}.sink")]
 
 
@@ -59,7 +64,7 @@ def udf_env(p: Pipeline, v: Vertex, env: Mapping[str, str] | None = None) -> dic
     """`udf.env` with its secretRefs resolved: the environment `natsflow run` gives the program."""
     if v.udf is None:
         return {}
-    where = f"spec.vertices[{p.spec.vertices.index(v)}].udf.env"
+    where = f"{vertex_path(p, v)}.udf.env"
     return {k: resolve(val, f"{where}.{k}", env) for k, val in v.udf.env.items()}
 
 
@@ -103,8 +108,7 @@ def check_vertex(p: Pipeline, v: Vertex, file: str, env: Mapping[str, str] | Non
 def check_pipeline(p: Pipeline, file: str, env: Mapping[str, str] | None = None) -> None:
     """What `natsflow run` checks before starting: every secret of every vertex, udf.env included."""
     refs = [r for v in p.spec.vertices for r in vertex_refs(p, v)]
-    refs += [r for i, v in enumerate(p.spec.vertices) if v.udf is not None
-             for r in refs_in(v.udf.env, f"spec.vertices[{i}].udf.env")]
+    refs += [r for v in p.spec.vertices if v.udf is not None for r in refs_in(v.udf.env, f"{vertex_path(p, v)}.udf.env")]
     _check(refs, file, env)
 
 
