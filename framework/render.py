@@ -255,12 +255,14 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
     }
     if v.udf is not None and v.udf.is_program:
         _as_program(container, p, v)
-    replicas = min_replicas(v)
+    # KEDA owns the replica count of a scaled vertex: a `replicas` in the manifest would reset it
+    # on every re-apply (Kubernetes' advice for HPA targets), so only unscaled ones state it.
+    replicas = {} if keda_scaled(v) else {"replicas": min_replicas(v)}
     serves_metrics = not (v.udf is not None and v.udf.is_program)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(p, object_name(p, v.name), opts, v),
         "spec": {
-            "replicas": replicas,
+            **replicas,
             "selector": {"matchLabels": selector(p, v)},
             # A reduce must never have two pods reading its partitions: replace, don't overlap.
             "strategy": {"type": "Recreate"} if v.udf is not None and v.udf.reduce is not None else
@@ -541,11 +543,17 @@ def render_pipeline(p: Pipeline, pipeline_text: str, opts: RenderOptions) -> dic
     return files
 
 
+def keda_scaled(v: Vertex) -> bool:
+    """A ScaledObject sets this vertex's replicas: every buffered vertex, and a source whose
+    upstream backlog KEDA reads when it may run more than one replica."""
+    return v.kind != "source" or (v.source.kind in UPSTREAM_SCALED and v.scale.max > 1)
+
+
 def render_vertex(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOptions) -> list[dict[str, Any]]:
     objs = [render_deployment(p, v, pipeline_text, opts)]
     if v.kind != "source":
         objs.append(render_scaled_object(p, v, opts))
-    elif v.source.kind in UPSTREAM_SCALED and v.scale.max > 1:
+    elif keda_scaled(v):
         objs.extend(render_source_scaling(p, v, opts))
     if v.source is not None and v.source.http is not None:
         objs.append(render_service(p, v, opts))

@@ -269,14 +269,17 @@ def test_editing_the_pipeline_rolls_pods_and_renames_the_job(tmp_path):
 def test_sinks_run_one_replica_unless_the_spec_asks_for_zero():
     files = render_doc(CREDENTIALS)
 
-    def replicas(vertex: str) -> tuple[int, int]:
+    def min_replicas(vertex: str) -> int:
         dep, so = files[f"{vertex}.yaml"][:2]
-        return dep["spec"]["replicas"], so["spec"]["minReplicaCount"]
+        assert "replicas" not in dep["spec"]  # KEDA owns it: a re-apply must not reset a scaled vertex
+        return so["spec"]["minReplicaCount"]
 
-    assert replicas("db") == (1, 1) and replicas("out") == (1, 1)  # scale.min not written
-    assert replicas("hook") == (0, 0)  # scale: {min: 0} written: scale to zero
-    assert replicas("enrich") == (0, 0)  # a UDF scales to zero by default
-    assert files["tx.yaml"][0]["spec"]["replicas"] == 1
+    assert min_replicas("db") == 1 and min_replicas("out") == 1  # scale.min not written
+    assert min_replicas("hook") == 0  # scale: {min: 0} written: scale to zero
+    assert min_replicas("enrich") == 0  # a UDF scales to zero by default
+    assert min_replicas("tx") == 1  # a source on its upstream's backlog: scale.min
+    # sources nothing scales state their replicas: at least one
+    assert [files[f"{v}.yaml"][0]["spec"]["replicas"] for v in ("web", "upstream", "mqtt")] == [1, 1, 1]
 
 
 def test_no_secret_value_lands_in_any_object(monkeypatch, tmp_path):
