@@ -12,10 +12,14 @@ COPY pyproject.toml README.md ./
 COPY framework ./framework
 COPY vertices ./vertices
 COPY examples ./examples
+# User and group 10001: the rendered pods run as 10001:10001 with a read-only root filesystem and
+# an emptyDir on /tmp, so HOME points there for any library that keeps a cache under ~.
 RUN pip install ".[examples]" \
-    && useradd --system --uid 10001 --no-create-home natsflow
+    && groupadd --system --gid 10001 natsflow \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home natsflow
+ENV HOME=/tmp
 
-USER 10001
+USER 10001:10001
 # SIGTERM drains in-flight work and exits 0; give pods a grace period longer than the ack wait.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["natsflow", "vertex"]

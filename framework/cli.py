@@ -70,15 +70,22 @@ async def _provision(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .render import RenderError, RenderOptions, render_pipeline, report, write_rendered
 
-    from .render import RenderOptions, render_pipeline, write_rendered
-
-    p = load_pipeline(args.file, check_handlers=False)
+    # Nothing from this machine's environment: the pods substitute the file's ${VAR}s from their
+    # own, so the manifests never depend on (or leak) what is set here; defaults are used.
+    p = load_pipeline(args.file, check_handlers=False, env={}, allow_unset=True)
     opts = RenderOptions(image=args.image, namespace=args.namespace, nats_secret=args.nats_secret,
                          monitoring_endpoint=args.monitoring_endpoint, account=args.account,
-                         monitoring_secret=args.monitoring_secret)
-    files = render_pipeline(p, Path(args.file).read_text(), opts)
+                         monitoring_secret=args.monitoring_secret, env_secret=args.env_secret,
+                         create_namespace=args.create_namespace, service_monitor=args.service_monitor,
+                         scrape_annotations=not args.no_scrape_annotations)
+    try:
+        files = render_pipeline(p, Path(args.file).read_text(), opts)
+    except RenderError as exc:
+        raise SpecError(args.file, exc.problems) from None
+    for line in report(p, args.file, opts):
+        print(line, file=sys.stderr)
     for path in write_rendered(files, Path(args.output)):
         print(path)
     return 0
@@ -87,7 +94,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     from .asyncapi import build_asyncapi
 
-    p = load_pipeline(args.file, check_handlers=False)
+    p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
     doc = build_asyncapi(p, servers=args.servers)
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True) if args.yaml else json.dumps(doc, indent=2)
     if args.output:
@@ -120,7 +127,7 @@ def _running_pipeline(args: argparse.Namespace, p) -> tuple[NatsSettings, str | 
 async def _status(args: argparse.Namespace) -> int:
     from .status import show
 
-    p = load_pipeline(args.file, check_handlers=False)
+    p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
     settings, monitor = _running_pipeline(args, p)
     nc = await settings.connect(f"natsflow-{p.name}-status")
     try:
@@ -143,7 +150,7 @@ def _positive_seconds(text: str) -> float:
 async def _ui(args: argparse.Namespace) -> int:
     from .ui.server import UiOptions, serve
 
-    p = load_pipeline(args.file, check_handlers=False)
+    p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
     settings, monitor = _running_pipeline(args, p)
     options = UiOptions(interval=args.interval, monitor_url=args.monitor_url or monitor)
     await serve(p, settings, host=args.host, port=args.port, options=options, file=args.file)
@@ -231,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NATS monitoring host:port KEDA reads (the headless service when clustered)")
     p.add_argument("--account", default="$G", help="NATS account of the streams ($G without accounts)")
     p.add_argument("--monitoring-secret", help="Secret with keys endpoint/account: render a TriggerAuthentication")
+    p.add_argument("--env-secret", help="optional Secret every container reads the file's ${VAR}s from "
+                   "(envFrom; default <pipeline>-env)")
+    p.add_argument("--create-namespace", action="store_true", help="also render the Namespace (restricted Pod "
+                   "Security enforced)")
+    p.add_argument("--service-monitor", action="store_true", help="also render a metrics Service and a "
+                   "prometheus-operator ServiceMonitor")
+    p.add_argument("--no-scrape-annotations", action="store_true", help="leave out the prometheus.io/* pod "
+                   "annotations")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("status", help="per vertex: replicas, rates, pending, ack pending, buffer use, dead "

@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from .buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
 from .connection import NatsSettings
+from .secrets import resolved
 from .sdk import Datum
 
 log = logging.getLogger("natsflow.connectors")
@@ -152,6 +153,8 @@ class SinkConnector(Protocol):
 
 
 def load_connector(registry: dict[str, str], kind: str, config: Any) -> Any:
+    """The connector for `kind`, built from its config with every `secretRef` replaced by the
+    secret's value (framework/secrets.py): connectors only see plain strings."""
     module_name, _, cls_name = registry[kind].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(config)
+    return cls(resolved(config, kind))

@@ -7,12 +7,13 @@ raises `SpecError` whose message names the file, the field path and the reason f
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import yaml
 from pydantic import (
@@ -21,10 +22,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+
+from .envsubst import EnvRef, substitute, unset_message
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -64,6 +71,54 @@ class Model(BaseModel):
     """Base for every spec model: camelCase keys, unknown keys rejected (typos must not pass)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+_SECRET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+_SECRET_SHAPE = "a string or {secretRef: {name: <Secret name>, key: <key in it>}}"
+
+
+class SecretRef(Model):
+    """A credential kept in a Kubernetes Secret instead of the pipeline file. Rendered pods get it
+    as the environment variable `framework.secrets.env_name(ref)`; `natsflow run` reads the same."""
+
+    name: str
+    key: str
+
+
+def _text_or_secret(value: Any) -> "str | SecretRef":
+    """`Secret` fields: a non-empty string, or `{secretRef: {name, key}}` (errors at the field itself)."""
+    if isinstance(value, SecretRef):
+        return value
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"must not be empty (write {_SECRET_SHAPE})")
+        return value
+    if not (isinstance(value, dict) and list(value) == ["secretRef"] and isinstance(value["secretRef"], dict)):
+        raise ValueError(f"expected {_SECRET_SHAPE}")
+    ref = value["secretRef"]
+    if sorted(ref) != ["key", "name"] or not all(isinstance(ref[k], str) for k in ref):
+        raise ValueError(f"secretRef takes exactly name and key, both strings (got {', '.join(map(str, ref)) or 'none'})")
+    if len(ref["name"]) > 253 or not _SECRET_NAME_RE.match(ref["name"]):
+        raise ValueError(f"secretRef.name {ref['name']!r} is not a Kubernetes Secret name (lowercase letters, "
+                         "digits, '-' and '.')")
+    if len(ref["key"]) > 253 or not _SECRET_KEY_RE.match(ref["key"]):
+        raise ValueError(f"secretRef.key {ref['key']!r} is not a Secret key (letters, digits, '-', '_' and '.')")
+    return SecretRef(name=ref["name"], key=ref["key"])
+
+
+# "a string or a secretRef": every credential field of a connector. Connectors never see a
+# SecretRef: `framework.connectors.load_connector` hands them the value (framework/secrets.py).
+Secret = Annotated[
+    str | SecretRef,
+    PlainValidator(_text_or_secret),
+    # dumped as written, so a dumped pipeline reads back the same
+    PlainSerializer(lambda v: v if isinstance(v, str) else {"secretRef": {"name": v.name, "key": v.key}}),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {
+        "type": "object", "additionalProperties": False, "required": ["secretRef"],
+        "properties": {"secretRef": {"type": "object", "additionalProperties": False, "required": ["name", "key"],
+                                     "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}}}]}),
+]
 
 
 class Handler(Model):
@@ -125,7 +180,7 @@ class GeneratorSource(Model):
 
 
 class HttpAuth(Model):
-    token: str
+    token: Secret
 
 
 class HttpSource(Model):
@@ -136,7 +191,7 @@ class HttpSource(Model):
 
 
 class NatsSource(Model):
-    url: str | None = None
+    url: Secret | None = None
     subject: str
     queue: str | None = None
 
@@ -148,7 +203,7 @@ class DeliverPolicy(str, Enum):
 
 
 class JetStreamSource(Model):
-    url: str | None = None
+    url: Secret | None = None
     stream: str
     consumer: str | None = None
     deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
@@ -175,8 +230,8 @@ class SaslMechanism(str, Enum):
 
 class KafkaSasl(Model):
     mechanism: SaslMechanism = SaslMechanism.plain
-    username: str
-    password: str
+    username: Secret
+    password: Secret
 
 
 class KafkaConnection(Model):
@@ -194,20 +249,20 @@ class KafkaSource(KafkaConnection):
 
 
 class RabbitMqSource(Model):
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    url: Secret = "amqp://guest:guest@127.0.0.1:5672/"
     queue: str = Field(min_length=1)
     prefetch: int = Field(500, ge=1, le=65535)
 
 
 class MqttSource(Model):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: Secret = "mqtt://127.0.0.1:1883"
     topic: str = Field(min_length=1)
     qos: Literal[0, 1, 2] = 1
     client_id: str | None = Field(None, alias="clientId", description="fixed session id (default from the vertex)")
 
 
 class RedisStreamsSource(Model):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: Secret = "redis://127.0.0.1:6379/0"
     stream: str = Field(min_length=1)
     group: str = Field(min_length=1)
     consumer: str | None = Field(None, description="consumer name (default $NATSFLOW_REPLICA_ID or the hostname)")
@@ -319,7 +374,7 @@ class Udf(Model):
     reduce: Reduce | None = None
     command: list[str] | None = Field(None, min_length=1)
     container: Container | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, Secret] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
 
     @model_validator(mode="after")
@@ -360,12 +415,12 @@ class BlackholeSink(Model):
 
 
 class NatsSink(Model):
-    url: str | None = None
+    url: Secret | None = None
     subject: str
 
 
 class JetStreamSink(Model):
-    url: str | None = None
+    url: Secret | None = None
     stream: str
     subject: str
 
@@ -380,7 +435,7 @@ class PostgresMode(str, Enum):
 
 
 class PostgresSink(Model):
-    dsn: str = Field(min_length=1)
+    dsn: Secret
     table: str = Field(min_length=1, description="table name, optionally schema.table")
     mode: PostgresMode = PostgresMode.insert
     key_columns: list[str] = Field(default_factory=list, alias="keyColumns")
@@ -396,7 +451,7 @@ class PostgresSink(Model):
 
 
 class RedisSink(Model):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: Secret = "redis://127.0.0.1:6379/0"
     stream: str | None = None
     list: str | None = None
     max_len: int | None = Field(None, alias="maxLen", ge=1, description="trim the stream to about this length")
@@ -417,7 +472,7 @@ class HttpMethod(str, Enum):
 class HttpSink(Model):
     url: str = Field(pattern=r"^https?://")
     method: HttpMethod = HttpMethod.post
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, Secret] = Field(default_factory=dict)
     timeout: Duration = Field(10.0, gt=0)
     concurrency: int = Field(16, ge=1, le=1000, description="requests in flight at once")
 
@@ -614,6 +669,12 @@ class Pipeline(Model):
     kind: Literal["Pipeline"]
     metadata: Metadata
     spec: PipelineSpec
+    _env_refs: list[EnvRef] = PrivateAttr(default_factory=list)
+
+    @property
+    def env_refs(self) -> list[EnvRef]:
+        """The `${VAR}` references of the file this pipeline was read from."""
+        return self._env_refs
 
     # -- lookups used by the runtime --
     @property
@@ -654,8 +715,11 @@ class SpecError(ValueError):
         super().__init__("\n".join(lines))
 
 
-def load_pipeline(path: str | Path, *, check_handlers: bool = True) -> Pipeline:
-    """Read, validate and return the pipeline in `path`; raise `SpecError` listing every problem."""
+def load_pipeline(path: str | Path, *, check_handlers: bool = True, env: Mapping[str, str] | None = None,
+                  allow_unset: bool = False) -> Pipeline:
+    """Read, validate and return the pipeline in `path`; raise `SpecError` listing every problem.
+    `${VAR}` references are replaced from `env` (default: this process's environment); see
+    `parse_pipeline` for `allow_unset`."""
     path = Path(path)
     file = str(path)
     try:
@@ -664,24 +728,45 @@ def load_pipeline(path: str | Path, *, check_handlers: bool = True) -> Pipeline:
         raise SpecError(file, [("", f"cannot read file: {exc.strerror or exc}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError(file, [("", f"not valid YAML: {exc}")]) from None
-    return parse_pipeline(raw, file=file, base_dir=path.parent, check_handlers=check_handlers)
+    return parse_pipeline(raw, file=file, base_dir=path.parent, check_handlers=check_handlers, env=env,
+                          allow_unset=allow_unset)
 
 
 def parse_pipeline(
-    raw: Any, *, file: str = "<pipeline>", base_dir: Path | None = None, check_handlers: bool = True
+    raw: Any, *, file: str = "<pipeline>", base_dir: Path | None = None, check_handlers: bool = True,
+    env: Mapping[str, str] | None = None, allow_unset: bool = False,
 ) -> Pipeline:
+    """Validate a parsed pipeline document. An unset `${VAR}` without a default is an error naming
+    the field, unless `allow_unset` (what `render` does: the pods substitute from their own
+    environment), which keeps its `${VAR}` text, fine wherever any string is."""
     if not isinstance(raw, dict):
         raise SpecError(file, [("", "the file must hold a mapping with apiVersion, kind, metadata and spec")])
+    sub = substitute(raw, os.environ if env is None else env)
+    problems = sub.problems + ([] if allow_unset else [(r.path, unset_message(r.name)) for r in sub.unset])
+    if problems:
+        raise SpecError(file, problems)
     try:
-        pipeline = Pipeline.model_validate(raw)
+        pipeline = Pipeline.model_validate(sub.doc)
     except ValidationError as exc:
-        raise SpecError(file, [(_format_loc(e["loc"]), _clean_msg(e)) for e in exc.errors()]) from None
+        raise SpecError(file, [_env_hint((_format_loc(e["loc"]), _clean_msg(e)), sub.unset)
+                               for e in exc.errors()]) from None
+    pipeline._env_refs = sub.refs
     problems = graph_problems(pipeline)
     if check_handlers and not problems:
         problems = handler_problems(pipeline, base_dir)
     if problems:
         raise SpecError(file, problems)
     return pipeline
+
+
+def _env_hint(problem: tuple[str, str], unset: list[EnvRef]) -> tuple[str, str]:
+    """A field that failed because it still holds an unset `${VAR}` says so."""
+    path, reason = problem
+    names = [r.name for r in unset if r.path == path]
+    if not names:
+        return problem
+    return path, (f"{reason} (it holds ${{{names[0]}}}, which is not set here: set it, or give the value "
+                  f"to check with a default, ${{{names[0]}:-...}})")
 
 
 def graph_problems(p: Pipeline) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from .connection import NatsSettings
 from .embedded import EmbeddedNats, free_port
 from .protocol import vertex_descriptor
 from .scaling import LagReader, desired_replicas, effective_cooldown
+from .secrets import check_pipeline, udf_env
 from .spec import Pipeline, SpecError, load_pipeline
 from .watermark_proxy import WatermarkProxy, needs_proxy
 
@@ -120,8 +121,8 @@ def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[
             raise SpecError(str(pipeline_file), [(f"spec.vertices[{index}].udf.command",
                                                   f"vertex {vertex!r} has only udf.container, which runs when rendered "
                                                   "for Kubernetes; add udf.command to run it on this machine")])
-        return list(v.udf.command), {"NATSFLOW_DESCRIPTOR": json.dumps(vertex_descriptor(p, vertex)), **v.udf.env}
-    extra = dict(v.udf.env) if v.udf is not None else {}
+        return list(v.udf.command), {"NATSFLOW_DESCRIPTOR": json.dumps(vertex_descriptor(p, vertex)), **udf_env(p, v)}
+    extra = udf_env(p, v)
     return [sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(pipeline_file),
             "--vertex", vertex], extra
 
@@ -211,6 +212,7 @@ class Supervisor:
 
     async def start(self) -> None:
         p = load_pipeline(self.file)
+        check_pipeline(p, str(self.file))  # a missing secret ends `run` here, naming the field and variable
         self.pipeline = p
         self._sources = {v.name for v in p.spec.vertices if v.kind == "source"}
         if not self.settings.url:
@@ -251,7 +253,9 @@ class Supervisor:
                 continue
             seen = text
             try:
-                await self.apply(load_pipeline(self.file))
+                new = load_pipeline(self.file)
+                check_pipeline(new, str(self.file))
+                await self.apply(new)
             except SpecError as exc:
                 log.error("pipeline file changed but is not valid; still running the previous version:\n%s", exc)
             except Exception:  # noqa: BLE001 - keep supervising whatever happens in one update

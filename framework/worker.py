@@ -30,6 +30,7 @@ from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRej
 from .metrics import BufferProbe, VertexMetrics
 from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
+from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
 from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
 from .tracing import VertexTracer
@@ -692,6 +693,7 @@ def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path 
 async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSettings) -> None:
     path = Path(pipeline_file)
     p = load_pipeline(path, check_handlers=False)
+    check_vertex(p, p.vertex(vertex), str(path))  # a missing secret: one clear line, before connecting
     worker = worker_for(p, vertex, settings, path.parent)
     if p.vertex(vertex).udf is not None and p.vertex(vertex).udf.kind == "command":
         raise SystemExit(f"vertex {vertex!r} runs its own command; start it with `natsflow run`")

@@ -90,7 +90,7 @@ class PipelineFile:
             return False
         self._stamp = stamp
         try:
-            new = load_pipeline(self.path, check_handlers=False)
+            new = load_pipeline(self.path, check_handlers=False, allow_unset=True)
         except SpecError as exc:
             self.error = f"the pipeline file changed but is not valid; showing the previous version: {exc}"
             return False

@@ -84,3 +84,16 @@ async def test_full_buffer_answers_503_and_keeps_what_it_accepted(runner, nc):
     statuses = [(await apost(url, f"m{i}".encode(), {"X-Natsflow-Id": f"m{i}"}))[0] for i in range(15)]
     assert statuses == [200] * 10 + [503] * 5
     assert (await nc.jetstream().stream_info(f"nf_{runner.name}_out")).state.messages == 10
+
+
+async def test_token_from_a_secret_ref(runner, nc, monkeypatch):
+    """`auth.token: {secretRef}`: the source reads the token from NATSFLOW_SECRET_WEB_TOKEN (what a
+    rendered pod gets from the Secret); the pipeline file holds only the reference."""
+    monkeypatch.setenv("NATSFLOW_SECRET_WEB_TOKEN", "t0ken-from-secret")
+    url, out = await start_http(runner, nc, auth={"secretRef": {"name": "web", "key": "token"}})
+    assert "t0ken-from-secret" not in runner.file.read_text()
+    assert await apost(url, b"x") == (401, {"error": "missing or wrong bearer token"})
+    assert (await apost(url, b"x", {"Authorization": "Bearer web"}))[0] == 401
+    assert (await apost(url, b"ok", {"Authorization": "Bearer t0ken-from-secret"}))[0] == 200
+    await out.wait_count(1)
+    assert [m.data for m in out.msgs] == [b"ok"]

@@ -87,3 +87,31 @@ async def test_table_missing_for_a_while_loses_nothing(runner, nc, pg):
     await conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text, score float8)")
     await wait_for(lambda: all_through(nc, runner, stream, 600), 60, "600 records through after the table exists")
     assert [r["id"] for r in await conn.fetch(f"SELECT id FROM {table} ORDER BY id")] == list(range(600))
+
+
+async def test_dsn_from_a_secret_ref_and_table_from_an_env_var(runner, nc, pg, monkeypatch):
+    """The sink process reads its DSN from NATSFLOW_SECRET_PG_DSN (what a rendered pod gets from
+    the Secret) and its table from ${PG_TABLE}: neither is written in the pipeline file."""
+    conn, table = pg
+    await conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text, score float8)")
+    monkeypatch.setenv("PG_TABLE", table)  # the test process loads the file too
+    stream = await feed(nc, runner, 300, row)
+    pipeline(runner, stream, {"postgres": {"dsn": {"secretRef": {"name": "pg", "key": "dsn"}}, "table": "${PG_TABLE}"}})
+    assert DSN not in runner.file.read_text() and table not in runner.file.read_text()
+    await runner.start_all(NATSFLOW_SECRET_PG_DSN=DSN)
+    await wait_for(lambda: all_through(nc, runner, stream, 300), 60, "300 records through")
+    assert [r["id"] for r in await conn.fetch(f"SELECT id FROM {table} ORDER BY id")] == list(range(300))
+    assert await runner.stream_messages(nc, f"nf_{runner.name}_out_dlq") == 0
+
+
+async def test_a_sink_without_its_secret_exits_naming_the_variable(runner, nc, pg):
+    _, table = pg
+    stream = await feed(nc, runner, 1, row)
+    pipeline(runner, stream, {"postgres": {"dsn": {"secretRef": {"name": "pg", "key": "dsn"}}, "table": table}})
+    await runner.provision()
+    proc = runner.start("out")
+    await wait_for(lambda: proc.poll() is not None, 30, "the sink to exit")
+    assert proc.returncode == 1
+    assert runner.log("out").strip().endswith(
+        "spec.vertices[1].sink.postgres.dsn: secretRef pg/dsn: environment variable NATSFLOW_SECRET_PG_DSN is not "
+        "set (rendered pods get it from the Secret; for natsflow run, export it)")

@@ -52,7 +52,9 @@ def client_options(cfg: KafkaConnection, client_cls: type, where: str, **default
     unknown = sorted(set(cfg.config) - accepted)
     if unknown:
         raise ValueError(f"{where}.config: unknown {client_cls.__name__} option(s) {', '.join(unknown)}")
-    opts: dict[str, Any] = {"bootstrap_servers": cfg.brokers, **defaults}
+    # an entry may list several brokers (`brokers: ["${KAFKA_BROKERS}"]` with a comma-separated value)
+    brokers = [b.strip() for entry in cfg.brokers for b in entry.split(",") if b.strip()]
+    opts: dict[str, Any] = {"bootstrap_servers": brokers, **defaults}
     context = ssl_context(cfg)
     if context is not None:
         opts["ssl_context"] = context
