@@ -24,11 +24,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import buffer as b
-from .connection import NatsSettings
+from .connection import NatsSettings, header_problem
+from .deadletter import dead_letter_message
 from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, SourceRecord,
                          load_connector)
 from .metrics import BufferProbe, VertexMetrics
-from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
+from .routing import Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, message_tags
 from .sdk import Datum, Message
 from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
@@ -43,17 +44,31 @@ GRACE_S = float(os.environ.get("NATSFLOW_GRACE_SECONDS", "30"))
 
 
 def decode_datum(msg: Msg) -> Datum:
+    """The Datum of a buffer message; ValueError for a message this vertex cannot take or pass
+    on (docs/protocol.md §3): bad Nf-Keys or Nf-Event-Time, a user header that is not a token
+    name with UTF-8 text. Without Nf-Event-Time the event time is when JetStream stored it."""
     h = msg.headers or {}
     et = h.get(b.HDR_EVENT_TIME)
     own = (b.HDR_MSG_ID in h) + (b.HDR_ID in h) + (et is not None) + (b.HDR_KEYS in h)
-    user = {k: v for k, v in h.items() if k not in b.RESERVED_HEADERS} if len(h) > own else None
+    user = _user_headers(h) if len(h) > own else None
     return Datum(
         b.decode_keys(h.get(b.HDR_KEYS)),
         msg.data,
         headers=user,
         id=h.get(b.HDR_ID) or h.get(b.HDR_MSG_ID) or "",
-        event_time_ms=int(et) if et else int(time.time() * 1000),
+        event_time_ms=b.decode_event_time(et) if et else b.stream_timestamp_ms(msg),
     )
+
+
+def _user_headers(h: dict[str, str]) -> dict[str, str]:
+    user = {}
+    for k, v in h.items():
+        if b.passed_on(k):
+            problem = header_problem(k, v)
+            if problem is not None:
+                raise ValueError(problem)
+            user[k] = v
+    return user
 
 
 def backoff_delays(r: Retry):
@@ -165,6 +180,25 @@ class VertexWorker:
             self.metrics.written(to, routed - dropped)
             self.metrics.dropped("buffer_full", dropped)
         self.metrics.dropped("no_route", report.unrouted)
+
+    async def publish_dead_letters(self, out: list[b.OutMessage], first_error: str) -> None:
+        """Publish until stored (the DLQ is provisioned with the buffers), then count them."""
+        total = len(out)
+        while True:
+            errors = await self.publisher.publish(out)
+            retry = [o for o, e in zip(out, errors) if e is not None]
+            if not retry:
+                break
+            first = next(e for e in errors if e)
+            if self.stopping.is_set():
+                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
+                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
+            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
+            out = retry
+            await asyncio.sleep(0.5)
+        self.metrics.dlq.inc(total)
+        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
+                    self.v.name, total, b.dlq_stream_name(self.p.name, self.v.name), first_error)
 
     async def shutdown(self) -> None:
         if self.probe is not None:
@@ -379,26 +413,10 @@ class ReadingWorker(VertexWorker):
         out = []
         for m, error in failed:
             VertexTracer.fail(self.spans, m, error)
-            headers = dict(m.headers or {})
-            headers[b.HDR_MSG_ID] = f"dlq:{self.v.name}:{b.origin(m)}"
-            headers[b.HDR_ERROR] = error[:4000].replace("\r", " ").replace("\n", " | ")
-            headers[b.HDR_ERROR_VERTEX] = self.v.name
-            out.append(b.OutMessage(self.dlq_subject, m.data, headers))
-        while True:
-            errors = await self.publisher.publish(out)
-            retry = [o for o, e in zip(out, errors) if e is not None]
-            if not retry:
-                break
-            first = next(e for e in errors if e)
-            if self.stopping.is_set():
-                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
-                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
-            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
-            out = retry
-            await asyncio.sleep(0.5)
-        self.metrics.dlq.inc(len(failed))
-        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
-                    self.v.name, len(failed), b.dlq_stream_name(self.p.name, self.v.name), failed[0][1])
+            msg_id = f"dlq:{self.v.name}:{b.origin(m)}"
+            out.append(dead_letter_message(self.dlq_subject, msg_id, m.data, m.headers, error, self.v.name,
+                                           self.publisher.max_payload))
+        await self.publish_dead_letters(out, failed[0][1])
 
 
 class UdfWorker(ReadingWorker):
@@ -443,10 +461,12 @@ class UdfWorker(ReadingWorker):
                 filtered += 1
                 continue
             origin = b.origin(m)
+            kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
-                mine = [self._outgoing(prefix, origin, i, d, out) for i, out in enumerate(res) if not out.is_drop]
-            except TypeError as exc:  # e.g. a value that is neither bytes nor str: the input fails
-                failed.append((m, f"TypeError: {exc}"))
+                mine = [self._outgoing(prefix, origin, i, d, res[i]) for i in kept]
+                self.router.check_outputs(mine, kept)
+            except (TypeError, UnpublishableOutput) as exc:  # e.g. a value that is not bytes: the input fails
+                failed.append((m, f"{type(exc).__name__}: {exc}"))
                 continue
             tag_dropped += len(res) - len(mine)
             outgoing.extend(mine)
