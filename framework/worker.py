@@ -35,6 +35,7 @@ from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
 from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
 from .tracing import VertexTracer
+from .bounded import HandlerTimeout, deadline, too_many_stuck, within
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
 from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
@@ -167,6 +168,17 @@ class VertexWorker:
 
     def on_stop(self) -> None:
         pass
+
+    failure: str | None = None  # why the process must exit non-zero once stopped
+
+    def check_stuck(self) -> None:
+        """Too many handler threads stuck past their timeout: stop (after the batch in hand) and
+        exit non-zero, so a fresh process takes over (framework/bounded.py)."""
+        reason = too_many_stuck()
+        if reason is not None and self.failure is None:
+            self.failure = reason
+            log.error("vertex %s: %s", self.v.name, reason)
+            self.stop()
 
     def on_heartbeat(self) -> bool:
         """Called every second by the watermark heartbeat; True to publish right away."""
@@ -354,6 +366,7 @@ class ReadingWorker(VertexWorker):
                 if self.spans:
                     self.tracer.end(self.spans.values(), None if handled else "handed back while stopping")
                 self.metrics.observe_batch(time.perf_counter() - started)
+                self.check_stuck()
         finally:
             await self.reader.close()
             if self.wm_in is not None:
@@ -426,7 +439,7 @@ class UdfWorker(ReadingWorker):
         udf = self.v.udf
         fn = load_handler(udf.handler.handler, self.base_dir)
         bm = udf.batch_map
-        self.runner = BatchMapRunner(fn, bm.max_batch_size) if bm else MapRunner(fn)
+        self.runner = BatchMapRunner(fn, bm.max_batch_size, udf.timeout) if bm else MapRunner(fn, udf.timeout)
 
     async def read(self) -> list[Msg]:
         msgs = await self.reader.fetch(self.limits.read_timeout)
@@ -501,6 +514,10 @@ class UdfWorker(ReadingWorker):
             if not failed_idx:
                 return results
             self.metrics.error.inc(len(failed_idx))
+            # A call that timed out is not tried again: it would most likely hang again.
+            failed_idx = [i for i in failed_idx if not isinstance(results[i], HandlerTimeout)]
+            if not failed_idx:
+                return results
             delay = next(delays, None)
             if delay is None or self.stopping.is_set():
                 return results
@@ -538,16 +555,27 @@ class MapStreamWorker(UdfWorker):
         while True:
             try:
                 i = 0
-                async for out in self.fn(d.keys, d):
+                stream = self.fn(d.keys, d)
+                while True:
+                    try:
+                        async with deadline(self.v.udf.timeout):  # each step: a stream may run long
+                            out = await anext(stream)
+                    except StopAsyncIteration:
+                        break
                     if not isinstance(out, Message):
                         raise HandlerResultError(f"mapStream handler yielded {type(out).__name__}; expected Message")
                     if out.is_drop:
                         self.metrics.dropped("drop_tag", 1)
                     else:
                         # Ids depend only on (input, position): a retried stream rewrites the same ids.
-                        self.count_writes(await self.router.write([self._outgoing(prefix, origin, i, d, out)]))
+                        item = self._outgoing(prefix, origin, i, d, out)
+                        self.router.check_outputs([item], [i])
+                        self.count_writes(await self.router.write([item]))
                     i += 1
                 return None
+            except (HandlerTimeout, UnpublishableOutput) as exc:  # final: retrying would fail the same way
+                self.metrics.error.inc(1)
+                return exc
             except (nats_errors.Error, asyncio.TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -601,7 +629,7 @@ class SinkWorker(ReadingWorker):
         while pending:
             try:
                 with self.metrics.sink_time.time():
-                    await self.sink.write([d for _, d in pending])
+                    await within(self.sink.write([d for _, d in pending]), self.v.sink.timeout)
                 self.metrics.written("sink", len(pending))
                 return True
             except DatumsRejected as exc:  # bad datums out, the rest is written again right away
@@ -621,6 +649,7 @@ class SinkWorker(ReadingWorker):
             except Exception as exc:  # noqa: BLE001 - a failing sink backs the pipeline up, never loses data
                 self.metrics.error.inc(1)
                 errors = [f"{type(exc).__name__}: {exc}"] * len(pending)
+                self.check_stuck()  # a hung sink's threads: past the limit, hand the batch back and exit
             error = errors[0]
             if self.stopping.is_set():
                 log.warning("sink %s failing while stopping (%s); handing %d messages back",
@@ -663,7 +692,7 @@ class SinkWorker(ReadingWorker):
         delays = sink_delays(self.v.sink.retry_strategy.backoff)
         while True:  # a failing fallback backs the pipeline up like a failing sink with onFailure retry
             try:
-                await self.fallback.write(out)
+                await within(self.fallback.write(out), self.v.sink.timeout)
                 break
             except Exception as exc:  # noqa: BLE001
                 self.metrics.error.inc(1)
@@ -718,3 +747,5 @@ async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSetti
     if p.vertex(vertex).udf is not None and p.vertex(vertex).udf.kind == "command":
         raise SystemExit(f"vertex {vertex!r} runs its own command; start it with `natsflow run`")
     await worker.run()
+    if worker.failure is not None:
+        raise SystemExit(f"vertex {vertex}: {worker.failure}")
