@@ -163,7 +163,7 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: api.Consume
 
 async def provision(js: JetStreamContext, p: Pipeline,
                     progress: Callable[[str, str], None] | None = None) -> list[tuple[str, str]]:
-    """Create or update every buffer, consumer and dead-letter stream; idempotent. `progress` is
+    """Create or update every buffer, consumer and dead-letter stream (one per vertex); idempotent. `progress` is
     called with (what, result) as each one is done (the CLI prints it)."""
     done: list[tuple[str, str]] = []
 
@@ -178,6 +178,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
             record(f"stream {cfg.name}", await ensure_stream(js, cfg))
             ccfg = buffer_consumer_config(p, v.name, part)
             record(f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg))
+    for v in p.spec.vertices:  # sources too: records they cannot store are dead-lettered
         dcfg = dlq_stream_config(p, v.name)
         record(f"stream {dcfg.name}", await ensure_stream(js, dcfg))
     record(f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name))

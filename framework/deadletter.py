@@ -52,7 +52,7 @@ def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapp
     def encode(extra_notes: list[str], user: dict[str, str]) -> bytes:
         all_notes = notes + extra_notes
         text = error + ("; dead letter: " + ", ".join(all_notes) if all_notes else "")
-        return encode_headers({**user, b.HDR_MSG_ID: msg_id, b.HDR_ERROR: one_line(text),
+        return encode_headers({**user, b.HDR_MSG_ID: one_line(msg_id), b.HDR_ERROR: one_line(text),
                                b.HDR_ERROR_VERTEX: vertex})
 
     head = encode([], kept)

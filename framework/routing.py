@@ -105,10 +105,8 @@ class Router:
         its index in the handler's result (`indexes`, default 0, 1, ...)."""
         for n, item in enumerate(items):
             problem = self.prepare(item)
-            i = n if indexes is None else indexes[n]
             if problem is not None:
-                sep = " is " if problem[0].isdigit() else ": "
-                raise UnpublishableOutput(f"output {i}{sep}{problem}")
+                raise UnpublishableOutput(describe(f"output {n if indexes is None else indexes[n]}", problem))
 
     async def write(self, items: list[Outgoing]) -> WriteReport:
         """Write all items; report per target vertex how many were routed to it and discarded."""
@@ -143,6 +141,11 @@ class Router:
                 seq = self._pub.last_seq.get(subject)
                 if seq:
                     self.wm.wrote((r.edge.to, part), seq)
+
+
+def describe(what: str, problem: str) -> str:
+    """`output 1 is 1048700 bytes with headers, ...` / `output 0: header name 'X(bad)' is ...`."""
+    return f"{what} is {problem}" if problem[:1].isdigit() else f"{what}: {problem}"
 
 
 def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:

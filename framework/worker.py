@@ -26,10 +26,10 @@ from nats.aio.msg import Msg
 from . import buffer as b
 from .connection import NatsSettings, header_problem
 from .deadletter import dead_letter_message
-from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, SourceRecord,
-                         load_connector)
+from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, RecordRejected,
+                         SourceRecord, load_connector)
 from .metrics import BufferProbe, VertexMetrics
-from .routing import Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, message_tags
+from .routing import Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags
 from .sdk import Datum, Message
 from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
@@ -231,6 +231,7 @@ class SourceWorker(VertexWorker):
         connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
                                extra={"base_dir": self.base_dir, "metrics": self.metrics})
+        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
         self.loaded = True
         await connector.run(ctx, self.emit, self.try_emit)
 
@@ -263,7 +264,7 @@ class SourceWorker(VertexWorker):
         self.metrics.batch_size.observe(len(records))
         self.assign_event_times(records)
         if self.tracer is None:
-            self.count_writes(await self.router.write(self._outgoing(records)))
+            await self._store(records)
         else:
             await self._traced_write(records)
         if records:
@@ -282,11 +283,39 @@ class SourceWorker(VertexWorker):
             if span is not None:
                 spans.append(span)
         try:
-            self.count_writes(await self.router.write(self._outgoing(records)))
+            await self._store(records)
         except BaseException as exc:
             self.tracer.end(spans, f"{type(exc).__name__}: {exc}")
             raise
         self.tracer.end(spans)
+
+    async def _store(self, records: list[SourceRecord]) -> None:
+        """Write the records into the first buffer(s); one the server cannot take goes to the
+        source's dead-letter stream instead, so it is acked upstream like the rest rather than
+        re-read and refused forever."""
+        ok, bad = [], []
+        for r, item in zip(records, self._outgoing(records)):
+            problem = self.router.prepare(item)
+            if problem is None:
+                ok.append(item)
+            else:
+                bad.append((r, describe(f"record {r.offset}", problem)))
+        if bad:
+            await self.dead_letter_records(bad)
+        self.count_writes(await self.router.write(ok))
+
+    async def dead_letter_records(self, bad: list[tuple[SourceRecord, str]]) -> None:
+        """Each record as it came (the payload cut to what fits), with `Nf-Error`; `Nats-Msg-Id`
+        `dlq:<vertex>:<offset>`, so a record re-read after a crash is dead-lettered once."""
+        out = []
+        for r, problem in bad:
+            headers = {**(r.headers or {}), b.HDR_ID: r.id or r.offset, b.HDR_EVENT_TIME: str(r.event_time_ms)}
+            keys = b.encode_keys(r.keys)
+            if keys:
+                headers[b.HDR_KEYS] = keys
+            out.append(dead_letter_message(self.dlq_subject, f"dlq:{self.v.name}:{r.offset}", r.value, headers,
+                                           f"UnstorableRecord: {problem}", self.v.name, self.publisher.max_payload))
+        await self.publish_dead_letters(out, bad[0][1])
 
     _last_emit = 0.0
     _last_idle_step = 0.0
@@ -305,6 +334,10 @@ class SourceWorker(VertexWorker):
         return True
 
     async def try_emit(self, records: list[SourceRecord]) -> None:
+        for r in records:  # the caller answers its client at once (HTTP): refuse rather than dead-letter
+            problem = self.router.prepare(self._outgoing([r])[0])
+            if problem is not None:
+                raise RecordRejected(describe(f"record {r.offset}", problem))
         full = await self.router.full_target(len(records))
         if full is not None:
             self.metrics.dropped("buffer_full_rejected", len(records))
