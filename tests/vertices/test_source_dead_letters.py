@@ -156,3 +156,29 @@ async def test_redis_streams_source_dead_letters_an_oversize_entry(runner, nc):
     finally:
         await client.delete(stream)
         await client.aclose()
+
+
+async def test_kafka_source_dead_letters_an_oversize_record(runner, nc, kafka_broker):
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    from tests.vertices.test_kafka import create_topic  # noqa: PLC0415
+
+    topic = await create_topic(kafka_broker.bootstrap, partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all", max_request_size=4 * MAX_PAYLOAD)
+    await producer.start()
+    try:
+        for n in range(GOOD):
+            await producer.send_and_wait(topic, json.dumps({"n": n}).encode(), headers=[("we(ird)", b"ok")])
+            if n == 50:
+                await producer.send_and_wait(topic, OVERSIZE)  # offset 51
+    finally:
+        await producer.stop()
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    pipeline(runner, {"kafka": {"brokers": [kafka_broker.bootstrap], "topic": topic, "consumerGroup": runner.name,
+                                "config": {"fetch_max_bytes": 8 * MAX_PAYLOAD,
+                                           "max_partition_fetch_bytes": 4 * MAX_PAYLOAD}}})
+    await runner.start_all()
+    await flows_around(runner, nc, sink, set(range(GOOD)))
+    assert sink.msgs[0].headers["we_ird_"] == "ok"
+    (letter,) = await dead_letters(runner, nc, 1)
+    assert_truncated(letter, f"{topic}:0:51")
