@@ -24,10 +24,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import buffer as b
+from .bounded import HandlerTimeout, deadline, too_many_stuck, within
 from .connection import NatsSettings, header_problem
-from .deadletter import dead_letter_message
 from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, RecordRejected,
                          SourceRecord, load_connector)
+from .deadletter import dead_letter_message
 from .metrics import BufferProbe, VertexMetrics
 from .routing import Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags
 from .sdk import Datum, Message
@@ -35,7 +36,6 @@ from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
 from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
 from .tracing import VertexTracer
-from .bounded import HandlerTimeout, deadline, too_many_stuck, within
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
 from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
