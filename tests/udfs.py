@@ -201,3 +201,10 @@ def sink_hang_first(datums: list[Datum]) -> None:
         threading.Event().wait()
     with open(os.environ["SINK_FILE"], "a") as f:
         f.write("".join(d.id + "\n" for d in datums))
+
+
+def window_sum_hang_b(keys: list[str], datums, window) -> Message:
+    """reduce that never returns for key 'b'."""
+    if keys == ["b"]:
+        threading.Event().wait()
+    return window_sum(keys, datums, window)

@@ -227,3 +227,77 @@ async def test_sink_write_over_timeout_is_a_failed_write(runner, nc, tmp_path):
     ids = sink_file.read_text().split()
     assert len(ids) == len(set(ids)) == 500
     assert "HandlerTimeout: handler did not return within 1s" in runner.log("out")
+
+
+async def test_reduce_window_call_over_timeout_is_dead_lettered(runner, nc):
+    """A reduce call that never returns for key b: its window's 10 inputs are dead-lettered, the
+    windows of key a are emitted, and the vertex goes on."""
+    from tests.framework.test_reduce import consumed, publish, reduce_pipeline, results, source_stream  # noqa: PLC0415
+
+    out_ = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, handler="window_sum_hang_b", udf_extra={"timeout": "1s"})
+    await runner.start_all()
+    await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(20) for k in ("a", "b")])
+    await consumed(nc, runner)
+    await publish(js, f"{runner.name}.src", [("a", 30, 0)])  # the watermark passes 20 s
+    await out_.wait_count(2, 30)
+    assert results(out_) == {(("a",), 0, 10, 10, 45), (("a",), 10, 20, 10, 145)}
+    dlq = f"nf_{runner.name}_agg_dlq"
+    await wait_for(lambda: runner.stream_messages(nc, dlq), 20, "dead letters")
+    await wait_for(lambda: _count_is(runner, nc, dlq, 20), 10, "20 dead letters")
+    letters = await dead_letters(nc, dlq, 20)
+    assert len(letters) == 20 and {m.headers["Nf-Keys"] for m in letters} == {'["b"]'}
+    assert {m.headers["Nf-Error"] for m in letters} == {"HandlerTimeout: handler did not return within 1s"}
+    assert runner.procs["agg"].poll() is None
+
+
+async def _count_is(runner, nc, stream: str, n: int) -> bool:
+    return await runner.stream_messages(nc, stream) == n
+
+
+def test_dead_letter_always_fits_and_says_what_changed():
+    from framework.connection import _parse_header_lines  # noqa: PLC0415
+    from framework.deadletter import dead_letter_message  # noqa: PLC0415
+
+    headers = {"Nats-Msg-Id": "feed:1", "Nf-Id": "in-1", "Nats-Expected-Stream": "s", "X(bad)": "1",
+               "X-Raw": "caf\udce9", "X-Big": "h" * 2000}
+    m = dead_letter_message("nfdlq.p.v", "dlq:v:1", b"p" * 5000, headers, "ValueError: boom\nline 2", "v", 4000)
+    assert len(m.headers) + len(m.payload) <= 4000
+    got = _parse_header_lines(m.headers[len(b"NATS/1.0\r\n"):])
+    assert got["Nf-Error"] == (
+        "ValueError: boom | line 2; dead letter: control header 'Nats-Expected-Stream' dropped, header 'X(bad)' "
+        f"renamed 'X_bad_', value of header 'X-Raw' escaped, payload truncated from 5000 to {len(m.payload)} bytes")
+    assert got["Nats-Msg-Id"] == "dlq:v:1" and got["Nf-Id"] == "in-1" and got["X-Raw"] == "caf\\xe9"
+    assert got["X_bad_"] == "1" and "Nats-Expected-Stream" not in got and m.payload == b"p" * len(m.payload)
+    # The headers alone do not fit: only natsflow's envelope stays.
+    m = dead_letter_message("nfdlq.p.v", "dlq:v:1", b"p" * 5000, headers, "ValueError: boom", "v", 1000)
+    got = _parse_header_lines(m.headers[len(b"NATS/1.0\r\n"):])
+    assert len(m.headers) + len(m.payload) <= 1000 and "X-Big" not in got and got["Nf-Id"] == "in-1"
+    assert "3 user headers dropped, payload truncated from 5000 to" in got["Nf-Error"]
+
+
+async def test_threads_each_bounds_every_call_and_moves_on():
+    """One thread hop per batch, each call bounded: the stuck call times out, the calls after it
+    run on a fresh thread, the stuck thread is counted until it ends."""
+    import threading  # noqa: PLC0415
+
+    from framework.bounded import HandlerTimeout, Threads, stuck_threads  # noqa: PLC0415
+
+    release = threading.Event()
+    before = stuck_threads()
+
+    def fn(n: int) -> int:
+        if n == 2:
+            release.wait()
+        if n == 4:
+            raise ValueError("four")
+        return n * 10
+
+    got = await Threads().each(fn, list(range(6)), 0.2)
+    assert [type(g).__name__ if isinstance(g, Exception) else g for g in got] == \
+        [0, 10, "HandlerTimeout", 30, "ValueError", 50]
+    assert isinstance(got[2], HandlerTimeout) and str(got[2]) == "handler did not return within 0.2s"
+    assert stuck_threads() == before + 1
+    release.set()
+    await wait_for(lambda: stuck_threads() == before, 5, "the stuck thread to end once released")
