@@ -286,7 +286,9 @@ def origin(msg: Msg) -> str:
     along chains and cycles. A message without one (written by hand) falls back to its sequence."""
     headers = msg.headers
     msg_id = headers.get(HDR_MSG_ID) if headers else None
-    return hashlib.sha256((msg_id or f"seq:{stream_sequence(msg)}").encode()).hexdigest()[:24]
+    # surrogatepass: a Nats-Msg-Id that is not UTF-8 (kept as lone surrogates by the header
+    # parser) still names its message, so even such a message can be dead-lettered.
+    return hashlib.sha256((msg_id or f"seq:{stream_sequence(msg)}").encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def stream_timestamp_ms(msg: Msg) -> int:

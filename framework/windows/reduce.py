@@ -21,7 +21,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from .. import buffer as b
-from ..routing import Outgoing, as_bytes, message_tags
+from ..routing import Outgoing, as_bytes, describe, message_tags
 from ..sdk import Datum, Message, Window
 from ..spec import load_handler
 from ..bounded import HandlerTimeout, Threads, within
@@ -162,7 +162,7 @@ class ReduceWorker(ReadingWorker):
                 if problem is None:
                     items.append(item)
                 else:
-                    bad.append((m, f"UnpublishableOutput: late output is {problem}"))
+                    bad.append((m, f"UnpublishableOutput: {describe('late output', problem)}"))
             self.count_writes(await self.router.write(items))
             await self.dead_letter(bad)
         else:
