@@ -182,3 +182,45 @@ async def test_kafka_source_dead_letters_an_oversize_record(runner, nc, kafka_br
     assert sink.msgs[0].headers["we_ird_"] == "ok"
     (letter,) = await dead_letters(runner, nc, 1)
     assert_truncated(letter, f"{topic}:0:51")
+
+
+async def test_sinks_refuse_a_datum_they_could_never_publish(runner, nc):
+    """A datum that fits its buffer but not the nats/jetstream sink's own envelope (its long id is
+    written twice there) goes to the sink's dead-letter stream; the others are written once."""
+    stream = f"OUT_{runner.name}"
+    runner.write([{"name": "in", "source": {"nats": {"subject": f"{runner.name}.unused"}}},
+                  {"name": "js", "sink": {"jetstream": {"stream": stream, "subject": f"{runner.name}.stored"}}},
+                  {"name": "core", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
+                 [{"from": "in", "to": "js"}, {"from": "in", "to": "core"}])
+    await runner.provision()
+    long_id = "i" * 3000
+    big = b"b" * (MAX_PAYLOAD - 3200)  # with one copy of the id it fits, with two it does not
+    items = []
+    for to in ("js", "core"):
+        for n in range(GOOD):
+            head = f"NATS/1.0\r\nNats-Msg-Id: feed:{n}\r\nNf-Id: id-{n}\r\nNf-Event-Time: 1\r\n\r\n".encode()
+            items.append((f"nf.{runner.name}.{to}.in", "", json.dumps({"n": n}).encode(), head))
+        head = f"NATS/1.0\r\nNats-Msg-Id: feed:big\r\nNf-Id: {long_id}\r\nNf-Event-Time: 1\r\n\r\n".encode()
+        items.append((f"nf.{runner.name}.{to}.in", "", big, head))
+    writer = await NatsSettings(url=runner.url).connect("feed")
+    try:
+        await publish_many(writer, items)
+        await writer.flush()
+    finally:
+        await writer.close()
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    runner.start("js")
+    runner.start("core")
+    await sink.wait_count(GOOD, 30)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    assert sorted(json.loads(m.data)["n"] for m in sink.msgs) == list(range(GOOD))
+    assert await runner.stream_messages(nc, stream) == GOOD
+    for to in ("js", "core"):
+        dlq = f"nf_{runner.name}_{to}_dlq"
+        await wait_for(lambda: runner.stream_messages(nc, dlq), 10, f"{to} dead letter")
+        letter = await nc.jetstream().get_msg(dlq, 1)
+        assert letter.headers["Nf-Error"].startswith("Unpublishable: 10") and letter.headers["Nf-Id"] == long_id
+        # The dead letter's own headers (Nf-Error) take room too: a payload cut to fit says so.
+        assert letter.data == big[:len(letter.data)]
+        assert len(letter.data) == len(big) or \
+            f"payload truncated from {len(big)} to {len(letter.data)} bytes" in letter.headers["Nf-Error"]
