@@ -183,7 +183,11 @@ class ReduceWorker(ReadingWorker):
             outgoing, failed = [], []
             for w in ready:
                 try:
-                    outgoing.extend(await self._traced_emit(ps, w))
+                    results = await self._traced_emit(ps, w)
+                    # A result the server cannot take: the window's inputs are dead letters. Checked
+                    # once the results are final (tracing adds headers).
+                    self.router.check_outputs(results)
+                    outgoing.extend(results)
                 except Exception as exc:  # noqa: BLE001 - after retries: the window's inputs are dead letters
                     failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
             self.count_writes(await self.router.write(outgoing))
@@ -261,7 +265,6 @@ class ReduceWorker(ReadingWorker):
             out.append(Outgoing(f"{base}:{i}", data_id if i == 0 else f"{data_id}:{i}", as_bytes(msg.value),
                                 w.end, list(w.keys) if msg.keys is None else list(msg.keys),
                                 dict(msg.headers) if msg.headers else None, message_tags(msg)))
-        self.router.check_outputs(out)  # a result the server cannot take: the window's inputs are dead letters
         return out
 
     async def _call(self, keys: list[str], datums: list[Datum], window: Window) -> list[Message]:
