@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from .connection import _NEWLINES, encode_headers, publish_many, reply_all, subscribe_fast
+from .connection import _NEWLINES, HeaderError, encode_headers, publish_many, reply_all, subscribe_fast
 from .spec import OnFull, Pipeline
 from . import sideinputs
 from .watermark import bucket_name, provision_bucket
@@ -163,7 +163,7 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: api.Consume
 
 async def provision(js: JetStreamContext, p: Pipeline,
                     progress: Callable[[str, str], None] | None = None) -> list[tuple[str, str]]:
-    """Create or update every buffer, consumer and dead-letter stream; idempotent. `progress` is
+    """Create or update every buffer, consumer and dead-letter stream (one per vertex); idempotent. `progress` is
     called with (what, result) as each one is done (the CLI prints it)."""
     done: list[tuple[str, str]] = []
 
@@ -178,6 +178,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
             record(f"stream {cfg.name}", await ensure_stream(js, cfg))
             ccfg = buffer_consumer_config(p, v.name, part)
             record(f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg))
+    for v in p.spec.vertices:  # sources too: records they cannot store are dead-lettered
         dcfg = dlq_stream_config(p, v.name)
         record(f"stream {dcfg.name}", await ensure_stream(js, dcfg))
     record(f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name))
@@ -198,17 +199,47 @@ def encode_keys(keys: Iterable[str] | None) -> str | None:
 def decode_keys(raw: str | None) -> list[str]:
     if not raw:
         return []
-    keys = json.loads(raw)
+    try:
+        keys = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{HDR_KEYS} is not a JSON array of strings: {raw[:200]!r} ({exc})") from None
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"{HDR_KEYS} must be a JSON array of strings, got {raw!r}")
+        raise ValueError(f"{HDR_KEYS} is not a JSON array of strings: {raw[:200]!r}")
     return keys
+
+
+# Epoch milliseconds a datetime can hold (years 1 to 9999): a handler reading Datum.event_time
+# of anything else would fail on every attempt.
+EVENT_TIME_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
+
+
+def decode_event_time(raw: str) -> int:
+    try:
+        ms = int(raw)
+    except ValueError:
+        raise ValueError(f"{HDR_EVENT_TIME} must be integer epoch milliseconds, got {raw[:200]!r}") from None
+    if not EVENT_TIME_RANGE[0] <= ms <= EVENT_TIME_RANGE[1]:
+        raise ValueError(f"{HDR_EVENT_TIME} {ms} is outside the years 1 to 9999")
+    return ms
+
+
+def is_control_header(name: str) -> bool:
+    """`Nats-*` headers (any case) instruct the server on publish (`Nats-Expected-*`, `Nats-Rollup`,
+    `Nats-TTL`, `Nats-Msg-Id`): copied from an input to an output they would make it fail or
+    misbehave, so they are never passed on; natsflow sets `Nats-Msg-Id` itself."""
+    return name[:5].lower() == "nats-"
+
+
+def passed_on(name: str) -> bool:
+    """A header that travels from input to output (and from a handler's Message to the wire)."""
+    return name not in RESERVED_HEADERS and not is_control_header(name)
 
 
 def envelope_headers(
     msg_id: str, data_id: str, event_time_ms: int, keys: Iterable[str] | None = None,
     user_headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    headers = dict(user_headers) if user_headers else {}
+    headers = {k: v for k, v in user_headers.items() if passed_on(k)} if user_headers else {}
     headers[HDR_MSG_ID] = msg_id
     headers[HDR_ID] = data_id
     headers[HDR_EVENT_TIME] = str(event_time_ms)
@@ -230,7 +261,7 @@ def encode_envelope(
     if encoded:
         head += f"{HDR_KEYS}: {_clean(encoded)}\r\n"
     if user_headers:
-        user = {k: v for k, v in user_headers.items() if k not in RESERVED_HEADERS}
+        user = {k: v for k, v in user_headers.items() if passed_on(k)}
         if user:
             return (head + encode_headers(user)[10:].decode()).encode()  # drop the 2nd status line
     return (head + "\r\n").encode()
@@ -255,7 +286,16 @@ def origin(msg: Msg) -> str:
     along chains and cycles. A message without one (written by hand) falls back to its sequence."""
     headers = msg.headers
     msg_id = headers.get(HDR_MSG_ID) if headers else None
-    return hashlib.sha256((msg_id or f"seq:{stream_sequence(msg)}").encode()).hexdigest()[:24]
+    # surrogatepass: a Nats-Msg-Id that is not UTF-8 (kept as lone surrogates by the header
+    # parser) still names its message, so even such a message can be dead-lettered.
+    return hashlib.sha256((msg_id or f"seq:{stream_sequence(msg)}").encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def stream_timestamp_ms(msg: Msg) -> int:
+    """When JetStream stored the message (epoch ms), from its ack subject: the same on every
+    redelivery, unlike the reader's clock."""
+    parts = msg.reply.split(".")
+    return int(parts[7] if len(parts) == 9 else parts[9]) // 1_000_000
 
 
 def stream_sequence(msg: Msg) -> int:
@@ -455,8 +495,10 @@ class JetStreamPublisher:
         """Publish all, wait for every ack; per message None (stored or duplicate) or the error.
         Messages whose ack did not come are retried with the same msg id (dedup makes it safe)."""
         results: list[Exception | None] = [None] * len(msgs)
-        todo = list(range(len(msgs)))
+        todo = self._writable(msgs, results)
         for attempt in range(3):
+            if not todo:
+                break
             loop = asyncio.get_running_loop()
             waits: list[tuple[int, asyncio.Future]] = []
             batch = []
@@ -488,10 +530,38 @@ class JetStreamPublisher:
             self._futures = {k: f for k, f in self._futures.items() if not f.done()}
         return results
 
+    @property
+    def max_payload(self) -> int:
+        """The server's limit for one message, headers included."""
+        return self._nc.max_payload
+
+    def _writable(self, msgs: list[OutMessage], results: list[Exception | None]) -> list[int]:
+        """Indexes of the messages the server can take; the others get their error in `results`
+        (one bad message must not fail, or close the connection under, the whole batch)."""
+        limit = self.max_payload
+        ok = []
+        for i, m in enumerate(msgs):
+            if isinstance(m.headers, dict):
+                try:
+                    m.headers = encode_headers(m.headers) if m.headers else b""
+                except HeaderError as exc:
+                    results[i] = exc
+                    continue
+            size = len(m.payload) + len(m.headers)
+            if size > limit:
+                results[i] = Unpublishable(f"{size} bytes with headers, over the server's max_payload {limit}")
+                continue
+            ok.append(i)
+        return ok
+
     async def close(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+
+
+class Unpublishable(ValueError):
+    """A message the server would refuse whatever its state (too large for max_payload)."""
 
 
 def _puback_error(data: bytes | None) -> Exception | None:
@@ -561,6 +631,10 @@ class BufferWriter:
         self._pub = publisher
         self._gates: dict[str, BufferGate] = {}
         self._max_wait_step = max_wait_step
+
+    @property
+    def max_payload(self) -> int:
+        return self._pub.max_payload
 
     def add_target(self, key: str, stream: str, soft_limit: int) -> None:
         self._gates[key] = BufferGate(self._js, stream, soft_limit)

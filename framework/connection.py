@@ -21,7 +21,9 @@ _WHITESPACE = re.compile(r"\s")
 
 def _parse_header_lines(raw: bytes) -> dict[str, str]:
     """Same result as nats-py's parser for `Name: Value` lines, without its per-character scan
-    of every name, which cost ~45 us per received message with natsflow's four envelope headers."""
+    of every name, which cost ~45 us per received message with natsflow's four envelope headers.
+    Values that are not UTF-8 keep their bytes as lone surrogates (`surrogateescape`), so a reader
+    can tell them from text and refuse them (header_problem) instead of passing on U+FFFD."""
     out: dict[str, str] = {}
     for line in raw.split(b"\r\n"):
         name, sep, value = line.partition(b":")
@@ -33,7 +35,7 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
             continue
         if not key or _WHITESPACE.search(key):
             continue
-        out[key] = value.strip().decode("utf-8", "replace")
+        out[key] = value.strip().decode("utf-8", "surrogateescape")
     return out
 
 
@@ -44,11 +46,52 @@ _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 Publish = tuple[str, str, bytes, "dict[str, str] | bytes | None"]
 
 
+class HeaderError(ValueError):
+    """A header that cannot be written faithfully: a property of the message, not of the
+    connection (nats-py's BadHeaderError is a nats.errors.Error, which callers take for an outage)."""
+
+
+def header_problem(name: object, value: object) -> str | None:
+    """Why `name: value` cannot be written as a NATS header, or None. Names must be HTTP tokens
+    (RFC 9110; what nats-py and most other clients accept), values text that encodes as UTF-8."""
+    if not isinstance(name, str) or not _HEADER_KEY.fullmatch(name):
+        return f"header name {name!r} is not an HTTP token"
+    if not isinstance(value, str):
+        return f"header {name!r} value is {type(value).__name__}, not str"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"header {name!r} value is not UTF-8"
+    return None
+
+
+_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+
+
+def escape_header_name(name: str) -> str:
+    """`name` with every character outside the token set replaced by `_`."""
+    return _NOT_TOKEN.sub("_", name) or "_"
+
+
+def escape_header_value(value: str) -> str:
+    """`value` as UTF-8 text: bytes that were not UTF-8 (kept as lone surrogates by the parser)
+    become `\\xNN`, any other lone surrogate `\\uDNNN`."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def encode_headers(headers: dict[str, str]) -> bytes:
+    """Wire form of `headers`; raises HeaderError naming the first header it cannot write.
+    Line breaks in values become spaces (a header is one line)."""
     parts = ["NATS/1.0\r\n"]
     for k, v in headers.items():
-        if not _HEADER_KEY.fullmatch(k):
-            raise errors.BadHeaderError(k)
+        problem = header_problem(k, v)
+        if problem is not None:
+            raise HeaderError(problem)
         parts.append(f"{k}: {v.translate(_NEWLINES).strip()}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode()
@@ -93,10 +136,11 @@ class FastClient(Client):
         limit = self._max_payload
         parts: list[bytes] = []
         for subject, reply, payload, headers in items:
-            if len(payload) > limit:
+            hdr = (headers if isinstance(headers, bytes) else encode_headers(headers)) if headers else b""
+            if len(payload) + len(hdr) > limit:
+                # The server counts headers too, and closes the connection on a violation.
                 raise errors.MaxPayloadError
-            if headers:
-                hdr = headers if isinstance(headers, bytes) else encode_headers(headers)
+            if hdr:
                 parts.append(f"HPUB {subject} {reply} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode())
                 parts.append(hdr)
             else:

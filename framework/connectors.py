@@ -93,6 +93,12 @@ class BufferFull(Exception):
     """Raised to a non-blocking emitter when an out-edge buffer has no room."""
 
 
+class RecordRejected(ValueError):
+    """Raised by `try_emit` for a record the server cannot store (larger than its max_payload with
+    headers, a header it cannot carry); nothing was stored. `emit` dead-letters such a record
+    instead (the source's dead-letter stream) and stores the rest."""
+
+
 class DatumsRejected(Exception):
     """Raised by a sink's `write` for datums that can never be written (a payload the target
     refuses); `reasons` maps their positions in the batch to the error text. The worker sends
@@ -138,8 +144,9 @@ class ConnectorContext:
 class SourceConnector(Protocol):
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         """Read until ctx.stopping is set. `emit` returns once records are stored in the first
-        buffer (waiting while it is full); `try_emit` raises BufferFull instead of waiting.
-        Acknowledge upstream only after either returns."""
+        buffer (waiting while it is full) or, for one the server cannot take, in the source's
+        dead-letter stream; `try_emit` raises BufferFull instead of waiting and RecordRejected
+        instead of dead-lettering. Acknowledge upstream only after either returns."""
 
 
 class SinkConnector(Protocol):

@@ -7,6 +7,7 @@ import zlib
 from dataclasses import dataclass
 
 from .buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
+from .connection import HeaderError
 from .sdk import Message
 from .spec import Edge, OnFull, Pipeline
 from .watermark import WatermarkPublisher
@@ -37,6 +38,12 @@ class Outgoing:
     headers: dict[str, str] | None
     tags: frozenset[str]
     late: bool = False
+    wire: bytes | None = None  # the encoded envelope, once `Router.prepare` has checked it
+
+
+class UnpublishableOutput(ValueError):
+    """An output the server cannot take whatever its state (too large, a header it cannot carry):
+    its input goes to the dead-letter stream instead of failing, and retrying, the whole batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,27 @@ class Router:
                     return r.edge.to
         return None
 
+    def prepare(self, item: Outgoing) -> str | None:
+        """Encode the item's envelope now and check the server can take it: None, or why not
+        (a caller dead-letters its input rather than publish a batch the server refuses)."""
+        try:
+            item.wire = encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
+        except HeaderError as exc:
+            return str(exc)
+        size = len(item.wire) + len(item.value)
+        limit = self._writer.max_payload
+        if size > limit:
+            return f"{size} bytes with headers, over the server's max_payload {limit}"
+        return None
+
+    def check_outputs(self, items: list[Outgoing], indexes: list[int] | None = None) -> None:
+        """prepare() every output of one input; UnpublishableOutput names the first that fails by
+        its index in the handler's result (`indexes`, default 0, 1, ...)."""
+        for n, item in enumerate(items):
+            problem = self.prepare(item)
+            if problem is not None:
+                raise UnpublishableOutput(describe(f"output {n if indexes is None else indexes[n]}", problem))
+
     async def write(self, items: list[Outgoing]) -> WriteReport:
         """Write all items; report per target vertex how many were routed to it and discarded."""
         batches: dict[str, tuple[OnFull, list[OutMessage]]] = {
@@ -91,7 +119,8 @@ class Router:
             if not routes:
                 unrouted += 1  # no edge's condition matched its tags
                 continue
-            headers = encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys, item.headers)
+            headers = item.wire or encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys,
+                                                   item.headers)
             for r in routes:
                 i = r.pick(item.keys)
                 batches[r.targets[i]][1].append(OutMessage(r.subjects[i], item.value, headers))
@@ -112,6 +141,11 @@ class Router:
                 seq = self._pub.last_seq.get(subject)
                 if seq:
                     self.wm.wrote((r.edge.to, part), seq)
+
+
+def describe(what: str, problem: str) -> str:
+    """`output 1 is 1048700 bytes with headers, ...` / `output 0: header name 'X(bad)' is ...`."""
+    return f"{what} is {problem}" if problem[:1].isdigit() else f"{what}: {problem}"
 
 
 def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:

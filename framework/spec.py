@@ -376,6 +376,8 @@ class Udf(Model):
     container: Container | None = None
     env: dict[str, Secret] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
+    timeout: Duration = Field(300.0, gt=0, description="longest handler call (a map call, a batchMap chunk, a "
+                              "mapStream step, a reduce window); longer: its inputs are dead-lettered")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Udf":
@@ -510,6 +512,8 @@ class Sink(Model):
     redis: RedisSink | None = None
     http: HttpSink | None = None
     retry_strategy: RetryStrategy = Field(default_factory=RetryStrategy, alias="retryStrategy")
+    timeout: Duration = Field(300.0, gt=0, description="longest write call; longer is a failed write under "
+                              "retryStrategy")
     fallback: Sink | None = Field(None, description="where datums go that the sink gives up on (any sink kind)")
 
     @model_validator(mode="after")

@@ -63,10 +63,10 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
                 st.buffered = st.appended = None
             else:
                 st.processed = st.appended - st.buffered
-            try:
-                st.dead_letters = (await js.stream_info(b.dlq_stream_name(p.name, v.name))).state.messages
-            except NotFoundError:
-                pass
+        try:  # every vertex has one; a source's holds the records it could not store
+            st.dead_letters = (await js.stream_info(b.dlq_stream_name(p.name, v.name))).state.messages
+        except NotFoundError:
+            pass
         out.append(st)
     return out
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from .bounded import Threads, deadline, within
 from .sdk import Datum, Message
 
+DEFAULT_TIMEOUT = 300.0  # udf.timeout
 Result = list[Message] | BaseException
 
 
@@ -43,59 +44,56 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 class MapRunner:
-    """Runs `fn(keys, datum)` for every datum in a batch, isolating each call's exception."""
+    """Runs `fn(keys, datum)` for every datum in a batch, isolating each call's exception; a call
+    longer than `timeout` s gets HandlerTimeout (framework/bounded.py)."""
 
-    def __init__(self, fn: Callable[..., Any], pool: ThreadPoolExecutor | None = None):
+    def __init__(self, fn: Callable[..., Any], timeout: float = DEFAULT_TIMEOUT, threads: Threads | None = None):
         self._fn = fn
         self._async = _is_async(fn)
-        self._pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="natsflow-udf")
+        self._timeout = timeout
+        self._threads = threads or Threads()
 
     async def run(self, datums: list[Datum]) -> list[Result]:
         if self._async:
             return list(await asyncio.gather(*(self._one_async(d) for d in datums)))
         # One thread hop per batch, not per message: the hop costs more than a small UDF.
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._batch_sync, datums)
+        return await self._threads.each(self._one_sync, datums, self._timeout)
 
     async def _one_async(self, d: Datum) -> Result:
         try:
-            return normalize(await self._fn(d.keys, d))
+            async with deadline(self._timeout):
+                return normalize(await self._fn(d.keys, d))
         except Exception as exc:  # noqa: BLE001 - a UDF error is data for the dead-letter path
             return exc
 
-    def _batch_sync(self, datums: list[Datum]) -> list[Result]:
-        out: list[Result] = []
-        fn = self._fn
-        for d in datums:
-            try:
-                out.append(normalize(fn(d.keys, d)))
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
-        return out
+    def _one_sync(self, d: Datum) -> list[Message]:
+        return normalize(self._fn(d.keys, d))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pass
 
 
 class BatchMapRunner:
     """Runs `fn(datums) -> results` on chunks of at most `max_batch_size` (one model call per
-    chunk). The handler returns one result per input: a list in input order, or a dict keyed by
-    `Datum.id`; each result is what a map handler may return. Any mismatch fails the whole chunk."""
+    chunk, bounded by `timeout`). The handler returns one result per input: a list in input order,
+    or a dict keyed by `Datum.id`; each result is what a map handler may return. Any mismatch, or
+    a call over the timeout, fails the whole chunk."""
 
-    def __init__(self, fn: Callable[..., Any], max_batch_size: int, pool: ThreadPoolExecutor | None = None):
+    def __init__(self, fn: Callable[..., Any], max_batch_size: int, timeout: float = DEFAULT_TIMEOUT,
+                 threads: Threads | None = None):
         self._fn = fn
         self._size = max_batch_size
         self._async = _is_async(fn)
-        self._pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="natsflow-udf")
+        self._timeout = timeout
+        self._threads = threads or Threads()
 
     async def run(self, datums: list[Datum]) -> list[Result]:
         out: list[Result] = []
         for start in range(0, len(datums), self._size):
             chunk = datums[start:start + self._size]
             try:
-                if self._async:
-                    raw = await self._fn(chunk)
-                else:
-                    raw = await asyncio.get_running_loop().run_in_executor(self._pool, self._fn, chunk)
+                call = self._fn(chunk) if self._async else self._threads.call(self._fn, chunk)
+                raw = await within(call, self._timeout)
                 out.extend(self.align(chunk, raw))
             except Exception as exc:  # noqa: BLE001 - the whole chunk failed
                 out.extend([exc] * len(chunk))
@@ -121,4 +119,4 @@ class BatchMapRunner:
         return [normalize(r) for r in raw]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pass

@@ -24,11 +24,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import buffer as b
-from .connection import NatsSettings
-from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, SourceRecord,
-                         load_connector)
+from .bounded import HandlerTimeout, deadline, too_many_stuck, within
+from .connection import NatsSettings, header_problem
+from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, RecordRejected,
+                         SourceRecord, load_connector)
+from .deadletter import dead_letter_message
 from .metrics import BufferProbe, VertexMetrics
-from .routing import Outgoing, Router, WriteReport, as_bytes, message_tags
+from .routing import Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags
 from .sdk import Datum, Message
 from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
@@ -43,17 +45,31 @@ GRACE_S = float(os.environ.get("NATSFLOW_GRACE_SECONDS", "30"))
 
 
 def decode_datum(msg: Msg) -> Datum:
+    """The Datum of a buffer message; ValueError for a message this vertex cannot take or pass
+    on (docs/protocol.md §3): bad Nf-Keys or Nf-Event-Time, a user header that is not a token
+    name with UTF-8 text. Without Nf-Event-Time the event time is when JetStream stored it."""
     h = msg.headers or {}
     et = h.get(b.HDR_EVENT_TIME)
     own = (b.HDR_MSG_ID in h) + (b.HDR_ID in h) + (et is not None) + (b.HDR_KEYS in h)
-    user = {k: v for k, v in h.items() if k not in b.RESERVED_HEADERS} if len(h) > own else None
+    user = _user_headers(h) if len(h) > own else None
     return Datum(
         b.decode_keys(h.get(b.HDR_KEYS)),
         msg.data,
         headers=user,
         id=h.get(b.HDR_ID) or h.get(b.HDR_MSG_ID) or "",
-        event_time_ms=int(et) if et else int(time.time() * 1000),
+        event_time_ms=b.decode_event_time(et) if et else b.stream_timestamp_ms(msg),
     )
+
+
+def _user_headers(h: dict[str, str]) -> dict[str, str]:
+    user = {}
+    for k, v in h.items():
+        if b.passed_on(k):
+            problem = header_problem(k, v)
+            if problem is not None:
+                raise ValueError(problem)
+            user[k] = v
+    return user
 
 
 def backoff_delays(r: Retry):
@@ -153,6 +169,17 @@ class VertexWorker:
     def on_stop(self) -> None:
         pass
 
+    failure: str | None = None  # why the process must exit non-zero once stopped
+
+    def check_stuck(self) -> None:
+        """Too many handler threads stuck past their timeout: stop (after the batch in hand) and
+        exit non-zero, so a fresh process takes over (framework/bounded.py)."""
+        reason = too_many_stuck()
+        if reason is not None and self.failure is None:
+            self.failure = reason
+            log.error("vertex %s: %s", self.v.name, reason)
+            self.stop()
+
     def on_heartbeat(self) -> bool:
         """Called every second by the watermark heartbeat; True to publish right away."""
         return False
@@ -165,6 +192,25 @@ class VertexWorker:
             self.metrics.written(to, routed - dropped)
             self.metrics.dropped("buffer_full", dropped)
         self.metrics.dropped("no_route", report.unrouted)
+
+    async def publish_dead_letters(self, out: list[b.OutMessage], first_error: str) -> None:
+        """Publish until stored (the DLQ is provisioned with the buffers), then count them."""
+        total = len(out)
+        while True:
+            errors = await self.publisher.publish(out)
+            retry = [o for o, e in zip(out, errors) if e is not None]
+            if not retry:
+                break
+            first = next(e for e in errors if e)
+            if self.stopping.is_set():
+                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
+                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
+            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
+            out = retry
+            await asyncio.sleep(0.5)
+        self.metrics.dlq.inc(total)
+        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
+                    self.v.name, total, b.dlq_stream_name(self.p.name, self.v.name), first_error)
 
     async def shutdown(self) -> None:
         if self.probe is not None:
@@ -185,6 +231,7 @@ class SourceWorker(VertexWorker):
         connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
                                extra={"base_dir": self.base_dir, "metrics": self.metrics})
+        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
         self.loaded = True
         await connector.run(ctx, self.emit, self.try_emit)
 
@@ -217,7 +264,7 @@ class SourceWorker(VertexWorker):
         self.metrics.batch_size.observe(len(records))
         self.assign_event_times(records)
         if self.tracer is None:
-            self.count_writes(await self.router.write(self._outgoing(records)))
+            await self._store(records)
         else:
             await self._traced_write(records)
         if records:
@@ -236,11 +283,39 @@ class SourceWorker(VertexWorker):
             if span is not None:
                 spans.append(span)
         try:
-            self.count_writes(await self.router.write(self._outgoing(records)))
+            await self._store(records)
         except BaseException as exc:
             self.tracer.end(spans, f"{type(exc).__name__}: {exc}")
             raise
         self.tracer.end(spans)
+
+    async def _store(self, records: list[SourceRecord]) -> None:
+        """Write the records into the first buffer(s); one the server cannot take goes to the
+        source's dead-letter stream instead, so it is acked upstream like the rest rather than
+        re-read and refused forever."""
+        ok, bad = [], []
+        for r, item in zip(records, self._outgoing(records)):
+            problem = self.router.prepare(item)
+            if problem is None:
+                ok.append(item)
+            else:
+                bad.append((r, describe(f"record {r.offset}", problem)))
+        if bad:
+            await self.dead_letter_records(bad)
+        self.count_writes(await self.router.write(ok))
+
+    async def dead_letter_records(self, bad: list[tuple[SourceRecord, str]]) -> None:
+        """Each record as it came (the payload cut to what fits), with `Nf-Error`; `Nats-Msg-Id`
+        `dlq:<vertex>:<offset>`, so a record re-read after a crash is dead-lettered once."""
+        out = []
+        for r, problem in bad:
+            headers = {**(r.headers or {}), b.HDR_ID: r.id or r.offset, b.HDR_EVENT_TIME: str(r.event_time_ms)}
+            keys = b.encode_keys(r.keys)
+            if keys:
+                headers[b.HDR_KEYS] = keys
+            out.append(dead_letter_message(self.dlq_subject, f"dlq:{self.v.name}:{r.offset}", r.value, headers,
+                                           f"UnstorableRecord: {problem}", self.v.name, self.publisher.max_payload))
+        await self.publish_dead_letters(out, bad[0][1])
 
     _last_emit = 0.0
     _last_idle_step = 0.0
@@ -259,6 +334,10 @@ class SourceWorker(VertexWorker):
         return True
 
     async def try_emit(self, records: list[SourceRecord]) -> None:
+        for r in records:  # the caller answers its client at once (HTTP): refuse rather than dead-letter
+            problem = self.router.prepare(self._outgoing([r])[0])
+            if problem is not None:
+                raise RecordRejected(describe(f"record {r.offset}", problem))
         full = await self.router.full_target(len(records))
         if full is not None:
             self.metrics.dropped("buffer_full_rejected", len(records))
@@ -320,6 +399,7 @@ class ReadingWorker(VertexWorker):
                 if self.spans:
                     self.tracer.end(self.spans.values(), None if handled else "handed back while stopping")
                 self.metrics.observe_batch(time.perf_counter() - started)
+                self.check_stuck()
         finally:
             await self.reader.close()
             if self.wm_in is not None:
@@ -379,26 +459,10 @@ class ReadingWorker(VertexWorker):
         out = []
         for m, error in failed:
             VertexTracer.fail(self.spans, m, error)
-            headers = dict(m.headers or {})
-            headers[b.HDR_MSG_ID] = f"dlq:{self.v.name}:{b.origin(m)}"
-            headers[b.HDR_ERROR] = error[:4000].replace("\r", " ").replace("\n", " | ")
-            headers[b.HDR_ERROR_VERTEX] = self.v.name
-            out.append(b.OutMessage(self.dlq_subject, m.data, headers))
-        while True:
-            errors = await self.publisher.publish(out)
-            retry = [o for o, e in zip(out, errors) if e is not None]
-            if not retry:
-                break
-            first = next(e for e in errors if e)
-            if self.stopping.is_set():
-                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
-                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
-            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
-            out = retry
-            await asyncio.sleep(0.5)
-        self.metrics.dlq.inc(len(failed))
-        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
-                    self.v.name, len(failed), b.dlq_stream_name(self.p.name, self.v.name), failed[0][1])
+            msg_id = f"dlq:{self.v.name}:{b.origin(m)}"
+            out.append(dead_letter_message(self.dlq_subject, msg_id, m.data, m.headers, error, self.v.name,
+                                           self.publisher.max_payload))
+        await self.publish_dead_letters(out, failed[0][1])
 
 
 class UdfWorker(ReadingWorker):
@@ -408,7 +472,7 @@ class UdfWorker(ReadingWorker):
         udf = self.v.udf
         fn = load_handler(udf.handler.handler, self.base_dir)
         bm = udf.batch_map
-        self.runner = BatchMapRunner(fn, bm.max_batch_size) if bm else MapRunner(fn)
+        self.runner = BatchMapRunner(fn, bm.max_batch_size, udf.timeout) if bm else MapRunner(fn, udf.timeout)
 
     async def read(self) -> list[Msg]:
         msgs = await self.reader.fetch(self.limits.read_timeout)
@@ -443,10 +507,12 @@ class UdfWorker(ReadingWorker):
                 filtered += 1
                 continue
             origin = b.origin(m)
+            kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
-                mine = [self._outgoing(prefix, origin, i, d, out) for i, out in enumerate(res) if not out.is_drop]
-            except TypeError as exc:  # e.g. a value that is neither bytes nor str: the input fails
-                failed.append((m, f"TypeError: {exc}"))
+                mine = [self._outgoing(prefix, origin, i, d, res[i]) for i in kept]
+                self.router.check_outputs(mine, kept)
+            except (TypeError, UnpublishableOutput) as exc:  # e.g. a value that is not bytes: the input fails
+                failed.append((m, f"{type(exc).__name__}: {exc}"))
                 continue
             tag_dropped += len(res) - len(mine)
             outgoing.extend(mine)
@@ -481,6 +547,10 @@ class UdfWorker(ReadingWorker):
             if not failed_idx:
                 return results
             self.metrics.error.inc(len(failed_idx))
+            # A call that timed out is not tried again: it would most likely hang again.
+            failed_idx = [i for i in failed_idx if not isinstance(results[i], HandlerTimeout)]
+            if not failed_idx:
+                return results
             delay = next(delays, None)
             if delay is None or self.stopping.is_set():
                 return results
@@ -518,16 +588,27 @@ class MapStreamWorker(UdfWorker):
         while True:
             try:
                 i = 0
-                async for out in self.fn(d.keys, d):
+                stream = self.fn(d.keys, d)
+                while True:
+                    try:
+                        async with deadline(self.v.udf.timeout):  # each step: a stream may run long
+                            out = await anext(stream)
+                    except StopAsyncIteration:
+                        break
                     if not isinstance(out, Message):
                         raise HandlerResultError(f"mapStream handler yielded {type(out).__name__}; expected Message")
                     if out.is_drop:
                         self.metrics.dropped("drop_tag", 1)
                     else:
                         # Ids depend only on (input, position): a retried stream rewrites the same ids.
-                        self.count_writes(await self.router.write([self._outgoing(prefix, origin, i, d, out)]))
+                        item = self._outgoing(prefix, origin, i, d, out)
+                        self.router.check_outputs([item], [i])
+                        self.count_writes(await self.router.write([item]))
                     i += 1
                 return None
+            except (HandlerTimeout, UnpublishableOutput) as exc:  # final: retrying would fail the same way
+                self.metrics.error.inc(1)
+                return exc
             except (nats_errors.Error, asyncio.TimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -581,7 +662,7 @@ class SinkWorker(ReadingWorker):
         while pending:
             try:
                 with self.metrics.sink_time.time():
-                    await self.sink.write([d for _, d in pending])
+                    await within(self.sink.write([d for _, d in pending]), self.v.sink.timeout)
                 self.metrics.written("sink", len(pending))
                 return True
             except DatumsRejected as exc:  # bad datums out, the rest is written again right away
@@ -601,6 +682,7 @@ class SinkWorker(ReadingWorker):
             except Exception as exc:  # noqa: BLE001 - a failing sink backs the pipeline up, never loses data
                 self.metrics.error.inc(1)
                 errors = [f"{type(exc).__name__}: {exc}"] * len(pending)
+                self.check_stuck()  # a hung sink's threads: past the limit, hand the batch back and exit
             error = errors[0]
             if self.stopping.is_set():
                 log.warning("sink %s failing while stopping (%s); handing %d messages back",
@@ -643,7 +725,7 @@ class SinkWorker(ReadingWorker):
         delays = sink_delays(self.v.sink.retry_strategy.backoff)
         while True:  # a failing fallback backs the pipeline up like a failing sink with onFailure retry
             try:
-                await self.fallback.write(out)
+                await within(self.fallback.write(out), self.v.sink.timeout)
                 break
             except Exception as exc:  # noqa: BLE001
                 self.metrics.error.inc(1)
@@ -698,3 +780,5 @@ async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSetti
     if p.vertex(vertex).udf is not None and p.vertex(vertex).udf.kind == "command":
         raise SystemExit(f"vertex {vertex!r} runs its own command; start it with `natsflow run`")
     await worker.run()
+    if worker.failure is not None:
+        raise SystemExit(f"vertex {vertex}: {worker.failure}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 
 from framework import Datum, Message
@@ -135,3 +136,75 @@ def fan_two(keys: list[str], datum: Datum) -> list[Message]:
     """flatmap: two outputs per input, `<seq>:0` and `<seq>:1`."""
     n = seq(datum)
     return [Message(f"{n}:0".encode()), Message(f"{n}:1".encode())]
+
+
+# ---- poison pills (tests/framework/test_poison.py) -------------------------------------------
+
+SERVER_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
+
+
+def unpublishable_some(keys: list[str], datum: Datum) -> list[Message]:
+    """flatmap whose result for some inputs cannot be published: n % 50 == 7 one output that fits
+    the payload limit alone but not with its headers, == 8 a header name outside the token set,
+    == 9 a second output far over the limit, == 10 a header value that is not text."""
+    n = seq(datum)
+    if n % 50 == 7:
+        return [Message(b"x" * (SERVER_MAX_PAYLOAD - 20))]
+    if n % 50 == 8:
+        return [Message(datum.value, headers={"X(bad)": "1"})]
+    if n % 50 == 9:
+        return [Message(datum.value), Message(b"y" * (SERVER_MAX_PAYLOAD + 100))]
+    if n % 50 == 10:
+        return [Message(datum.value, headers={"X-Count": 5})]  # type: ignore[dict-item]
+    return [Message(datum.value)]
+
+
+def _hangs(datum: Datum) -> bool:
+    return seq(datum) in {int(s) for s in os.environ.get("HANG_SEQS", "").split(",") if s}
+
+
+def hang_some(keys: list[str], datum: Datum) -> Message:
+    """map that never returns for the inputs listed in $HANG_SEQS."""
+    if _hangs(datum):
+        threading.Event().wait()
+    return Message(datum.value)
+
+
+async def async_hang_some(keys: list[str], datum: Datum) -> Message:
+    if _hangs(datum):
+        await asyncio.Event().wait()
+    return Message(datum.value)
+
+
+def batch_hang_some(datums: list[Datum]) -> list[Message]:
+    """batchMap whose call never returns when the chunk holds an input listed in $HANG_SEQS."""
+    if any(_hangs(d) for d in datums):
+        threading.Event().wait()
+    return [Message(d.value) for d in datums]
+
+
+async def stream_hang_some(keys: list[str], datum: Datum):
+    """mapStream: yields one message, then never yields again for the inputs in $HANG_SEQS."""
+    yield Message(datum.value)
+    if _hangs(datum):
+        await asyncio.Event().wait()
+
+
+_sink_calls = 0
+
+
+def sink_hang_first(datums: list[Datum]) -> None:
+    """udsink whose first write never returns; later writes record the ids in $SINK_FILE."""
+    global _sink_calls
+    _sink_calls += 1
+    if _sink_calls == 1:
+        threading.Event().wait()
+    with open(os.environ["SINK_FILE"], "a") as f:
+        f.write("".join(d.id + "\n" for d in datums))
+
+
+def window_sum_hang_b(keys: list[str], datums, window) -> Message:
+    """reduce that never returns for key 'b'."""
+    if keys == ["b"]:
+        threading.Event().wait()
+    return window_sum(keys, datums, window)

@@ -21,9 +21,10 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from .. import buffer as b
-from ..routing import Outgoing, as_bytes, message_tags
+from ..routing import Outgoing, as_bytes, describe, message_tags
 from ..sdk import Datum, Message, Window
 from ..spec import load_handler
+from ..bounded import HandlerTimeout, Threads, within
 from ..udf import normalize
 from ..watermark import UNKNOWN, WatermarkFetcher
 from ..worker import ReadingWorker, backoff_delays, decode_datum
@@ -63,6 +64,7 @@ class ReduceWorker(ReadingWorker):
         self.cfg = cfg
         self.lateness = int(cfg.allowed_lateness * 1000)
         self.fn = load_handler(cfg.handler, self.base_dir)
+        self.threads = Threads("natsflow-reduce")
         self.loaded = True  # for /readyz
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
         self.parts: list[Partition] = []
@@ -93,6 +95,7 @@ class ReduceWorker(ReadingWorker):
                         await self._ingest(ps, msgs)
                     await self._close_ready(ps)
                 await self._publish_watermark()
+                self.check_stuck()
         finally:
             for ps in self.parts:
                 # Unemitted windows: hand their inputs back now rather than after the ack wait.
@@ -151,9 +154,17 @@ class ReduceWorker(ReadingWorker):
         if not late:
             return
         if any(e.late for e in self.p.out_edges(self.v.name)):
-            items = [Outgoing(f"{self.v.name}:late:{b.origin(m)}", d.id, d.value, d.event_time_ms,
-                              d.keys, dict(d.headers) or None, frozenset(), late=True) for m, d in late]
+            items, bad = [], []
+            for m, d in late:
+                item = Outgoing(f"{self.v.name}:late:{b.origin(m)}", d.id, d.value, d.event_time_ms,
+                                d.keys, dict(d.headers) or None, frozenset(), late=True)
+                problem = self.router.prepare(item)
+                if problem is None:
+                    items.append(item)
+                else:
+                    bad.append((m, f"UnpublishableOutput: {describe('late output', problem)}"))
             self.count_writes(await self.router.write(items))
+            await self.dead_letter(bad)
         else:
             self.metrics.dropped("late", len(late))
             log.warning("reduce %s dropped %d late message(s) (no late edge); first event time %d",
@@ -172,7 +183,11 @@ class ReduceWorker(ReadingWorker):
             outgoing, failed = [], []
             for w in ready:
                 try:
-                    outgoing.extend(await self._traced_emit(ps, w))
+                    results = await self._traced_emit(ps, w)
+                    # A result the server cannot take: the window's inputs are dead letters. Checked
+                    # once the results are final (tracing adds headers).
+                    self.router.check_outputs(results)
+                    outgoing.extend(results)
                 except Exception as exc:  # noqa: BLE001 - after retries: the window's inputs are dead letters
                     failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
             self.count_writes(await self.router.write(outgoing))
@@ -232,12 +247,12 @@ class ReduceWorker(ReadingWorker):
         delays = backoff_delays(self.v.udf.retry)
         while True:
             try:
-                results = await self._call(list(w.keys), datums, window)
+                results = await within(self._call(list(w.keys), datums, window), self.v.udf.timeout)
                 break
-            except Exception:
+            except Exception as exc:
                 self.metrics.error.inc(1)
                 delay = next(delays, None)
-                if delay is None:
+                if delay is None or isinstance(exc, HandlerTimeout):  # a hung call is not tried again
                     raise
                 await asyncio.sleep(delay)
         key_hash = hashlib.sha1("\x1f".join(w.keys).encode()).hexdigest()[:16]
@@ -258,4 +273,4 @@ class ReduceWorker(ReadingWorker):
             return [m async for m in fn(keys, iter(datums), window)]
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
             return normalize(await fn(keys, iter(datums), window))
-        return normalize(await asyncio.to_thread(fn, keys, iter(datums), window))
+        return normalize(await self.threads.call(fn, keys, iter(datums), window))

@@ -27,7 +27,8 @@ def results(c: Collector) -> set[tuple]:
 
 
 def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str = "0s", partitions: int = 1,
-                    watermark: dict | None = None, keyed: bool = True, handler: str = "window_sum"):
+                    watermark: dict | None = None, keyed: bool = True, handler: str = "window_sum",
+                    udf_extra: dict | None = None):
     vertices = [
         {"name": "in", "source": {"jetstream": {"stream": f"SRC_{runner.name}"}}},
         {"name": "agg", "udf": {"reduce": {"handler": f"tests.udfs:{handler}", "window": window,
@@ -37,6 +38,7 @@ def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str
     edges = [{"from": "in", "to": "agg"}, {"from": "agg", "to": "out"}]
     if keyed is False:
         vertices[1]["udf"]["reduce"]["keyed"] = False
+    vertices[1]["udf"].update(udf_extra or {})
     if late_edge:
         vertices.append({"name": "tardy", "sink": {"nats": {"subject": f"{runner.name}.late"}}})
         edges.append({"from": "agg", "to": "tardy", "late": True})

@@ -6,8 +6,9 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.buffer import JetStreamPublisher, OutMessage, envelope_headers
-from framework.connectors import ConnectorContext
+from framework.buffer import JetStreamPublisher, OutMessage, Unpublishable, envelope_headers
+from framework.connection import HeaderError
+from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
 from framework.spec import JetStreamSink as Config
 
@@ -34,9 +35,15 @@ class JetStreamSink:
                        envelope_headers(d.id, d.id, d.event_time_ms, d.keys, dict(d.headers)))
             for d in datums
         ]
-        errors = [e for e in await self.publisher.publish(out) if e is not None]
-        if errors:
-            raise errors[0]
+        results = await self.publisher.publish(out)
+        # Too large for the server or a header it cannot carry: never writable, so out of the batch
+        # (to the fallback sink or the dead-letter stream) rather than retried forever.
+        never = {i: f"{type(e).__name__}: {e}" for i, e in enumerate(results) if isinstance(e, (Unpublishable, HeaderError))}
+        failed = {i: f"{type(e).__name__}: {e}" for i, e in enumerate(results) if e is not None and i not in never}
+        if never:
+            raise DatumsRejected(never, rest_written=not failed)
+        if failed:
+            raise PartialWrite(failed)
 
     async def close(self) -> None:
         await self.publisher.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from framework.buffer import envelope_headers
-from framework.connection import publish_many
-from framework.connectors import ConnectorContext
+from framework.connection import encode_headers, publish_many
+from framework.connectors import ConnectorContext, DatumsRejected
 from framework.sdk import Datum
 from framework.spec import NatsSink as Config
 
@@ -18,11 +18,19 @@ class NatsSink:
         self.own = self.nc is not ctx.nc
 
     async def write(self, datums: list[Datum]) -> None:
-        await publish_many(self.nc, [
-            (self.cfg.subject, "", d.value, envelope_headers(d.id, d.id, d.event_time_ms, d.keys, dict(d.headers)))
-            for d in datums
-        ])
+        items, never = [], {}
+        limit = self.nc.max_payload
+        for i, d in enumerate(datums):
+            headers = encode_headers(envelope_headers(d.id, d.id, d.event_time_ms, d.keys, dict(d.headers)))
+            size = len(headers) + len(d.value)
+            if size > limit:  # never writable: out of the batch instead of failing it forever
+                never[i] = f"Unpublishable: {size} bytes with headers, over the server's max_payload {limit}"
+                continue
+            items.append((self.cfg.subject, "", d.value, headers))
+        await publish_many(self.nc, items)
         await self.nc.flush()
+        if never:
+            raise DatumsRejected(never, rest_written=True)
 
     async def close(self) -> None:
         if self.own:

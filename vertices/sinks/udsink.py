@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 
+from framework.bounded import Threads
 from framework.connectors import ConnectorContext
 from framework.sdk import Datum
 from framework.spec import Handler, load_handler
@@ -18,12 +18,13 @@ class UserSink:
     async def start(self, ctx: ConnectorContext) -> None:
         self.fn = load_handler(self.cfg.handler, ctx.extra.get("base_dir"))
         self.is_async = inspect.iscoroutinefunction(self.fn)
+        self.threads = Threads("natsflow-sink")  # a write cancelled at sink.timeout leaves its thread
 
     async def write(self, datums: list[Datum]) -> None:
         if self.is_async:
             await self.fn(datums)
         else:
-            await asyncio.to_thread(self.fn, datums)
+            await self.threads.call(self.fn, datums)
 
     async def close(self) -> None:
         pass

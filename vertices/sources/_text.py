@@ -6,14 +6,10 @@ in a value), so such text is escaped rather than allowed to break the message.""
 from __future__ import annotations
 
 import hashlib
-import re
 
-_TOKEN = re.compile(r"[^!#$%&'*+.^_`|~0-9A-Za-z-]")
+from framework.connection import escape_header_name as header_name
+
 MAX_ID = 200
-
-
-def header_name(name: str) -> str:
-    return _TOKEN.sub("_", name) or "_"
 
 
 def header_value(raw: object) -> str:
