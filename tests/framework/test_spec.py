@@ -78,7 +78,7 @@ def test_vertex_limits_override_pipeline_limits():
         (lambda r: r["spec"]["vertices"][1]["udf"]["map"].update({"handler": "nocolon"}),
          "spec.vertices[1].udf.map", "handler 'nocolon' must look like 'package.module:function'"),
         (lambda r: r["spec"]["limits"].update({"bufferUsageLimit": 120}),
-         "spec.limits.bufferUsageLimit", "less than or equal to 100"),
+         "spec.limits.bufferUsageLimit", "must be at most 100 (a percentage)"),
         (lambda r: r["spec"]["limits"].update({"readTimeout": "soon"}),
          "spec.limits.readTimeout", "'soon' is not a duration"),
         (lambda r: r["spec"]["limits"].update({"readBatchSise": 5}),
@@ -154,5 +154,5 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_pipeline(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("spec: [unclosed")
-    with pytest.raises(SpecError, match=r"bad.yaml: not valid YAML"):
+    with pytest.raises(SpecError, match=r"bad.yaml: line 1: not valid YAML: "):
         load_pipeline(bad)
