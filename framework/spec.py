@@ -114,7 +114,7 @@ def _parse_duration(value: Any) -> float:
             raise ValueError(f"{value[:40]!r} is not a duration (use e.g. 500ms, 2s, 1m)")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not math.isfinite(seconds):
-        raise ValueError(f"{value!r} is not a finite duration")
+        raise ValueError(f"{str(value)[:40]!r} is not a finite duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -129,15 +129,13 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def within(low: float, high: float, why: str = "", *, above: bool = False, low_why: str = "",
-           show: Callable[[float], str] = lambda n: str(n)) -> AfterValidator:
-    """Bounds with the limit (and why, where it is not obvious) in the message. `above`: more
-    than `low` rather than at least."""
+def within(low: float, high: float, why: str = "", *, low_why: str = "",
+           show: Callable[[float], str] = str) -> AfterValidator:
+    """Bounds with the limit (and why, where it is not obvious) in the message."""
 
     def check(value: Any) -> Any:
-        if value < low or (above and value == low):
-            raise ValueError(f"must be {'more than' if above else 'at least'} {show(low)}"
-                             + (f" ({low_why})" if low_why else ""))
+        if value < low:
+            raise ValueError(f"must be at least {show(low)}" + (f" ({low_why})" if low_why else ""))
         if value > high:
             raise ValueError(f"must be at most {show(high)}" + (f" ({why})" if why else ""))
         return value
@@ -145,9 +143,8 @@ def within(low: float, high: float, why: str = "", *, above: bool = False, low_w
     return AfterValidator(check)
 
 
-def within_seconds(low: float, high: float, why: str = "", *, above: bool = False,
-                   low_why: str = "") -> AfterValidator:
-    return within(low, high, why, above=above, low_why=low_why, show=format_seconds)
+def within_seconds(low: float, high: float, why: str = "", *, low_why: str = "") -> AfterValidator:
+    return within(low, high, why, low_why=low_why, show=format_seconds)
 
 
 def _check_name(value: str) -> str:
@@ -346,7 +343,8 @@ class DeliverPolicy(str, Enum):
 
 class JetStreamSource(Model):
     url: Secret | None = None
-    stream: StreamName = Field(description="an existing stream (natsflow's own nf_* ones: see spec_problems)")
+    stream: StreamName = Field(description="an existing stream; of natsflow's nf_* ones only another "
+                                           "pipeline's dead letters (reserved_stream_problems)")
     consumer: ConsumerName | None = None
     deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
 
@@ -1004,7 +1002,8 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))
-    return problems + cycle_problems(p) + name_problems(p) + side_input_problems(p)
+    return (problems + cycle_problems(p) + kubernetes_name_problems(p) + reserved_stream_problems(p)
+            + side_input_problems(p))
 
 
 def cycle_problems(p: Pipeline) -> list[tuple[str, str]]:
@@ -1030,11 +1029,12 @@ def cycle_problems(p: Pipeline) -> list[tuple[str, str]]:
                 stack.append(u)
     trapped = [n for n in names if n not in reaches_sink]
     problems = []
-    for comp in _strong_components(trapped, {n: [m for m in succ[n] if m not in reaches_sink] for n in trapped}):
-        if len(comp) > 1 or comp[0] in succ[comp[0]]:
-            members = sorted(comp, key=names.index)
+    position = {n: i for i, n in enumerate(names)}
+    components = _strong_components(trapped, {n: [m for m in succ[n] if m not in reaches_sink] for n in trapped})
+    for members in sorted((sorted(c, key=position.__getitem__) for c in components), key=lambda c: position[c[0]]):
+        if len(members) > 1 or members[0] in succ[members[0]]:
             shown = ", ".join(repr(n) for n in members)
-            what = f"{shown} feeds only itself" if len(comp) == 1 else f"{shown} form a cycle"
+            what = f"{shown} feeds only itself" if len(members) == 1 else f"{shown} form a cycle"
             problems.append(("spec.edges", f"{what} with no path to a sink: messages that enter it could never "
                                            "leave the pipeline (add an edge from it to a sink, or break the cycle)"))
     return problems
@@ -1080,8 +1080,8 @@ def _strong_components(nodes: list[str], succ: dict[str, list[str]]) -> list[lis
     return components
 
 
-def name_problems(p: Pipeline) -> list[tuple[str, str]]:
-    """Names derived from the pipeline's must fit where they go; natsflow's own streams stay its own."""
+def kubernetes_name_problems(p: Pipeline) -> list[tuple[str, str]]:
+    """The names `natsflow render` derives from the pipeline's and the vertices' must fit Kubernetes."""
     from .render import MANAGER_SUFFIX, UPSTREAM_SCALED  # noqa: PLC0415 - render names the objects (and imports us)
 
     problems = []
@@ -1098,6 +1098,13 @@ def name_problems(p: Pipeline) -> list[tuple[str, str]]:
             problems.append((f"spec.vertices[{i}].name", f"the Kubernetes object name {rendered!r} would have "
                              f"{len(rendered)} characters; Kubernetes allows {K8S_NAME_MAX}: shorten the vertex "
                              "or the pipeline name"))
+    return problems
+
+
+def reserved_stream_problems(p: Pipeline) -> list[tuple[str, str]]:
+    """A jetstream source must not read natsflow's own streams (sinks: see JetStreamSink)."""
+    problems = []
+    for i, v in enumerate(p.spec.vertices):
         stream = v.source.jetstream.stream if v.source is not None and v.source.jetstream is not None else None
         if stream is not None and stream.startswith(RESERVED_STREAM_PREFIX):
             if stream.startswith(f"{RESERVED_STREAM_PREFIX}{p.name}_"):

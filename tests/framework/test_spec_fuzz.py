@@ -226,7 +226,10 @@ def test_cli_exits_1_without_traceback(tmp_path, name):
 
 # ---- property tests: random damage to a valid pipeline -----------------------------------------
 
-JUNK = st.recursive(
+# Values that broke validation before: huge, non-finite, of the wrong type, names NATS refuses.
+NOTORIOUS = st.sampled_from([10**30, 2**63, 10**9, -1, 0, True, False, 1.5, float("inf"), float("nan"), "1e30",
+                             "9" * 400 + "h", "nf.x.y", ">", "a b", "nf_demo_agg", "10h", "", None, [], {}])
+JUNK = NOTORIOUS | st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
     | st.sampled_from(["1e30", "nf.x.y", ">", "a b", "nf_demo_agg", "10h", ".nan", "-1", ""]),
