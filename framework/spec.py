@@ -67,36 +67,41 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+# A number written as text: what a `${VAR}` reference in a numeric field becomes, or a quoted number.
+_INTEGER_TEXT = re.compile(r"^\s*[-+]?\d{1,30}\s*$")
+_DECIMAL_TEXT = re.compile(r"^\s*[-+]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})([eE][-+]?\d{1,3})?\s*$")
+
+
 def _whole_number(value: Any) -> int:
-    """YAML gives ints; a bool, a text or a float with a fraction is a mistake, not a count."""
+    """A count: an int, a float without a fraction (1.0e+3) or digits as text; never a bool."""
+    if isinstance(value, str) and _INTEGER_TEXT.match(value):
+        return int(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)  # 1.0e+3 is a whole number written as a float
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a whole number, got {_shown(value)}{_quoted_number_hint(value)}")
+        raise ValueError(f"expected a whole number, got {_shown(value)}{_exponent_hint(value)}")
     return value
 
 
-def _quoted_number_hint(value: Any) -> str:
-    """A number YAML handed over as text: quoted, or 1e9 (YAML 1.1 wants 1.0e+9)."""
-    try:
-        if not isinstance(value, str) or not math.isfinite(float(value)):
-            return ""
-    except ValueError:
-        return ""
-    if "e" in value.lower():
+def _exponent_hint(value: Any) -> str:
+    if isinstance(value, str) and _DECIMAL_TEXT.match(value) and "e" in value.lower():
         return " (YAML reads a number like 1e9 as text: write 1000000000 or 1.0e+9)"
-    return " (write the number without quotes)"
+    return ""
 
 
 def _finite_number(value: Any) -> float:
+    if isinstance(value, str) and _DECIMAL_TEXT.match(value):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {_shown(value)}{_quoted_number_hint(value)}")
+        raise ValueError(f"expected a number, got {_shown(value)}")
     if not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value}")
     return float(value)
 
 
 def _flag(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # the text of a `${VAR}` reference
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_shown(value)}")
     return value

@@ -266,8 +266,10 @@ def test_largest_value_passes_and_the_next_is_refused_with_the_limit(path, mutat
      "expected a whole number, got true"),
     (lambda r: r["spec"]["limits"].update(readBatchSize=2.5), "spec.limits.readBatchSize",
      "expected a whole number, got 2.5"),
-    (lambda r: r["spec"]["limits"].update(readBatchSize="5"), "spec.limits.readBatchSize",
-     "expected a whole number, got the text '5' (write the number without quotes)"),
+    (lambda r: r["spec"]["limits"].update(readBatchSize="5.0"), "spec.limits.readBatchSize",
+     "expected a whole number, got the text '5.0'"),
+    (lambda r: r["spec"]["limits"].update(readBatchSize="1e3"), "spec.limits.readBatchSize",
+     "expected a whole number, got the text '1e3' (YAML reads a number like 1e9 as text"),
     (lambda r: r["spec"]["limits"].update(ackWait=float("nan")), "spec.limits.ackWait", "is not a finite duration"),
     (lambda r: r["spec"]["limits"].update(ackWait="500ms"), "spec.limits.ackWait",
      "must be at least 1s (JetStream would redeliver messages still being processed)"),
@@ -293,10 +295,16 @@ def test_numbers_are_strict_and_finite(mutation, path, reason):
     assert any(p == path and reason in r for p, r in found), found
 
 
-def test_whole_floats_count_as_whole_numbers():
+def test_whole_floats_and_numbers_as_text_are_numbers():
+    """`1.0e+4` is a whole number; digits as text are what a `${VAR}` in a numeric field becomes."""
     raw = copy.deepcopy(BASE)
-    raw["spec"]["limits"]["bufferMaxLength"] = 1.0e+4
-    assert parse_pipeline(raw).limits_for("classify").buffer_max_length == 10_000
+    raw["spec"]["limits"].update(bufferMaxLength=1.0e+4, readBatchSize=" 20 ")
+    reduce_with(keyed="false")(raw)
+    raw["spec"]["vertices"][1]["udf"]["retry"] = {"factor": "2.5"}
+    p = parse_pipeline(raw)
+    limits = p.limits_for("classify")
+    assert (limits.buffer_max_length, limits.read_batch_size) == (10_000, 20)
+    assert (p.vertex("classify").udf.reduce.keyed, p.vertex("classify").udf.retry.factor) == (False, 2.5)
 
 
 async def test_largest_accepted_values_provision_on_a_real_server(nats_url):

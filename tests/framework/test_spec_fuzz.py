@@ -272,7 +272,8 @@ def test_damaged_pipeline_gives_only_spec_errors(data):
     raw = doc()
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(st.sampled_from(_paths(raw)))
-        _damage(raw, path, data.draw(st.sampled_from(["replace", "delete", "add"])), data.draw(JUNK),
+        junk = copy.deepcopy(data.draw(JUNK))  # sampled [] and {} are shared objects: never mutate them
+        _damage(raw, path, data.draw(st.sampled_from(["replace", "delete", "add"])), junk,
                 data.draw(st.sampled_from(["name", "max", "stream", "subject", "x", "fallback", "rpu"])))
     try:
         p = parse_pipeline(copy.deepcopy(raw), file="p.yaml", check_handlers=False)
