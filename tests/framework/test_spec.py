@@ -203,7 +203,7 @@ BOUNDS = [
      100_000_000, "100000000"),
     ("spec.limits.readTimeout", lambda x: lambda r: r["spec"]["limits"].update(readTimeout=x), 3600, "1h"),
     ("spec.limits.ackWait", lambda x: lambda r: r["spec"]["limits"].update(ackWait=x), 86400, "24h"),
-    ("spec.vertices[0].source.generator.rpu", lambda x: gen(rpu=x), 1_000_000, "1000000"),
+    ("spec.vertices[0].source.generator.rpu", lambda x: gen(rpu=x), 100_000_000, "100000000"),
     ("spec.vertices[0].source.generator.duration", lambda x: gen(duration=x), 3600, "1h"),
     ("spec.vertices[0].source.generator.msgSize", lambda x: gen(msgSize=x), 1 << 20, "1048576"),
     ("spec.vertices[0].source.generator.keyCount", lambda x: gen(keyCount=x), 1_000_000, "1000000"),

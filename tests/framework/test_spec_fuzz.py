@@ -125,7 +125,7 @@ CASES: list[tuple[str, str | bytes, str, str]] = [
     ("bufferMaxLength 1e30", VALID.replace("bufferMaxLength: 1000", "bufferMaxLength: 1.0e+30"),
      "spec.limits.bufferMaxLength", "must be at most 100000000 (a buffer is a queue"),
     ("rpu 1e20", edit(lambda r: vertex(r, 0)["source"]["generator"].update(rpu=10**20)),
-     "spec.vertices[0].source.generator.rpu", "must be at most 1000000"),
+     "spec.vertices[0].source.generator.rpu", "must be at most 100000000"),
     ("scale.max 1e9", edit(lambda r: vertex(r, 2).update(scale={"max": 10**9})),
      "spec.vertices[2].scale.max", "must be at most 128 (each replica keeps up to 4 pull requests"),
     ("lagThreshold 0", edit(lambda r: vertex(r, 2).update(scale={"lagThreshold": 0})),
