@@ -200,6 +200,9 @@ Backlog = Annotated[WholeNumber, within(1, BUFFER_MAX, BUFFER_WHY)]  # pending m
 RetryDelay = Annotated[Duration, within_seconds(0, HOUR, "a retry waits at most an hour")]
 RetryFactor = Annotated[Number, within(1.0, 10.0, "at 10 the delay reaches its cap within a few retries")]
 WindowLength = Annotated[Duration, within_seconds(0.001, WEEK, WINDOW_WHY)]
+# udf.timeout, sink.timeout: a call still running after a day is stuck, not slow; its thread stays
+# taken (framework/bounded.py) until it returns.
+CallTimeout = Annotated[Duration, within_seconds(0.001, DAY, "a call running longer is stuck, not slow")]
 
 
 class Model(BaseModel):
@@ -531,7 +534,7 @@ class Udf(Model):
     container: Container | None = None
     env: dict[str, Secret] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
-    timeout: Duration = Field(300.0, gt=0, description="longest handler call (a map call, a batchMap chunk, a "
+    timeout: CallTimeout = Field(300.0, description="longest handler call (a map call, a batchMap chunk, a "
                               "mapStream step, a reduce window); longer: its inputs are dead-lettered")
 
     @model_validator(mode="after")
@@ -679,7 +682,7 @@ class Sink(Model):
     redis: RedisSink | None = None
     http: HttpSink | None = None
     retry_strategy: RetryStrategy = Field(default_factory=RetryStrategy, alias="retryStrategy")
-    timeout: Duration = Field(300.0, gt=0, description="longest write call; longer is a failed write under "
+    timeout: CallTimeout = Field(300.0, description="longest write call; longer is a failed write under "
                               "retryStrategy")
     fallback: Sink | None = Field(None, description="where datums go that the sink gives up on (any sink kind)")
 

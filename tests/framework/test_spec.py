@@ -235,6 +235,8 @@ BOUNDS = [
     ("spec.vertices[2].sink.http.concurrency", lambda x: sink(http={"url": "http://h", "concurrency": x}),
      1000, "1000"),
     ("spec.vertices[2].sink.http.timeout", lambda x: sink(http={"url": "http://h", "timeout": x}), 3600, "1h"),
+    ("spec.vertices[1].udf.timeout", lambda x: udf(map={"handler": "tests.udfs:identity"}, timeout=x), 86400, "24h"),
+    ("spec.vertices[2].sink.timeout", lambda x: sink(log={}, timeout=x), 86400, "24h"),
     ("spec.vertices[2].sink.retryStrategy.backoff.steps",
      lambda x: sink(log={}, retryStrategy={"backoff": {"steps": x}}), 1_000_000, "1000000"),
     ("spec.vertices[2].sink.retryStrategy.backoff.jitter",
@@ -326,19 +328,21 @@ async def test_largest_accepted_values_provision_on_a_real_server(nats_url):
     p = parse_pipeline(raw)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
+    done: list[tuple[str, str]] = []
     try:
         done = await provision(js, p)
-        assert [r for _, r in done].count("created") == len(done) == 4 * 2 + 2 + 2 + 1
+        assert {r for _, r in done} == {"created"}
+        assert sum(what.startswith("consumer ") for what, _ in done) == 4 + 1  # 4 partitions, the sink
         info = await js.consumer_info(f"nf_{name}_out", f"nf_{name}_out")
         assert (info.config.max_ack_pending, info.config.ack_wait) == (4 * 10_000 * 128, 86400)
         assert (await js.stream_info(f"nf_{name}_{'r' * 18}_p3")).config.max_msgs == 100_000_000
     finally:
-        for stream in [f"nf_{name}_{'r' * 18}_p{i}" for i in range(4)] + [
-                f"nf_{name}_{v}{suffix}" for v in ("r" * 18, "out") for suffix in ("", "_dlq")]:
-            try:
-                await js.delete_stream(stream)
-            except nats.js.errors.NotFoundError:
-                pass
+        for what, _ in done:
+            kind, _, obj = what.partition(" ")
+            if kind == "stream":
+                await js.delete_stream(obj)
+            elif kind == "kv":
+                await js.delete_key_value(obj)
         await nc.close()
 
 
