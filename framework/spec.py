@@ -7,6 +7,7 @@ raises `SpecError` whose message names the file, the field path and the reason f
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import sys
@@ -15,7 +16,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -32,39 +32,177 @@ from pydantic import (
 )
 
 from .envsubst import EnvRef, substitute, unset_message
+from .nats_names import (
+    RESERVED_STREAM_PREFIX,
+    jetstream_name_problem,
+    queue_group_problem,
+    reserved_subject_problem,
+    subject_problem,
+)
+from .yaml_file import YamlFileError, read_yaml_file
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_IDENT = r"[^\W\d]\w*"
+_HANDLER_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+
+INT64_MAX = 2**63 - 1
+MINUTE, HOUR, DAY, WEEK = 60.0, 3600.0, 86400.0, 7 * 86400.0
+K8S_NAME_MAX = 63  # a Kubernetes object name natsflow renders is a DNS label (RFC 1123)
+
+
+# ---- numbers: whole numbers, finite numbers and durations, each with bounds in its message -----
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return repr(value)
+
+
+# A number written as text: what a `${VAR}` reference in a numeric field becomes, or a quoted number.
+_INTEGER_TEXT = re.compile(r"^\s*[-+]?\d{1,30}\s*$")
+_DECIMAL_TEXT = re.compile(r"^\s*[-+]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})([eE][-+]?\d{1,3})?\s*$")
+
+
+def _whole_number(value: Any) -> int:
+    """A count: an int, a float without a fraction (1.0e+3) or digits as text; never a bool."""
+    if isinstance(value, str) and _INTEGER_TEXT.match(value):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {_shown(value)}{_exponent_hint(value)}")
+    return value
+
+
+def _exponent_hint(value: Any) -> str:
+    if isinstance(value, str) and _DECIMAL_TEXT.match(value) and "e" in value.lower():
+        return " (YAML reads a number like 1e9 as text: write 1000000000 or 1.0e+9)"
+    return ""
+
+
+def _finite_number(value: Any) -> float:
+    if isinstance(value, str) and _DECIMAL_TEXT.match(value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {_shown(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    return float(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # the text of a `${VAR}` reference
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_shown(value)}")
+    return value
 
 
 def _parse_duration(value: Any) -> float:
     """Durations are written `100ms`, `2s`, `5m`, `1h` or as a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 2s or 1m")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a duration such as 500ms, 2s or 1m, got {_shown(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = _DURATION_RE.match(str(value))
+        match = _DURATION_RE.match(value)
         if not match:
-            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 2s, 1m)")
+            raise ValueError(f"{value[:40]!r} is not a duration (use e.g. 500ms, 2s, 1m)")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{str(value)[:40]!r} is not a finite duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration the way a spec writes it: 168h, 1m, 100ms."""
+    for unit, size in (("h", HOUR), ("m", MINUTE), ("s", 1.0), ("ms", 0.001)):
+        count = seconds / size
+        if count >= 1 and abs(count - round(count)) < 1e-9:
+            return f"{round(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def within(low: float, high: float, why: str = "", *, low_why: str = "",
+           show: Callable[[float], str] = str) -> AfterValidator:
+    """Bounds with the limit (and why, where it is not obvious) in the message."""
+
+    def check(value: Any) -> Any:
+        if value < low:
+            raise ValueError(f"must be at least {show(low)}" + (f" ({low_why})" if low_why else ""))
+        if value > high:
+            raise ValueError(f"must be at most {show(high)}" + (f" ({why})" if why else ""))
+        return value
+
+    return AfterValidator(check)
+
+
+def within_seconds(low: float, high: float, why: str = "", *, low_why: str = "") -> AfterValidator:
+    return within(low, high, why, low_why=low_why, show=format_seconds)
+
+
 def _check_name(value: str) -> str:
     if len(value) > 63 or not _NAME_RE.match(value):
         raise ValueError(
-            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            f"{value[:80]!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (a Kubernetes DNS label, safe in NATS names)"
         )
     return value
 
 
+def _refuse(check: Callable[[str], str | None]) -> AfterValidator:
+    def run(value: str) -> str:
+        problem = check(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(run)
+
+
+def _publish_subject_problem(subject: str) -> str | None:
+    return subject_problem(subject, wildcards=False) or reserved_subject_problem(subject)
+
+
+def _subscribe_subject_problem(subject: str) -> str | None:
+    return subject_problem(subject, wildcards=True) or reserved_subject_problem(subject)
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Number = Annotated[float, BeforeValidator(_finite_number)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
 Duration = Annotated[float, BeforeValidator(_parse_duration)]
 Name = Annotated[str, AfterValidator(_check_name)]
+PublishSubject = Annotated[str, _refuse(_publish_subject_problem)]
+SubscribeSubject = Annotated[str, _refuse(_subscribe_subject_problem)]
+StreamName = Annotated[str, _refuse(jetstream_name_problem)]
+ConsumerName = Annotated[str, _refuse(lambda name: jetstream_name_problem(name, "consumer"))]
+QueueGroup = Annotated[str, _refuse(queue_group_problem)]
+
+# Bounds shared by several fields.
+BUFFER_MAX = 100_000_000
+BUFFER_WHY = ("a buffer is a queue between two steps, not a store; a reduce may also hold this many "
+              "messages unacknowledged")
+WINDOW_WHY = "a reduce keeps every input of an open window unacknowledged in its buffer"
+Backlog = Annotated[WholeNumber, within(1, BUFFER_MAX, BUFFER_WHY)]  # pending messages, lag thresholds
+# Retry delays: every retry waits at most this long, however large the factor makes it.
+RetryDelay = Annotated[Duration, within_seconds(0, HOUR, "a retry waits at most an hour")]
+RetryFactor = Annotated[Number, within(1.0, 10.0, "at 10 the delay reaches its cap within a few retries")]
+WindowLength = Annotated[Duration, within_seconds(0.001, WEEK, WINDOW_WHY)]
+# udf.timeout, sink.timeout: a call still running after a day is stuck, not slow; its thread stays
+# taken (framework/bounded.py) until it returns.
+CallTimeout = Annotated[Duration, within_seconds(0.001, DAY, "a call running longer is stuck, not slow")]
 
 
 class Model(BaseModel):
@@ -126,18 +264,22 @@ class Handler(Model):
 
     @model_validator(mode="after")
     def _shape(self) -> "Handler":
-        module, _, func = self.handler.partition(":")
-        if not module or not func:
-            raise ValueError(f"handler {self.handler!r} must look like 'package.module:function'")
+        if not _HANDLER_RE.match(self.handler):
+            raise ValueError(f"handler {self.handler[:80]!r} must look like 'package.module:function' "
+                             "(Python names separated by dots, one colon)")
         return self
 
 
 class Limits(Model):
-    read_batch_size: int | None = Field(None, alias="readBatchSize", ge=1, le=10_000)
-    buffer_max_length: int | None = Field(None, alias="bufferMaxLength", ge=1)
-    buffer_usage_limit: int | None = Field(None, alias="bufferUsageLimit", ge=1, le=100)
-    read_timeout: Duration | None = Field(None, alias="readTimeout", gt=0)
-    ack_wait: Duration | None = Field(None, alias="ackWait", gt=0)
+    read_batch_size: Annotated[WholeNumber, within(1, 10_000, "a batch is held in memory and acknowledged "
+                                                   "together")] | None = Field(None, alias="readBatchSize")
+    buffer_max_length: Backlog | None = Field(None, alias="bufferMaxLength")
+    buffer_usage_limit: Annotated[WholeNumber, within(1, 100, "a percentage")] | None = Field(
+        None, alias="bufferUsageLimit")
+    read_timeout: Annotated[Duration, within_seconds(0.01, HOUR, low_why="a shorter wait makes an idle vertex "
+                                                     "spin")] | None = Field(None, alias="readTimeout")
+    ack_wait: Annotated[Duration, within_seconds(1.0, DAY, low_why="JetStream would redeliver messages still "
+                                                 "being processed")] | None = Field(None, alias="ackWait")
 
     def merged(self, override: "Limits | None") -> "ResolvedLimits":
         values = {k: v for k, v in DEFAULT_LIMITS.model_dump().items()}
@@ -171,12 +313,17 @@ DEFAULT_LIMITS = ResolvedLimits()
 
 
 class GeneratorSource(Model):
-    rpu: int = Field(5, ge=1, description="messages per `duration`")
-    duration: Duration = Field(1.0, gt=0)
-    msg_size: int = Field(8, alias="msgSize", ge=0)
-    key_count: int = Field(0, alias="keyCount", ge=0)
-    value: int | None = None
-    total: int | None = Field(None, ge=0, description="stop after this many messages (natsflow extension)")
+    # bench/throughput.py asks for 10,000,000 a second to mean "as fast as it goes"
+    rpu: Annotated[WholeNumber, within(1, 100_000_000, "far more than one generator makes in a second")] = Field(
+        5, description="messages per `duration`")
+    duration: Annotated[Duration, within_seconds(0.001, HOUR)] = 1.0
+    # The generator builds messages 500 at a time; NATS's default max_payload is 1 MiB.
+    msg_size: Annotated[WholeNumber, within(0, 1 << 20, "1 MiB, NATS's default max payload")] = Field(
+        8, alias="msgSize")
+    key_count: Annotated[WholeNumber, within(0, 1_000_000)] = Field(0, alias="keyCount")
+    value: Annotated[WholeNumber, within(-INT64_MAX - 1, INT64_MAX, "a 64-bit integer")] | None = None
+    total: Annotated[WholeNumber, within(0, INT64_MAX, "a 64-bit integer")] | None = Field(
+        None, description="stop after this many messages (natsflow extension)")
 
 
 class HttpAuth(Model):
@@ -184,16 +331,17 @@ class HttpAuth(Model):
 
 
 class HttpSource(Model):
-    port: int = Field(8080, ge=0, le=65535)
+    port: Annotated[WholeNumber, within(0, 65535, "a TCP port; 0 picks a free one")] = 8080
     host: str = "0.0.0.0"
     auth: HttpAuth | None = None
-    max_body_size: int = Field(1 << 20, alias="maxBodySize", ge=1)
+    max_body_size: Annotated[WholeNumber, within(1, 64 << 20, "64 MiB, the largest max_payload a NATS server "
+                                                 "accepts")] = Field(1 << 20, alias="maxBodySize")
 
 
 class NatsSource(Model):
     url: Secret | None = None
-    subject: str
-    queue: str | None = None
+    subject: SubscribeSubject
+    queue: QueueGroup | None = None
 
 
 class DeliverPolicy(str, Enum):
@@ -204,8 +352,9 @@ class DeliverPolicy(str, Enum):
 
 class JetStreamSource(Model):
     url: Secret | None = None
-    stream: str
-    consumer: str | None = None
+    stream: StreamName = Field(description="an existing stream; of natsflow's nf_* ones only another "
+                                           "pipeline's dead letters (reserved_stream_problems)")
+    consumer: ConsumerName | None = None
     deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
 
 
@@ -213,7 +362,7 @@ class KafkaTls(Model):
     ca_file: str | None = Field(None, alias="caFile")
     cert_file: str | None = Field(None, alias="certFile")
     key_file: str | None = Field(None, alias="keyFile")
-    insecure_skip_verify: bool = Field(False, alias="insecureSkipVerify")
+    insecure_skip_verify: Flag = Field(False, alias="insecureSkipVerify")
 
     @model_validator(mode="after")
     def _pair(self) -> "KafkaTls":
@@ -251,13 +400,13 @@ class KafkaSource(KafkaConnection):
 class RabbitMqSource(Model):
     url: Secret = "amqp://guest:guest@127.0.0.1:5672/"
     queue: str = Field(min_length=1)
-    prefetch: int = Field(500, ge=1, le=65535)
+    prefetch: Annotated[WholeNumber, within(1, 65535, "AMQP's prefetch count is 16 bits")] = 500
 
 
 class MqttSource(Model):
     url: Secret = "mqtt://127.0.0.1:1883"
     topic: str = Field(min_length=1)
-    qos: Literal[0, 1, 2] = 1
+    qos: Annotated[Literal[0, 1, 2], BeforeValidator(_whole_number)] = 1  # true must not pass as 1
     client_id: str | None = Field(None, alias="clientId", description="fixed session id (default from the vertex)")
 
 
@@ -269,8 +418,8 @@ class RedisStreamsSource(Model):
     start_id: str = Field("0", alias="startId", description="where a new group starts: 0 = all, $ = new only")
     value_field: str = Field("value", alias="valueField", description="the field holding the payload")
     key_field: str | None = Field("key", alias="keyField", description="a field whose value is the message key")
-    claim_idle: Duration = Field(60.0, alias="claimIdle", gt=0,
-                                 description="take over entries another consumer left unacked this long")
+    claim_idle: Annotated[Duration, within_seconds(0.001, DAY)] = Field(
+        60.0, alias="claimIdle", description="take over entries another consumer left unacked this long")
 
 
 SOURCE_KINDS = ("generator", "http", "nats", "jetstream", "kafka", "rabbitmq", "mqtt", "redisStreams")
@@ -303,34 +452,43 @@ class Source(Model):
 class Retry(Model):
     """How often a failing UDF call is retried before the message goes to the dead-letter stream."""
 
-    attempts: int = Field(3, ge=1, le=100)
-    interval: Duration = 0.05
-    factor: float = Field(2.0, ge=1.0)
-    cap: Duration = 2.0
+    attempts: Annotated[WholeNumber, within(1, 100)] = 3
+    interval: RetryDelay = 0.05
+    factor: RetryFactor = 2.0
+    cap: RetryDelay = 2.0
 
 
 class BatchMap(Handler):
-    max_batch_size: int = Field(64, alias="maxBatchSize", ge=1, le=10_000)
-    max_wait: Duration = Field(0.05, alias="maxWait")
+    max_batch_size: Annotated[WholeNumber, within(1, 10_000, "one handler call gets the whole batch")] = Field(
+        64, alias="maxBatchSize")
+    max_wait: Annotated[Duration, within_seconds(0, MINUTE, "the first datum of a batch waits this long")] = Field(
+        0.05, alias="maxWait")
 
 
 class FixedWindow(Model):
-    length: Duration = Field(gt=0)
+    length: WindowLength
+
+
+# Every message is in length/slide sliding windows at once, each its own state and output.
+MAX_WINDOWS_PER_MESSAGE = 1000
 
 
 class SlidingWindow(Model):
-    length: Duration = Field(gt=0)
-    slide: Duration = Field(gt=0)
+    length: WindowLength
+    slide: WindowLength
 
     @model_validator(mode="after")
     def _slide_le_length(self) -> "SlidingWindow":
         if self.slide > self.length:
             raise ValueError(f"slide ({self.slide}s) must not exceed length ({self.length}s)")
+        if self.length / self.slide > MAX_WINDOWS_PER_MESSAGE:
+            raise ValueError(f"length / slide must be at most {MAX_WINDOWS_PER_MESSAGE} (every message "
+                             f"belongs to that many windows at once; here {self.length / self.slide:.0f})")
         return self
 
 
 class SessionWindow(Model):
-    timeout: Duration = Field(gt=0)
+    timeout: WindowLength
 
 
 class WindowSpec(Model):
@@ -350,9 +508,9 @@ class WindowSpec(Model):
 
 class Reduce(Handler):
     window: WindowSpec
-    keyed: bool = True
-    allowed_lateness: Duration = Field(0.0, alias="allowedLateness")
-    partitions: int = Field(1, ge=1, le=256)
+    keyed: Flag = True
+    allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="allowedLateness")
+    partitions: Annotated[WholeNumber, within(1, 256, "each partition is a buffer stream of its own")] = 1
 
 
 UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")  # "command": command and/or container
@@ -376,7 +534,7 @@ class Udf(Model):
     container: Container | None = None
     env: dict[str, Secret] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
-    timeout: Duration = Field(300.0, gt=0, description="longest handler call (a map call, a batchMap chunk, a "
+    timeout: CallTimeout = Field(300.0, description="longest handler call (a map call, a batchMap chunk, a "
                               "mapStream step, a reduce window); longer: its inputs are dead-lettered")
 
     @model_validator(mode="after")
@@ -418,17 +576,25 @@ class BlackholeSink(Model):
 
 class NatsSink(Model):
     url: Secret | None = None
-    subject: str
+    subject: PublishSubject
 
 
 class JetStreamSink(Model):
     url: Secret | None = None
-    stream: str
-    subject: str
+    stream: StreamName
+    subject: PublishSubject
+
+    @field_validator("stream")
+    @classmethod
+    def _not_natsflows(cls, stream: str) -> str:
+        if stream.startswith(RESERVED_STREAM_PREFIX):
+            raise ValueError(f"stream names starting with {RESERVED_STREAM_PREFIX!r} are natsflow's buffers, "
+                             "dead letters and KV buckets; a sink writing there would bypass them: use another name")
+        return stream
 
 
 class KafkaSink(KafkaConnection):
-    set_key: bool = Field(False, alias="setKey", description="the message's keys, joined by ':', as the record key")
+    set_key: Flag = Field(False, alias="setKey", description="the message's keys, joined by ':', as the record key")
 
 
 class PostgresMode(str, Enum):
@@ -456,7 +622,8 @@ class RedisSink(Model):
     url: Secret = "redis://127.0.0.1:6379/0"
     stream: str | None = None
     list: str | None = None
-    max_len: int | None = Field(None, alias="maxLen", ge=1, description="trim the stream to about this length")
+    max_len: Annotated[WholeNumber, within(1, INT64_MAX, "a 64-bit integer")] | None = Field(
+        None, alias="maxLen", description="trim the stream to about this length")
 
     @model_validator(mode="after")
     def _one_target(self) -> "RedisSink":
@@ -475,16 +642,19 @@ class HttpSink(Model):
     url: str = Field(pattern=r"^https?://")
     method: HttpMethod = HttpMethod.post
     headers: dict[str, Secret] = Field(default_factory=dict)
-    timeout: Duration = Field(10.0, gt=0)
-    concurrency: int = Field(16, ge=1, le=1000, description="requests in flight at once")
+    timeout: Annotated[Duration, within_seconds(0.001, HOUR)] = 10.0
+    concurrency: Annotated[WholeNumber, within(1, 1000, "each request in flight holds a connection")] = Field(
+        16, description="requests in flight at once")
 
 
 class Backoff(Model):
-    interval: Duration = 0.05
-    factor: float = Field(2.0, ge=1.0)
-    cap: Duration = 5.0
-    steps: int = Field(3, ge=0, description="retries before onFailure applies (retry: never applies)")
-    jitter: float = Field(0.0, ge=0.0, le=1.0, description="each delay is scaled by a random 1 ± jitter")
+    interval: RetryDelay = 0.05
+    factor: RetryFactor = 2.0
+    cap: RetryDelay = 5.0
+    steps: Annotated[WholeNumber, within(0, 1_000_000, "onFailure: retry retries without end anyway")] = Field(
+        3, description="retries before onFailure applies (retry: never applies)")
+    jitter: Annotated[Number, within(0.0, 1.0)] = Field(
+        0.0, description="each delay is scaled by a random 1 ± jitter")
 
 
 class OnFailure(str, Enum):
@@ -512,7 +682,7 @@ class Sink(Model):
     redis: RedisSink | None = None
     http: HttpSink | None = None
     retry_strategy: RetryStrategy = Field(default_factory=RetryStrategy, alias="retryStrategy")
-    timeout: Duration = Field(300.0, gt=0, description="longest write call; longer is a failed write under "
+    timeout: CallTimeout = Field(300.0, description="longest write call; longer is a failed write under "
                               "retryStrategy")
     fallback: Sink | None = Field(None, description="where datums go that the sink gives up on (any sink kind)")
 
@@ -533,16 +703,25 @@ class Sink(Model):
 # ---- graph -----------------------------------------------------------------------------------
 
 
+# A replica of a reading vertex keeps up to 4 pull requests waiting on the vertex's consumer (its
+# reader tops up in quarters of 2 batches), and a buffer's consumer serves at most 512 (max_waiting).
+MAX_REPLICAS = 128
+Replicas = Annotated[WholeNumber, within(0, MAX_REPLICAS, "each replica keeps up to 4 pull requests waiting "
+                                         "on the vertex's consumer, which serves at most 512")]
+
+
 class Scale(Model):
     """Autoscaling on the lag of the vertex's consumer, with KEDA's meaning for every field."""
 
-    min: int = Field(0, ge=0)
-    max: int = Field(1, ge=1)
-    lag_threshold: int = Field(100, alias="lagThreshold", ge=1)
-    activation_lag_threshold: int = Field(0, alias="activationLagThreshold", ge=0)
-    polling_interval: Duration = Field(15.0, alias="pollingInterval", ge=0.1)
-    cooldown_period: Duration = Field(300.0, alias="cooldownPeriod", ge=0)
-    scale_down_stabilization: Duration = Field(60.0, alias="scaleDownStabilization", ge=0)
+    min: Replicas = 0
+    max: Annotated[Replicas, within(1, MAX_REPLICAS)] = 1
+    lag_threshold: Backlog = Field(100, alias="lagThreshold")
+    activation_lag_threshold: Annotated[WholeNumber, within(0, BUFFER_MAX, BUFFER_WHY)] = Field(
+        0, alias="activationLagThreshold")
+    polling_interval: Annotated[Duration, within_seconds(0.1, HOUR)] = Field(15.0, alias="pollingInterval")
+    cooldown_period: Annotated[Duration, within_seconds(0, DAY)] = Field(300.0, alias="cooldownPeriod")
+    scale_down_stabilization: Annotated[Duration, within_seconds(0, HOUR, "the most a Kubernetes "
+                                        "HorizontalPodAutoscaler accepts")] = Field(60.0, alias="scaleDownStabilization")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "Scale":
@@ -615,7 +794,7 @@ class Edge(Model):
     to: Name
     conditions: Conditions | None = None
     on_full: OnFull = Field(OnFull.retry_until_success, alias="onFull")
-    late: bool = Field(False, description="from a reduce: this edge receives only late messages")
+    late: Flag = Field(False, description="from a reduce: this edge receives only late messages")
 
     def accepts(self, tags: frozenset[str]) -> bool:
         if self.conditions is None or self.conditions.tags is None:
@@ -625,31 +804,36 @@ class Edge(Model):
 
 class Metadata(Model):
     name: Name
-    namespace: str | None = None
+    namespace: Name | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
 
 class IdleSource(Model):
-    threshold: Duration = Field(gt=0)
-    increment_by: Duration = Field(alias="incrementBy", gt=0)
+    threshold: Annotated[Duration, within_seconds(0.001, DAY)]
+    increment_by: Annotated[Duration, within_seconds(0.001, DAY)] = Field(alias="incrementBy")
 
 
 class WatermarkConfig(Model):
-    max_delay: Duration = Field(0.0, alias="maxDelay")
+    max_delay: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="maxDelay")
     idle_source: IdleSource | None = Field(None, alias="idleSource")
-    publisher_timeout: Duration = Field(10.0, alias="publisherTimeout", gt=0)
+    publisher_timeout: Annotated[Duration, within_seconds(0.1, HOUR)] = Field(10.0, alias="publisherTimeout")
 
 
 class SideInputTrigger(Model):
     schedule: str = Field(description="@every <duration>, @hourly/@daily/..., or a 5-field cron (UTC)")
-    timeout: Duration = Field(60.0, gt=0, description="a run taking longer counts as failed; the old value stays")
+    timeout: Annotated[Duration, within_seconds(0.001, DAY)] = Field(
+        60.0, description="a run taking longer counts as failed; the old value stays")
 
     @field_validator("schedule")
     @classmethod
     def _parses(cls, value: str) -> str:
         from .schedule import parse_schedule  # noqa: PLC0415 - schedule parsing is its own module
 
-        parse_schedule(value)
+        schedule = parse_schedule(value)
+        seconds = getattr(schedule, "seconds", None)  # @every
+        if seconds is not None and not 0.1 <= seconds <= WEEK:
+            raise ValueError(f"@every must be from 100ms to {format_seconds(WEEK)} (for rarer runs use a cron "
+                             "expression such as @monthly)")
         return value
 
 
@@ -660,12 +844,16 @@ class SideInput(Handler):
     trigger: SideInputTrigger
 
 
+# Every vertex is a process (a Deployment when rendered) with its own buffer stream and consumer.
+MAX_VERTICES = 1000
+
+
 class PipelineSpec(Model):
     limits: Limits = Field(default_factory=Limits)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
-    side_inputs: list[SideInput] = Field(default_factory=list, alias="sideInputs")
-    vertices: list[Vertex] = Field(min_length=2)
-    edges: list[Edge] = Field(min_length=1)
+    side_inputs: list[SideInput] = Field(default_factory=list, alias="sideInputs", max_length=100)
+    vertices: list[Vertex] = Field(min_length=2, max_length=MAX_VERTICES)
+    edges: list[Edge] = Field(min_length=1, max_length=10 * MAX_VERTICES)
 
 
 class Pipeline(Model):
@@ -712,10 +900,14 @@ class Pipeline(Model):
 class SpecError(ValueError):
     """A pipeline file that cannot run; `problems` holds (field path, reason) pairs."""
 
+    SHOWN = 100  # a file with thousands of errors needs its first ones fixed, not a screenful
+
     def __init__(self, file: str, problems: list[tuple[str, str]]):
         self.file = file
         self.problems = problems
         lines = [f"{file}: {path}: {reason}" if path else f"{file}: {reason}" for path, reason in problems]
+        if len(lines) > self.SHOWN:
+            lines = lines[:self.SHOWN] + [f"{file}: ... and {len(lines) - self.SHOWN} more problems"]
         super().__init__("\n".join(lines))
 
 
@@ -727,11 +919,9 @@ def load_pipeline(path: str | Path, *, check_handlers: bool = True, env: Mapping
     path = Path(path)
     file = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(file, [("", f"cannot read file: {exc.strerror or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(file, [("", f"not valid YAML: {exc}")]) from None
+        raw = read_yaml_file(path)
+    except YamlFileError as exc:
+        raise SpecError(file, exc.problems) from None
     return parse_pipeline(raw, file=file, base_dir=path.parent, check_handlers=check_handlers, env=env,
                           allow_unset=allow_unset)
 
@@ -744,7 +934,9 @@ def parse_pipeline(
     the field, unless `allow_unset` (what `render` does: the pods substitute from their own
     environment), which keeps its `${VAR}` text, fine wherever any string is."""
     if not isinstance(raw, dict):
-        raise SpecError(file, [("", "the file must hold a mapping with apiVersion, kind, metadata and spec")])
+        found = "is empty" if raw is None else f"holds {_shown(raw)}"
+        raise SpecError(file, [("", f"the file {found}; it must hold a mapping with apiVersion, kind, metadata "
+                                    "and spec")])
     sub = substitute(raw, os.environ if env is None else env)
     problems = sub.problems + ([] if allow_unset else [(r.path, unset_message(r.name)) for r in sub.unset])
     if problems:
@@ -819,7 +1011,121 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))
-    return problems + side_input_problems(p)
+    return (problems + cycle_problems(p) + kubernetes_name_problems(p) + reserved_stream_problems(p)
+            + side_input_problems(p))
+
+
+def cycle_problems(p: Pipeline) -> list[tuple[str, str]]:
+    """A cycle is fine as long as messages can leave it: some sink must be reachable from it.
+
+    Outside cycles every vertex but a sink has an out-edge (else it is an orphan), so only a
+    cycle can keep messages inside the pipeline for good."""
+    names = [v.name for v in p.spec.vertices]
+    known = set(names)
+    succ: dict[str, list[str]] = {n: [] for n in names}
+    pred: dict[str, list[str]] = {n: [] for n in names}
+    for e in p.spec.edges:
+        if e.from_ in known and e.to in known:
+            succ[e.from_].append(e.to)
+            pred[e.to].append(e.from_)
+    leaves = [v.name for v in p.spec.vertices if v.kind == "sink"]
+    reaches_sink = set(leaves)
+    stack = list(leaves)
+    while stack:
+        for u in pred[stack.pop()]:
+            if u not in reaches_sink:
+                reaches_sink.add(u)
+                stack.append(u)
+    trapped = [n for n in names if n not in reaches_sink]
+    problems = []
+    position = {n: i for i, n in enumerate(names)}
+    components = _strong_components(trapped, {n: [m for m in succ[n] if m not in reaches_sink] for n in trapped})
+    for members in sorted((sorted(c, key=position.__getitem__) for c in components), key=lambda c: position[c[0]]):
+        if len(members) > 1 or members[0] in succ[members[0]]:
+            shown = ", ".join(repr(n) for n in members)
+            what = f"{shown} feeds only itself" if len(members) == 1 else f"{shown} form a cycle"
+            problems.append(("spec.edges", f"{what} with no path to a sink: messages that enter it could never "
+                                           "leave the pipeline (add an edge from it to a sink, or break the cycle)"))
+    return problems
+
+
+def _strong_components(nodes: list[str], succ: dict[str, list[str]]) -> list[list[str]]:
+    """Kosaraju's algorithm, without recursion (a pipeline may have a thousand vertices)."""
+    order: list[str] = []
+    seen: set[str] = set()
+    for start in nodes:
+        if start in seen:
+            continue
+        seen.add(start)
+        stack = [(start, iter(succ[start]))]
+        while stack:
+            node, rest = stack[-1]
+            nxt = next((m for m in rest if m not in seen), None)
+            if nxt is None:
+                stack.pop()
+                order.append(node)
+            else:
+                seen.add(nxt)
+                stack.append((nxt, iter(succ[nxt])))
+    pred: dict[str, list[str]] = {n: [] for n in nodes}
+    for n in nodes:
+        for m in succ[n]:
+            pred[m].append(n)
+    components: list[list[str]] = []
+    assigned: set[str] = set()
+    for root in reversed(order):
+        if root in assigned:
+            continue
+        assigned.add(root)
+        component, todo = [], [root]
+        while todo:
+            node = todo.pop()
+            component.append(node)
+            for m in pred[node]:
+                if m not in assigned:
+                    assigned.add(m)
+                    todo.append(m)
+        components.append(component)
+    return components
+
+
+def kubernetes_name_problems(p: Pipeline) -> list[tuple[str, str]]:
+    """The names `natsflow render` derives from the pipeline's and the vertices' must fit Kubernetes."""
+    from .render import MANAGER_SUFFIX, UPSTREAM_SCALED  # noqa: PLC0415 - render names the objects (and imports us)
+
+    problems = []
+    # Pipeline-wide objects are `<pipeline>-<suffix>`; the side-input manager's suffix is the longest.
+    longest = K8S_NAME_MAX - 1 - len(MANAGER_SUFFIX)
+    if len(p.name) > longest:
+        problems.append(("metadata.name", f"must be at most {longest} characters (this one has {len(p.name)}), so "
+                         f"that '<name>-{MANAGER_SUFFIX}', the longest Kubernetes object name `natsflow render` "
+                         f"makes for a pipeline, fits the {K8S_NAME_MAX} characters of a Kubernetes name"))
+    for i, v in enumerate(p.spec.vertices):
+        suffix = "-scaler" if v.source is not None and v.source.kind in UPSTREAM_SCALED and v.scale.max > 1 else ""
+        rendered = f"{p.name}-{v.name}{suffix}"
+        if len(rendered) > K8S_NAME_MAX:
+            problems.append((f"spec.vertices[{i}].name", f"the Kubernetes object name {rendered!r} would have "
+                             f"{len(rendered)} characters; Kubernetes allows {K8S_NAME_MAX}: shorten the vertex "
+                             "or the pipeline name"))
+    return problems
+
+
+def reserved_stream_problems(p: Pipeline) -> list[tuple[str, str]]:
+    """A jetstream source must not read natsflow's own streams (sinks: see JetStreamSink)."""
+    problems = []
+    for i, v in enumerate(p.spec.vertices):
+        stream = v.source.jetstream.stream if v.source is not None and v.source.jetstream is not None else None
+        if stream is not None and stream.startswith(RESERVED_STREAM_PREFIX):
+            if stream.startswith(f"{RESERVED_STREAM_PREFIX}{p.name}_"):
+                reason = "is one of this pipeline's own buffers or dead-letter streams: reading it back would loop"
+            elif not stream.endswith("_dlq"):
+                reason = ("is natsflow's name for a buffer, a work queue that its vertex consumes alone; of "
+                          "another pipeline's streams a jetstream source can read its dead letters "
+                          "(nf_<pipeline>_<vertex>_dlq)")
+            else:
+                continue
+            problems.append((f"spec.vertices[{i}].source.jetstream.stream", f"{stream!r} {reason}"))
+    return problems
 
 
 def side_input_problems(p: Pipeline) -> list[tuple[str, str]]:
@@ -917,10 +1223,13 @@ def _chosen(model: BaseModel, fields: tuple[str, ...] | None = None) -> str:
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        text = str(part)
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not text or any(c.isspace() or not c.isprintable() for c in text) or len(text) > 80:
+            out += f"[{text[:80]!r}]"  # a key the user mistyped stays on one line, and short
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + text
     return out
 
 

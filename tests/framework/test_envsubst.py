@@ -95,6 +95,6 @@ def test_render_mode_keeps_unset_references_where_any_string_fits():
     with pytest.raises(SpecError) as err:
         parse_pipeline(doc, file="p.yaml", check_handlers=False, env={}, allow_unset=True)
     assert str(err.value) == (
-        "p.yaml: spec.vertices[0].source.http.port: Input should be a valid integer, unable to parse string as an "
-        "integer (it holds ${HTTP_PORT}, which is not set here: set it, or give the value to check with a default, "
+        "p.yaml: spec.vertices[0].source.http.port: expected a whole number, got the text '${HTTP_PORT}' "
+        "(it holds ${HTTP_PORT}, which is not set here: set it, or give the value to check with a default, "
         "${HTTP_PORT:-...})")
