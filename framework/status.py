@@ -9,7 +9,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from . import buffer as b
@@ -17,6 +17,26 @@ from .spec import Pipeline
 from .watermark import HEARTBEAT_S, bucket_name
 
 REPLICA_ALIVE_MS = int(3 * HEARTBEAT_S * 1000)
+
+
+@dataclass
+class BufferPlacement:
+    """Where one buffer stream lives, from its stream info: how many replicas it has, which
+    server leads it (None on a server that is not clustered) and which replicas are not current
+    (offline, or behind the leader), e.g. after the loss of a node."""
+
+    stream: str
+    replicas: int
+    leader: str | None = None
+    not_current: list[str] = field(default_factory=list)  # "n3 (offline)", "n2 (behind)"
+
+    @classmethod
+    def of(cls, info: api.StreamInfo) -> "BufferPlacement":
+        cluster = info.cluster
+        clustered = cluster is not None and cluster.name is not None
+        peers = (cluster.replicas or []) if clustered else []
+        return cls(info.config.name, info.config.num_replicas or 1, cluster.leader if clustered else None,
+                   [f"{p.name} ({'offline' if p.offline else 'behind'})" for p in peers if p.offline or not p.current])
 
 
 @dataclass
@@ -35,6 +55,7 @@ class VertexStatus:
     appended: int | None = None
     processed: int | None = None
     replicas: int | None = None  # replicas publishing watermark heartbeats (vertices with out-edges)
+    buffers: list[BufferPlacement] = field(default_factory=list)  # one per partition stream
 
 
 async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
@@ -59,6 +80,7 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
                 st.readers += ci.num_waiting or 0
                 st.buffered += si.state.messages
                 st.appended += si.state.last_seq
+                st.buffers.append(BufferPlacement.of(si))
             if st.pending is None:
                 st.buffered = st.appended = None
             else:
@@ -146,8 +168,16 @@ def rates(p: Pipeline, before: Sample | None, now: Sample) -> dict[str, Rates]:
 
 def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
     """Client connections per vertex, from nats-server's /connz: every worker replica connects
-    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread)."""
-    prefix = f"natsflow-{pipeline}-"
+    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread). `monitor_url` may
+    list every server of a cluster, comma-separated: a client is connected to one of them."""
+    counts: Counter[str] = Counter()
+    for url in (u.strip() for u in monitor_url.split(",")):
+        if url:
+            counts.update(_server_connections(url, f"natsflow-{pipeline}-"))
+    return counts
+
+
+def _server_connections(monitor_url: str, prefix: str) -> Counter[str]:
     counts: Counter[str] = Counter()
     offset = 0
     while True:
@@ -183,6 +213,19 @@ def render_table(rows: list[VertexStatus], rate: dict[str, Rates] | None = None,
         lines.append(f"{r.name:<16}{r.kind:<8}{n(count):>9}{per_s(rr.into):>10}{per_s(rr.out):>10}"
                      f"{n(r.pending):>10}{n(r.ack_pending):>10}{buf:>16}"
                      f"{n(r.readers):>7}{n(r.dead_letters):>7}  {wm(r.watermark_ms)}")
+    placed = [bp for r in rows for bp in r.buffers]
+    if placed:
+        lines += ["", render_buffers(placed)]
+    return "\n".join(lines)
+
+
+def render_buffers(placed: list[BufferPlacement]) -> str:
+    """One line per buffer stream: replicas, leader, replicas that are not current."""
+    width = max(len("buffer"), *(len(bp.stream) for bp in placed)) + 2
+    head = f"{'buffer':<{width}}{'replicas':>8}  {'leader':<10}  not current"
+    lines = [head, "-" * len(head)]
+    for bp in placed:
+        lines.append(f"{bp.stream:<{width}}{bp.replicas:>8}  {bp.leader or '-':<10}  {', '.join(bp.not_current) or '-'}")
     return "\n".join(lines)
 
 

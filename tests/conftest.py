@@ -18,7 +18,7 @@ import pytest_asyncio
 import yaml
 
 from framework.buffer import provision
-from framework.embedded import EmbeddedNats
+from framework.embedded import EmbeddedCluster, EmbeddedNats
 from framework.spec import load_pipeline
 from framework.supervisor import vertex_command
 
@@ -35,6 +35,16 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def nats_url(nats_server: EmbeddedNats) -> str:
     return nats_server.url
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-node JetStream cluster on loopback (n1..n3, each its own store), for the tests of
+    replicated buffers only; they may kill and restart its nodes (`nats_cluster.node("n2").kill()`,
+    `nats_cluster.restart("n2")`). Its `url` lists every node, comma-separated."""
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("nats-cluster"), size=3).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest_asyncio.fixture
@@ -82,7 +92,8 @@ class Collector:
 
 
 class PipelineRunner:
-    """Writes a pipeline file, provisions it and runs each vertex as a separate process."""
+    """Writes a pipeline file, provisions it and runs each vertex as a separate process. `url` may
+    list several servers of a cluster, comma-separated (workers get it as NATS_URL)."""
 
     def __init__(self, tmp: Path, url: str):
         self.tmp = tmp
@@ -93,16 +104,21 @@ class PipelineRunner:
         self.file: Path | None = None
 
     def write(self, vertices: list[dict], edges: list[dict], limits: dict | None = None,
-              watermark: dict | None = None) -> Path:
+              watermark: dict | None = None, buffers: dict | None = None) -> Path:
         doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": self.name},
-               "spec": {"limits": limits or {}, "watermark": watermark or {}, "vertices": vertices, "edges": edges}}
+               "spec": {"limits": limits or {}, "watermark": watermark or {}, "buffers": buffers or {},
+                        "vertices": vertices, "edges": edges}}
         self.file = self.tmp / f"{self.name}.yaml"
         self.file.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.pipeline = load_pipeline(self.file)
         return self.file
 
+    @property
+    def servers(self) -> list[str]:
+        return self.url.split(",")
+
     async def provision(self) -> None:
-        client = await nats.connect(self.url)
+        client = await nats.connect(self.servers)
         try:
             await provision(client.jetstream(), self.pipeline)
         finally:
