@@ -30,7 +30,8 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .connection import _NEWLINES, HeaderError, encode_headers, publish_many, reply_all, subscribe_fast
-from .isb.reconcile import SpecPaths, apply_buffers, ensure_stream
+from .isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, replicas_current,
+                            rescaled)
 from .spec import OnFull, Pipeline
 from . import sideinputs
 from .watermark import bucket_name, provision_bucket
@@ -54,6 +55,8 @@ DLQ_MAX_MSGS = 1_000_000
 # JSStreamStoreFailedF with discard=new: "maximum messages exceeded" (bufferMaxLength) and, in
 # nats-server 2.15 on one server or a cluster, "maximum bytes exceeded" (spec.buffers.maxBytes).
 ERR_STREAM_FULL = 10077
+# No stream answered: not provisioned, or (in a cluster) the stream is electing a new leader.
+ERR_NO_RESPONDERS = 503
 
 
 def _part(partition: int | None) -> str:
@@ -159,9 +162,12 @@ async def provision(js: JetStreamContext, p: Pipeline,
     result) as each one is done (the CLI prints it). Raises `ProvisionError` for settings the
     servers refuse."""
     done: list[tuple[str, str]] = []
+    moved: list[str] = []  # JetStream streams whose replicas changed
 
-    def record(what: str, result: str) -> None:
+    def record(what: str, result: str, stream: str | None = None) -> None:
         done.append((what, result))
+        if stream is not None and rescaled(result):
+            moved.append(stream)
         if progress is not None:
             progress(what, result)
 
@@ -169,17 +175,23 @@ async def provision(js: JetStreamContext, p: Pipeline,
         paths = spec_paths(p, v.name)
         for part in partitions(p, v.name):
             cfg = buffer_stream_config(p, v.name, part)
-            record(f"stream {cfg.name}", await ensure_stream(js, cfg, paths))
+            record(f"stream {cfg.name}", await ensure_stream(js, cfg, paths), cfg.name)
             ccfg = buffer_consumer_config(p, v.name, part)
             record(f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg))
     for v in p.spec.vertices:  # sources too: records they cannot store are dead-lettered
         dcfg = dlq_stream_config(p, v.name)
-        record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)))
+        record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)), dcfg.name)
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
-    record(f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name, shared, update=True))
+    buckets = [(bucket_name(p.name), provision_bucket)]
     if p.spec.side_inputs:
-        record(f"kv {sideinputs.bucket_name(p.name)}",
-               await sideinputs.provision_bucket(js, p.name, shared, update=True))
+        buckets.append((sideinputs.bucket_name(p.name), sideinputs.provision_bucket))
+    for bucket, ensure in buckets:
+        record(f"kv {bucket}", await ensure(js, p.name, shared, update=True), f"KV_{bucket}")
+    for stream in await replicas_current(js, moved):
+        log.warning("stream %s: new replicas not current after %.0fs; it may refuse writes until they are",
+                    stream, REPLICAS_CURRENT_TIMEOUT_S)
+        if progress is not None:
+            progress(f"stream {stream}", f"replicas not current after {REPLICAS_CURRENT_TIMEOUT_S:g}s")
     return done
 
 
@@ -562,7 +574,7 @@ class Unpublishable(ValueError):
 
 def _puback_error(data: bytes | None) -> Exception | None:
     if data is None:
-        return PublishError(503, "no stream listens on this subject (no responders)")
+        return PublishError(ERR_NO_RESPONDERS, "no stream listens on this subject (no responders)")
     if b'"error"' not in data:
         return None
     err = json.loads(data)["error"]
@@ -611,6 +623,12 @@ class BufferGate:
 
     def wrote(self, n: int) -> None:
         self._written += n
+
+    def unanswered(self, err: Exception) -> None:
+        """A publish got no answer; logged at most every 5 s while it lasts."""
+        if time.monotonic() - self._warned > 5:
+            log.warning("buffer %s did not store a message (%s); retrying it", self.stream, err)
+            self._warned = time.monotonic()
 
     def saw_full(self) -> None:
         self._known = self.soft_limit
@@ -673,8 +691,12 @@ class BufferWriter:
                         else:
                             todo.setdefault(key, []).append(m)
                         continue
-                    if isinstance(err, TimeoutError):
-                        todo.setdefault(key, []).append(m)  # same msg id: a retry cannot duplicate
+                    if isinstance(err, TimeoutError) or (isinstance(err, PublishError)
+                                                         and err.code == ERR_NO_RESPONDERS):
+                        # No ack, or no stream leader at this moment (a cluster electing one after
+                        # losing a node): the same msg id again later, so a retry cannot duplicate.
+                        self._gates[key].unanswered(err)
+                        todo.setdefault(key, []).append(m)
                         continue
                     raise err
                 if stored:  # progress: poll quickly again; refused by a full buffer: keep backing off

@@ -9,6 +9,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
+from nats import errors as nats_errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
@@ -28,7 +29,7 @@ class BufferPlacement:
     stream: str
     replicas: int
     leader: str | None = None
-    not_current: list[str] = field(default_factory=list)  # "n3 (offline)", "n2 (behind)"
+    not_current: list[str] = field(default_factory=list)  # e.g. "n3 (offline)", "n2 (lag 120)"
 
     @classmethod
     def of(cls, info: api.StreamInfo) -> "BufferPlacement":
@@ -36,7 +37,15 @@ class BufferPlacement:
         clustered = cluster is not None and cluster.name is not None
         peers = (cluster.replicas or []) if clustered else []
         return cls(info.config.name, info.config.num_replicas or 1, cluster.leader if clustered else None,
-                   [f"{p.name} ({'offline' if p.offline else 'behind'})" for p in peers if p.offline or not p.current])
+                   [f"{p.name} ({_peer_state(p)})" for p in peers if p.offline or not p.current])
+
+
+def _peer_state(peer: api.PeerInfo) -> str:
+    """What the leader says of a replica that is not current. A killed node shows as not current
+    with the messages it lacks (nats-server 2.15 sets `offline` only for a peer known to be gone)."""
+    if peer.offline:
+        return "offline"
+    return f"lag {peer.lag}" if peer.lag else "catching up"
 
 
 @dataclass
@@ -237,7 +246,15 @@ async def show(js: JetStreamContext, p: Pipeline, watch: float | None = None, mo
     before = await Sample.take(js, p)
     await asyncio.sleep(rate_window)
     while True:
-        now = await Sample.take(js, p)
+        try:
+            now = await Sample.take(js, p)
+        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            if not watch:
+                raise
+            # A cluster electing a new leader answers nothing for a few seconds: keep watching.
+            print(f"cannot read JetStream ({type(exc).__name__}: {exc}); retrying", flush=True)
+            await asyncio.sleep(watch)
+            continue
         replicas = None
         if monitor_url:
             try:

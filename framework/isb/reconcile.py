@@ -4,16 +4,16 @@
 for the buckets. What JetStream can change in place (replicas up or down, limits) is changed and
 reported as `updated (replicas 1 -> 3)`, never silently; what it cannot (storage) stops with a
 `ProvisionError` naming the spec field and what to do, as does a replica count the servers
-cannot place. A replicas change returns once the new peer set is current (bounded wait), so
-"updated" means the stream now survives the loss of a node."""
+cannot place. After a replicas change, `replicas_current` waits (bounded) for the new peer set,
+so that a finished provision means the streams survive the loss of a node."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any, Awaitable, Callable, NamedTuple
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
@@ -97,24 +97,49 @@ async def _reconcile(js: JetStreamContext, info: api.StreamInfo, desired: api.St
     if not changes:
         return "unchanged"
     await _api(js.update_stream, desired, paths)
-    if current.num_replicas != desired.num_replicas and not await replicas_current(js, desired.name,
-                                                                                    desired.num_replicas):
-        changes.append(f"new replicas not yet current after {REPLICAS_CURRENT_TIMEOUT_S:g}s")
     return f"updated ({', '.join(changes)})"
 
 
-async def replicas_current(js: JetStreamContext, stream: str, replicas: int,
-                           timeout: float = REPLICAS_CURRENT_TIMEOUT_S) -> bool:
-    """Wait until the stream has a leader and `replicas - 1` followers, all current."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cluster = (await js.stream_info(stream)).cluster
-        peers = (cluster.replicas or []) if cluster is not None else []
-        if replicas == 1 or (cluster is not None and cluster.leader and len(peers) == replicas - 1
-                             and all(p.current and not p.offline for p in peers)):
-            return True
-        await asyncio.sleep(0.2)
-    return False
+def rescaled(result: str) -> bool:
+    """Whether an `ensure_*` result changed the replicas (the caller then waits for them)."""
+    return result.startswith("updated (") and ("(replicas " in result or ", replicas " in result)
+
+
+async def replicas_current(js: JetStreamContext, streams: list[str],
+                           timeout: float = REPLICAS_CURRENT_TIMEOUT_S) -> list[str]:
+    """Wait (all together, at most `timeout`) until each stream and its durable consumers have
+    their configured number of peers, all current: a rescaled stream is not yet safe until then
+    (and refuses writes for a moment while it moves). Returns the streams that did not get there."""
+    async def one(stream: str) -> None:
+        while not await _current(js, stream):
+            await asyncio.sleep(0.2)
+
+    tasks = {stream: asyncio.create_task(one(stream)) for stream in streams}
+    if tasks:
+        await asyncio.wait(tasks.values(), timeout=timeout)
+    late = [stream for stream, task in tasks.items() if not task.done() or task.exception() is not None]
+    for task in tasks.values():
+        task.cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    return late
+
+
+async def _current(js: JetStreamContext, stream: str) -> bool:
+    try:
+        info = await js.stream_info(stream)
+        consumers = [c for c in await js.consumers_info(stream) if c.config.durable_name]
+    except (APIError, asyncio.TimeoutError, NatsError):  # a leader moving: ask again
+        return False
+    want = info.config.num_replicas or 1
+    return _all_current(info.cluster, want) and all(_all_current(c.cluster, c.config.num_replicas or want)
+                                                    for c in consumers)
+
+
+def _all_current(cluster: api.ClusterInfo | None, replicas: int) -> bool:
+    """A leader and exactly `replicas - 1` current followers (scaling down also takes a moment)."""
+    peers = (cluster.replicas or []) if cluster is not None else []
+    return bool(cluster and cluster.leader) and len(peers) == replicas - 1 and all(
+        p.current and not p.offline for p in peers)
 
 
 async def _api(call: Callable[..., Awaitable[Any]], config: Any, paths: SpecPaths, name: str | None = None,
