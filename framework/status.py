@@ -180,9 +180,15 @@ def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
     with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread). `monitor_url` may
     list every server of a cluster, comma-separated: a client is connected to one of them."""
     counts: Counter[str] = Counter()
-    for url in (u.strip() for u in monitor_url.split(",")):
-        if url:
+    urls = [u.strip() for u in monitor_url.split(",") if u.strip()]
+    failed: list[OSError | ValueError] = []
+    for url in urls:
+        try:
             counts.update(_server_connections(url, f"natsflow-{pipeline}-"))
+        except (OSError, ValueError) as exc:  # a server that is down holds no connections: count the rest
+            failed.append(exc)
+    if failed and len(failed) == len(urls):
+        raise failed[0]
     return counts
 
 

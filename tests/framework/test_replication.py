@@ -20,7 +20,7 @@ import yaml
 from nats.js import api
 
 from framework.embedded import running_server
-from framework.status import collect
+from framework.status import collect, connection_counts
 from tests.conftest import REPO, PipelineRunner, wait_for
 from tests.framework.test_status import status_tables
 from tests.framework.test_supervisor import children
@@ -183,15 +183,35 @@ async def test_pipeline_keeps_moving_while_the_leader_of_its_buffer_is_down(tmp_
             count = await at_sink()
             return count if count >= n else 0
 
-        await wait_for(lambda: reached(3000), 60, "3000 outputs at the sink")
         buffer = f"nf_{runner.name}_map"
+
+        async def buffer_totals() -> tuple[int, int] | None:
+            """(messages written into the map's buffer, messages the map finished) since it was created."""
+            try:
+                state = (await js.stream_info(buffer)).state
+            except Exception:  # noqa: BLE001 - no leader right now
+                return None
+            return state.last_seq, state.last_seq - state.messages
+
+        async def source_mid_stream() -> tuple[int, int] | None:
+            totals = await buffer_totals()
+            return totals if totals and totals[0] >= 4000 and await at_sink() >= 500 else None
+
+        # Mid-stream: the source (1,000/s for 20 s) is still writing and outputs reach the sink.
+        written, finished = await wait_for(source_mid_stream, 60, "4000 inputs in the map's buffer")
         leader = (await js.stream_info(buffer)).cluster.leader
         before = await at_sink()
         nats_cluster.node(leader).kill()
         killed_at = time.monotonic()
 
-        # Still moving while the leader is gone: a new leader takes over, outputs keep arriving.
-        await wait_for(lambda: reached(before + 500), 45, f"500 more outputs with {leader} down")
+        # Still moving while the leader is gone: another server leads the map's buffer, the source
+        # keeps writing into it, the map keeps reading from it, and outputs keep arriving.
+        async def moving() -> tuple[int, int] | None:
+            totals = await buffer_totals()
+            grew = totals and totals[0] >= written + 500 and totals[1] >= finished + 500
+            return totals if grew and await at_sink() >= before + 500 else None
+
+        await wait_for(moving, 45, f"500 more inputs through {buffer} and 500 more outputs with {leader} down")
         to_500 = time.monotonic() - killed_at
 
         async def placement_seen() -> dict | None:
@@ -207,6 +227,12 @@ async def test_pipeline_keeps_moving_while_the_leader_of_its_buffer_is_down(tmp_
         assert bp.replicas == 3 and len(bp.not_current) == 1
         _, buffers = status_tables(runner)
         assert buffers[buffer][:2] == ["3", bp.leader] and buffers[buffer][2].startswith(f"{leader} ("), buffers
+        # Every worker reconnected to a surviving server (counted over all monitoring URLs, the dead one skipped).
+        async def one_connection_each() -> bool:
+            counts = await asyncio.to_thread(connection_counts, nats_cluster.monitor_url, runner.name)
+            return all(counts[v] == 1 for v in ("in", "map", "split", "out"))
+
+        await wait_for(one_connection_each, 30, "one connection per vertex on the surviving servers")
         while_down = await at_sink() - before
         down_for = time.monotonic() - killed_at
 

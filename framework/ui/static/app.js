@@ -33,8 +33,8 @@ function fmtTime(ms) {
 // heights come from ROWS in layout.py: keep the counts in step.
 const ROWS = {
   source: [["rate", "out"], ["replicas", "replicas"], ["watermark_ms", "watermark"]],
-  udf: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "buffer"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
-  sink: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "buffer"], ["dead_letters", "errors"]],
+  udf: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "stream"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
+  sink: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "stream"], ["dead_letters", "errors"]],
 };
 
 // The buffer's JetStream replication: "R3 · n2" (replicas · leader), plus how many replicas are
