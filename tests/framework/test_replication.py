@@ -18,6 +18,7 @@ from pathlib import Path
 import nats
 import yaml
 from nats.js import api
+from nats.js.errors import NotFoundError
 
 from framework.embedded import running_server
 from framework.status import collect, connection_counts
@@ -299,5 +300,8 @@ async def test_run_without_a_url_starts_a_local_cluster_for_replicated_buffers(t
 
 
 async def _drained(js, stream: str) -> bool:
-    info = await js.stream_info(stream)
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:  # the cluster is up before `run` has provisioned it
+        return False
     return info.state.last_seq >= 100 and info.state.messages == 0
