@@ -192,9 +192,13 @@ class EmbeddedCluster:
         return next(n for n in self.nodes if n.cluster is not None and n.cluster.name == name)
 
     def start(self, timeout: float = 30.0) -> "EmbeddedCluster":
-        for n in self.nodes:
-            n.start(timeout)
-        self.wait_healthy(timeout)
+        try:
+            for n in self.nodes:
+                n.start(timeout)
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()  # no node left running when the cluster did not come up
+            raise
         write_server_info(self.root_dir, self.url, self.monitor_url, [n.proc.pid for n in self.nodes if n.proc])
         return self
 
@@ -230,7 +234,8 @@ def start_embedded(store_dir: str | Path, size: int = 1) -> "EmbeddedNats | Embe
     """What `natsflow run` starts without a URL: one server, or a loopback cluster of `size`
     nodes when the pipeline's buffers have replicas > 1 (so they are replicated locally as they
     would be in production). The two keep separate stores in `store_dir`: switching between them
-    starts with the other one's buffers (the old store stays on disk, untouched)."""
+    starts without the other one's buffers (its store stays on disk, untouched, and is used again
+    when the pipeline switches back)."""
     store_dir = Path(store_dir)
     other = store_dir / ("jetstream" if size > 1 else "n1")
     if other.exists():
