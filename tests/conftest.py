@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -89,6 +90,21 @@ class Collector:
 
     async def wait_count(self, n: int, timeout: float = 60) -> None:
         await wait_for(lambda: len(self.msgs) >= n, timeout, f"{n} messages (have {len(self.msgs)})")
+
+
+class StatusTables:
+    """`natsflow status` output as rows of whitespace-split cells keyed by their first cell:
+    `vertices` (the per-vertex table) and `buffers` (stream -> [replicas, leader, not current])."""
+
+    def __init__(self, vertices: dict[str, list[str]], buffers: dict[str, list[str]]):
+        self.vertices, self.buffers = vertices, buffers
+
+    @classmethod
+    def parse(cls, text: str) -> "StatusTables":
+        vertex_part, _, buffer_part = text.partition("\n\n")
+        vertices = {line.split()[0]: line.split() for line in vertex_part.splitlines()[2:]}
+        buffers = {cells[0]: cells[1:] for cells in (line.split(None, 3) for line in buffer_part.splitlines()[2:])}
+        return cls(vertices, buffers)
 
 
 class PipelineRunner:
@@ -176,6 +192,13 @@ class PipelineRunner:
     async def stream_messages(self, client, stream: str) -> int:
         info = await client.jetstream().stream_info(stream)
         return info.state.messages
+
+    def status(self, *extra: str) -> "StatusTables":
+        """`natsflow status` of this pipeline, run as the CLI, parsed."""
+        res = subprocess.run([sys.executable, "-m", "framework.cli", "status", str(self.file), "--nats-url", self.url,
+                              *extra], cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return StatusTables.parse(res.stdout)
 
     async def drained(self, client, *, holding: tuple[str, ...] = ()) -> bool:
         """Every buffer of the pipeline is empty (all messages acked), except those of the

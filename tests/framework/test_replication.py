@@ -22,8 +22,7 @@ from nats.js.errors import NotFoundError
 
 from framework.embedded import running_server
 from framework.status import collect, connection_counts
-from tests.conftest import REPO, PipelineRunner, wait_for
-from tests.framework.test_status import status_tables
+from tests.conftest import REPO, PipelineRunner, StatusTables, wait_for
 from tests.framework.test_supervisor import children
 from tests.framework.test_worker import gen, udf
 
@@ -226,7 +225,7 @@ async def test_pipeline_keeps_moving_while_the_leader_of_its_buffer_is_down(tmp_
 
         bp = await wait_for(placement_seen, 30, f"status to show {buffer} led elsewhere and {leader} not current")
         assert bp.replicas == 3 and len(bp.not_current) == 1
-        _, buffers = status_tables(runner)
+        buffers = runner.status().buffers
         assert buffers[buffer][:2] == ["3", bp.leader] and buffers[buffer][2].startswith(f"{leader} ("), buffers
         # Every worker reconnected to a surviving server (counted over all monitoring URLs, the dead one skipped).
         async def one_connection_each() -> bool:
@@ -279,14 +278,13 @@ async def test_run_without_a_url_starts_a_local_cluster_for_replicated_buffers(t
         try:
             js = client.jetstream()
             await wait_for(lambda: _drained(js, "nf_local3_out"), 60, "the 100 messages to pass")
-            replicas, followers = await peers(js, "nf_local3_out")
-            assert replicas == 3 and len(followers) == 2
+            await wait_for(lambda: _r3(js, "nf_local3_out"), 30, "nf_local3_out with 2 current followers")
         finally:
             await client.close()
         res = cli("status", "pipeline.yaml", cwd=tmp_path, env=env)  # finds the cluster in ./.natsflow
         assert res.returncode == 0, res.stderr
-        [row] = [line.split() for line in res.stdout.splitlines() if line.startswith("nf_local3_out ")]
-        assert row[1] == "3" and row[2] in ("n1", "n2", "n3") and row[3] == "-", res.stdout
+        replicas, leader, not_current = StatusTables.parse(res.stdout).buffers["nf_local3_out"]
+        assert (replicas, not_current) == ("3", "-") and leader in ("n1", "n2", "n3"), res.stdout
         assert "embedded 3-node nats-server cluster with JetStream at" in log.read_text()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -297,6 +295,11 @@ async def test_run_without_a_url_starts_a_local_cluster_for_replicated_buffers(t
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     for node in ("n1", "n2", "n3"):
         assert (store / node / "jetstream").is_dir()
+
+
+async def _r3(js, stream: str) -> bool:
+    replicas, followers = await peers(js, stream)
+    return replicas == 3 and len(followers) == 2
 
 
 async def _drained(js, stream: str) -> bool:
