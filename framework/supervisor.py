@@ -399,8 +399,21 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await self.start()  # inside: a refused provision still stops the embedded server
+            await self.start()
+        except BaseException:
+            await self._abandon()  # e.g. a provision the servers refuse: no embedded server left behind
+            raise
+        try:
             await stop.wait()
         finally:
             log.info("stopping pipeline")
             await self.stop()
+
+    async def _abandon(self) -> None:
+        """After a failed start: end whatever it started, quietly (the error is the message)."""
+        for group in [*self.groups.values(), *([self.side_input_manager] if self.side_input_manager else [])]:
+            await group.scale_to(0, self.grace)
+        if getattr(self, "nc", None) is not None:
+            await self.nc.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)

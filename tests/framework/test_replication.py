@@ -308,3 +308,17 @@ async def _drained(js, stream: str) -> bool:
     except NotFoundError:  # the cluster is up before `run` has provisioned it
         return False
     return info.state.last_seq >= 100 and info.state.messages == 0
+
+
+async def test_run_refused_by_the_server_stops_with_one_line(tmp_path: Path, nats_url: str):
+    """`natsflow run` against a single server with replicas: 3 ends at provision with the one-line
+    error (exit 1, no traceback); without a URL the same pipeline gets a cluster instead (above)."""
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "refused3"},
+           "spec": {"buffers": {"replicas": 3}, "vertices": [gen("in", 1), {"name": "out", "sink": {"blackhole": {}}}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    (tmp_path / "pipeline.yaml").write_text(json.dumps(doc))
+    res = cli("run", "pipeline.yaml", "--nats-url", nats_url, cwd=tmp_path)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "pipeline.yaml: spec.buffers.replicas: 3 replicas need a JetStream cluster of at least 3 servers"), res.stderr
