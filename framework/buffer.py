@@ -30,8 +30,8 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .connection import _NEWLINES, HeaderError, encode_headers, publish_many, reply_all, subscribe_fast
-from .isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, replicas_current,
-                            rescaled)
+from .isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
+                            replicas_current, rescaled)
 from .spec import OnFull, Pipeline
 from . import sideinputs
 from .watermark import bucket_name, provision_bucket
@@ -142,16 +142,18 @@ def spec_paths(p: Pipeline, vertex: str | None) -> SpecPaths:
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> str:
+    what = f"consumer {stream}/{config.durable_name}"
     try:
-        info = await js.consumer_info(stream, config.durable_name)
+        info = await patiently(js.consumer_info, stream, config.durable_name, what=what)
     except NotFoundError:
-        await js.add_consumer(stream, config)
+        await patiently(js.add_consumer, stream, config, what=what)
         return "created"
     current = info.config
     fields = ("ack_wait", "max_ack_pending", "description")
     if all(getattr(current, f) == getattr(config, f) for f in fields):
         return "unchanged"
-    await js.add_consumer(stream, config)  # CONSUMER.CREATE with the same name updates editable fields
+    # CONSUMER.CREATE with the same name updates the editable fields
+    await patiently(js.add_consumer, stream, config, what=what)
     return "updated"
 
 

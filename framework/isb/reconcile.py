@@ -14,8 +14,9 @@ import dataclasses
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ..spec import ResolvedBuffers
 
@@ -30,6 +31,9 @@ ERR_INSUFFICIENT_RESOURCES = 10023  # "insufficient resources"
 COMPARED = {"num_replicas": "replicas", "max_msgs": "max_msgs", "max_bytes": "max_bytes", "max_age": "max_age",
             "subjects": "subjects", "duplicate_window": "duplicate_window", "discard": "discard",
             "description": "description"}
+
+
+ANSWER_TIMEOUT_S = 30.0  # how long provision waits out a cluster that answers nothing (electing leaders)
 
 
 class ProvisionError(Exception):
@@ -53,10 +57,27 @@ def apply_buffers(config: api.StreamConfig, buffers: ResolvedBuffers, limits: bo
     return dataclasses.replace(config, **extra)
 
 
+async def patiently(call: Callable[..., Awaitable[Any]], *args: Any, what: str,
+                    timeout: float = ANSWER_TIMEOUT_S) -> Any:
+    """`call(*args)`, asked again while JetStream answers nothing or "temporarily unavailable": a
+    cluster that was just (re)started or lost a server elects its stream and consumer leaders for
+    a few seconds. Every call retried here is idempotent (an info, or a create/update with the
+    same config)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await call(*args)
+        except (NatsTimeoutError, ServiceUnavailableError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ProvisionError(f"{what}: no answer from JetStream within {timeout:g}s ({type(exc).__name__}); "
+                                     "is every server up and has the cluster a leader?") from None
+            await asyncio.sleep(0.5)
+
+
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, paths: SpecPaths = SpecPaths()) -> str:
     """Create the stream, or bring it to `config`: 'created', 'unchanged' or 'updated (<what>)'."""
     try:
-        info = await js.stream_info(config.name)
+        info = await patiently(js.stream_info, config.name, what=f"stream {config.name}")
     except NotFoundError:
         await _api(js.add_stream, config, paths)
         return "created"
@@ -70,7 +91,7 @@ async def ensure_kv_bucket(js: JetStreamContext, bucket: str, description: str, 
     not undo what the last provision did."""
     stream = f"KV_{bucket}"
     try:
-        info = await js.stream_info(stream)
+        info = await patiently(js.stream_info, stream, what=f"kv {bucket}")
     except NotFoundError:
         config = api.KeyValueConfig(bucket=bucket, history=1, description=description, replicas=buffers.replicas,
                                     storage=api.StorageType(buffers.storage.value))
@@ -148,7 +169,7 @@ async def _api(call: Callable[..., Awaitable[Any]], config: Any, paths: SpecPath
     name = name or config.name
     replicas = replicas if replicas is not None else config.num_replicas
     try:
-        return await call(config)
+        return await patiently(call, config, what=f"stream {name}")
     except APIError as exc:
         raise ProvisionError(_explain(exc, name, replicas, paths)) from None
 
