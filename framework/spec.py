@@ -803,7 +803,8 @@ class Vertex(Model):
     sink: Sink | None = None
     scale: Scale = Field(default_factory=Scale)
     limits: Limits | None = None
-    buffers: Buffers | None = Field(None, description="overrides spec.buffers for this vertex's buffer and dead letters")
+    buffers: Buffers | None = Field(None, description="overrides spec.buffers for this vertex's buffer (none for a "
+                                                       "source) and its dead-letter stream")
     resources: Resources | None = None
     output_schema: dict[str, Any] | None = Field(
         None, alias="outputSchema",
@@ -1081,9 +1082,6 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if v.udf is not None and v.udf.reduce is not None and v.scale.max > 1:
             problems.append((f"spec.vertices[{i}].scale.max", "a reduce vertex runs as one replica for now "
                              "(its replicas would need stable indexes to split the partitions); set max: 1"))
-        if v.source is not None and v.buffers is not None:
-            problems.append((f"spec.vertices[{i}].buffers", "a source has no buffer of its own (its output "
-                             "goes into the buffers of the vertices it feeds): set buffers there or in spec.buffers"))
         if v.source is not None and v.source.mqtt is not None and v.scale.min > 1:
             problems.append((f"spec.vertices[{i}].scale.min", "an mqtt source runs as one replica (replicas "
                              "sharing its client id would disconnect each other); set min: 1"))

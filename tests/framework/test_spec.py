@@ -94,8 +94,6 @@ def test_vertex_buffers_override_the_pipelines_field_by_field():
         (lambda r: r["spec"].update({"buffers": {"maxAge": "0s"}}), "spec.buffers.maxAge", "greater than 0"),
         (lambda r: r["spec"]["vertices"][2].update({"buffers": {"replicas": 4}}),
          "spec.vertices[2].buffers.replicas", "1, 3 or 5"),
-        (lambda r: r["spec"]["vertices"][0].update({"buffers": {"replicas": 3}}), "spec.vertices[0].buffers",
-         "a source has no buffer of its own"),
         (lambda r: r["spec"]["vertices"][1]["udf"].update({"flatmap": {"handler": "a:b"}}),
          "spec.vertices[1].udf", "a udf must set exactly one of: map, flatmap, batchMap, mapStream, reduce, command (found 2)"),
         (lambda r: r["spec"]["vertices"][2].update({"udf": {"map": {"handler": "a:b"}}}),
