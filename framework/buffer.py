@@ -30,6 +30,8 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .connection import _NEWLINES, HeaderError, encode_headers, publish_many, reply_all, subscribe_fast
+from .isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
+                            replicas_current, rescaled)
 from .spec import OnFull, Pipeline
 from . import sideinputs
 from .watermark import bucket_name, provision_bucket
@@ -50,7 +52,11 @@ ACK, NAK, ACK_IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
 
 DUPLICATE_WINDOW_S = 120.0
 DLQ_MAX_MSGS = 1_000_000
-ERR_STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum messages exceeded" with discard=new
+# JSStreamStoreFailedF with discard=new: "maximum messages exceeded" (bufferMaxLength) and, in
+# nats-server 2.15 on one server or a cluster, "maximum bytes exceeded" (spec.buffers.maxBytes).
+ERR_STREAM_FULL = 10077
+# No stream answered: not provisioned, or (in a cluster) the stream is electing a new leader.
+ERR_NO_RESPONDERS = 503
 
 
 def _part(partition: int | None) -> str:
@@ -90,16 +96,15 @@ def dlq_subject(pipeline: str, vertex: str) -> str:
 
 def buffer_stream_config(p: Pipeline, vertex: str, partition: int | None = None) -> api.StreamConfig:
     limits = p.limits_for(vertex)
-    return api.StreamConfig(
+    return apply_buffers(api.StreamConfig(
         name=stream_name(p.name, vertex, partition),
         subjects=[f"nf.{p.name}.{vertex}{_part(partition)}.*"],
         retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
         discard=api.DiscardPolicy.NEW,
         max_msgs=limits.buffer_max_length,
         duplicate_window=DUPLICATE_WINDOW_S,
         description=f"natsflow buffer of vertex {vertex} in pipeline {p.name}",
-    )
+    ), p.buffers_for(vertex))
 
 
 def buffer_consumer_config(p: Pipeline, vertex: str, partition: int | None = None) -> api.ConsumerConfig:
@@ -120,70 +125,75 @@ def buffer_consumer_config(p: Pipeline, vertex: str, partition: int | None = Non
 
 
 def dlq_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
-    return api.StreamConfig(
+    return apply_buffers(api.StreamConfig(
         name=dlq_stream_name(p.name, vertex),
         subjects=[dlq_subject(p.name, vertex)],
         retention=api.RetentionPolicy.LIMITS,
-        storage=api.StorageType.FILE,
         discard=api.DiscardPolicy.OLD,
         max_msgs=DLQ_MAX_MSGS,
         duplicate_window=DUPLICATE_WINDOW_S,
         description=f"natsflow dead letters of vertex {vertex} in pipeline {p.name}",
-    )
+    ), p.buffers_for(vertex))
 
 
-async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> str:
-    """Create the stream, or update it to `config`; returns 'created', 'updated' or 'unchanged'."""
-    try:
-        info = await js.stream_info(config.name)
-    except NotFoundError:
-        await js.add_stream(config)
-        return "created"
-    current = info.config
-    fields = ("subjects", "max_msgs", "duplicate_window", "description", "discard")
-    if all(getattr(current, f) == getattr(config, f) for f in fields):
-        return "unchanged"
-    await js.update_stream(config)
-    return "updated"
+def spec_paths(p: Pipeline, vertex: str | None) -> SpecPaths:
+    """Which spec fields set the replicas and storage of a vertex's streams (None: the buckets')."""
+    return SpecPaths(p.buffers_field(vertex, "replicas"), p.buffers_field(vertex, "storage"))
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> str:
+    what = f"consumer {stream}/{config.durable_name}"
     try:
-        info = await js.consumer_info(stream, config.durable_name)
+        info = await patiently(js.consumer_info, stream, config.durable_name, what=what)
     except NotFoundError:
-        await js.add_consumer(stream, config)
+        await patiently(js.add_consumer, stream, config, what=what)
         return "created"
     current = info.config
     fields = ("ack_wait", "max_ack_pending", "description")
     if all(getattr(current, f) == getattr(config, f) for f in fields):
         return "unchanged"
-    await js.add_consumer(stream, config)  # CONSUMER.CREATE with the same name updates editable fields
+    # CONSUMER.CREATE with the same name updates the editable fields
+    await patiently(js.add_consumer, stream, config, what=what)
     return "updated"
 
 
 async def provision(js: JetStreamContext, p: Pipeline,
                     progress: Callable[[str, str], None] | None = None) -> list[tuple[str, str]]:
-    """Create or update every buffer, consumer and dead-letter stream (one per vertex); idempotent. `progress` is
-    called with (what, result) as each one is done (the CLI prints it)."""
+    """Create or update every buffer, consumer, dead-letter stream (one per vertex) and KV bucket
+    with the spec's limits and `buffers` settings; idempotent. `progress` is called with (what,
+    result) as each one is done (the CLI prints it). Raises `ProvisionError` for settings the
+    servers refuse."""
     done: list[tuple[str, str]] = []
+    moved: list[str] = []  # JetStream streams whose replicas changed
 
-    def record(what: str, result: str) -> None:
+    def record(what: str, result: str, stream: str | None = None) -> None:
         done.append((what, result))
+        if stream is not None and rescaled(result):
+            moved.append(stream)
         if progress is not None:
             progress(what, result)
 
     for v in p.reading_vertices():
+        paths = spec_paths(p, v.name)
         for part in partitions(p, v.name):
             cfg = buffer_stream_config(p, v.name, part)
-            record(f"stream {cfg.name}", await ensure_stream(js, cfg))
+            record(f"stream {cfg.name}", await ensure_stream(js, cfg, paths), cfg.name)
             ccfg = buffer_consumer_config(p, v.name, part)
             record(f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg))
     for v in p.spec.vertices:  # sources too: records they cannot store are dead-lettered
         dcfg = dlq_stream_config(p, v.name)
-        record(f"stream {dcfg.name}", await ensure_stream(js, dcfg))
-    record(f"kv {bucket_name(p.name)}", await provision_bucket(js, p.name))
+        record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)), dcfg.name)
+    shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
+    buckets = [(bucket_name(p.name), provision_bucket)]
     if p.spec.side_inputs:
-        record(f"kv {sideinputs.bucket_name(p.name)}", await sideinputs.provision_bucket(js, p.name))
+        buckets.append((sideinputs.bucket_name(p.name), sideinputs.provision_bucket))
+    for bucket, ensure in buckets:
+        record(f"kv {bucket}", await ensure(js, p.name, shared, update=True), f"KV_{bucket}")
+    for stream in await replicas_current(js, moved):
+        log.warning("stream %s: new replicas not current after %.0fs; it may refuse writes until they are",
+                    stream, REPLICAS_CURRENT_TIMEOUT_S)
+        if progress is not None:
+            progress(f"stream {stream}", f"replicas not current after {REPLICAS_CURRENT_TIMEOUT_S:g}s")
     return done
 
 
@@ -566,7 +576,7 @@ class Unpublishable(ValueError):
 
 def _puback_error(data: bytes | None) -> Exception | None:
     if data is None:
-        return PublishError(503, "no stream listens on this subject (no responders)")
+        return PublishError(ERR_NO_RESPONDERS, "no stream listens on this subject (no responders)")
     if b'"error"' not in data:
         return None
     err = json.loads(data)["error"]
@@ -616,6 +626,12 @@ class BufferGate:
     def wrote(self, n: int) -> None:
         self._written += n
 
+    def unanswered(self, err: Exception) -> None:
+        """A publish got no answer; logged at most every 5 s while it lasts."""
+        if time.monotonic() - self._warned > 5:
+            log.warning("buffer %s did not store a message (%s); retrying it", self.stream, err)
+            self._warned = time.monotonic()
+
     def saw_full(self) -> None:
         self._known = self.soft_limit
         self._at = time.monotonic()
@@ -664,9 +680,11 @@ class BufferWriter:
                     del todo[key]
             if sending:
                 errors = await self._pub.publish([m for _, m in sending])
+                stored = False
                 for (key, m), err in zip(sending, errors):
                     self._gates[key].wrote(1)
                     if err is None:
+                        stored = True
                         continue
                     if isinstance(err, PublishError) and err.code == ERR_STREAM_FULL:
                         self._gates[key].saw_full()
@@ -675,11 +693,16 @@ class BufferWriter:
                         else:
                             todo.setdefault(key, []).append(m)
                         continue
-                    if isinstance(err, TimeoutError):
-                        todo.setdefault(key, []).append(m)  # same msg id: a retry cannot duplicate
+                    if isinstance(err, TimeoutError) or (isinstance(err, PublishError)
+                                                         and err.code == ERR_NO_RESPONDERS):
+                        # No ack, or no stream leader at this moment (a cluster electing one after
+                        # losing a node): the same msg id again later, so a retry cannot duplicate.
+                        self._gates[key].unanswered(err)
+                        todo.setdefault(key, []).append(m)
                         continue
                     raise err
-                wait = 0.005
+                if stored:  # progress: poll quickly again; refused by a full buffer: keep backing off
+                    wait = 0.005
             if todo:
                 # Full: wait for the reader to drain; the condition is re-checked each step.
                 await asyncio.sleep(wait)

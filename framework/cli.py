@@ -15,6 +15,7 @@ import yaml
 
 from .buffer import provision
 from .connection import NatsSettings
+from .isb.reconcile import ProvisionError
 from .spec import SpecError, load_pipeline
 
 
@@ -32,8 +33,9 @@ def _nats_flags(parser: argparse.ArgumentParser) -> None:
 
 def _running_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of the commands that look at a running pipeline (status, ui)."""
-    parser.add_argument("--monitor-url", help="nats-server monitoring URL (e.g. http://127.0.0.1:8222): replicas "
-                        "counted from client connections (default: the embedded server's; else watermark heartbeats)")
+    parser.add_argument("--monitor-url", help="nats-server monitoring URL(s), comma-separated for a cluster (e.g. "
+                        "http://127.0.0.1:8222): replicas counted from client connections (default: the embedded "
+                        "server's; else watermark heartbeats)")
     parser.add_argument("--data-dir", help="where `natsflow run` keeps the embedded server (default ./.natsflow)")
     _nats_flags(parser)
 
@@ -63,7 +65,7 @@ async def _provision(args: argparse.Namespace) -> int:
         done = await provision(nc.jetstream(), p, progress=lambda what, result: print(f"{what}: {result}", flush=True))
     finally:
         await nc.close()
-    counts = collections.Counter(result for _, result in done)
+    counts = collections.Counter(result.split(" ", 1)[0] for _, result in done)  # "updated (replicas 1 -> 3)"
     summary = ", ".join(f"{counts[r]} {r}" for r in ("created", "updated", "unchanged") if counts[r])
     print(f"provisioned {len(done)} objects in {time.monotonic() - started:.2f}s ({summary})", file=sys.stderr)
     return 0
@@ -314,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(result or 0)
     except SpecError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except ProvisionError as exc:  # a setting the servers refuse: one line naming the field, no traceback
+        print(f"{getattr(args, 'file', None) or getattr(args, 'pipeline', '')}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

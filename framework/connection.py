@@ -11,8 +11,6 @@ from nats import errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, NotFoundError
 from pydantic import BaseModel, ConfigDict
 
 ENV_PREFIX = "NATS_"
@@ -242,14 +240,3 @@ class NatsSettings(BaseModel):
         client = FastClient()
         await client.connect(**kwargs)
         return client
-
-
-async def ensure_kv_bucket(js: JetStreamContext, bucket: str, description: str) -> str:
-    """Create a one-value-per-key KV bucket on file storage if it is missing: 'created' or 'unchanged'."""
-    try:
-        await js.key_value(bucket)
-        return "unchanged"
-    except (BucketNotFoundError, NotFoundError):
-        await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, storage=api.StorageType.FILE,
-                                                     description=description))
-        return "created"

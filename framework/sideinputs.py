@@ -27,10 +27,11 @@ from typing import Any, Callable
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from .connection import NatsSettings, ensure_kv_bucket
+from .connection import NatsSettings
+from .isb.reconcile import ensure_kv_bucket
 from .metrics import VertexMetrics
 from .schedule import parse_schedule
-from .spec import HandlerError, Pipeline, SideInput, load_handler, load_pipeline
+from .spec import DEFAULT_BUFFERS, HandlerError, Pipeline, ResolvedBuffers, SideInput, load_handler, load_pipeline
 
 log = logging.getLogger("natsflow.sideinputs")
 
@@ -42,8 +43,12 @@ def bucket_name(pipeline: str) -> str:
     return f"nf_{pipeline}_sideinputs"
 
 
-async def provision_bucket(js: JetStreamContext, pipeline: str) -> str:
-    return await ensure_kv_bucket(js, bucket_name(pipeline), f"natsflow side inputs of pipeline {pipeline}")
+async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: ResolvedBuffers = DEFAULT_BUFFERS,
+                           update: bool = False) -> str:
+    """Create the side-input bucket with `buffers`' replicas/storage if missing (`update`: also
+    reconcile an existing one, what `provision` does). Its values never expire."""
+    return await ensure_kv_bucket(js, bucket_name(pipeline), f"natsflow side inputs of pipeline {pipeline}",
+                                  buffers, update)
 
 
 def encode_value(result: Any) -> bytes | None:
@@ -107,8 +112,9 @@ class SideInputWatcher:
         self._task: asyncio.Task | None = None
 
     @classmethod
-    async def start_for(cls, js: JetStreamContext, pipeline: str, names: list[str]) -> "SideInputWatcher":
-        await provision_bucket(js, pipeline)  # the manager may not have started yet
+    async def start_for(cls, js: JetStreamContext, pipeline: str, names: list[str],
+                        buffers: ResolvedBuffers = DEFAULT_BUFFERS) -> "SideInputWatcher":
+        await provision_bucket(js, pipeline, buffers)  # the manager may not have started yet
         watcher = cls(await js.key_value(bucket_name(pipeline)), names)
         await watcher.start()
         return watcher
@@ -194,7 +200,7 @@ class SideInputManager:
             loop.add_signal_handler(sig, self.stopping.set)
         self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}")
         js = self.nc.jetstream()
-        await provision_bucket(js, self.p.name)
+        await provision_bucket(js, self.p.name, self.p.buffers_for(None))
         self.kv = await js.key_value(bucket_name(self.p.name))
         port = os.environ.get("NATSFLOW_METRICS_PORT")
         if port:

@@ -20,6 +20,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -307,6 +308,66 @@ class ResolvedLimits(BaseModel):
 
 
 DEFAULT_LIMITS = ResolvedLimits()
+
+
+class Storage(str, Enum):
+    file = "file"
+    memory = "memory"
+
+
+MIN_MAX_BYTES = 1 << 20  # the server's default max payload: a buffer must hold at least one message
+MAX_MAX_BYTES = 1 << 50
+MAX_MAX_AGE_S = 10 * 365 * 86400.0
+
+
+class Buffers(Model):
+    """How the pipeline's JetStream streams are stored (`spec.buffers`, overridden field by field
+    in `vertices[].buffers`): replicas and storage of every buffer, dead-letter stream and KV
+    bucket; maxAge and maxBytes of buffers and dead-letter streams (never of KV buckets: a
+    side-input value must not expire)."""
+
+    replicas: Literal[1, 3, 5] | None = Field(None, description="JetStream replicas (needs a cluster of as many servers)")
+    storage: Storage | None = None
+    max_age: Duration | None = Field(None, alias="maxAge", gt=0, le=MAX_MAX_AGE_S,
+                                     description="JetStream deletes messages older than this, processed or not")
+    max_bytes: ByteSize | None = Field(None, alias="maxBytes", le=MAX_MAX_BYTES,
+                                       description="per stream; a writer that meets it waits as at a full buffer")
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML `yes`/`true` would otherwise pass as 1
+            raise ValueError("replicas is a number: 1, 3 or 5")
+        return value
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _holds_a_message(cls, value: int | None) -> int | None:
+        if value is not None and value < MIN_MAX_BYTES:
+            raise ValueError(f"must be at least 1MiB ({MIN_MAX_BYTES} bytes), so that a buffer can hold one message "
+                             "of the server's default max payload; got " + f"{value}")
+        return value
+
+    def merged(self, override: "Buffers | None") -> "ResolvedBuffers":
+        values = DEFAULT_BUFFERS.model_dump()
+        for layer in (self, override):
+            if layer is not None:
+                values.update({k: v for k, v in layer.model_dump().items() if v is not None})
+        return ResolvedBuffers(**values)
+
+
+class ResolvedBuffers(BaseModel):
+    """Buffer settings after the pipeline's and a vertex's `buffers` are merged; None = unlimited."""
+
+    model_config = ConfigDict(frozen=True)
+
+    replicas: int = 1
+    storage: Storage = Storage.file
+    max_age: float | None = None
+    max_bytes: int | None = None
+
+
+DEFAULT_BUFFERS = ResolvedBuffers()
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -742,6 +803,8 @@ class Vertex(Model):
     sink: Sink | None = None
     scale: Scale = Field(default_factory=Scale)
     limits: Limits | None = None
+    buffers: Buffers | None = Field(None, description="overrides spec.buffers for this vertex's buffer (none for a "
+                                                       "source) and its dead-letter stream")
     resources: Resources | None = None
     output_schema: dict[str, Any] | None = Field(
         None, alias="outputSchema",
@@ -850,6 +913,7 @@ MAX_VERTICES = 1000
 
 class PipelineSpec(Model):
     limits: Limits = Field(default_factory=Limits)
+    buffers: Buffers = Field(default_factory=Buffers)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
     side_inputs: list[SideInput] = Field(default_factory=list, alias="sideInputs", max_length=100)
     vertices: list[Vertex] = Field(min_length=2, max_length=MAX_VERTICES)
@@ -888,6 +952,19 @@ class Pipeline(Model):
 
     def limits_for(self, name: str) -> ResolvedLimits:
         return self.spec.limits.merged(self.vertex(name).limits)
+
+    def buffers_for(self, name: str | None) -> ResolvedBuffers:
+        """The one place buffer settings are resolved: a vertex's `buffers` over the pipeline's
+        (for its buffer streams and dead-letter stream); `None` gives the pipeline-wide settings
+        (KV buckets)."""
+        return self.spec.buffers.merged(self.vertex(name).buffers if name is not None else None)
+
+    def buffers_field(self, name: str | None, field: str) -> str:
+        """The spec path that set `field` (e.g. `replicas`) of `buffers_for(name)`, for errors."""
+        for i, v in enumerate(self.spec.vertices):
+            if v.name == name and v.buffers is not None and getattr(v.buffers, _snake(field)) is not None:
+                return f"spec.vertices[{i}].buffers.{field}"
+        return f"spec.buffers.{field}"
 
     def reading_vertices(self) -> list[Vertex]:
         """Vertices that own an inter-step buffer (every UDF and sink)."""
@@ -1218,6 +1295,10 @@ def _exactly_one_of(model: BaseModel, what: str, fields: tuple[str, ...] | None 
 def _chosen(model: BaseModel, fields: tuple[str, ...] | None = None) -> str:
     fields = fields or tuple(type(model).model_fields)
     return next(f for f in fields if getattr(model, f) is not None)
+
+
+def _snake(alias: str) -> str:
+    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), alias)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

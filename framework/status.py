@@ -9,7 +9,8 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nats.js import JetStreamContext
+from nats import errors as nats_errors
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from . import buffer as b
@@ -17,6 +18,34 @@ from .spec import Pipeline
 from .watermark import HEARTBEAT_S, bucket_name
 
 REPLICA_ALIVE_MS = int(3 * HEARTBEAT_S * 1000)
+
+
+@dataclass
+class BufferPlacement:
+    """Where one buffer stream lives, from its stream info: how many replicas it has, which
+    server leads it (None on a server that is not clustered) and which replicas are not current
+    (offline, or behind the leader), e.g. after the loss of a node."""
+
+    stream: str
+    replicas: int
+    leader: str | None = None
+    not_current: list[str] = field(default_factory=list)  # e.g. "n3 (offline)", "n2 (lag 120)"
+
+    @classmethod
+    def of(cls, info: api.StreamInfo) -> "BufferPlacement":
+        cluster = info.cluster
+        clustered = cluster is not None and cluster.name is not None
+        peers = (cluster.replicas or []) if clustered else []
+        return cls(info.config.name, info.config.num_replicas or 1, cluster.leader if clustered else None,
+                   [f"{p.name} ({_peer_state(p)})" for p in peers if p.offline or not p.current])
+
+
+def _peer_state(peer: api.PeerInfo) -> str:
+    """What the leader says of a replica that is not current. A killed node shows as not current
+    with the messages it lacks (nats-server 2.15 sets `offline` only for a peer known to be gone)."""
+    if peer.offline:
+        return "offline"
+    return f"lag {peer.lag}" if peer.lag else "catching up"
 
 
 @dataclass
@@ -35,6 +64,7 @@ class VertexStatus:
     appended: int | None = None
     processed: int | None = None
     replicas: int | None = None  # replicas publishing watermark heartbeats (vertices with out-edges)
+    buffers: list[BufferPlacement] = field(default_factory=list)  # one per partition stream
 
 
 async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
@@ -59,6 +89,7 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
                 st.readers += ci.num_waiting or 0
                 st.buffered += si.state.messages
                 st.appended += si.state.last_seq
+                st.buffers.append(BufferPlacement.of(si))
             if st.pending is None:
                 st.buffered = st.appended = None
             else:
@@ -146,8 +177,22 @@ def rates(p: Pipeline, before: Sample | None, now: Sample) -> dict[str, Rates]:
 
 def connection_counts(monitor_url: str, pipeline: str) -> Counter[str]:
     """Client connections per vertex, from nats-server's /connz: every worker replica connects
-    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread)."""
-    prefix = f"natsflow-{pipeline}-"
+    with the name `natsflow-<pipeline>-<vertex>` (blocking; call in a thread). `monitor_url` may
+    list every server of a cluster, comma-separated: a client is connected to one of them."""
+    counts: Counter[str] = Counter()
+    urls = [u.strip() for u in monitor_url.split(",") if u.strip()]
+    failed: list[OSError | ValueError] = []
+    for url in urls:
+        try:
+            counts.update(_server_connections(url, f"natsflow-{pipeline}-"))
+        except (OSError, ValueError) as exc:  # a server that is down holds no connections: count the rest
+            failed.append(exc)
+    if failed and len(failed) == len(urls):
+        raise failed[0]
+    return counts
+
+
+def _server_connections(monitor_url: str, prefix: str) -> Counter[str]:
     counts: Counter[str] = Counter()
     offset = 0
     while True:
@@ -183,6 +228,19 @@ def render_table(rows: list[VertexStatus], rate: dict[str, Rates] | None = None,
         lines.append(f"{r.name:<16}{r.kind:<8}{n(count):>9}{per_s(rr.into):>10}{per_s(rr.out):>10}"
                      f"{n(r.pending):>10}{n(r.ack_pending):>10}{buf:>16}"
                      f"{n(r.readers):>7}{n(r.dead_letters):>7}  {wm(r.watermark_ms)}")
+    placed = [bp for r in rows for bp in r.buffers]
+    if placed:
+        lines += ["", render_buffers(placed)]
+    return "\n".join(lines)
+
+
+def render_buffers(placed: list[BufferPlacement]) -> str:
+    """One line per buffer stream: replicas, leader, replicas that are not current."""
+    width = max(len("buffer"), *(len(bp.stream) for bp in placed)) + 2
+    head = f"{'buffer':<{width}}{'replicas':>8}  {'leader':<10}  not current"
+    lines = [head, "-" * len(head)]
+    for bp in placed:
+        lines.append(f"{bp.stream:<{width}}{bp.replicas:>8}  {bp.leader or '-':<10}  {', '.join(bp.not_current) or '-'}")
     return "\n".join(lines)
 
 
@@ -194,7 +252,15 @@ async def show(js: JetStreamContext, p: Pipeline, watch: float | None = None, mo
     before = await Sample.take(js, p)
     await asyncio.sleep(rate_window)
     while True:
-        now = await Sample.take(js, p)
+        try:
+            now = await Sample.take(js, p)
+        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            if not watch:
+                raise
+            # A cluster electing a new leader answers nothing for a few seconds: keep watching.
+            print(f"cannot read JetStream ({type(exc).__name__}: {exc}); retrying", flush=True)
+            await asyncio.sleep(watch)
+            continue
         replicas = None
         if monitor_url:
             try:

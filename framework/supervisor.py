@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from .buffer import provision
+from .isb.reconcile import ProvisionError
 from .connection import NatsSettings
-from .embedded import EmbeddedNats, free_port
+from .embedded import EmbeddedCluster, EmbeddedNats, free_port, start_embedded
 from .protocol import vertex_descriptor
 from .scaling import LagReader, desired_replicas, effective_cooldown
 from .secrets import check_pipeline, udf_env
@@ -180,6 +181,11 @@ class VertexGroup:
         await asyncio.gather(*(vp.started.wait() for vp in self.replicas))
 
 
+def embedded_size(p: Pipeline) -> int:
+    """Servers `natsflow run` starts without a URL: as many as the most replicas any buffer asks for."""
+    return max(p.buffers_for(v.name).replicas for v in p.spec.vertices)
+
+
 def vertex_fingerprint(p: Pipeline, name: str) -> str:
     """Everything a vertex process reads from the spec: a change means its replicas must roll."""
     return json.dumps({
@@ -202,7 +208,7 @@ class Supervisor:
         self.grace = grace
         self.out = out
         self.autoscale = autoscale
-        self.embedded: EmbeddedNats | None = None
+        self.embedded: EmbeddedNats | EmbeddedCluster | None = None
         self.groups: dict[str, VertexGroup] = {}
         self.decisions: list[tuple[float, str, int, int, str]] = []  # (time, vertex, from, to, reason)
         self._scaler: asyncio.Task | None = None
@@ -216,11 +222,12 @@ class Supervisor:
         self.pipeline = p
         self._sources = {v.name for v in p.spec.vertices if v.kind == "source"}
         if not self.settings.url:
-            self.embedded = EmbeddedNats(self.data_dir / "nats" / p.name)
-            await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
+            size = embedded_size(p)
+            self.embedded = await asyncio.to_thread(start_embedded, self.data_dir / "nats" / p.name, size)
             self.settings = self.settings.with_url(self.embedded.url)
-            log.info("embedded nats-server with JetStream at %s (monitoring http://127.0.0.1:%d, data %s)",
-                     self.embedded.url, self.embedded.monitor_port, self.embedded.store_dir)
+            log.info("embedded %s with JetStream at %s (monitoring %s, data %s)",
+                     "nats-server" if size == 1 else f"{size}-node nats-server cluster", self.embedded.url,
+                     self.embedded.monitor_url, self.embedded.store_dir)
         self.nc = await self.settings.connect(f"natsflow-{p.name}-supervisor")
         for what, result in await provision(self.nc.jetstream(), p):
             log.info("provision: %s %s", what, result)
@@ -258,6 +265,9 @@ class Supervisor:
                 await self.apply(new)
             except SpecError as exc:
                 log.error("pipeline file changed but is not valid; still running the previous version:\n%s", exc)
+            except ProvisionError as exc:
+                log.error("pipeline file changed but the servers refuse it; still running the previous version: %s",
+                          exc)
             except Exception:  # noqa: BLE001 - keep supervising whatever happens in one update
                 log.exception("applying the changed pipeline failed")
 
@@ -388,9 +398,22 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon()  # e.g. a provision the servers refuse: no embedded server left behind
+            raise
         try:
             await stop.wait()
         finally:
             log.info("stopping pipeline")
             await self.stop()
+
+    async def _abandon(self) -> None:
+        """After a failed start: end whatever it started, quietly (the error is the message)."""
+        for group in [*self.groups.values(), *([self.side_input_manager] if self.side_input_manager else [])]:
+            await group.scale_to(0, self.grace)
+        if getattr(self, "nc", None) is not None:
+            await self.nc.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)

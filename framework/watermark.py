@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
-from .connection import ensure_kv_bucket
+from .isb.reconcile import ensure_kv_bucket
+from .spec import DEFAULT_BUFFERS, ResolvedBuffers
 
 log = logging.getLogger("natsflow.watermark")
 
@@ -39,8 +40,12 @@ def replica_id() -> str:
     return os.environ.get("NATSFLOW_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
 
 
-async def provision_bucket(js: JetStreamContext, pipeline: str) -> str:
-    return await ensure_kv_bucket(js, bucket_name(pipeline), f"natsflow watermarks of pipeline {pipeline}")
+async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: ResolvedBuffers = DEFAULT_BUFFERS,
+                           update: bool = False) -> str:
+    """Create the watermark bucket with `buffers`' replicas/storage if missing (`update`: also
+    reconcile an existing one, what `provision` does)."""
+    return await ensure_kv_bucket(js, bucket_name(pipeline), f"natsflow watermarks of pipeline {pipeline}",
+                                  buffers, update)
 
 
 class WatermarkPublisher:

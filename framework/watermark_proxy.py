@@ -50,7 +50,7 @@ class WatermarkProxy:
         self.targets = list(self.buffers)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await provision_bucket(self.js, self.p.name)
+        await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))
         kv = await self.js.key_value(bucket_name(self.p.name))
         fetcher = WatermarkFetcher(kv, self.vertex, 0, self.p.spec.watermark.publisher_timeout)
         await fetcher.start(wait_ready=5.0)

@@ -109,7 +109,7 @@ class VertexWorker:
         await self.publisher.start()
         self.router = Router(self.p, self.v.name, b.BufferWriter(self.js, self.publisher), self.publisher)
         if self.p.out_edges(self.v.name):  # every source and UDF (validated); never a sink
-            await provision_bucket(self.js, self.p.name)
+            await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))
             self.kv = await self.js.key_value(bucket_name(self.p.name))
             self.router.wm = WatermarkPublisher(self.kv, self.v.name, self.router.watermark_targets)
             self.router.wm.start_heartbeat(self.on_heartbeat)
@@ -157,7 +157,8 @@ class VertexWorker:
         while waiting); from then on a KV watch keeps `side_input(name)` current."""
         if not self.v.side_inputs:
             return True
-        self.side_inputs = await SideInputWatcher.start_for(self.js, self.p.name, self.v.side_inputs)
+        self.side_inputs = await SideInputWatcher.start_for(self.js, self.p.name, self.v.side_inputs,
+                                                               self.p.buffers_for(None))
         return await self.side_inputs.wait_complete(self.stopping)
 
     def stop(self) -> None:

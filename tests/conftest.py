@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest_asyncio
 import yaml
 
 from framework.buffer import provision
-from framework.embedded import EmbeddedNats
+from framework.embedded import EmbeddedCluster, EmbeddedNats
 from framework.spec import load_pipeline
 from framework.supervisor import vertex_command
 
@@ -35,6 +36,16 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def nats_url(nats_server: EmbeddedNats) -> str:
     return nats_server.url
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A 3-node JetStream cluster on loopback (n1..n3, each its own store), for the tests of
+    replicated buffers only; they may kill and restart its nodes (`nats_cluster.node("n2").kill()`,
+    `nats_cluster.restart("n2")`). Its `url` lists every node, comma-separated."""
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("nats-cluster"), size=3).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest_asyncio.fixture
@@ -81,8 +92,24 @@ class Collector:
         await wait_for(lambda: len(self.msgs) >= n, timeout, f"{n} messages (have {len(self.msgs)})")
 
 
+class StatusTables:
+    """`natsflow status` output as rows of whitespace-split cells keyed by their first cell:
+    `vertices` (the per-vertex table) and `buffers` (stream -> [replicas, leader, not current])."""
+
+    def __init__(self, vertices: dict[str, list[str]], buffers: dict[str, list[str]]):
+        self.vertices, self.buffers = vertices, buffers
+
+    @classmethod
+    def parse(cls, text: str) -> "StatusTables":
+        vertex_part, _, buffer_part = text.partition("\n\n")
+        vertices = {line.split()[0]: line.split() for line in vertex_part.splitlines()[2:]}
+        buffers = {cells[0]: cells[1:] for cells in (line.split(None, 3) for line in buffer_part.splitlines()[2:])}
+        return cls(vertices, buffers)
+
+
 class PipelineRunner:
-    """Writes a pipeline file, provisions it and runs each vertex as a separate process."""
+    """Writes a pipeline file, provisions it and runs each vertex as a separate process. `url` may
+    list several servers of a cluster, comma-separated (workers get it as NATS_URL)."""
 
     def __init__(self, tmp: Path, url: str):
         self.tmp = tmp
@@ -93,16 +120,21 @@ class PipelineRunner:
         self.file: Path | None = None
 
     def write(self, vertices: list[dict], edges: list[dict], limits: dict | None = None,
-              watermark: dict | None = None) -> Path:
+              watermark: dict | None = None, buffers: dict | None = None) -> Path:
         doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": self.name},
-               "spec": {"limits": limits or {}, "watermark": watermark or {}, "vertices": vertices, "edges": edges}}
+               "spec": {"limits": limits or {}, "watermark": watermark or {}, "buffers": buffers or {},
+                        "vertices": vertices, "edges": edges}}
         self.file = self.tmp / f"{self.name}.yaml"
         self.file.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.pipeline = load_pipeline(self.file)
         return self.file
 
+    @property
+    def servers(self) -> list[str]:
+        return self.url.split(",")
+
     async def provision(self) -> None:
-        client = await nats.connect(self.url)
+        client = await nats.connect(self.servers)
         try:
             await provision(client.jetstream(), self.pipeline)
         finally:
@@ -160,6 +192,13 @@ class PipelineRunner:
     async def stream_messages(self, client, stream: str) -> int:
         info = await client.jetstream().stream_info(stream)
         return info.state.messages
+
+    def status(self, *extra: str) -> "StatusTables":
+        """`natsflow status` of this pipeline, run as the CLI, parsed."""
+        res = subprocess.run([sys.executable, "-m", "framework.cli", "status", str(self.file), "--nats-url", self.url,
+                              *extra], cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return StatusTables.parse(res.stdout)
 
     async def drained(self, client, *, holding: tuple[str, ...] = ()) -> bool:
         """Every buffer of the pipeline is empty (all messages acked), except those of the

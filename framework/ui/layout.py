@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..spec import Pipeline
 
-NODE_W, NODE_H = 200, 112  # NODE_H: the slot; a box is as tall as the numbers it shows
-ROWS = {"source": 3, "udf": 5, "sink": 4}  # must match ROWS in static/app.js
+NODE_W, NODE_H = 200, 124  # NODE_H: the slot; a box is as tall as the numbers it shows
+ROWS = {"source": 3, "udf": 6, "sink": 5}  # must match ROWS in static/app.js
 GAP_X, GAP_Y, MARGIN = 110, 36, 24
 
 

@@ -8,16 +8,19 @@ import uuid
 import pytest
 
 from framework import buffer as b
+from framework.isb.reconcile import ProvisionError
 from framework.spec import OnFull, parse_pipeline
 
 
-def pipeline(name: str, max_len: int = 1000, usage: int = 80):
+def pipeline(name: str, max_len: int = 1000, usage: int = 80, buffers: dict | None = None,
+             out_buffers: dict | None = None):
+    out = {"name": "out", "sink": {"blackhole": {}}, **({"buffers": out_buffers} if out_buffers else {})}
     return parse_pipeline({
         "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name},
         "spec": {
             "limits": {"bufferMaxLength": max_len, "bufferUsageLimit": usage, "readBatchSize": 50, "ackWait": "5s"},
-            "vertices": [{"name": "in", "source": {"generator": {}}},
-                         {"name": "out", "sink": {"blackhole": {}}}],
+            "buffers": buffers or {},
+            "vertices": [{"name": "in", "source": {"generator": {}}}, out],
             "edges": [{"from": "in", "to": "out"}],
         },
     }, check_handlers=False)
@@ -48,7 +51,7 @@ async def test_provision_is_idempotent_and_updates(nc, name):
     again = dict(await b.provision(js, p))
     assert set(again.values()) == {"unchanged"}
     bigger = dict(await b.provision(js, pipeline(name, max_len=5000)))
-    assert bigger[f"stream nf_{name}_out"] == "updated"
+    assert bigger[f"stream nf_{name}_out"] == "updated (max_msgs 1000 -> 5000)"  # what changed, never silently
     info = await js.stream_info(f"nf_{name}_out")
     assert info.config.max_msgs == 5000 and info.config.retention == "workqueue"
     assert info.config.duplicate_window == b.DUPLICATE_WINDOW_S
@@ -142,4 +145,72 @@ async def test_hard_limit_rejects_with_stream_full_code(nc, name):
     errors = await pub.publish([out_msg(p, i) for i in range(12)])
     assert errors[:10] == [None] * 10
     assert all(isinstance(e, b.PublishError) and e.code == b.ERR_STREAM_FULL for e in errors[10:])
+    await pub.close()
+
+
+# ---- spec.buffers on one server (the cluster tests are in test_replication.py) ---------------
+
+
+async def test_buffers_settings_reach_every_stream_and_bucket(nc, name):
+    """maxAge/maxBytes/storage go to the buffer and the dead-letter stream (the vertex's override
+    over the pipeline's); the KV bucket gets the pipeline-wide storage and never an age limit."""
+    js = nc.jetstream()
+    p = pipeline(name, buffers={"storage": "memory", "maxAge": "1h"}, out_buffers={"maxBytes": "2MiB"})
+    await b.provision(js, p)
+    for stream in (f"nf_{name}_out", f"nf_{name}_out_dlq"):
+        cfg = (await js.stream_info(stream)).config
+        assert (cfg.storage, cfg.max_age, cfg.max_bytes, cfg.num_replicas) == ("memory", 3600.0, 2 << 20, 1), stream
+    kv = (await js.stream_info(f"KV_nf_{name}_wm")).config
+    assert (kv.storage, kv.max_age, kv.max_bytes) == ("memory", 0.0, -1)
+
+
+async def test_limits_change_is_printed_and_storage_change_is_refused(nc, name):
+    js = nc.jetstream()
+    await b.provision(js, pipeline(name))
+    changed = dict(await b.provision(js, pipeline(name, out_buffers={"maxAge": "10m", "maxBytes": "1MiB"})))
+    assert changed[f"stream nf_{name}_out"] == "updated (max_bytes unlimited -> 1048576, max_age unlimited -> 600s)"
+    assert (await js.stream_info(f"nf_{name}_out")).config.max_age == 600.0
+    with pytest.raises(ProvisionError) as refused:
+        await b.provision(js, pipeline(name, out_buffers={"storage": "memory"}))
+    assert str(refused.value).startswith(
+        f"spec.vertices[1].buffers.storage: stream nf_{name}_out is stored in file on the server and JetStream "
+        "cannot change a stream's storage in place; to move it to memory, drain the pipeline")
+    assert f"`nats stream rm nf_{name}_out`" in str(refused.value)
+    assert (await js.stream_info(f"nf_{name}_out")).config.storage == "file"  # untouched
+
+
+async def test_max_bytes_full_is_back_pressure(nc, name):
+    """nats-server 2.15 refuses a publish into a discard-new stream at max_bytes with err_code
+    10077 "maximum bytes exceeded" (the code of "maximum messages exceeded"): the writer waits
+    for the reader as at any full buffer, and nothing is lost or dropped."""
+    js = nc.jetstream()
+    p = pipeline(name, max_len=10_000, buffers={"maxBytes": "1MiB"})
+    await b.provision(js, p)
+    pub = b.JetStreamPublisher(nc)
+    await pub.start()
+    big = [b.OutMessage(m.subject, bytes(100_000), m.headers) for m in (out_msg(p, i) for i in range(30))]
+    errors = await pub.publish(big[:12])
+    refused = [e for e in errors if e is not None]
+    assert refused and all(isinstance(e, b.PublishError) and e.code == b.ERR_STREAM_FULL
+                           and "maximum bytes exceeded" in str(e) for e in refused), errors
+    stored = (await js.stream_info(f"nf_{name}_out")).state.messages
+    assert stored == 12 - len(refused) and stored <= 10
+
+    writer = b.BufferWriter(js, pub)
+    writer.add_target("out", f"nf_{name}_out", p.limits_for("out").buffer_soft_limit)
+    task = asyncio.create_task(writer.write({"out": (OnFull.retry_until_success, big)}))
+    reader = b.BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=5)
+    await reader.start()
+    seen: set[str] = set()
+    while len(seen) < 30:
+        info = await js.stream_info(f"nf_{name}_out")
+        assert info.state.bytes <= 1 << 20
+        batch = await reader.fetch(5.0)
+        assert batch, f"stalled after {len(seen)} messages"
+        for m in batch:
+            seen.add(m.headers[b.HDR_ID])
+            await m.ack()
+    assert await task == {"out": 0}
+    assert seen == {f"id{i}" for i in range(30)}
+    await reader.close()
     await pub.close()

@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from framework.buffer import buffer_stream_config, dlq_stream_config
 from framework.render import RenderError, RenderOptions, inline_credentials, render_pipeline
 from framework.scaling import desired_replicas
 from framework.secrets import env_name
@@ -554,3 +555,27 @@ def test_sources_without_a_readable_backlog_or_max_one_get_no_scaled_object():
     assert [o["kind"] for o in render_source({"mqtt": {"topic": "t"}}, {"max": 1})] == ["Deployment"]
     objs = render_source({"redisStreams": {"url": "redis://r:6379/0", "stream": "s", "group": "g"}}, {"max": 3})
     assert [o["kind"] for o in objs] == ["Deployment", "ScaledObject", "PodDisruptionBudget"]  # no password: no auth
+
+
+def test_provision_job_applies_the_pipelines_buffer_settings(tmp_path):
+    """`render` passes spec.buffers to the cluster through the provisioning Job: it runs
+    `natsflow provision` on the pipeline file the ConfigMap mounts, which carries them as written."""
+    text = (REPO / "examples" / "sentiment" / "pipeline.yaml").read_text().replace(
+        "spec:\n", "spec:\n  buffers: {replicas: 3, maxAge: 1h}\n", 1)
+    (tmp_path / "pipeline.yaml").write_text(text)
+    p = load_pipeline(tmp_path / "pipeline.yaml", check_handlers=False)
+    objs = [o for objs in render_pipeline(p, text, RenderOptions(image="img:1")).values() for o in objs]
+    [job] = [o for o in objs if o["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command = container.get("command", []) + container.get("args", [])
+    assert command[:2] == ["natsflow", "provision"], command
+    file = Path(command[-1])
+    [mount] = [m for m in container["volumeMounts"] if file.parent == Path(m["mountPath"])]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    [config_map] = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == volume["configMap"]["name"]]
+    mounted = tmp_path / "mounted.yaml"
+    mounted.write_text(config_map["data"][file.name])
+    provisioned = load_pipeline(mounted, check_handlers=False)
+    assert provisioned.buffers_for("classify").replicas == 3 and provisioned.buffers_for(None).replicas == 3
+    assert (buffer_stream_config(provisioned, "classify").num_replicas, dlq_stream_config(provisioned, "rest").max_age) == (3, 3600.0)

@@ -66,9 +66,34 @@ def test_vertex_limits_override_pipeline_limits():
     assert (limits.read_batch_size, limits.read_timeout, limits.ack_wait, limits.buffer_max_length) == (7, 0.25, 60, 1000)
 
 
+def test_vertex_buffers_override_the_pipelines_field_by_field():
+    raw = copy.deepcopy(BASE)
+    raw["spec"]["buffers"] = {"replicas": 3, "maxAge": "24h", "maxBytes": "1GiB"}
+    raw["spec"]["vertices"][1]["buffers"] = {"maxAge": "1h", "storage": "memory"}
+    p = parse_pipeline(raw)
+    classify, positive, shared = p.buffers_for("classify"), p.buffers_for("positive"), p.buffers_for(None)
+    assert (classify.replicas, classify.storage.value, classify.max_age, classify.max_bytes) == (3, "memory", 3600, 1 << 30)
+    assert (positive.replicas, positive.storage.value, positive.max_age) == (3, "file", 86400)
+    assert (shared.replicas, shared.storage.value) == (3, "file")
+    # errors name the layer that set a value: the vertex's override, else the pipeline's
+    assert (p.buffers_field("classify", "storage"), p.buffers_field("classify", "replicas"),
+            p.buffers_field(None, "replicas")) == ("spec.vertices[1].buffers.storage", "spec.buffers.replicas",
+                                                   "spec.buffers.replicas")
+    defaults = parse_pipeline(copy.deepcopy(BASE)).buffers_for("classify")
+    assert (defaults.replicas, defaults.storage.value, defaults.max_age, defaults.max_bytes) == (1, "file", None, None)
+
+
 @pytest.mark.parametrize(
     "mutate, path, reason",
     [
+        (lambda r: r["spec"].update({"buffers": {"replicas": 2}}), "spec.buffers.replicas", "Input should be 1, 3 or 5"),
+        (lambda r: r["spec"].update({"buffers": {"replicas": True}}), "spec.buffers.replicas", "1, 3 or 5"),
+        (lambda r: r["spec"].update({"buffers": {"storage": "disk"}}), "spec.buffers.storage", "'file' or 'memory'"),
+        (lambda r: r["spec"].update({"buffers": {"maxBytes": "64KiB"}}), "spec.buffers.maxBytes",
+         "must be at least 1MiB (1048576 bytes), so that a buffer can hold one message"),
+        (lambda r: r["spec"].update({"buffers": {"maxAge": "0s"}}), "spec.buffers.maxAge", "greater than 0"),
+        (lambda r: r["spec"]["vertices"][2].update({"buffers": {"replicas": 4}}),
+         "spec.vertices[2].buffers.replicas", "1, 3 or 5"),
         (lambda r: r["spec"]["vertices"][1]["udf"].update({"flatmap": {"handler": "a:b"}}),
          "spec.vertices[1].udf", "a udf must set exactly one of: map, flatmap, batchMap, mapStream, reduce, command (found 2)"),
         (lambda r: r["spec"]["vertices"][2].update({"udf": {"map": {"handler": "a:b"}}}),

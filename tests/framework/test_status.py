@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.conftest import REPO, Collector, wait_for
+from tests.conftest import Collector, wait_for
 from tests.framework.test_worker import gen, out, udf
 
 
 def status(runner, *extra: str) -> dict[str, list[str]]:
-    res = subprocess.run([sys.executable, "-m", "framework.cli", "status", str(runner.file), "--nats-url", runner.url,
-                          *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return {line.split()[0]: line.split() for line in res.stdout.splitlines()[2:]}
+    return runner.status(*extra).vertices
 
 
 async def test_status_counts_replicas_by_connection_and_shows_rates(runner, nc, nats_server):
@@ -32,6 +26,8 @@ async def test_status_counts_replicas_by_connection_and_shows_rates(runner, nc, 
         return rows if rows["map"][2] == "2" and float(rows["map"][4].replace(",", "")) > 0 else None
 
     rows = await wait_for(flowing, 30, "two map replicas and traffic in the status table", interval=0.5)
+    # One server, not clustered: each buffer has one replica and no leader to name.
+    assert runner.status().buffers == {f"nf_{runner.name}_map": ["1", "-", "-"], f"nf_{runner.name}_out": ["1", "-", "-"]}
     assert rows["in"][2] == "1" and rows["out"][2] == "1"  # one connection each
     for name, col in (("in", 4), ("map", 3), ("map", 4), ("out", 4)):
         rate = float(rows[name][col].replace(",", ""))

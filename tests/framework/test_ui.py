@@ -214,6 +214,8 @@ async def test_ui_page_shows_live_pipeline(runner, nc, ui_server, tmp_path: Path
                 return [await field(v, "replicas") for v in ("in", "score", "out")] == ["1", "1", "1"]
 
             await wait_for(one_replica_each, 20, "one replica per vertex on the page")
+            # Buffer replication: one replica on the session's single server, which names no leader.
+            assert [await field(v, "buffers") for v in ("score", "out")] == ["R1", "R1"]
             assert await field("out", "pending") == "0"
             assert await field("score", "dead_letters") == "0"
 
@@ -257,6 +259,8 @@ async def test_ui_page_shows_live_pipeline(runner, nc, ui_server, tmp_path: Path
             assert (status["score"]["processed"], status["score"]["dead_letters"]) == (TOTAL, FAILING)
             assert (status["out"]["processed"], status["out"]["dead_letters"]) == (TOTAL - FAILING, 0)
             assert status["score"]["replicasFrom"] == "connections"
+            assert status["out"]["buffers"] == [{"stream": f"nf_{runner.name}_out", "replicas": 1, "leader": None,
+                                                 "not_current": []}]
             assert (status["in"]["rate"], status["score"]["rate"]) == (0.0, 0.0)  # a source: what reaches score
 
             errs = await page.locator("#panel-dead-letters li .dl-error").all_text_contents()

@@ -33,14 +33,36 @@ function fmtTime(ms) {
 // heights come from ROWS in layout.py: keep the counts in step.
 const ROWS = {
   source: [["rate", "out"], ["replicas", "replicas"], ["watermark_ms", "watermark"]],
-  udf: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
-  sink: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["dead_letters", "errors"]],
+  udf: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "stream"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
+  sink: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "stream"], ["dead_letters", "errors"]],
 };
+
+// The buffer's JetStream replication: "R3 · n2" (replicas · leader), plus how many replicas are
+// not current (offline or behind, e.g. while a node is down). A partitioned buffer lists each
+// partition's leader, or their count when there are more than two.
+function fmtBuffers(v) {
+  const bufs = v.buffers || [];
+  if (!bufs.length) return "–";
+  const replicas = [...new Set(bufs.map((b) => "R" + b.replicas))].join("/");
+  const leaders = [...new Set(bufs.map((b) => b.leader).filter(Boolean))];
+  const behind = bufs.reduce((n, b) => n + b.not_current.length, 0);
+  const parts = [replicas];
+  if (leaders.length) parts.push(leaders.length <= 2 ? leaders.join(",") : `${leaders.length} leaders`);
+  if (behind) parts.push(`${behind} behind`);
+  return parts.join(" · ");
+}
 
 function fmtField(field, v) {
   if (field === "rate") return fmtRate(v.rate);
   if (field === "watermark_ms") return fmtTime(v.watermark_ms);
+  if (field === "buffers") return fmtBuffers(v);
   return fmtInt(v[field]);
+}
+
+function isBad(field, v) {
+  if (field === "dead_letters") return v.dead_letters > 0;
+  if (field === "buffers") return (v.buffers || []).some((b) => b.not_current.length > 0);
+  return false;
 }
 
 function edgePath(e, a, b, height) {
@@ -106,7 +128,7 @@ async function update(status) {
     for (const t of g.querySelectorAll("text.value")) {
       const field = t.dataset.field;
       t.textContent = fmtField(field, v);
-      t.classList.toggle("bad", field === "dead_letters" && v.dead_letters > 0);
+      t.classList.toggle("bad", isBad(field, v));
     }
   }
   for (const e of status.edges) {
@@ -140,6 +162,8 @@ function fillLive(name) {
     ["ack pending", fmtInt(v.ack_pending)],
     ["buffer", v.buffered === null ? "–" : `${fmtInt(v.buffered)} / ${fmtInt(v.capacity)} (${v.usage}%, limit ${v.usageLimit}%)`],
     ["replicas", v.replicas === null ? "–" : `${v.replicas} (from ${v.replicasFrom})`],
+    ...(v.buffers || []).map((b) => [`stream ${b.stream}`, `R${b.replicas}` + (b.leader ? `, leader ${b.leader}` : "") +
+      (b.not_current.length ? `, not current: ${b.not_current.join(", ")}` : "")]),
     ["waiting pulls", fmtInt(v.readers)], ["dead letters", fmtInt(v.dead_letters)], ["watermark", fmtTime(v.watermark_ms)],
   ];
   if (v.kind === "source") rows.splice(0, 2, ["out (arriving downstream)", fmtRate(v.rate)]);

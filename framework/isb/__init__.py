@@ -1,0 +1,1 @@
+"""The inter-step buffer: JetStream streams, consumers and KV buckets a pipeline runs on."""
