@@ -345,6 +345,7 @@ class BufferReader:
         self._credit = 0  # messages requested and not yet delivered or expired
         self._arrived = asyncio.Event()
         self._last_response = time.monotonic()
+        self._reconnects = nc.stats["reconnects"]
         self._sub = None
         self._keep_alive: asyncio.Task | None = None
         self._closed = False
@@ -392,9 +393,15 @@ class BufferReader:
     async def _top_up(self) -> None:
         if self._closed:
             return
-        if self._credit > 0 and time.monotonic() - self._last_response > 2 * self._expires + 1:
-            # The server answered nothing for longer than a request lives (e.g. a reconnect
-            # dropped our requests): forget the credit and pull again.
+        reconnects = self._nc.stats["reconnects"]
+        if reconnects != self._reconnects:
+            # Our pull requests lived on the old connection's server side: pull afresh at once
+            # rather than after they would have expired.
+            self._reconnects = reconnects
+            self._credit = 0
+        elif self._credit > 0 and time.monotonic() - self._last_response > 2 * self._expires + 1:
+            # The server answered nothing for longer than a request lives: forget the credit
+            # and pull again.
             self._credit = 0
         want = 2 * self._batch - len(self._buf) - self._credit
         if want >= self._batch // 2 or (want > 0 and self._credit == 0):
