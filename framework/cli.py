@@ -14,9 +14,13 @@ from pathlib import Path
 import yaml
 
 from .buffer import provision
-from .connection import NatsSettings
+from .connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
+                         ConnectStopped, NatsSettings, exit_when_lost)
+from .connectors import server_problems
 from .isb.reconcile import ProvisionError
 from .spec import SpecError, load_pipeline
+
+log = logging.getLogger("natsflow.cli")
 
 
 def _nats_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +33,9 @@ def _nats_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-ca")
     g.add_argument("--tls-cert")
     g.add_argument("--tls-key")
+    g.add_argument("--connect-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help=f"give up on the first connection after this long (default $NATSFLOW_CONNECT_TIMEOUT, "
+                        f"else {DEFAULT_CONNECT_TIMEOUT_S:g}); once running, reconnects never give up")
 
 
 def _running_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +51,7 @@ def _settings(args: argparse.Namespace) -> NatsSettings:
     return NatsSettings.from_env(
         url=args.nats_url, token=args.nats_token, user=args.nats_user, password=args.nats_password,
         creds=args.nats_creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        connect_timeout=args.connect_timeout,
     )
 
 
@@ -58,9 +66,12 @@ async def _provision(args: argparse.Namespace) -> int:
     p = load_pipeline(args.file, check_handlers=False)
     settings = _settings(args)
     nc = await settings.connect(f"natsflow-{p.name}-provision")
-    print(f"provisioning pipeline {p.name} on {settings.url}...", file=sys.stderr, flush=True)
+    print(f"provisioning pipeline {p.name} on {settings.shown_url}...", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
+        problems = server_problems(p, nc.max_payload)
+        if problems:
+            raise SpecError(args.file, problems)
         # One line per stream/consumer/bucket as it is done: a slow server shows where it is.
         done = await provision(nc.jetstream(), p, progress=lambda what, result: print(f"{what}: {result}", flush=True))
     finally:
@@ -164,8 +175,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace,
                      autoscale=args.command == "up")
-    await sup.run_until_signalled()
-    return 0
+    lost = await sup.run_until_signalled()
+    return EXIT_CONNECTION_LOST if lost else 0
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
@@ -309,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exit_when_lost()
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):
@@ -320,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     except ProvisionError as exc:  # a setting the servers refuse: one line naming the field, no traceback
         print(f"{getattr(args, 'file', None) or getattr(args, 'pipeline', '')}: {exc}", file=sys.stderr)
         return 1
+    except ConnectError as exc:  # one line naming the cause and the (masked) URL, no traceback
+        print(f"natsflow: {exc}", file=sys.stderr)
+        return EXIT_NO_CONNECTION
+    except ConnectStopped as exc:  # SIGTERM/SIGINT before there was anything to drain
+        log.info("%s", exc)
+        return 0
     except KeyboardInterrupt:
         return 130
 

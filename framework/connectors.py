@@ -7,7 +7,7 @@ import importlib
 import time
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from nats.aio.client import Client
 
@@ -15,6 +15,9 @@ from .buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
 from .connection import NatsSettings
 from .secrets import resolved
 from .sdk import Datum
+
+if TYPE_CHECKING:
+    from .spec import Pipeline
 
 log = logging.getLogger("natsflow.connectors")
 
@@ -122,6 +125,40 @@ class PartialWrite(Exception):
         super().__init__(f"{len(failed)} datum(s) not written; first: {first}")
 
 
+class ConnectorConfigError(ValueError):
+    """A connector setting that cannot work with the server found at start (e.g. a body limit
+    above its max_payload). `field` is the setting's spec name; the worker reports it as
+    `file: spec.vertices[i].<kind>.<connector>.<field>: reason`."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+def connector_field_path(p: "Pipeline", vertex: str, field: str) -> str:
+    """`spec.vertices[i].source.http.maxBodySize`: where a ConnectorConfigError's field is written."""
+    index = [v.name for v in p.spec.vertices].index(vertex)
+    v = p.vertex(vertex)
+    role, config = ("source", v.source) if v.source is not None else ("sink", v.sink)
+    return f"spec.vertices[{index}].{role}.{config.kind}.{field}"
+
+
+def server_problems(p: "Pipeline", max_payload: int) -> list[tuple[str, str]]:
+    """Connector settings the connected server cannot carry, as (field path, reason), so that
+    `provision` and `run` report them before anything starts (each source checks again itself)."""
+    from vertices.sources.http import body_limit  # noqa: PLC0415 - the only such setting so far
+
+    problems = []
+    for v in p.spec.vertices:
+        if v.source is not None and v.source.http is not None:
+            try:
+                body_limit(v.source.http, max_payload)
+            except ConnectorConfigError as exc:
+                problems.append((connector_field_path(p, v.name, exc.field), exc.reason))
+    return problems
+
+
 Emit = Callable[[list[SourceRecord]], Awaitable[None]]
 
 
@@ -138,7 +175,8 @@ class ConnectorContext:
         """The pipeline's own connection when `url` is unset, else a new one to `url`."""
         if url is None or url == self.nats.url:
             return self.nc
-        return await self.nats.with_url(url).connect(f"natsflow-{self.pipeline}-{self.vertex}-ext")
+        return await self.nats.with_url(url).connect(f"natsflow-{self.pipeline}-{self.vertex}-ext",
+                                                     stopping=self.stopping)
 
 
 class SourceConnector(Protocol):

@@ -79,8 +79,10 @@ class EmbeddedNats:
     it is one node of an `EmbeddedCluster` (server name, route port and the routes to its peers)."""
 
     def __init__(self, store_dir: str | Path, port: int | None = None, monitor_port: int | None = None,
-                 log_file: str | Path | None = None, cluster: "ClusterNode | None" = None):
+                 log_file: str | Path | None = None, cluster: "ClusterNode | None" = None,
+                 config: str | Path | None = None):
         self.store_dir = Path(store_dir)
+        self.config = config  # a server config file (auth, TLS); the flags above take precedence
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
@@ -101,6 +103,8 @@ class EmbeddedNats:
                "-js", "-sd", str(self.store_dir), "-l", str(self.log_file)]
         if self.cluster is not None:
             cmd += self.cluster.args()
+        if self.config is not None:
+            cmd += ["-c", str(self.config)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout

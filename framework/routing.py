@@ -52,6 +52,11 @@ class WriteReport:
     unrouted: int  # messages whose tags matched no out-edge
 
 
+def source_msg_id(vertex: str, offset: str) -> str:
+    """A source's `Nats-Msg-Id`: `<vertex>:<offset>` (docs/protocol.md, section 5)."""
+    return f"{vertex}:{offset}"
+
+
 def target_key(to: str, partition: int | None) -> str:
     return to if partition is None else f"{to}#{partition}"
 

@@ -198,7 +198,7 @@ class SideInputManager:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}")
+        self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}", stopping=self.stopping)
         js = self.nc.jetstream()
         await provision_bucket(js, self.p.name, self.p.buffers_for(None))
         self.kv = await js.key_value(bucket_name(self.p.name))

@@ -395,8 +395,9 @@ class HttpSource(Model):
     port: Annotated[WholeNumber, within(0, 65535, "a TCP port; 0 picks a free one")] = 8080
     host: str = "0.0.0.0"
     auth: HttpAuth | None = None
+    # None: as large as the server's max_payload allows (vertices/sources/http.py: body_limit).
     max_body_size: Annotated[WholeNumber, within(1, 64 << 20, "64 MiB, the largest max_payload a NATS server "
-                                                 "accepts")] = Field(1 << 20, alias="maxBodySize")
+                                                 "accepts")] | None = Field(None, alias="maxBodySize")
 
 
 class NatsSource(Model):

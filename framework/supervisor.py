@@ -14,6 +14,7 @@ from pathlib import Path
 from .buffer import provision
 from .isb.reconcile import ProvisionError
 from .connection import NatsSettings
+from .connectors import server_problems
 from .embedded import EmbeddedCluster, EmbeddedNats, free_port, start_embedded
 from .protocol import vertex_descriptor
 from .scaling import LagReader, desired_replicas, effective_cooldown
@@ -215,6 +216,8 @@ class Supervisor:
         self._sources: set[str] = set()
         self.side_input_manager: VertexGroup | None = None  # kept apart: its name is not a vertex's
         self._proxies: dict[str, asyncio.Task] = {}  # vertex -> its watermark proxy (program vertices)
+        self._stop = asyncio.Event()  # set by SIGTERM/SIGINT, or when the connection is closed for good
+        self.lost: str | None = None  # why the supervisor's NATS connection was closed, if it was
 
     async def start(self) -> None:
         p = load_pipeline(self.file)
@@ -228,7 +231,11 @@ class Supervisor:
             log.info("embedded %s with JetStream at %s (monitoring %s, data %s)",
                      "nats-server" if size == 1 else f"{size}-node nats-server cluster", self.embedded.url,
                      self.embedded.monitor_url, self.embedded.store_dir)
-        self.nc = await self.settings.connect(f"natsflow-{p.name}-supervisor")
+        # Checked before any vertex starts: bad credentials end `run` here with one line, instead of
+        # every vertex failing the same way in a restart loop.
+        self.nc = await self.settings.connect(f"natsflow-{p.name}-supervisor", stopping=self._stop,
+                                              on_closed=self._connection_lost)
+        self._check_server(p)
         for what, result in await provision(self.nc.jetstream(), p):
             log.info("provision: %s %s", what, result)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -245,6 +252,12 @@ class Supervisor:
         if self.autoscale:
             self._scaler = asyncio.create_task(self._autoscale())
             self._watcher = asyncio.create_task(self._watch_file())
+
+    def _connection_lost(self, message: str) -> None:
+        """The server closed our connection for good: stop every vertex, then exit non-zero."""
+        log.error("%s; stopping the pipeline", message)
+        self.lost = message
+        self._stop.set()
 
     async def _watch_file(self) -> None:
         """`natsflow up` follows edits of the pipeline file: new buffers first, then new vertices,
@@ -271,8 +284,16 @@ class Supervisor:
             except Exception:  # noqa: BLE001 - keep supervising whatever happens in one update
                 log.exception("applying the changed pipeline failed")
 
+    def _check_server(self, p: Pipeline) -> None:
+        """Settings this server cannot carry (an HTTP body limit above its max_payload) fail here,
+        not as a vertex that dies at start and is restarted for ever."""
+        problems = server_problems(p, self.nc.max_payload)
+        if problems:
+            raise SpecError(str(self.file), problems)
+
     async def apply(self, new: Pipeline) -> None:
         old = self.pipeline
+        self._check_server(new)
         for what, result in await provision(self.nc.jetstream(), new):
             if result != "unchanged":
                 log.info("update: %s %s", what, result)
@@ -393,21 +414,22 @@ class Supervisor:
 
         await asyncio.gather(*(one(g) for g in groups))
 
-    async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
+    async def run_until_signalled(self) -> str | None:
+        """Run until SIGTERM/SIGINT or a connection closed for good; returns why it was lost, if so."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self._stop.set)
         try:
             await self.start()
         except BaseException:
             await self._abandon()  # e.g. a provision the servers refuse: no embedded server left behind
             raise
         try:
-            await stop.wait()
+            await self._stop.wait()
         finally:
             log.info("stopping pipeline")
             await self.stop()
+        return self.lost
 
     async def _abandon(self) -> None:
         """After a failed start: end whatever it started, quietly (the error is the message)."""

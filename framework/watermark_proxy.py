@@ -19,6 +19,7 @@ sidecar container of its rendered Deployment: `natsflow watermark-proxy --pipeli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -90,8 +91,9 @@ async def run_proxy(pipeline_file: str | Path, vertex: str, settings: NatsSettin
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    nc = await settings.connect(f"natsflow-{p.name}-{vertex}-wmproxy")
+    nc = await settings.connect(f"natsflow-{p.name}-{vertex}-wmproxy", stopping=stopping)
     try:
         await WatermarkProxy(nc, p, vertex).run(stopping)
     finally:
-        await nc.drain()
+        with contextlib.suppress(Exception):  # reconnecting: nothing to drain, stop anyway
+            await asyncio.wait_for(nc.drain(), 10)

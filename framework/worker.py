@@ -25,16 +25,17 @@ from nats.aio.msg import Msg
 
 from . import buffer as b
 from .bounded import HandlerTimeout, deadline, too_many_stuck, within
-from .connection import NatsSettings, header_problem
-from .connectors import (SINKS, SOURCES, BufferFull, ConnectorContext, DatumsRejected, PartialWrite, RecordRejected,
-                         SourceRecord, load_connector)
+from .connection import NatsSettings, exit_now, header_problem
+from .connectors import (SINKS, SOURCES, BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
+                         PartialWrite, RecordRejected, SourceRecord, connector_field_path, load_connector)
 from .deadletter import dead_letter_message
 from .metrics import BufferProbe, VertexMetrics
-from .routing import Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags
+from .routing import (Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags,
+                      source_msg_id)
 from .sdk import Datum, Message
 from .secrets import check_vertex
 from .sideinputs import SideInputWatcher
-from .spec import Backoff, OnFailure, Pipeline, Retry, load_handler, load_pipeline
+from .spec import Backoff, OnFailure, Pipeline, Retry, SpecError, load_handler, load_pipeline
 from .tracing import VertexTracer
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
 from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
@@ -103,7 +104,8 @@ class VertexWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{self.v.name}")
+        self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{self.v.name}", stopping=self.stopping,
+                                              on_disconnected=self._nats_down)
         self.js = self.nc.jetstream()
         self.publisher = b.JetStreamPublisher(self.nc)
         await self.publisher.start()
@@ -162,10 +164,14 @@ class VertexWorker:
         return await self.side_inputs.wait_complete(self.stopping)
 
     def stop(self) -> None:
-        if not self.stopping.is_set():
+        if self.stopping.is_set():
+            return
+        if self.nc is not None and not self.nc.is_connected:
+            self._abandon()
+        if self.nc is not None:
             log.info("vertex %s: stop requested, draining", self.v.name)
-            self.stopping.set()
-            self.on_stop()
+        self.stopping.set()
+        self.on_stop()
 
     def on_stop(self) -> None:
         pass
@@ -180,6 +186,16 @@ class VertexWorker:
             self.failure = reason
             log.error("vertex %s: %s", self.v.name, reason)
             self.stop()
+
+    def _nats_down(self) -> None:
+        if self.stopping.is_set():  # lost while draining: the drain cannot finish
+            self._abandon()
+
+    def _abandon(self) -> None:
+        # Without NATS nothing can be acked or handed back: waiting would only delay the stop.
+        # JetStream redelivers whatever this process held; sources acked nothing upstream unstored.
+        exit_now(0, f"vertex {self.v.name}: stop requested while NATS is unreachable; exiting without draining "
+                    "(unacknowledged messages are redelivered)", logging.WARNING)
 
     def on_heartbeat(self) -> bool:
         """Called every second by the watermark heartbeat; True to publish right away."""
@@ -237,10 +253,10 @@ class SourceWorker(VertexWorker):
         await connector.run(ctx, self.emit, self.try_emit)
 
     def _outgoing(self, records: list[SourceRecord]) -> list[Outgoing]:
-        prefix = self.v.name + ":"
         no_tags: frozenset[str] = frozenset()
         return [
-            Outgoing(prefix + r.offset, r.id or r.offset, r.value, r.event_time_ms, r.keys, r.headers, no_tags)
+            Outgoing(source_msg_id(self.v.name, r.offset), r.id or r.offset, r.value, r.event_time_ms, r.keys,
+                     r.headers, no_tags)
             for r in records
         ]
 
@@ -780,6 +796,9 @@ async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSetti
     worker = worker_for(p, vertex, settings, path.parent)
     if p.vertex(vertex).udf is not None and p.vertex(vertex).udf.kind == "command":
         raise SystemExit(f"vertex {vertex!r} runs its own command; start it with `natsflow run`")
-    await worker.run()
+    try:
+        await worker.run()
+    except ConnectorConfigError as exc:  # e.g. an HTTP body limit the server cannot carry
+        raise SpecError(str(path), [(connector_field_path(p, vertex, exc.field), exc.reason)]) from None
     if worker.failure is not None:
         raise SystemExit(f"vertex {vertex}: {worker.failure}")

@@ -37,7 +37,6 @@ SECRET_WORDS = ("token", "password", "passwd", "passphrase", "secret", "creds", 
 URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@", re.IGNORECASE)
 DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 DEAD_LETTERS_SHOWN = 5
-CONNECT_TIMEOUT_S = 10.0
 DEAD_LETTER_SCAN = 200  # sequences looked at (newest first) to find them; deleted ones are skipped
 
 Send = Callable[[dict], Awaitable[None]]
@@ -223,37 +222,26 @@ def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
 
 
 class UiApp:
-    """A plain ASGI callable: lifespan connects to NATS and starts the poller."""
+    """A plain ASGI callable on a connected NATS client: lifespan starts the poller and closes the
+    client at the end."""
 
-    def __init__(self, p: Pipeline, settings: NatsSettings, options: UiOptions | None = None,
-                 file: str | Path | None = None):
+    def __init__(self, p: Pipeline, nc: Client, options: UiOptions | None = None, file: str | Path | None = None):
         self.source = PipelineFile(p, Path(file) if file else None)
-        self.settings, self.options = settings, options or UiOptions()
-        self.nc: Client | None = None
+        self.nc, self.options = nc, options or UiOptions()
         self.poller: StatusPoller | None = None
         self._task: asyncio.Task | None = None
         self._assets = {f.name: f for f in STATIC.iterdir() if f.suffix in CONTENT_TYPES}
 
     async def startup(self) -> None:
-        try:
-            # The settings retry forever (right for workers); a UI nobody can reach should say so.
-            self.nc = await asyncio.wait_for(
-                self.settings.connect(f"natsflow-ui-{self.source.p.name}", error_cb=self._nats_error), CONNECT_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"cannot reach NATS at {self.settings.url} within {CONNECT_TIMEOUT_S:g}s") from None
         self.poller = StatusPoller(self.nc, self.source, self.options)
         await self.poller.poll_safely()  # the first page load already has numbers
         self._task = asyncio.create_task(self.poller.run())
-
-    async def _nats_error(self, exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)  # one line, not nats-py's traceback per retry
 
     async def shutdown(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.nc is not None:
-            await self.nc.close()
+        await self.nc.close()
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -333,8 +321,11 @@ async def serve(p: Pipeline, settings: NatsSettings, host: str = "127.0.0.1", po
                 options: UiOptions | None = None, file: str | Path | None = None) -> None:
     import uvicorn
 
-    app = UiApp(p, settings, options, file)
+    # Connected before the HTTP server starts: a bad credential or an unreachable server ends the
+    # command with one line (bounded by the connect timeout), and SIGTERM is not yet uvicorn's.
+    nc = await settings.connect(f"natsflow-ui-{p.name}")
+    app = UiApp(p, nc, options, file)
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    print(f"natsflow ui: pipeline {p.name} on http://{host}:{port}/ (NATS {settings.url})", flush=True)
+    print(f"natsflow ui: pipeline {p.name} on http://{host}:{port}/ (NATS {settings.shown_url})", flush=True)
     await server.serve()

@@ -15,6 +15,7 @@ import asyncio
 
 import aiohttp
 
+from framework.connection import mask_url
 from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
 from framework.spec import HttpSink as Config
@@ -32,6 +33,7 @@ class HttpStatusError(Exception):
 class HttpSink:
     def __init__(self, config: Config):
         self.cfg = config
+        self.shown_url = mask_url(config.url)  # errors end up in logs and Nf-Error: no credentials there
 
     async def start(self, ctx: ConnectorContext) -> None:
         # The pool must hold `concurrency` connections (aiohttp's default is 100): a request waiting
@@ -56,9 +58,9 @@ class HttpSink:
                                                         headers=self.headers(d)) as resp:
                 body = await resp.text(errors="replace")
         except asyncio.TimeoutError:
-            raise TimeoutError(f"{method} {self.cfg.url}: no answer within {self.cfg.timeout}s") from None
+            raise TimeoutError(f"{method} {self.shown_url}: no answer within {self.cfg.timeout}s") from None
         if not 200 <= resp.status < 300:
-            raise HttpStatusError(method, self.cfg.url, resp.status, body)
+            raise HttpStatusError(method, self.shown_url, resp.status, body)
 
     async def write(self, datums: list[Datum]) -> None:
         results = await asyncio.gather(*(self.send(d) for d in datums), return_exceptions=True)

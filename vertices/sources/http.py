@@ -2,9 +2,15 @@
 
 Headers: `X-Natsflow-Keys` (comma-separated), `X-Natsflow-Event-Time` (epoch ms), `X-Natsflow-Id`
 (dedup id: a retried POST with the same id is stored once), W3C `traceparent`/`tracestate` (the
-message joins the client's trace). Answers 400 for bad input, 401 for a
-missing/wrong bearer token, 413 over the body limit, 503 while the buffer is full. `GET /livez` and
+message joins the client's trace). Answers 400 for bad input (including header bytes that are not
+UTF-8), 401 for a missing/wrong bearer token, 413 over the body limit (or when body and headers
+would not fit the server's max_payload), 503 while the buffer is full. `GET /livez` and
 `GET /readyz` answer 200.
+
+The body limit is checked against the NATS server's `max_payload` at start: a message's headers
+and payload together must fit in it (the server closes a connection that sends more), so the
+default limit is `max_payload - ENVELOPE_RESERVE`, and a configured `maxBodySize` above that is
+an error at start.
 """
 
 from __future__ import annotations
@@ -14,19 +20,32 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable
 
 import uvicorn
 
-from framework.connectors import BufferFull, ConnectorContext, Emit, SourceRecord
+from framework.buffer import encode_envelope
+from framework.connectors import BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord
+from framework.routing import source_msg_id
 from framework.spec import HttpSource as Config
 
 log = logging.getLogger("natsflow.http")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Room kept in the server's max_payload for natsflow's headers on this message and on the ones a
+# map derives from it downstream: ids (up to 256 characters each), event time, keys, trace context.
+ENVELOPE_RESERVE = 8 * 1024
+# A span this source starts when tracing is on adds a traceparent the request may not have had.
+TRACE_HEADER_ROOM = 128
+
+KEYS, EVENT_TIME, DATA_ID = "X-Natsflow-Keys", "X-Natsflow-Event-Time", "X-Natsflow-Id"
+TRACE_HEADERS = ("traceparent", "tracestate")
+_EPOCH_MS = re.compile(r"-?[0-9]{1,18}")
 
 
 class HttpError(Exception):
@@ -42,43 +61,96 @@ async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
-def trace_headers(headers: dict[str, str]) -> dict[str, str] | None:
+def body_limit(cfg: Config, max_payload: int) -> int:
+    """The largest body this source accepts on a server with `max_payload`: `maxBodySize`, or by
+    default everything the server takes beside ENVELOPE_RESERVE bytes of headers."""
+    room = max_payload - ENVELOPE_RESERVE
+    if cfg.max_body_size is None:
+        if room < 1:
+            raise ConnectorConfigError("maxBodySize", f"the NATS server's max_payload of {max_payload} bytes leaves "
+                                       f"no room beside the {ENVELOPE_RESERVE} bytes natsflow keeps for headers")
+        return room
+    if cfg.max_body_size > room:
+        raise ConnectorConfigError(
+            "maxBodySize", f"{cfg.max_body_size} bytes do not fit the NATS server's max_payload of {max_payload} "
+                           f"bytes with the {ENVELOPE_RESERVE} bytes natsflow keeps for headers: set at most {room}, "
+                           "leave it unset, or raise max_payload on the server")
+    return cfg.max_body_size
+
+
+class RequestHeaders:
+    """A request's headers by lower-case name. Bytes arrive as sent (HTTP allows any octet in a
+    value), so a header natsflow reads is checked here: not UTF-8 is a 400 naming the header."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]):
+        self.raw = {k.decode("latin-1").lower(): v for k, v in raw}
+
+    def text(self, name: str) -> str | None:
+        value = self.raw.get(name.lower())
+        if value is None:
+            return None
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, f"header {name} is not valid UTF-8") from None
+
+    def ascii(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not value.isascii():
+            raise HttpError(400, f"header {name} must be ASCII")
+        return value
+
+
+def trace_headers(headers: RequestHeaders) -> dict[str, str] | None:
     """A client's W3C trace context travels with the message (the source's span, when tracing is
     on, becomes its child; when off, the context passes through unchanged)."""
-    if "traceparent" not in headers:
+    found = {name: headers.ascii(name) for name in TRACE_HEADERS}
+    if found["traceparent"] is None:
         return None
-    kept = {"traceparent": headers["traceparent"]}
-    if "tracestate" in headers:
-        kept["tracestate"] = headers["tracestate"]
-    return kept
+    return {k: v for k, v in found.items() if v is not None}
 
 
 class HttpSource:
     def __init__(self, config: Config):
         self.cfg = config
+        self.max_body = config.max_body_size or 0  # set from the server's max_payload in run()
+        self.max_payload = 0
 
-    def record(self, headers: dict[str, str], body: bytes) -> SourceRecord:
-        if self.cfg.auth is not None:
-            supplied = headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {self.cfg.auth.token}".encode()):
-                raise HttpError(401, "missing or wrong bearer token")
-        raw_et = headers.get("x-natsflow-event-time")
+    def authorize(self, headers: RequestHeaders) -> None:
+        if self.cfg.auth is None:
+            return
+        supplied = headers.raw.get("authorization", b"")
+        if not hmac.compare_digest(supplied, f"Bearer {self.cfg.auth.token}".encode()):
+            raise HttpError(401, "missing or wrong bearer token")
+
+    def record(self, headers: RequestHeaders, body: bytes) -> SourceRecord:
+        raw_et = headers.text(EVENT_TIME)
         if raw_et is None:
             event_ms = int(time.time() * 1000)
+        elif _EPOCH_MS.fullmatch(raw_et.strip()):
+            event_ms = int(raw_et)
         else:
-            try:
-                event_ms = int(raw_et)
-            except ValueError:
-                raise HttpError(400, f"X-Natsflow-Event-Time must be epoch milliseconds, got {raw_et!r}") from None
-        raw_keys = headers.get("x-natsflow-keys")
+            raise HttpError(400, f"{EVENT_TIME} must be epoch milliseconds, got {raw_et[:100]!r}")
+        raw_keys = headers.text(KEYS)
         keys = [k.strip() for k in raw_keys.split(",") if k.strip()] if raw_keys else None
-        data_id = headers.get("x-natsflow-id") or uuid.uuid4().hex
-        if len(data_id) > 256 or any(c in data_id for c in "\r\n"):
-            raise HttpError(400, "X-Natsflow-Id must be at most 256 characters on one line")
+        data_id = headers.text(DATA_ID) or uuid.uuid4().hex
+        if len(data_id) > 256 or not data_id.isprintable():
+            raise HttpError(400, f"{DATA_ID} must be at most 256 printable characters")
         return SourceRecord(body, data_id, event_ms, keys, trace_headers(headers), data_id)
 
+    def check_fits(self, vertex: str, record: SourceRecord) -> None:
+        """Body and envelope must fit the server's max_payload (keys can make the envelope large).
+        `try_emit` would refuse such a record too, but without room for the traceparent a span
+        adds later; this answers 413 with that room counted."""
+        envelope = encode_envelope(source_msg_id(vertex, record.offset), record.id, record.event_time_ms,
+                                   record.keys, record.headers)
+        size = len(record.value) + len(envelope) + TRACE_HEADER_ROOM
+        if size > self.max_payload:
+            raise HttpError(413, f"body and headers ({size} bytes) exceed the NATS server's max_payload of "
+                                 f"{self.max_payload} bytes")
+
     async def read_body(self, receive: Receive, declared: str | None) -> bytes:
-        limit = self.cfg.max_body_size
+        limit = self.max_body
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HttpError(413, f"body larger than {limit} bytes")
         chunks, size = [], 0
@@ -105,12 +177,17 @@ class HttpSource:
                 return await respond(send, 404, {"error": f"no such path; POST to {route}"})
             if method != "POST":
                 return await respond(send, 405, {"error": "use POST"})
-            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            headers = RequestHeaders(scope["headers"])
             try:
-                record = self.record(headers, await self.read_body(receive, headers.get("content-length")))
+                self.authorize(headers)  # before reading a body nobody may send
+                body = await self.read_body(receive, headers.ascii("content-length"))
+                record = self.record(headers, body)
+                self.check_fits(vertex, record)
                 await try_emit([record])
             except HttpError as exc:
                 return await respond(send, exc.status, {"error": exc.reason})
+            except RecordRejected as exc:  # the size was checked above: a header the server cannot carry
+                return await respond(send, 400, {"error": str(exc)})
             except BufferFull as exc:
                 return await respond(send, 503, {"error": str(exc), "retry": True})
             await respond(send, 200, {"id": record.id})
@@ -118,12 +195,16 @@ class HttpSource:
         return asgi
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
+        self.max_payload = ctx.nc.max_payload
+        self.max_body = body_limit(self.cfg, self.max_payload)
         config = uvicorn.Config(self.app(ctx.vertex, try_emit), host=self.cfg.host, port=self.cfg.port,
                                 log_level="warning", lifespan="off", access_log=False)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # the worker owns SIGTERM/SIGINT
         task = asyncio.create_task(server.serve())
         stop = asyncio.create_task(ctx.stopping.wait())
+        log.info("http source %s on %s:%d: bodies up to %d bytes (server max_payload %d)", ctx.vertex,
+                 self.cfg.host, self.cfg.port, self.max_body, self.max_payload)
         done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             stop.cancel()

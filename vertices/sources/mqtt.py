@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
+from framework.connection import mask_url
 from framework.connectors import ConnectorContext, Emit, SourceRecord, linger_fill
 from framework.spec import MqttSource as Config
 from vertices.sources._text import safe_id
@@ -52,7 +53,7 @@ class MqttSource:
         self.cfg = config
         url = urlsplit(config.url)
         if url.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"source.mqtt.url: scheme must be mqtt:// or mqtts://, got {config.url!r}")
+            raise ValueError(f"source.mqtt.url: scheme must be mqtt:// or mqtts://, got {mask_url(config.url)!r}")
         self.tls = url.scheme in ("mqtts", "ssl")
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (8883 if self.tls else 1883)
