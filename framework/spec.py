@@ -573,6 +573,10 @@ class Reduce(Handler):
     keyed: Flag = True
     allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="allowedLateness")
     partitions: Annotated[WholeNumber, within(1, 256, "each partition is a buffer stream of its own")] = 1
+    lease_ttl: Annotated[Duration, within_seconds(1, 10 * MINUTE, "a dead replica's partitions wait this long",
+                                                  low_why="renewals every ttl/4 must get through")] = Field(
+        10.0, alias="leaseTtl", description="how long a partition's owner may go silent before another replica "
+                                            "takes the partition over (docs/watermarks.md)")
 
 
 UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")  # "command": command and/or container
@@ -1080,9 +1084,6 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if v.kind in ("udf", "sink") and not ins[v.name]:
             problems.append((where, f"{v.kind} {v.name!r} has no in-edge (orphan vertex)"))
     for i, v in enumerate(vertices):
-        if v.udf is not None and v.udf.reduce is not None and v.scale.max > 1:
-            problems.append((f"spec.vertices[{i}].scale.max", "a reduce vertex runs as one replica for now "
-                             "(its replicas would need stable indexes to split the partitions); set max: 1"))
         if v.source is not None and v.source.mqtt is not None and v.scale.min > 1:
             problems.append((f"spec.vertices[{i}].scale.min", "an mqtt source runs as one replica (replicas "
                              "sharing its client id would disconnect each other); set min: 1"))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from collections import Counter
+from datetime import datetime
 
 import pytest
 
@@ -28,7 +32,8 @@ def results(c: Collector) -> set[tuple]:
 
 def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str = "0s", partitions: int = 1,
                     watermark: dict | None = None, keyed: bool = True, handler: str = "window_sum",
-                    udf_extra: dict | None = None):
+                    udf_extra: dict | None = None, reduce_extra: dict | None = None, limits: dict | None = None,
+                    scale: dict | None = None):
     vertices = [
         {"name": "in", "source": {"jetstream": {"stream": f"SRC_{runner.name}"}}},
         {"name": "agg", "udf": {"reduce": {"handler": f"tests.udfs:{handler}", "window": window,
@@ -39,10 +44,13 @@ def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str
     if keyed is False:
         vertices[1]["udf"]["reduce"]["keyed"] = False
     vertices[1]["udf"].update(udf_extra or {})
+    vertices[1]["udf"]["reduce"].update(reduce_extra or {})
+    if scale is not None:
+        vertices[1]["scale"] = scale
     if late_edge:
         vertices.append({"name": "tardy", "sink": {"nats": {"subject": f"{runner.name}.late"}}})
         edges.append({"from": "agg", "to": "tardy", "late": True})
-    runner.write(vertices, edges, watermark=watermark)
+    runner.write(vertices, edges, watermark=watermark, limits=limits)
 
 
 async def consumed(nc, runner) -> None:
@@ -156,7 +164,63 @@ def expected_fixed(keys, seconds: int) -> set[tuple]:
     return {((k,), s, s + 10, 10, sum(range(s, s + 10))) for k in keys for s in range(0, seconds, 10)}
 
 
+async def lease_owners(nc, runner) -> dict[int, str]:
+    """partition -> replica id holding its lease ("" = released), from the KV bucket."""
+    kv = await nc.jetstream().key_value(f"nf_{runner.name}_leases")
+    try:
+        keys = await kv.keys()
+    except Exception:  # no keys yet
+        return {}
+    out = {}
+    for key in keys:
+        if ".p." in key:
+            out[int(key.rsplit(".", 1)[1])] = json.loads((await kv.get(key)).value)["owner"]
+    return out
+
+
+async def owners_are(nc, runner, expected: dict[str, int], partitions: int) -> dict[int, str] | None:
+    """The leases are split as `expected` (replica -> number of partitions), every partition owned."""
+    owners = await lease_owners(nc, runner)
+    counts = Counter(owners.values())
+    return owners if len(owners) == partitions and dict(counts) == expected else None
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def reading_intervals(runner, replicas: list[str], killed: dict[str, datetime]) -> dict[int, list[tuple]]:
+    """From each replica's log: per partition, the (start, end, replica) spans in which it read
+    the partition's consumer. The start is logged before its first pull, the end after its reader
+    is closed (or, for a killed replica, the moment of the kill)."""
+    spans: dict[int, list[tuple]] = {}
+    for r in replicas:
+        opened: dict[int, datetime] = {}
+        for line in runner.log(f"agg#{r}").splitlines():
+            m = LOG_TIME.match(line)
+            found = re.search(r"partition (\d+): (reading|stopped reading)", line)
+            if not (m and found):
+                continue
+            at, part = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), int(found.group(1))
+            if found.group(2) == "reading":
+                assert part not in opened, f"{r} opened partition {part} twice"
+                opened[part] = at
+            else:
+                spans.setdefault(part, []).append((opened.pop(part), at, r))
+        for part, at in opened.items():  # still reading when the test ended it
+            end = killed.get(r, datetime.max)
+            spans.setdefault(part, []).append((at, end, r))
+    return spans
+
+
+def assert_one_reader_at_a_time(spans: dict[int, list[tuple]]) -> None:
+    for part, ss in spans.items():
+        ss = sorted(ss)
+        for (s1, e1, r1), (s2, e2, r2) in zip(ss, ss[1:]):
+            assert s2 >= e1, f"partition {part}: {r2} started reading at {s2} while {r1} read it until {e1}"
+
+
 async def test_keyed_partitions_across_two_replicas(runner, nc):
+    """Two replicas started together split the 4 partitions by leases, 2 each, and both work."""
     keys = [f"k{i}" for i in range(8)]
     out = await Collector().start(nc, f"{runner.name}.out")
     js = await source_stream(nc, runner)
@@ -165,26 +229,94 @@ async def test_keyed_partitions_across_two_replicas(runner, nc):
     for v in ("out", "in"):
         runner.start(v)
     for r in ("0", "1"):
-        runner.start("agg", replica=r, NATSFLOW_REPLICA=r, NATSFLOW_REPLICAS="2")
+        runner.start("agg", replica=r, NATSFLOW_REPLICA_ID=f"r{r}")
+    await wait_for(lambda: owners_are(nc, runner, {"r0": 2, "r1": 2}, 4), 30, "two partitions per replica")
     await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(30) for k in keys])
     await consumed(nc, runner)
     await publish(js, f"{runner.name}.src", [("zz", 1000, 0)])
     await out.wait_count(24)
     assert results(out) == expected_fixed(keys, 30) and len(out.msgs) == 24
-    for r in ("0", "1"):  # both replicas did part of the work, each on its own partitions
+    for r in ("0", "1"):  # both replicas did part of the work
         assert await runner.terminate(f"agg#{r}") == 0
         log = runner.log(f"agg#{r}")
-        assert f"owns partitions [{r}, {int(r) + 2}]" in log
         assert json.loads(log.rsplit("stats ", 1)[1].splitlines()[0])["forwarder_read_total"] > 0
+    assert_one_reader_at_a_time(reading_intervals(runner, ["0", "1"], {}))
+
+
+async def test_partitions_move_between_replicas_mid_stream_with_exact_sums(runner, nc):
+    """A keyed reduce of 6 partitions, 12 keys, 10 s windows over 120 s of event time (1,440
+    events, 144 results). Replica A alone; B joins (A hands 3 partitions over, with their held
+    inputs); B is SIGKILLed while holding inputs (its partitions go back to A after the 2 s lease
+    ttl and the 2 s ack wait); C joins (A hands 3 over); A gets SIGTERM while holding inputs (C
+    takes all). Every (key, window) sum is exact and emitted once, and no partition ever had two
+    readers at once."""
+    began = time.monotonic()
+    keys, parts = [f"k{i}" for i in range(12)], 6
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, partitions=parts, reduce_extra={"leaseTtl": "2s"},
+                    limits={"ackWait": "2s", "readBatchSize": 50}, scale={"max": 3})
+    await runner.provision()
+    for v in ("out", "in"):
+        runner.start(v)
+    subj = f"{runner.name}.src"
+
+    def phase(n: int) -> list[tuple[str, int, int]]:  # 30 s of event time; values differ per key
+        return [(k, t, t * 100 + i) for t in range(30 * n, 30 * n + 30) for i, k in enumerate(keys)]
+
+    async def held_by(replica: str) -> int:
+        owners = await lease_owners(nc, runner)
+        total = 0
+        for part, owner in owners.items():
+            if owner == replica:
+                info = await js.consumer_info(f"nf_{runner.name}_agg_p{part}", f"nf_{runner.name}_agg_p{part}")
+                total += info.num_ack_pending
+        return total
+
+    runner.start("agg", replica="A", NATSFLOW_REPLICA_ID="A")
+    await wait_for(lambda: owners_are(nc, runner, {"A": 6}, parts), 30, "A to own every partition")
+    await publish(js, subj, phase(0))
+    await consumed(nc, runner)
+    # B joins: A hands three partitions over, with the phase-0 inputs it holds in open windows.
+    runner.start("agg", replica="B", NATSFLOW_REPLICA_ID="B")
+    await wait_for(lambda: owners_are(nc, runner, {"A": 3, "B": 3}, parts), 30, "A and B to split the partitions")
+    await publish(js, subj, phase(1))
+    await consumed(nc, runner)
+    await out.wait_count(36)  # phase 0's windows, closed by A and B
+    held = await wait_for(lambda: held_by("B"), 20, "B to hold inputs in open windows")
+    runner.kill("agg#B")
+    killed = {"B": datetime.now()}
+    await publish(js, subj, phase(2))  # arrives while B's partitions have no reader
+    await wait_for(lambda: owners_are(nc, runner, {"A": 6}, parts), 30, "B's partitions to come back to A")
+    await consumed(nc, runner)
+    await out.wait_count(72)  # phase 1's windows, B's part rebuilt by A from redelivered inputs
+    runner.start("agg", replica="C", NATSFLOW_REPLICA_ID="C")
+    await wait_for(lambda: owners_are(nc, runner, {"A": 3, "C": 3}, parts), 30, "A and C to split the partitions")
+    await publish(js, subj, phase(3))
+    await consumed(nc, runner)
+    assert await wait_for(lambda: held_by("A"), 20, "A to hold inputs in open windows")
+    assert await runner.terminate("agg#A") == 0
+    await wait_for(lambda: owners_are(nc, runner, {"C": 6}, parts), 30, "C to own every partition")
+    await publish(js, subj, [("zz", 1000, 0)])
+    await out.wait_count(144, timeout=60)
+    await wait_for(lambda: runner.drained(nc, holding=("agg",)), 20, "buffers to drain")
+    expected = {((k,), s, s + 10, 10, sum(t * 100 + i for t in range(s, s + 10)))
+                for i, k in enumerate(keys) for s in range(0, 120, 10)}
+    assert results(out) == expected  # every (key, window) present with its exact count and sum
+    assert len(out.msgs) == 144 and len(set(out.ids)) == 144, f"{len(out.msgs) - 144} duplicate results"
+    spans = reading_intervals(runner, ["A", "B", "C"], killed)
+    assert_one_reader_at_a_time(spans)
+    moves = sum(len(ss) for ss in spans.values()) - parts
+    assert moves >= 12, spans  # B took 3, A took B's 3 back, C took 3, C took A's 3
+    print(f"partition moves {moves}, B held {held} at its kill, {time.monotonic() - began:.1f}s")
 
 
 async def test_sigkill_reduce_mid_window_gives_identical_output(runner, nc):
     out = await Collector().start(nc, f"{runner.name}.out")
     js = await source_stream(nc, runner)
-    reduce_pipeline(runner, {"fixed": {"length": "10s"}})
-    doc_limits = {"ackWait": "2s", "readBatchSize": 100}
-    runner.write(runner.pipeline.model_dump(by_alias=True, mode="json")["spec"]["vertices"],
-                 runner.pipeline.model_dump(by_alias=True, mode="json")["spec"]["edges"], limits=doc_limits)
+    # the restarted replica takes the dead one's partition once its lease has run out (2 s)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, reduce_extra={"leaseTtl": "2s"},
+                    limits={"ackWait": "2s", "readBatchSize": 100})
     await runner.start_all()
     await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(300) for k in ("a", "b")])
     await out.wait_count(6)
