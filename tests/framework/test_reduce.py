@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections import Counter
 from datetime import datetime
 
 import pytest
+import yaml
 
-from tests.conftest import Collector, wait_for
+from framework.connection import NatsSettings
+from framework.supervisor import Supervisor
+from tests.conftest import REPO, Collector, wait_for
 
 T0 = 1_704_067_200  # seconds
 
@@ -164,9 +168,9 @@ def expected_fixed(keys, seconds: int) -> set[tuple]:
     return {((k,), s, s + 10, 10, sum(range(s, s + 10))) for k in keys for s in range(0, seconds, 10)}
 
 
-async def lease_owners(nc, runner) -> dict[int, str]:
+async def lease_owners(nc, pipeline: str) -> dict[int, str]:
     """partition -> replica id holding its lease ("" = released), from the KV bucket."""
-    kv = await nc.jetstream().key_value(f"nf_{runner.name}_leases")
+    kv = await nc.jetstream().key_value(f"nf_{pipeline}_leases")
     try:
         keys = await kv.keys()
     except Exception:  # no keys yet
@@ -180,7 +184,7 @@ async def lease_owners(nc, runner) -> dict[int, str]:
 
 async def owners_are(nc, runner, expected: dict[str, int], partitions: int) -> dict[int, str] | None:
     """The leases are split as `expected` (replica -> number of partitions), every partition owned."""
-    owners = await lease_owners(nc, runner)
+    owners = await lease_owners(nc, runner.name)
     counts = Counter(owners.values())
     return owners if len(owners) == partitions and dict(counts) == expected else None
 
@@ -265,7 +269,7 @@ async def test_partitions_move_between_replicas_mid_stream_with_exact_sums(runne
         return [(k, t, t * 100 + i) for t in range(30 * n, 30 * n + 30) for i, k in enumerate(keys)]
 
     async def held_by(replica: str) -> int:
-        owners = await lease_owners(nc, runner)
+        owners = await lease_owners(nc, runner.name)
         total = 0
         for part, owner in owners.items():
             if owner == replica:
@@ -353,3 +357,98 @@ def test_watermark_fetcher_keeps_the_entry_in_force_and_waits_for_silent_writers
     f.observe("dead.agg.0.r2", {"wm": 100, "seq": 500, "ts": now - 60_000})  # silent, with unread data
     assert f.compute(40) == 310  # held back: the silent writer's messages up to seq 500 are unread
     assert f.compute(600) == 3990  # read past them: the silent writer is dropped
+
+
+async def test_up_scales_a_keyed_reduce_out_and_in_with_exact_sums(tmp_path, nc, nats_url, monkeypatch):
+    """`natsflow up` on a reduce with scale.max 3: the inputs it holds in open windows are lag, so
+    it starts replicas, which take partitions over; when the windows close it drains them again
+    (SIGTERM: each hands its partitions back). 8 keys x 9 windows (+ the probe's), each sum exact
+    and once."""
+    name = "ur" + uuid.uuid4().hex[:6]
+    keys = [f"k{i}" for i in range(8)]
+    doc = {
+        "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name},
+        "spec": {
+            "limits": {"readBatchSize": 50, "ackWait": "3s"},
+            "vertices": [
+                {"name": "in", "source": {"nats": {"subject": f"{name}.in"}}},
+                {"name": "agg", "udf": {"reduce": {"handler": "tests.udfs:window_sum", "window": {"fixed": {"length": "10s"}},
+                                                   "partitions": 4, "leaseTtl": "2s"}},
+                 "scale": {"min": 1, "max": 3, "lagThreshold": 20, "pollingInterval": "300ms"}},
+                {"name": "out", "sink": {"nats": {"subject": f"{name}.out"}}, "scale": {"min": 1}},
+            ],
+            "edges": [{"from": "in", "to": "agg"}, {"from": "agg", "to": "out"}],
+        },
+    }
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    log = tmp_path / "up.log"
+    sup = Supervisor(f, NatsSettings(url=nats_url), grace=10, out=open(log, "w"), autoscale=True)
+    out = await Collector().start(nc, f"{name}.out")
+
+    stored = 0
+
+    async def feed(events) -> None:
+        """Publish, then wait until the source stored them all (each phase its own batches, so
+        the source's watermark steps as intended)."""
+        nonlocal stored
+        for key, t, v in events:
+            await nc.publish(f"{name}.in", json.dumps({"v": v}).encode(),
+                             headers={"Nf-Event-Time": str((T0 + t) * 1000), "Nf-Keys": json.dumps([key]),
+                                      "Nats-Msg-Id": f"{key}:{t}"})
+        stored += len(events)
+
+        async def all_stored() -> bool:
+            infos = [await nc.jetstream().stream_info(f"nf_{name}_agg_p{i}") for i in range(4)]
+            return sum(i.state.last_seq for i in infos) == stored
+
+        await wait_for(all_stored, 30, f"{stored} events stored by the source")
+
+    await sup.start()
+    try:
+        agg = sup.groups["agg"]
+        assert len(agg) == 1
+
+        async def source_listening() -> bool:  # core NATS: what comes before the subscription is lost
+            await nc.publish(f"{name}.in", b'{"v": 0}', headers={"Nf-Event-Time": str(T0 * 1000),
+                                                                "Nf-Keys": '["probe"]', "Nats-Msg-Id": "probe"})
+            infos = [await nc.jetstream().stream_info(f"nf_{name}_agg_p{i}") for i in range(4)]
+            return sum(i.state.last_seq for i in infos) == 1
+
+        await wait_for(source_listening, 30, "the source to listen", interval=0.2)
+        stored = 1
+        peak = 0
+
+        def replicas_at_least(n: int):
+            def check() -> bool:
+                nonlocal peak
+                peak = max(peak, len(agg))
+                return len(agg) >= n
+            return check
+
+        await feed([(k, t, t) for t in range(30) for k in keys])  # held in open windows: lag
+        await wait_for(replicas_at_least(2), 30, "the reduce to scale out on held inputs")
+
+        async def spread() -> bool:
+            owners = await lease_owners(nc, name)
+            return len(set(owners.values()) - {""}) >= 2
+
+        await wait_for(spread, 30, "the partitions to spread over the new replicas")
+        for n in (1, 2):
+            await feed([(k, t, t) for t in range(30 * n, 30 * n + 30) for k in keys])
+        await feed([("zz", 1000, 0)])
+        await out.wait_count(73, timeout=60)
+        await wait_for(lambda: len(agg) == 1, 60, "the reduce to scale back in")
+    finally:
+        await sup.stop()
+    assert results(out) == expected_fixed(keys, 90) | {(("probe",), 0, 10, 1, 0)} and len(out.msgs) == 73
+    text = log.read_text()
+    readers = {line.split(" ", 1)[0] for line in text.splitlines()
+               if line.startswith("[agg") and "stopped; stats" in line
+               and json.loads(line.rsplit("stats ", 1)[1])["forwarder_read_total"] > 0}
+    assert len(readers) >= 2, readers  # the partitions moved: more than one replica read inputs
+    moves = text.count("stopped reading (handed over)")
+    decisions = [(a, b) for _, v, a, b, _ in sup.decisions if v == "agg"]
+    assert any(b > a for a, b in decisions) and any(b < a for a, b in decisions), decisions
+    print(f"up: peak {peak} reduce replicas, {moves} graceful partition moves, decisions {decisions}")
