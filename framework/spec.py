@@ -881,10 +881,24 @@ class IdleSource(Model):
     increment_by: Annotated[Duration, within_seconds(0.001, DAY)] = Field(alias="incrementBy")
 
 
+# Sources that stamp event time on arrival unless told otherwise: when they take no input, event
+# time passes as the wall clock does, so they follow an idle rule by default (docs/watermarks.md).
+LIVE_SOURCES = ("http", "nats", "mqtt", "generator")
+DEFAULT_IDLE_SOURCE = IdleSource(threshold=5.0, increment_by=5.0)
+
+
 class WatermarkConfig(Model):
     max_delay: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="maxDelay")
-    idle_source: IdleSource | None = Field(None, alias="idleSource")
+    idle_source: IdleSource | None = Field(None, alias="idleSource",
+                                           description="default for http, nats, mqtt and generator sources: "
+                                                       "{threshold: 5s, incrementBy: 5s}; null turns it off")
     publisher_timeout: Annotated[Duration, within_seconds(0.1, HOUR)] = Field(10.0, alias="publisherTimeout")
+
+    def idle_rule(self, source_kind: str) -> IdleSource | None:
+        """`idleSource` when the spec sets it (null: none), else the default for live sources."""
+        if "idle_source" in self.model_fields_set:
+            return self.idle_source
+        return DEFAULT_IDLE_SOURCE if source_kind in LIVE_SOURCES else None
 
 
 class SideInputTrigger(Model):

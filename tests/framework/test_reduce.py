@@ -452,3 +452,77 @@ async def test_up_scales_a_keyed_reduce_out_and_in_with_exact_sums(tmp_path, nc,
     decisions = [(a, b) for _, v, a, b, _ in sup.decisions if v == "agg"]
     assert any(b > a for a, b in decisions) and any(b < a for a, b in decisions), decisions
     print(f"up: peak {peak} reduce replicas, {moves} graceful partition moves, decisions {decisions}")
+
+
+async def http_reduce(runner, nc, watermark: dict | None = None):
+    """HTTP source -> keyed reduce (2 s fixed windows) -> nats sink; returns the POST url and the
+    sink's collector once the source listens."""
+    from framework.embedded import free_port  # noqa: PLC0415
+    from tests.vertices.test_http_source import ready  # noqa: PLC0415
+
+    port = free_port()
+    runner.write([{"name": "in", "source": {"http": {"port": port, "host": "127.0.0.1"}}},
+                  {"name": "agg", "udf": {"reduce": {"handler": "tests.udfs:window_sum",
+                                                     "window": {"fixed": {"length": "2s"}}}}},
+                  {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}}],
+                 [{"from": "in", "to": "agg"}, {"from": "agg", "to": "out"}], watermark=watermark)
+    out = await Collector().start(nc, f"{runner.name}.out")
+    await runner.start_all()
+    await wait_for(lambda: ready(port), 30, "the HTTP source to listen")
+    return f"http://127.0.0.1:{port}/vertices/in", out
+
+
+async def post_two_windows(url: str) -> tuple[int, set[tuple]]:
+    """40 POSTs, keys a and b, event times 100 ms apart over two 2 s windows that start 4 s ago
+    (live data); returns the first window's start (ms) and the 4 results they must give."""
+    from tests.vertices.test_http_source import apost  # noqa: PLC0415
+
+    now = int(time.time() * 1000)
+    base = now - now % 2000 - 4000
+    for i in range(40):
+        status, _ = await apost(url, json.dumps({"v": i}).encode(),
+                                {"X-Natsflow-Keys": "ab"[i % 2], "X-Natsflow-Event-Time": str(base + i * 100)})
+        assert status == 200
+    expected = {((k,), (base + w * 2000) // 1000, (base + w * 2000 + 2000) // 1000, 10,
+                 sum(i for i in range(w * 20, w * 20 + 20) if "ab"[i % 2] == k)) for k in "ab" for w in (0, 1)}
+    return base, expected
+
+
+def window_results(c: Collector) -> set[tuple]:
+    return {(tuple(r["keys"]), r["start"], r["end"], r["count"], r["sum"]) for r in (json.loads(m.data) for m in c.msgs)}
+
+
+async def test_http_windows_close_after_input_stops_without_idle_source(runner, nc):
+    """No spec.watermark.idleSource: an HTTP source still moves its watermark on once it has
+    been idle for the default threshold (5 s), so the last window closes (it never did)."""
+    url, out = await http_reduce(runner, nc)
+    _, expected = await post_two_windows(url)
+    stopped = time.monotonic()
+    await out.wait_count(4, timeout=30)
+    closed_after = time.monotonic() - stopped
+    assert window_results(out) == expected and len(out.msgs) == 4
+    assert closed_after < 15, f"the last window closed {closed_after:.1f}s after the input stopped"
+    print(f"last window closed {closed_after:.1f}s after the input stopped")
+
+
+@pytest.mark.parametrize("idle", [None, {"threshold": "3s", "incrementBy": "3s"}], ids=["default", "idleSource"])
+async def test_held_windows_close_after_a_source_restart_without_new_input(runner, nc, idle):
+    """The source is restarted (SIGTERM, start) while the reduce holds an open window, and no
+    input comes after: the new source process picks its watermark up from what its vertex
+    published before and the idle rule moves it on, so the held window closes (the restarted
+    source's watermark used to stay unknown, with or without idleSource)."""
+    url, out = await http_reduce(runner, nc, watermark={"publisherTimeout": "2s", **({"idleSource": idle} if idle else {})})
+    base, expected = await post_two_windows(url)
+    assert await runner.terminate("in") == 0  # before its idle threshold: the second window stays open
+    await out.wait_count(2)  # the first window, closed by the second one's input
+    assert window_results(out) == {r for r in expected if r[1] * 1000 == base}, "the second window closed early"
+    info = await nc.jetstream().consumer_info(f"nf_{runner.name}_agg", f"nf_{runner.name}_agg")
+    assert info.num_ack_pending == 20  # the open window's inputs, held by the reduce
+    runner.start("in")
+    restarted = time.monotonic()
+    await out.wait_count(4, timeout=30)
+    closed_after = time.monotonic() - restarted
+    assert window_results(out) == expected and len(out.msgs) == 4
+    assert closed_after < 15, f"the held window closed {closed_after:.1f}s after the restart"
+    assert "watermark resumed" in runner.log("in")
+    print(f"held window closed {closed_after:.1f}s after the source restarted")
