@@ -341,3 +341,40 @@ class PartitionLeases:
     def _lease_value(self, owner: str, lease: Lease) -> bytes:
         return json.dumps({"owner": owner, "wm": lease.wm, "done": lease.done, "ts": int(time.time() * 1000)}).encode()
 
+
+@dataclass
+class Holding:
+    """What a reduce's live replicas report in their heartbeats (each every ttl/4)."""
+
+    held: int = 0  # inputs held unacked in open windows
+    windows: int = 0  # windows open (keys x windows)
+    owners: dict[str, list[int]] = field(default_factory=dict)  # replica -> partitions it reads
+
+
+async def holdings(js: JetStreamContext, p) -> dict[str, Holding]:
+    """Per reduce vertex of pipeline `p`, summed over the replicas whose heartbeat is younger than
+    the vertex's lease ttl (`natsflow status`, the UI)."""
+    ttls = {v.name: v.udf.reduce.lease_ttl for v in p.spec.vertices if v.udf is not None and v.udf.reduce is not None}
+    out = {name: Holding() for name in ttls}
+    try:
+        kv = await js.key_value(bucket_name(p.name))
+        keys = await kv.keys()
+    except Exception:  # noqa: BLE001 - no bucket or no keys yet: nothing held
+        return out
+    now = int(time.time() * 1000)
+    for key in keys:
+        vertex, kind, replica = (key.split(".", 2) + ["", ""])[:3]
+        if kind != "m" or vertex not in ttls:
+            continue
+        try:
+            value = json.loads((await kv.get(key)).value)
+        except Exception:  # noqa: BLE001 - deleted between keys() and get(), or not ours
+            continue
+        if now - int(value.get("ts", 0)) > ttls[vertex] * 1000:
+            continue
+        h = out[vertex]
+        h.held += int(value.get("held", 0))
+        h.windows += int(value.get("windows", 0))
+        h.owners[replica] = list(value.get("owns", []))
+    return out
+
