@@ -480,9 +480,11 @@ def test_a_reduce_scales_out_and_rolls_like_any_vertex():
     detect = next(v for v in doc["spec"]["vertices"] if v["name"] == "detect")
     detect["scale"] = {"min": 1, "max": 4, "lagThreshold": 500}
     p = parse_pipeline(doc, file="p.yaml", check_handlers=False)
-    dep, so = render_pipeline(p, yaml.safe_dump(doc), RenderOptions(image="i"))["detect.yaml"][:2]
-    for obj in (dep, so):
+    objs = {o["kind"]: o for o in render_pipeline(p, yaml.safe_dump(doc), RenderOptions(image="i"))["detect.yaml"]}
+    assert set(objs) == {"Deployment", "ScaledObject", "PodDisruptionBudget"}  # a drain takes one pod at a time
+    for obj in objs.values():
         validate(obj)
+    dep, so = objs["Deployment"], objs["ScaledObject"]
     assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     assert so["spec"]["minReplicaCount"] == 1 and so["spec"]["maxReplicaCount"] == 4
     assert {t["metadata"]["consumer"] for t in so["spec"]["triggers"]} == {"nf_anomaly_detect_p0", "nf_anomaly_detect_p1"}
