@@ -225,7 +225,7 @@ class ReduceWorker(ReadingWorker):
 
     def _report(self) -> None:
         held = sum(len(ps.refs) for ps in self.parts.values())
-        windows = sum(len(ps.open_windows()) for ps in self.parts.values())
+        windows = sum(len(ps.windows) + sum(map(len, ps.sessions.values())) for ps in self.parts.values())
         self.leases.stats = {"held": held, "windows": windows}
         self.metrics.reduce_state(len(self.parts), held, windows)
 
