@@ -185,6 +185,10 @@ async def provision(js: JetStreamContext, p: Pipeline,
         record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)), dcfg.name)
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
     buckets = [(bucket_name(p.name), provision_bucket)]
+    if any(v.udf is not None and v.udf.reduce is not None for v in p.spec.vertices):
+        from .windows import ownership  # noqa: PLC0415 - windows builds on this module
+
+        buckets.append((ownership.bucket_name(p.name), ownership.provision_bucket))
     if p.spec.side_inputs:
         buckets.append((sideinputs.bucket_name(p.name), sideinputs.provision_bucket))
     for bucket, ensure in buckets:
@@ -327,11 +331,16 @@ class BufferReader:
     held — handed out or still waiting in the read-ahead — it is kept in progress (`+WPI` every
     ack_wait / 3), so however long a UDF or a sink stalls, JetStream never redelivers it to
     another replica and nothing is processed twice without a crash.
+
+    `may_send`, when given, is asked before anything goes to the consumer (a pull request, an ack,
+    a nak, an in-progress): while it answers False the reader sends nothing. A reduce partition's
+    lease uses it to fence a replica that can no longer prove it owns the partition.
     """
 
     def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0,
-                 ack_wait: float = 30.0):
+                 ack_wait: float = 30.0, may_send: Callable[[], bool] | None = None):
         self._nc = nc
+        self._may_send = may_send
         self._batch = batch_size
         self._expires = expires
         self._ack_wait = ack_wait
@@ -391,7 +400,7 @@ class BufferReader:
                                 len(self._held), self.stream, exc)
 
     async def _top_up(self) -> None:
-        if self._closed:
+        if self._closed or (self._may_send is not None and not self._may_send()):
             return
         reconnects = self._nc.stats["reconnects"]
         if reconnects != self._reconnects:
@@ -449,6 +458,8 @@ class BufferReader:
             held.pop(stream_sequence(m), None)
 
     async def _reply(self, msgs: list[Msg], token: bytes) -> None:
+        if self._may_send is not None and not self._may_send():
+            return
         await reply_all(self._nc, msgs, token)
 
     def interrupt(self) -> None:

@@ -64,6 +64,10 @@ class VertexMetrics:
                                 labels, registry=self.registry).labels(**base)
         self._wm_lag = Gauge("forwarder_watermark_lag_seconds", "now - watermark (NaN while unknown)",
                              labels, registry=self.registry).labels(**base)
+        self._reduce = {name: Gauge(name, doc, labels, registry=self.registry) for name, doc in (
+            ("reduce_partitions_owned", "partitions whose lease this reduce replica holds"),
+            ("reduce_held_messages", "inputs this reduce replica holds unacked in open windows"),
+            ("reduce_open_windows", "windows this reduce replica has open (keys x windows)"))}
         self.watch_watermark(lambda: -1)
         self.read = self._read.labels(**base)
         self.ack = self._ack.labels(**base)
@@ -92,6 +96,11 @@ class VertexMetrics:
     def buffer_state(self, buffer: str, pending: int, ack_pending: int) -> None:
         self._pending.labels(buffer=buffer, **self._base).set(pending)
         self._ack_pending.labels(buffer=buffer, **self._base).set(ack_pending)
+
+    def reduce_state(self, owned: int, held: int, windows: int) -> None:
+        for name, n in (("reduce_partitions_owned", owned), ("reduce_held_messages", held),
+                        ("reduce_open_windows", windows)):
+            self._reduce[name].labels(**self._base).set(n)
 
     def watch_watermark(self, current: Callable[[], int]) -> None:
         """Read the watermark (epoch ms, < 0 = unknown) when scraped: nothing on the hot path."""

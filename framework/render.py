@@ -264,9 +264,8 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
         "spec": {
             **replicas,
             "selector": {"matchLabels": selector(p, v)},
-            # A reduce must never have two pods reading its partitions: replace, don't overlap.
-            "strategy": {"type": "Recreate"} if v.udf is not None and v.udf.reduce is not None else
-                        {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            # A reduce too: partition leases keep two pods from reading one partition.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": _pod_metadata(labels(p, v), pipeline_text, opts, metrics=serves_metrics),
                 "spec": _pod_spec([container, *_watermark_sidecar(p, v, opts, mount)], [volume],

@@ -573,6 +573,10 @@ class Reduce(Handler):
     keyed: Flag = True
     allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="allowedLateness")
     partitions: Annotated[WholeNumber, within(1, 256, "each partition is a buffer stream of its own")] = 1
+    lease_ttl: Annotated[Duration, within_seconds(1, 10 * MINUTE, "a dead replica's partitions wait this long",
+                                                  low_why="renewals every ttl/4 must get through")] = Field(
+        10.0, alias="leaseTtl", description="how long a partition's owner may go silent before another replica "
+                                            "takes the partition over (docs/watermarks.md)")
 
 
 UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")  # "command": command and/or container
@@ -877,10 +881,24 @@ class IdleSource(Model):
     increment_by: Annotated[Duration, within_seconds(0.001, DAY)] = Field(alias="incrementBy")
 
 
+# Sources that stamp event time on arrival unless told otherwise: when they take no input, event
+# time passes as the wall clock does, so they follow an idle rule by default (docs/watermarks.md).
+LIVE_SOURCES = ("http", "nats", "mqtt", "generator")
+DEFAULT_IDLE_SOURCE = IdleSource(threshold=5.0, increment_by=5.0)
+
+
 class WatermarkConfig(Model):
     max_delay: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="maxDelay")
-    idle_source: IdleSource | None = Field(None, alias="idleSource")
+    idle_source: IdleSource | None = Field(None, alias="idleSource",
+                                           description="default for http, nats, mqtt and generator sources: "
+                                                       "{threshold: 5s, incrementBy: 5s}; null turns it off")
     publisher_timeout: Annotated[Duration, within_seconds(0.1, HOUR)] = Field(10.0, alias="publisherTimeout")
+
+    def idle_rule(self, source_kind: str) -> IdleSource | None:
+        """`idleSource` when the spec sets it (null: none), else the default for live sources."""
+        if "idle_source" in self.model_fields_set:
+            return self.idle_source
+        return DEFAULT_IDLE_SOURCE if source_kind in LIVE_SOURCES else None
 
 
 class SideInputTrigger(Model):
@@ -1080,9 +1098,6 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if v.kind in ("udf", "sink") and not ins[v.name]:
             problems.append((where, f"{v.kind} {v.name!r} has no in-edge (orphan vertex)"))
     for i, v in enumerate(vertices):
-        if v.udf is not None and v.udf.reduce is not None and v.scale.max > 1:
-            problems.append((f"spec.vertices[{i}].scale.max", "a reduce vertex runs as one replica for now "
-                             "(its replicas would need stable indexes to split the partitions); set max: 1"))
         if v.source is not None and v.source.mqtt is not None and v.scale.min > 1:
             problems.append((f"spec.vertices[{i}].scale.min", "an mqtt source runs as one replica (replicas "
                              "sharing its client id would disconnect each other); set min: 1"))

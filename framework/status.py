@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 from . import buffer as b
 from .spec import Pipeline
 from .watermark import HEARTBEAT_S, bucket_name
+from .windows.ownership import holdings
 
 REPLICA_ALIVE_MS = int(3 * HEARTBEAT_S * 1000)
 
@@ -65,13 +66,21 @@ class VertexStatus:
     processed: int | None = None
     replicas: int | None = None  # replicas publishing watermark heartbeats (vertices with out-edges)
     buffers: list[BufferPlacement] = field(default_factory=list)  # one per partition stream
+    # A reduce: inputs its live replicas hold unacked in open windows, how many windows, and
+    # which replica reads which partitions (from their heartbeats in the leases bucket).
+    held: int | None = None
+    open_windows: int | None = None
+    partition_owners: dict[str, list[int]] | None = None
 
 
 async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
     writers = await _writers(js, p)
+    held = await holdings(js, p)
     out = []
     for v in p.spec.vertices:
         st = VertexStatus(v.name, v.kind, watermark_ms=writers.watermarks.get(v.name))
+        if v.name in held:
+            st.held, st.open_windows, st.partition_owners = held[v.name].held, held[v.name].windows, held[v.name].owners
         if p.out_edges(v.name):
             st.replicas = len(writers.replicas.get(v.name, ()))
         if v.kind != "source":
@@ -219,14 +228,14 @@ def render_table(rows: list[VertexStatus], rate: dict[str, Rates] | None = None,
 
     rate = rate or {}
     head = (f"{'vertex':<16}{'kind':<8}{'replicas':>9}{'in/s':>10}{'out/s':>10}{'pending':>10}{'ack-pend':>10}"
-            f"{'buffer':>16}{'pulls':>7}{'dlq':>7}  watermark (UTC)")
+            f"{'held':>9}{'buffer':>16}{'pulls':>7}{'dlq':>7}  watermark (UTC)")
     lines = [head, "-" * len(head)]
     for r in rows:
         buf = "-" if r.buffered is None else f"{r.buffered:,}/{r.capacity:,}"
         count = replicas.get(r.name, 0) if replicas is not None else r.replicas
         rr = rate.get(r.name, Rates())
         lines.append(f"{r.name:<16}{r.kind:<8}{n(count):>9}{per_s(rr.into):>10}{per_s(rr.out):>10}"
-                     f"{n(r.pending):>10}{n(r.ack_pending):>10}{buf:>16}"
+                     f"{n(r.pending):>10}{n(r.ack_pending):>10}{n(r.held):>9}{buf:>16}"
                      f"{n(r.readers):>7}{n(r.dead_letters):>7}  {wm(r.watermark_ms)}")
     placed = [bp for r in rows for bp in r.buffers]
     if placed:

@@ -158,13 +158,11 @@ class VertexGroup:
                 extra, self.replicas = self.replicas[n:], self.replicas[:n]
                 await asyncio.gather(*(vp.stop(grace) for vp in extra))
 
-    async def roll(self, grace: float, ready_timeout: float = 60.0, stop_first: bool = False) -> None:
-        """Start a replacement, wait until it serves, then drain one old replica; repeat.
-        `stop_first` (a reduce: two readers must never share its partitions) drains first."""
+    async def roll(self, grace: float, ready_timeout: float = 60.0) -> None:
+        """Start a replacement, wait until it serves, then drain one old replica; repeat. (A
+        reduce too: partition leases keep two replicas from reading one partition.)"""
         async with self._lock:
             for i, old in enumerate(list(self.replicas)):
-                if stop_first:
-                    await old.stop(grace)
                 new = self._spawn()
                 try:
                     await asyncio.wait_for(new.ready.wait(), ready_timeout)
@@ -174,8 +172,7 @@ class VertexGroup:
                     await new.stop(grace)
                     return
                 self.replicas[i] = new
-                if not stop_first:
-                    await old.stop(grace)
+                await old.stop(grace)
                 log.info("rolling %s: replica %d of %d replaced", self.name, i + 1, len(self.replicas))
 
     async def started(self) -> None:
@@ -315,7 +312,7 @@ class Supervisor:
             elif vertex_fingerprint(old, v.name) != vertex_fingerprint(new, v.name):
                 log.info("update: vertex %s changed; rolling %d replica(s)", v.name, len(group))
                 group.cmd, group.env = cmd, {**base_env, **extra}
-                await group.roll(self.grace, stop_first=v.udf is not None and v.udf.reduce is not None)
+                await group.roll(self.grace)
         self.pipeline = new
         self._sources = {v.name for v in new.spec.vertices if v.kind == "source"}
         self._sync_watermark_proxies(new)

@@ -12,6 +12,8 @@ minimum of those over live writers, and never goes back. Algorithm and limits: d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 import logging
 import os
@@ -84,20 +86,46 @@ class WatermarkPublisher:
                 log.warning("watermark put %s failed: %s", key, exc)
 
     def start_heartbeat(self, on_idle=None) -> None:
+        """Every second: `on_idle()` (may be async; True = the watermark moved) and a put if
+        nothing was published for a second."""
         async def beat() -> None:
             while True:
                 await asyncio.sleep(HEARTBEAT_S)
                 moved = on_idle() if on_idle is not None else False
+                if inspect.isawaitable(moved):
+                    moved = await moved
                 if moved or time.monotonic() - self._sent_at >= HEARTBEAT_S:
                     await self._put()
 
         self._task = asyncio.create_task(beat())
 
     async def close(self) -> None:
+        """Stop beating; the last watermark is put once more, since throttling may have held
+        it back (a source restarted later resumes from it)."""
         if self._task is not None:
             self._task.cancel()
         if self._putting is not None:
             await asyncio.gather(self._putting, return_exceptions=True)
+        if self.wm >= 0:
+            await self._put()
+
+
+async def published(kv, from_vertex: str, wait: float = 5.0) -> list[dict]:
+    """What every replica of `from_vertex` last published, live or gone: {"wm", "seq", "ts"}
+    per out-buffer partition and replica (a restarted source picks its watermark up from here)."""
+    watcher = await kv.watch(f"{from_vertex}.>")
+    found = []
+    try:
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(wait):
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.value:
+                        found.append(json.loads(entry.value))
+    finally:
+        await watcher.stop()
+    return found
 
 
 @dataclass

@@ -38,7 +38,7 @@ from .sideinputs import SideInputWatcher
 from .spec import Backoff, OnFailure, Pipeline, Retry, SpecError, load_handler, load_pipeline
 from .tracing import VertexTracer
 from .udf import BatchMapRunner, HandlerResultError, MapRunner
-from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
+from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket, published
 
 log = logging.getLogger("natsflow.worker")
 
@@ -198,7 +198,7 @@ class VertexWorker:
                     "(unacknowledged messages are redelivered)", logging.WARNING)
 
     def on_heartbeat(self) -> bool:
-        """Called every second by the watermark heartbeat; True to publish right away."""
+        """Called every second by the watermark heartbeat (may be async); True to publish right away."""
         return False
 
     async def serve(self) -> None:
@@ -249,6 +249,9 @@ class SourceWorker(VertexWorker):
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
                                extra={"base_dir": self.base_dir, "metrics": self.metrics})
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.idle = self.p.spec.watermark.idle_rule(cfg.kind)
+        self._last_emit = time.monotonic()  # idle from now on, not since the epoch
+        await self._resume_watermark()
         self.loaded = True
         await connector.run(ctx, self.emit, self.try_emit)
 
@@ -336,18 +339,45 @@ class SourceWorker(VertexWorker):
 
     _last_emit = 0.0
     _last_idle_step = 0.0
+    idle = None
 
-    def on_heartbeat(self) -> bool:
-        """An idle source moves its watermark on by `incrementBy` every `threshold`, so windows
-        downstream close even when no data comes."""
-        idle = self.p.spec.watermark.idle_source
-        if idle is None or self.router.wm.wm < 0:
+    async def on_heartbeat(self) -> bool:
+        """An idle source moves its watermark on by `incrementBy` every `threshold` (the idle
+        rule: `idleSource`, or the default of live sources), so windows downstream close even
+        when no data comes. One that has none yet picks it up from its vertex's other replicas."""
+        idle = self.idle
+        if idle is None:
             return False
         now = time.monotonic()
         if now - self._last_emit < idle.threshold or now - self._last_idle_step < idle.threshold:
             return False
         self._last_idle_step = now
+        if self.router.wm.wm < 0:
+            return await self._resume_watermark()
         self.router.wm.wm += int(idle.increment_by * 1000)
+        return True
+
+    async def _resume_watermark(self) -> bool:
+        """A source with an idle rule starts from the highest watermark its vertex published
+        before (a previous run, a replica that died, a sibling replica), moved on by the rule for
+        the time since: it took no input meanwhile. Without this a restarted source's watermark
+        stays unknown until input comes, and windows held over from before the restart never close."""
+        idle = self.idle
+        if idle is None or self.router.wm is None:
+            return False
+        try:
+            entries = await published(self.kv, self.v.name)
+        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("vertex %s: cannot read its earlier watermarks (%s)", self.v.name, exc)
+            return False
+        now_ms = int(time.time() * 1000)
+        step_ms = int(idle.increment_by * 1000)
+        resumed = max((e["wm"] + int(max(0, now_ms - e["ts"]) / 1000 // idle.threshold) * step_ms
+                       for e in entries if e.get("wm", -1) >= 0), default=-1)
+        if resumed <= self.router.wm.wm:
+            return False
+        self.router.wm.wm = resumed
+        log.info("vertex %s: watermark resumed at %d from what its vertex published before", self.v.name, resumed)
         return True
 
     async def try_emit(self, records: list[SourceRecord]) -> None:

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..spec import Pipeline
 
-NODE_W, NODE_H = 200, 124  # NODE_H: the slot; a box is as tall as the numbers it shows
-ROWS = {"source": 3, "udf": 6, "sink": 5}  # must match ROWS in static/app.js
+ROWS = {"source": 3, "udf": 6, "reduce": 7, "sink": 5}  # must match ROWS in static/app.js
+NODE_W, NODE_H = 200, 34 + 15 * max(ROWS.values())  # NODE_H: the slot; a box is as tall as the numbers it shows
 GAP_X, GAP_Y, MARGIN = 110, 36, 24
 
 
@@ -19,6 +19,7 @@ class Box(BaseModel):
 
     name: str
     kind: str
+    reduce: bool = False  # a reduce box also shows what it holds in open windows
     layer: int
     x: int
     y: int
@@ -110,9 +111,10 @@ def layout(p: Pipeline) -> Layout:
         used = len(col) * NODE_H + (len(col) - 1) * GAP_Y
         top = (height - used) // 2  # centre each column vertically
         for j, name in enumerate(col):
-            kind = p.vertex(name).kind
-            h = 34 + 15 * ROWS[kind]
-            boxes.append(Box(name=name, kind=kind, layer=i, x=MARGIN + i * (NODE_W + GAP_X),
+            v = p.vertex(name)
+            reduce = v.udf is not None and v.udf.reduce is not None
+            h = 34 + 15 * ROWS["reduce" if reduce else v.kind]
+            boxes.append(Box(name=name, kind=v.kind, reduce=reduce, layer=i, x=MARGIN + i * (NODE_W + GAP_X),
                              y=top + j * (NODE_H + GAP_Y) + (NODE_H - h) // 2, h=h))
     lines = []
     for e in p.spec.edges:

@@ -1,24 +1,35 @@
 """The reduce vertex: keyed event-time windows closed by the watermark.
 
 Crash safety without a local disk: every input stays unacked in JetStream (held by the reader,
-which keeps it in progress) until every window it belongs to has been emitted and its outputs are stored; only then is it
-acked. A replica that dies loses nothing: JetStream redelivers the unacked inputs, the windows are
-rebuilt, and each (key, window) result carries the msg id `<vertex>:<partition>:<key hash>:<start>:
-<end>:<i>`, so a result emitted before the crash is dropped as a duplicate. The price: a partition
-can hold at most its consumer's max_ack_pending (= bufferMaxLength) inputs in open windows.
+which keeps it in progress) until every window it belongs to has been emitted and its outputs are
+stored; only then is it acked. A replica that dies loses nothing: JetStream redelivers the unacked
+inputs, the windows are rebuilt, and each (key, window) result carries the msg id `<vertex>:
+<partition>:<key hash>:<start>:<end>:<i>`, so a result emitted before the crash is dropped as a
+duplicate. The price: a partition can hold at most its consumer's max_ack_pending (=
+bufferMaxLength) inputs in open windows.
+
+Scale-out: each partition is read by the one replica holding its lease (ownership.py). Partitions
+move when replicas come and go: gracefully (the owner naks every input it holds and closes its
+reader before it releases the lease) or after a crash (the lease runs out after `leaseTtl`, and
+JetStream redelivers the dead owner's inputs after the ack wait). A new owner first waits until no
+pull request of anyone else is waiting on the partition's consumer, then until every input a
+previous owner held has come back, before it closes a window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
-import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerInfo
 
 from .. import buffer as b
 from ..routing import Outgoing, as_bytes, describe, message_tags
@@ -26,16 +37,20 @@ from ..sdk import Datum, Message, Window
 from ..spec import load_handler
 from ..bounded import HandlerTimeout, Threads, within
 from ..udf import normalize
-from ..watermark import UNKNOWN, WatermarkFetcher
+from ..watermark import UNKNOWN, WatermarkFetcher, replica_id
 from ..worker import ReadingWorker, backoff_delays, decode_datum
 from . import OpenWindow, add_to_sessions, assign
+from .ownership import Lease, PartitionLeases, bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.reduce")
+
+QUIET_POLL_S = 0.1
 
 
 @dataclass
 class Partition:
     index: int | None
+    lease: Lease
     reader: b.BufferReader
     fetcher: WatermarkFetcher
     windows: dict[tuple, OpenWindow] = field(default_factory=dict)  # fixed and sliding
@@ -43,19 +58,16 @@ class Partition:
     refs: dict[int, list] = field(default_factory=dict)  # stream seq -> [open windows left, msg]
     processed_seq: int = 0
     wm: int = UNKNOWN
-    # Inputs a previous owner held unacked when it died: until all are redelivered, newer messages
-    # must not move the watermark past them (they would all look late).
+    # Inputs previous owners held unacked when we took over (all with stream seq <= recover_to):
+    # until all are back (or recover_by passes), no window closes, so newer messages cannot make
+    # them look late; they were on time when first taken, so they are not judged late again.
     recovering: int = 0
+    recover_to: int = 0
+    recover_by: float = 0.0
+    returned: set[int] = field(default_factory=set)
 
     def open_windows(self) -> list[OpenWindow]:
         return list(self.windows.values()) + [s for ss in self.sessions.values() for s in ss]
-
-
-def owned_partitions(parts: list[int | None]) -> list[int | None]:
-    """Replica i of n owns every n-th partition, so a key's window is computed in one place."""
-    replica = int(os.environ.get("NATSFLOW_REPLICA", "0"))
-    replicas = max(1, int(os.environ.get("NATSFLOW_REPLICAS", "1")))
-    return [p for i, p in enumerate(parts) if i % replicas == replica]
 
 
 class ReduceWorker(ReadingWorker):
@@ -67,45 +79,155 @@ class ReduceWorker(ReadingWorker):
         self.threads = Threads("natsflow-reduce")
         self.loaded = True  # for /readyz
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
-        self.parts: list[Partition] = []
-        timeout = self.p.spec.watermark.publisher_timeout
-        for part in owned_partitions(b.partitions(self.p, self.v.name)):
-            reader = b.BufferReader(self.nc, b.stream_name(self.p.name, self.v.name, part),
-                                    b.consumer_name(self.p.name, self.v.name, part), self.limits.read_batch_size,
-                                    ack_wait=self.limits.ack_wait)
-            fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, timeout)
-            await fetcher.start(wait_ready=5.0)
-            # Asked before our first pull: every message pending an ack now was held by the
-            # partition's previous owner, and will come back to us as a redelivery.
-            info = await self.js.consumer_info(reader.stream, reader.consumer)
-            await reader.start()
-            self.parts.append(Partition(part, reader, fetcher, recovering=info.num_ack_pending))
-            if info.num_ack_pending:
-                log.info("reduce %s partition %s: waiting for %d redelivered inputs before closing windows",
-                         self.v.name, part, info.num_ack_pending)
-        log.info("reduce %s owns partitions %s", self.v.name, [p.index for p in self.parts])
+        self.parts: dict[int | None, Partition] = {}
+        self.all_parts = b.partitions(self.p, self.v.name)
+        await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))  # `provision` may not have run
+        self.leases = PartitionLeases(await self.js.key_value(bucket_name(self.p.name)), self.v.name,
+                                      self.all_parts, cfg.lease_ttl, replica_id())
+        await self.leases.start()
+        log.info("reduce %s: replica %s claims its share of %d partition(s) (lease ttl %gs)", self.v.name,
+                 self.leases.replica, len(self.all_parts), cfg.lease_ttl)
         try:
-            wait = self.limits.read_timeout / max(1, len(self.parts))
             while not self.stopping.is_set():
-                for ps in self.parts:
-                    msgs = await ps.reader.fetch(wait)
-                    if msgs:
-                        self.metrics.read.inc(len(msgs))
-                        self.metrics.batch_size.observe(len(msgs))
-                        await self._ingest(ps, msgs)
-                    await self._close_ready(ps)
+                await self._follow_leases()
+                if not self.parts:  # standing by: nothing to read until a lease comes our way
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.leases.changed.wait(), self.limits.read_timeout)
+                else:
+                    await self._read_round(self.limits.read_timeout / len(self.parts))
+                self._report()
                 await self._publish_watermark()
                 self.check_stuck()
         finally:
-            for ps in self.parts:
-                # Unemitted windows: hand their inputs back now rather than after the ack wait.
-                await ps.reader.nak([m for _, m in ps.refs.values()])
-                await ps.reader.close()
-                await ps.fetcher.close()
+            for ps in list(self.parts.values()):
+                await self._hand_back(ps, "stopping")
+            await self.leases.close()
+
+    async def _read_round(self, wait: float) -> None:
+        for ps in list(self.parts.values()):
+            if self.stopping.is_set() or self.leases.changed.is_set():
+                return  # a partition acquired, to hand back or lost: see to it first
+            msgs = await ps.reader.fetch(wait) if ps.lease.valid() else []
+            if not ps.lease.valid():
+                await self._fence(ps)
+                continue
+            if msgs:
+                self.metrics.read.inc(len(msgs))
+                self.metrics.batch_size.observe(len(msgs))
+                await self._ingest(ps, msgs)
+            await self._close_ready(ps)
 
     def on_stop(self) -> None:
-        for ps in getattr(self, "parts", []):
+        for ps in getattr(self, "parts", {}).values():
             ps.reader.interrupt()
+        leases = getattr(self, "leases", None)
+        if leases is not None:
+            leases.claiming = False
+            leases.changed.set()
+
+    # ---- ownership -----------------------------------------------------------------------
+
+    async def _follow_leases(self) -> None:
+        """Open what we acquired, hand back what is above our share, fence what we lost."""
+        self.leases.changed.clear()
+        for part, lease in list(self.leases.owned.items()):
+            ps = self.parts.get(part)
+            if ps is not None:
+                if not lease.valid():
+                    await self._fence(ps)
+                elif lease.releasing:
+                    await self._hand_back(ps, "handed over")
+            elif not lease.valid():
+                self.leases.forget(part)
+            elif lease.releasing:
+                await self.leases.release(part)  # acquired and above our share before we read it
+            elif not self.stopping.is_set():
+                try:
+                    await self._open(part, lease)
+                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                    log.warning("reduce %s: cannot open partition %d yet (%s: %s)", self.v.name, part or 0,
+                                type(exc).__name__, exc)
+        for ps in [ps for part, ps in self.parts.items() if self.leases.owned.get(part) is not ps.lease]:
+            await self._fence(ps)
+
+    async def _open(self, part: int | None, lease: Lease) -> None:
+        stream, consumer = b.stream_name(self.p.name, self.v.name, part), b.consumer_name(self.p.name, self.v.name, part)
+        info = await self._quiet_consumer(stream, consumer, lease)
+        if info is None:
+            return
+        reader = b.BufferReader(self.nc, stream, consumer, self.limits.read_batch_size, ack_wait=self.limits.ack_wait,
+                                may_send=lease.valid)
+        fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, self.p.spec.watermark.publisher_timeout)
+        await fetcher.start(wait_ready=5.0)
+        await reader.start()
+        # JetStream redelivers a dead owner's inputs once their ack wait ends (a graceful one
+        # nak'd them); by then every one of them has come back.
+        recover_by = time.monotonic() + 2 * self.limits.ack_wait + self.cfg.lease_ttl
+        ps = Partition(part, lease, reader, fetcher, wm=lease.wm, recovering=info.num_ack_pending,
+                       recover_to=info.delivered.stream_seq, recover_by=recover_by)
+        self.parts[part] = ps
+        log.info("reduce %s partition %d: reading (lease rev %d); waiting for %d input(s) previous owners held",
+                 self.v.name, part or 0, lease.rev, ps.recovering)
+        if not ps.recovering:
+            self._recovered(ps)
+
+    async def _quiet_consumer(self, stream: str, consumer: str, lease: Lease) -> ConsumerInfo | None:
+        """Wait until no pull request of a previous owner waits on the consumer: the server drops
+        requests whose reader unsubscribed or died, and a stuck one expires with its pull expiry.
+        From then on only we receive this partition's messages, and its ack-pending count is
+        everything previous owners held. None: the lease ran out meanwhile."""
+        warn_at = time.monotonic() + 10
+        while lease.valid() and not self.stopping.is_set():
+            info = await self.js.consumer_info(stream, consumer)
+            if not info.num_waiting:
+                return info
+            if time.monotonic() > warn_at:
+                warn_at = time.monotonic() + 10
+                log.warning("reduce %s: %d pull request(s) of another reader still wait on %s; not reading it yet",
+                            self.v.name, info.num_waiting, consumer)
+            await asyncio.sleep(QUIET_POLL_S)
+        return None
+
+    async def _hand_back(self, ps: Partition, why: str) -> None:
+        """Graceful: nak every input we hold and close the reader, make sure the server has both,
+        then release the lease. The next owner gets the inputs again at once."""
+        held = [m for _, m in ps.refs.values()]
+        await self._drop_partition(ps)
+        with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+            await ps.reader.nak(held)
+            await ps.reader.close()
+            await self.nc.flush(timeout=5)
+        ps.lease.wm = max(ps.lease.wm, ps.wm)
+        await self.leases.release(ps.index)
+        log.info("reduce %s partition %d: stopped reading (%s); handed back %d held input(s)",
+                 self.v.name, ps.index or 0, why, len(held))
+
+    async def _fence(self, ps: Partition) -> None:
+        """The lease ran out or was taken over: send nothing more for the partition (the reader
+        already refuses) and forget its windows; the next owner gets its inputs again."""
+        await self._drop_partition(ps)
+        with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+            await ps.reader.close()
+        self.leases.forget(ps.index)
+        log.warning("reduce %s partition %d: stopped reading (lease %s); %d held input(s) left to the next owner",
+                    self.v.name, ps.index or 0, "taken over" if ps.lease.lost else "not renewed in time", len(ps.refs))
+
+    async def _drop_partition(self, ps: Partition) -> None:
+        self.parts.pop(ps.index, None)
+        ps.reader.interrupt()
+        await ps.fetcher.close()
+
+    def _recovered(self, ps: Partition) -> None:
+        """Everything up to recover_to is now processed by us or by a previous owner."""
+        ps.recovering = 0
+        ps.processed_seq = max(ps.processed_seq, ps.recover_to)
+        ps.returned = set()
+
+    def _report(self) -> None:
+        held = sum(len(ps.refs) for ps in self.parts.values())
+        windows = sum(len(ps.windows) + sum(map(len, ps.sessions.values())) for ps in self.parts.values())
+        self.leases.stats = {"held": held, "windows": windows}
+        self.metrics.reduce_state(len(self.parts), held, windows)
 
     # ---- ingest --------------------------------------------------------------------------
 
@@ -116,10 +238,17 @@ class ReduceWorker(ReadingWorker):
         for m in msgs:
             seq = b.stream_sequence(m)
             ps.processed_seq = max(ps.processed_seq, seq)
-            if ps.recovering and b.delivery_count(m) > 1:
-                ps.recovering -= 1
             if seq in ps.refs:
                 continue  # a redelivery of an input we already hold
+            taken_before = seq <= ps.recover_to
+            if taken_before and ps.recovering and seq not in ps.returned:
+                ps.returned.add(seq)
+                ps.recovering -= 1
+                if not ps.recovering:
+                    self._recovered(ps)
+            # An input a previous owner held was on time when it took it; new ones are judged
+            # against our watermark (from the start, the one the previous owner recorded).
+            wm = UNKNOWN if taken_before else ps.wm
             try:
                 d = decode_datum(m)
             except (ValueError, TypeError) as exc:
@@ -131,13 +260,13 @@ class ReduceWorker(ReadingWorker):
                 timeout = int(spec.session.timeout * 1000)
                 open_sessions = ps.sessions.get(keys, [])
                 joins_open = any(s.start <= et + timeout and et <= s.end for s in open_sessions)
-                if et + timeout + self.lateness <= ps.wm and not joins_open:
+                if et + timeout + self.lateness <= wm and not joins_open:
                     late.append((m, d))
                     continue
                 add_to_sessions(ps.sessions.setdefault(keys, []), keys, et, timeout, (d, m))
                 ps.refs[seq] = [1, m]
                 continue
-            wins = [(s, e) for s, e in assign(spec, et) if e + self.lateness > ps.wm]
+            wins = [(s, e) for s, e in assign(spec, et) if e + self.lateness > wm]
             if not wins:
                 late.append((m, d))
                 continue
@@ -173,13 +302,22 @@ class ReduceWorker(ReadingWorker):
     # ---- closing windows -----------------------------------------------------------------
 
     async def _close_ready(self, ps: Partition) -> None:
-        if ps.recovering > 0:
-            return
-        ps.wm = ps.fetcher.compute(ps.processed_seq)
+        if ps.recovering:
+            if time.monotonic() < ps.recover_by:
+                return
+            log.warning("reduce %s partition %d: %d input(s) previous owners held did not come back in time; "
+                        "closing windows without them", self.v.name, ps.index or 0, ps.recovering)
+            self._recovered(ps)
+        ps.wm = max(ps.wm, ps.fetcher.compute(ps.processed_seq))
         if ps.wm == UNKNOWN:
             return
         ready = sorted((w for w in ps.open_windows() if w.end + self.lateness <= ps.wm), key=lambda w: w.end)
         if ready:
+            # The lease records how far we close before we emit: an owner taking over after a
+            # crash judges lateness against exactly this.
+            if not await self.leases.record(ps.index, ps.wm):
+                await self._fence(ps)
+                return
             outgoing, failed = [], []
             for w in ready:
                 try:
@@ -192,6 +330,9 @@ class ReduceWorker(ReadingWorker):
                     failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
             self.count_writes(await self.router.write(outgoing))
             await self.dead_letter(failed)
+            if not ps.lease.valid():  # the next owner emits these windows again, under the same ids
+                await self._fence(ps)
+                return
             done: list[Msg] = []
             for w in ready:
                 self._forget(ps, w)
@@ -204,15 +345,25 @@ class ReduceWorker(ReadingWorker):
                             done.append(ps.refs.pop(seq)[1])
             await ps.reader.ack(done)
             self.metrics.ack.inc(len(done))
+        ps.lease.wm = max(ps.lease.wm, ps.wm)
+        ps.lease.done = max(ps.lease.done, ps.wm)  # every window up to here is emitted
 
     async def _publish_watermark(self) -> None:
-        """Every window still open ends after (lowest partition watermark - lateness), and so will
-        every result emitted from now on; nothing is promised while a partition is unknown."""
-        if self.router.wm is None or not self.parts:
+        """A result emitted from now on, by us or by whoever owns its partition next, ends after
+        (the lowest partition watermark up to which windows are emitted - lateness); for the
+        partitions we do not own we take what their leases last showed. Nothing is promised
+        while a partition's is unknown. So a replica owning nothing does not hold back the
+        readers downstream, and a partition moving to another replica keeps its promise."""
+        if self.router.wm is None:
             return
-        if any(ps.recovering or ps.wm == UNKNOWN for ps in self.parts):
-            return
-        await self.router.wm.update(min(ps.wm for ps in self.parts) - self.lateness)
+        done = []
+        for part in self.all_parts:
+            ps = self.parts.get(part)
+            wm = ps.lease.done if ps is not None else self.leases.floors(part)[1]
+            if wm == UNKNOWN:
+                return
+            done.append(wm)
+        await self.router.wm.update(min(done) - self.lateness)
 
     def _forget(self, ps: Partition, w: OpenWindow) -> None:
         if self.cfg.window.session is not None:

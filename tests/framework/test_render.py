@@ -473,9 +473,21 @@ def test_committed_deploy_manifests_are_current_and_valid():
     validate(yaml.safe_load((REPO / "deploy" / "keda" / "nats-secret.example.yaml").read_text()))
 
 
-def test_reduce_is_replaced_not_overlapped():
-    dep = rendered("anomaly")["detect.yaml"][0]
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+def test_a_reduce_scales_out_and_rolls_like_any_vertex():
+    """Partition leases keep two pods off one partition, so a keyed reduce takes scale.max > 1
+    (validation used to reject it) and needs no Recreate strategy any more."""
+    doc = yaml.safe_load((REPO / "examples" / "anomaly" / "pipeline.yaml").read_text())
+    detect = next(v for v in doc["spec"]["vertices"] if v["name"] == "detect")
+    detect["scale"] = {"min": 1, "max": 4, "lagThreshold": 500}
+    p = parse_pipeline(doc, file="p.yaml", check_handlers=False)
+    objs = {o["kind"]: o for o in render_pipeline(p, yaml.safe_dump(doc), RenderOptions(image="i"))["detect.yaml"]}
+    assert set(objs) == {"Deployment", "ScaledObject", "PodDisruptionBudget"}  # a drain takes one pod at a time
+    for obj in objs.values():
+        validate(obj)
+    dep, so = objs["Deployment"], objs["ScaledObject"]
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert so["spec"]["minReplicaCount"] == 1 and so["spec"]["maxReplicaCount"] == 4
+    assert {t["metadata"]["consumer"] for t in so["spec"]["triggers"]} == {"nf_anomaly_detect_p0", "nf_anomaly_detect_p1"}
 
 
 def test_foreign_vertices_get_their_image_or_command_and_the_descriptor():

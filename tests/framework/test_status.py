@@ -34,3 +34,24 @@ async def test_status_counts_replicas_by_connection_and_shows_rates(runner, nc, 
         assert 50 <= rate <= 600, (name, col, rows[name])  # about 200/s, measured over ~1 s
     assert rows["in"][3] == "-"  # a source has no buffer: nothing comes in
     await sink.wait_count(2400, timeout=60)
+
+
+async def test_status_shows_what_a_reduce_holds_in_open_windows(runner, nc):
+    """40 inputs (4 keys x 10 s) in windows that cannot close yet: the reduce's `held` column
+    shows them (from its replicas' heartbeats); other vertices show `-`."""
+    from tests.framework.test_reduce import consumed, publish, reduce_pipeline, source_stream
+
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, partitions=2)
+    await runner.start_all()
+    await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(10) for k in ("a", "b", "c", "d")])
+    await consumed(nc, runner)
+
+    # columns: vertex kind replicas in/s out/s pending ack-pend held buffer pulls dlq watermark
+    def held_40() -> dict[str, list[str]] | None:
+        rows = status(runner)
+        return rows if rows["agg"][7] == "40" else None
+
+    rows = await wait_for(held_40, 30, "the reduce to show 40 held")
+    assert rows["agg"][6] == "40"  # ack pending: held in open windows = delivered and not acked
+    assert (rows["in"][7], rows["out"][7]) == ("-", "-")

@@ -314,3 +314,43 @@ async def _has_class(locator, name: str) -> bool:
 
 async def _text_is(page, vertex: str, field: str, value: str) -> bool:
     return await page.locator(f"g.node[data-vertex='{vertex}'] text[data-field='{field}']").text_content() == value
+
+
+async def test_ui_shows_what_a_reduce_holds_in_open_windows(runner, nc, ui_server):
+    """A reduce's box shows the inputs it holds in open windows; its panel how many windows and
+    which replica reads which partitions."""
+    from tests.framework.test_reduce import consumed, publish, reduce_pipeline, source_stream
+
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, partitions=2)
+    await runner.start_all(NATSFLOW_REPLICA_ID="r1")
+    await publish(js, f"{runner.name}.src", [(k, t, t) for t in range(10) for k in ("a", "b", "c", "d")])
+    await consumed(nc, runner)
+    url = ui_server()
+    await wait_for(lambda: _live(url), 30, "natsflow ui to serve /livez", interval=0.1)
+
+    def api_agg() -> dict | None:
+        agg = {v["name"]: v for v in _get(url + "/api/status")["vertices"]}["agg"]
+        return agg if agg["held"] == 40 else None
+
+    agg = await wait_for(api_agg, 30, "/api/status to report 40 held inputs")
+    assert agg["open_windows"] == 4 and agg["partition_owners"] == {"r1": [0, 1]}
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 760})
+            await page.goto(url)
+            await page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            held = page.locator("g.node[data-vertex='agg'] text[data-field='held']")
+            await wait_for(lambda: _locator_text_is(held, "40"), 15, "the reduce box to show 40 held")
+            assert await page.locator("g.node[data-vertex='out'] text[data-field='held']").count() == 0
+            await page.locator("g.node[data-vertex='agg']").click()
+            await page.wait_for_selector("aside#panel:not([hidden])", timeout=5_000)
+            live = await page.locator("#panel-live").inner_text()
+            assert "40 in 4 windows" in live and "r1: 0,1" in live, live
+        finally:
+            await browser.close()
+
+
+async def _locator_text_is(locator, value: str) -> bool:
+    return await locator.text_content() == value

@@ -34,6 +34,7 @@ function fmtTime(ms) {
 const ROWS = {
   source: [["rate", "out"], ["replicas", "replicas"], ["watermark_ms", "watermark"]],
   udf: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "stream"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
+  reduce: [["rate", "rate"], ["pending", "pending"], ["held", "held in windows"], ["replicas", "replicas"], ["buffers", "stream"], ["watermark_ms", "watermark"], ["dead_letters", "errors"]],
   sink: [["rate", "rate"], ["pending", "pending"], ["replicas", "replicas"], ["buffers", "stream"], ["dead_letters", "errors"]],
 };
 
@@ -102,7 +103,7 @@ function draw() {
     el("rect", { class: "band", y: 16, width: n.w, height: 10 }, g); // square off the band's bottom corners
     el("text", { class: "title", x: 10, y: 18 }, g, n.name);
     el("text", { class: "kind", x: n.w - 10, y: 18, "text-anchor": "end" }, g, n.kind);
-    ROWS[n.kind].forEach(([field, label], i) => {
+    ROWS[n.reduce ? "reduce" : n.kind].forEach(([field, label], i) => {
       const y = 42 + i * 15;
       el("text", { class: "label", x: 10, y }, g, label);
       el("text", { class: "value", x: n.w - 10, y, "text-anchor": "end", "data-field": field }, g, "–");
@@ -167,6 +168,11 @@ function fillLive(name) {
     ["waiting pulls", fmtInt(v.readers)], ["dead letters", fmtInt(v.dead_letters)], ["watermark", fmtTime(v.watermark_ms)],
   ];
   if (v.kind === "source") rows.splice(0, 2, ["out (arriving downstream)", fmtRate(v.rate)]);
+  if (v.held !== null && v.held !== undefined) {
+    const owners = Object.entries(v.partition_owners || {}).map(([r, ps]) => `${r}: ${ps.join(",") || "none"}`);
+    rows.splice(4, 0, ["held in open windows", `${fmtInt(v.held)} in ${fmtInt(v.open_windows)} windows`],
+                ["partitions", owners.length ? owners.join("; ") : "no live replica"]);
+  }
   for (const [k, val] of rows) {
     const tr = table.insertRow();
     tr.insertCell().textContent = k;
