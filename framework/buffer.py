@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from .connection import _NEWLINES, HeaderError, encode_headers, publish_many, reply_all, subscribe_fast
+from .connection import HeaderError, encode_headers, header_problem, unfold, publish_many, reply_all, subscribe_fast
 from .isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
                             replicas_current, rescaled)
 from .spec import OnFull, Pipeline
@@ -207,12 +207,19 @@ async def provision(js: JetStreamContext, p: Pipeline,
 def encode_keys(keys: Iterable[str] | None) -> str | None:
     if not keys:
         return None
-    return json.dumps(list(keys), separators=(",", ":"))
+    keys = list(keys)
+    if all(k.isascii() and k.isprintable() and '"' not in k and "\\" not in k for k in keys):
+        return '["' + '","'.join(keys) + '"]'  # what json.dumps gives, at a third of its cost
+    return json.dumps(keys, separators=(",", ":"))
 
 
 def decode_keys(raw: str | None) -> list[str]:
     if not raw:
         return []
+    if raw[:2] == '["' and raw[-2:] == '"]' and "\\" not in raw and raw.isascii() and raw.isprintable():
+        keys = raw[2:-2].split('","')  # encode_keys' own form, without json.loads' cost
+        if not any('"' in k for k in keys):
+            return keys
     try:
         keys = json.loads(raw)
     except ValueError as exc:
@@ -269,20 +276,19 @@ def encode_envelope(
 ) -> bytes:
     """The same headers as `envelope_headers`, already in wire form: the hot path skips building
     a dict and re-validating natsflow's own header names for every message."""
-    head = f"NATS/1.0\r\n{HDR_MSG_ID}: {_clean(msg_id)}\r\n{HDR_ID}: {_clean(data_id)}\r\n" \
+    head = f"NATS/1.0\r\n{HDR_MSG_ID}: {unfold(msg_id)}\r\n{HDR_ID}: {unfold(data_id)}\r\n" \
            f"{HDR_EVENT_TIME}: {event_time_ms}\r\n"
     encoded = encode_keys(keys)
     if encoded:
-        head += f"{HDR_KEYS}: {_clean(encoded)}\r\n"
+        head += f"{HDR_KEYS}: {unfold(encoded)}\r\n"
     if user_headers:
-        user = {k: v for k, v in user_headers.items() if passed_on(k)}
-        if user:
-            return (head + encode_headers(user)[10:].decode()).encode()  # drop the 2nd status line
+        for k, v in user_headers.items():
+            if passed_on(k):
+                problem = header_problem(k, v)
+                if problem is not None:
+                    raise HeaderError(problem)
+                head += f"{k}: {unfold(v)}\r\n"
     return (head + "\r\n").encode()
-
-
-def _clean(value: str) -> str:
-    return value.translate(_NEWLINES).strip()
 
 
 def delivery_count(msg: Msg) -> int:

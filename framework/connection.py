@@ -51,6 +51,14 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
+
+def unfold(value: str) -> str:
+    """A header value on one line: CR/LF become spaces, the ends are stripped. (str.translate
+    walks a dict per character: the check first keeps the usual clean value at ~0.1 us.)"""
+    if "\n" in value or "\r" in value:
+        value = value.translate(_NEWLINES)
+    return value.strip()
+
 # subject, reply ('' for none), payload, headers (a dict, or bytes already in wire form)
 Publish = tuple[str, str, bytes, "dict[str, str] | bytes | None"]
 
@@ -101,7 +109,7 @@ def encode_headers(headers: dict[str, str]) -> bytes:
         problem = header_problem(k, v)
         if problem is not None:
             raise HeaderError(problem)
-        parts.append(f"{k}: {v.translate(_NEWLINES).strip()}\r\n")
+        parts.append(f"{k}: {unfold(v)}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode()
 
