@@ -89,7 +89,10 @@ class Collector:
         return [m.headers.get("Nf-Id") for m in self.msgs]
 
     async def wait_count(self, n: int, timeout: float = 60) -> None:
-        await wait_for(lambda: len(self.msgs) >= n, timeout, f"{n} messages (have {len(self.msgs)})")
+        try:
+            await wait_for(lambda: len(self.msgs) >= n, timeout, f"{n} messages")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; have {len(self.msgs)}") from None
 
 
 class StatusTables:

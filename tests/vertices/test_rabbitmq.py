@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import uuid
 from datetime import datetime, timezone
 
@@ -55,6 +56,16 @@ def pipeline(runner, url: str, queue: str, prefetch: int = 500, limits: dict | N
 
 async def ready_count(channel, queue: str) -> int:
     return (await channel.declare_queue(queue, passive=True)).declaration_result.message_count
+
+
+async def settled(queue: str) -> bool:
+    """No message of `queue` is ready or delivered-and-unacked (AMQP tells only the ready count:
+    ask the broker's own CLI)."""
+    def counts() -> str:
+        return subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
+                               "messages_unacknowledged"], capture_output=True, text=True, timeout=30).stdout
+    rows = [line.split() for line in (await asyncio.to_thread(counts)).splitlines()]
+    return any(row[0] == queue and row[1:] == ["0", "0"] for row in rows if len(row) == 3)
 
 
 async def test_rabbitmq_source_exact_mapping_and_acks_after_store(amqp, rabbitmq_url, runner, nc):
@@ -114,6 +125,9 @@ async def test_rabbitmq_source_connection_cut_mid_stream_reconnects_exactly_once
                    "the source to notice the cut")
     await proxy.start()
     await arrives_exactly_once(sink, runner, nc, total, timeout=90)
+    # The copies redelivered after the cut are deduplicated and acked a little after the last
+    # original arrives; stopping before that would hand them back to the queue.
+    await wait_for(lambda: settled(queue), 30, "the source to ack every redelivered copy", interval=0.5)
     assert await runner.terminate("in", timeout=15) == 0
     assert await ready_count(channel, queue) == 0
     await proxy.stop()
