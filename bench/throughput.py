@@ -3,7 +3,7 @@
     python bench/throughput.py            # 3 runs × 100k messages of 256 B, then paced latency
     python bench/throughput.py --quick    # small smoke run
 
-Each measurement gets a fresh nats-server (framework.embedded.EmbeddedNats, file storage, temp
+Each measurement gets a fresh nats-server (framework.local.embedded.EmbeddedNats, file storage, temp
 store dir) and three OS processes: source → map (identity) → sink.
 
   natsflow  `python -m framework.cli vertex --pipeline FILE --vertex NAME` for gen, map, sink
@@ -54,8 +54,8 @@ import nats  # noqa: E402
 from nats.js import api  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
 
-from framework.buffer import consumer_name, edge_subject, stream_name  # noqa: E402
-from framework.embedded import EmbeddedNats, find_nats_server  # noqa: E402
+from framework.isb.buffer import consumer_name, edge_subject, stream_name  # noqa: E402
+from framework.local.embedded import EmbeddedNats, find_nats_server  # noqa: E402
 
 RAW = Path(__file__).resolve().parent / "raw_nats.py"
 PY = sys.executable

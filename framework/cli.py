@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from .buffer import provision
-from .connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
+from framework.isb.buffer import provision
+from framework.transport.connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
                          ConnectStopped, NatsSettings, exit_when_lost)
-from .connectors import server_problems
-from .isb.reconcile import ProvisionError
-from .spec import SpecError, load_pipeline
+from framework.connector import server_problems
+from framework.isb.reconcile import ProvisionError
+from framework.spec.model import SpecError, load_pipeline
 
 log = logging.getLogger("natsflow.cli")
 
@@ -83,7 +83,7 @@ async def _provision(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .render import RenderError, RenderOptions, render_pipeline, report, write_rendered
+    from framework.k8s.render import RenderError, RenderOptions, render_pipeline, report, write_rendered
 
     # Nothing from this machine's environment: the pods substitute the file's ${VAR}s from their
     # own, so the manifests never depend on (or leak) what is set here; defaults are used.
@@ -105,7 +105,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:
-    from .asyncapi import build_asyncapi
+    from framework.k8s.asyncapi import build_asyncapi
 
     p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
     doc = build_asyncapi(p, servers=args.servers)
@@ -124,7 +124,7 @@ def _running_pipeline(args: argparse.Namespace, p) -> tuple[NatsSettings, str | 
     """Settings for a command that looks at a running pipeline: without a NATS URL, the embedded
     server `natsflow run/up` started for this pipeline (found in its data dir); also its
     monitoring URL when known."""
-    from .embedded import running_server
+    from framework.local.embedded import running_server
 
     settings = _settings(args)
     if settings.url:
@@ -138,7 +138,7 @@ def _running_pipeline(args: argparse.Namespace, p) -> tuple[NatsSettings, str | 
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from .status import show
+    from framework.console.status import show
 
     p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
     settings, monitor = _running_pipeline(args, p)
@@ -161,7 +161,7 @@ def _positive_seconds(text: str) -> float:
 
 
 async def _ui(args: argparse.Namespace) -> int:
-    from .ui.server import UiOptions, serve
+    from framework.console.ui.server import UiOptions, serve
 
     p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
     settings, monitor = _running_pipeline(args, p)
@@ -171,7 +171,7 @@ async def _ui(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .supervisor import Supervisor
+    from framework.local.supervisor import Supervisor
 
     sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace,
                      autoscale=args.command == "up")
@@ -180,7 +180,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from .conformance import format_table, run_conformance
+    from framework.testing.conformance import format_table, run_conformance
 
     command = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     if bool(command) == bool(args.handler):
@@ -196,21 +196,21 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 
 async def _sideinputs(args: argparse.Namespace) -> int:
-    from .sideinputs import run_manager
+    from framework.sideinputs.manager import run_manager
 
     await run_manager(args.file, _settings(args))
     return 0
 
 
 async def _watermark_proxy(args: argparse.Namespace) -> int:
-    from .watermark_proxy import run_proxy
+    from framework.watermark.proxy import run_proxy
 
     await run_proxy(args.pipeline, args.vertex, _settings(args))
     return 0
 
 
 async def _vertex(args: argparse.Namespace) -> int:
-    from .worker import run_vertex
+    from framework.runtime.worker import run_vertex
 
     await run_vertex(args.pipeline, args.vertex, _settings(args))
     return 0

@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from framework.buffer import provision
-from framework.embedded import EmbeddedCluster, EmbeddedNats
-from framework.spec import load_pipeline
-from framework.supervisor import vertex_command
+from framework.isb.buffer import provision
+from framework.local.embedded import EmbeddedCluster, EmbeddedNats
+from framework.spec.model import load_pipeline
+from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parent.parent
 

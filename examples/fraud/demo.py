@@ -38,11 +38,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from framework.connection import NatsSettings
-from framework.sideinputs import bucket_name
-from framework.supervisor import Supervisor
+from framework.transport.connection import NatsSettings
+from framework.sideinputs.manager import bucket_name
+from framework.local.supervisor import Supervisor
 
-from .udf import THRESHOLDS_ENV
+from examples.fraud.udf import THRESHOLDS_ENV
 
 HERE = Path(__file__).resolve().parent
 STRICTER = {"version": 2, "flagAbove": 0.5,

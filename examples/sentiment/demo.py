@@ -18,10 +18,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from framework.buffer import stream_name
-from framework.connection import NatsSettings
-from framework.embedded import free_port
-from framework.supervisor import Supervisor
+from framework.isb.buffer import stream_name
+from framework.transport.connection import NatsSettings
+from framework.local.embedded import free_port
+from framework.local.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
 SENTENCES = [

@@ -15,7 +15,7 @@ import pytest
 
 from examples.polyglot.shout import shout
 from framework.sdk import Datum
-from framework.status import connection_counts
+from framework.console.status import connection_counts
 from tests.conftest import Collector, wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from collections import Counter
 import asyncpg
 import nats
 
-from framework.embedded import EmbeddedNats
+from framework.local.embedded import EmbeddedNats
 from tests.conftest import PipelineRunner, wait_for
 from tests.framework.test_worker import gen, udf
 from tests.vertices.conftest import TcpProxy

@@ -9,7 +9,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import Collector, wait_for
 
 

@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 
-from framework.windows.ownership import PartitionLeases, bucket_name, provision_bucket
+from framework.runtime.ownership import PartitionLeases, bucket_name, provision_bucket
 from tests.conftest import wait_for
 
 PARTS = list(range(8))

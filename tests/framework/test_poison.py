@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from framework.connection import NatsSettings, publish_many
+from framework.transport.connection import NatsSettings, publish_many
 from tests.conftest import Collector, wait_for
 from tests.framework.test_worker import gen, out, udf
 
@@ -257,8 +257,8 @@ async def _count_is(runner, nc, stream: str, n: int) -> bool:
 
 
 def test_dead_letter_always_fits_and_says_what_changed():
-    from framework.connection import _parse_header_lines  # noqa: PLC0415
-    from framework.deadletter import dead_letter_message  # noqa: PLC0415
+    from framework.transport.connection import _parse_header_lines  # noqa: PLC0415
+    from framework.runtime.deadletter import dead_letter_message  # noqa: PLC0415
 
     headers = {"Nats-Msg-Id": "feed:1", "Nf-Id": "in-1", "Nats-Expected-Stream": "s", "X(bad)": "1",
                "X-Raw": "caf\udce9", "X-Big": "h" * 2000}
@@ -282,7 +282,7 @@ async def test_threads_each_bounds_every_call_and_moves_on():
     run on a fresh thread, the stuck thread is counted until it ends."""
     import threading  # noqa: PLC0415
 
-    from framework.bounded import HandlerTimeout, Threads, stuck_threads  # noqa: PLC0415
+    from framework.runtime.bounded import HandlerTimeout, Threads, stuck_threads  # noqa: PLC0415
 
     release = threading.Event()
     before = stuck_threads()

@@ -12,8 +12,8 @@ from datetime import datetime
 import pytest
 import yaml
 
-from framework.connection import NatsSettings
-from framework.supervisor import Supervisor
+from framework.transport.connection import NatsSettings
+from framework.local.supervisor import Supervisor
 from tests.conftest import REPO, Collector, wait_for
 
 T0 = 1_704_067_200  # seconds
@@ -344,7 +344,7 @@ async def test_async_generator_and_class_handlers(runner, nc, handler):
 
 
 def test_watermark_fetcher_keeps_the_entry_in_force_and_waits_for_silent_writers():
-    from framework.watermark import WatermarkFetcher
+    from framework.watermark.marks import WatermarkFetcher
 
     f = WatermarkFetcher(kv=None, to_vertex="agg", partition=0, timeout=10)
     import time as _t
@@ -457,7 +457,7 @@ async def test_up_scales_a_keyed_reduce_out_and_in_with_exact_sums(tmp_path, nc,
 async def http_reduce(runner, nc, watermark: dict | None = None):
     """HTTP source -> keyed reduce (2 s fixed windows) -> nats sink; returns the POST url and the
     sink's collector once the source listens."""
-    from framework.embedded import free_port  # noqa: PLC0415
+    from framework.local.embedded import free_port  # noqa: PLC0415
     from tests.vertices.test_http_source import ready  # noqa: PLC0415
 
     port = free_port()

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.connectors import SINKS, SOURCES, load_connector
-from framework.secrets import SecretMissing, check_pipeline, env_name, resolved
-from framework.spec import SecretRef, SpecError, parse_pipeline
-from framework.supervisor import vertex_command
+from framework.connector import SINKS, SOURCES, load_connector
+from framework.spec.secrets import SecretMissing, check_pipeline, env_name, resolved
+from framework.spec.model import SecretRef, SpecError, parse_pipeline
+from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,12 +17,12 @@ import pytest
 import yaml
 
 from framework import side_input, side_input_json
-from framework import sideinputs as si
-from framework.connection import NatsSettings
-from framework.embedded import free_port
-from framework.render import RenderOptions, render_pipeline
-from framework.spec import SpecError, load_pipeline, parse_pipeline
-from framework.supervisor import side_input_manager_command
+from framework.sideinputs import manager as si
+from framework.transport.connection import NatsSettings
+from framework.local.embedded import free_port
+from framework.k8s.render import RenderOptions, render_pipeline
+from framework.spec.model import SpecError, load_pipeline, parse_pipeline
+from framework.local.supervisor import side_input_manager_command
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
 
 H = "tests.framework.side_input_handlers"
@@ -318,7 +318,7 @@ def test_validation_names_the_field(tmp_path):
 def test_schedules(schedule, after, expected):
     from datetime import datetime, timezone
 
-    from framework.schedule import parse_schedule
+    from framework.sideinputs.schedule import parse_schedule
 
     def ts(text: str) -> float:
         return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
@@ -331,7 +331,7 @@ def test_schedules(schedule, after, expected):
     ("* * * *", "must have 5 fields"), ("*/0 * * * *", "step '0'"), ("@often", "unknown schedule"),
 ])
 def test_bad_schedules(schedule, error):
-    from framework.schedule import parse_schedule
+    from framework.sideinputs.schedule import parse_schedule
 
     with pytest.raises(ValueError, match=error):
         parse_schedule(schedule)
@@ -376,8 +376,8 @@ class Lines:
 
 async def test_supervisor_runs_the_manager_and_restarts_it_when_side_inputs_change(tmp_path, nc, nats_url,
                                                                                     monkeypatch):
-    from framework.connection import NatsSettings
-    from framework.supervisor import Supervisor
+    from framework.transport.connection import NatsSettings
+    from framework.local.supervisor import Supervisor
 
     value_file = tmp_path / "mode.txt"
     value_file.write_text("v1")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.spec import SpecError, load_pipeline, parse_pipeline
+from framework.spec.model import SpecError, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -338,7 +338,7 @@ async def test_largest_accepted_values_provision_on_a_real_server(nats_url):
     """The bounds are values JetStream takes: provision a pipeline with numbers at their limits."""
     import nats
 
-    from framework.buffer import provision
+    from framework.isb.buffer import provision
 
     name = "p" * 44  # the longest pipeline name
     raw = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name}, "spec": {
@@ -420,7 +420,7 @@ def test_cycles_without_a_path_to_a_sink_are_named(vertices, edges, reasons):
     ("orders.*", False, "has a wildcard, but a sink publishes to one subject"),
 ])
 def test_subject_rules(subject, wildcards, problem):
-    from framework.nats_names import subject_problem
+    from framework.spec.names import subject_problem
 
     found = subject_problem(subject, wildcards=wildcards)
     assert (found is None) if problem is None else (problem in found), found
@@ -432,7 +432,7 @@ def test_subject_rules(subject, wildcards, problem):
     ("a.>", "a.b.c", True), ("a.b", "a.c", False),
 ])
 def test_subject_overlap(a, b, expected):
-    from framework.nats_names import overlaps
+    from framework.spec.names import overlaps
 
     assert overlaps(a, b) is expected and overlaps(b, a) is expected
 
@@ -488,8 +488,8 @@ def test_another_pipelines_dead_letters_can_be_read():
 
 
 def test_longest_names_fit_kubernetes_and_jetstream():
-    from framework import buffer as b
-    from framework.render import object_name
+    from framework.isb import buffer as b
+    from framework.k8s.render import object_name
 
     raw = copy.deepcopy(BASE)
     raw["metadata"]["name"] = "p" * 44

@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework.spec import Pipeline, SpecError, load_pipeline, parse_pipeline
+from framework.spec.model import Pipeline, SpecError, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -285,8 +285,7 @@ def test_damaged_pipeline_gives_only_spec_errors(data):
 
 def _assert_runnable_numbers(p: Pipeline) -> None:
     """What the checks promise: every number that reaches JetStream fits an int64 and is finite."""
-    from framework import buffer as b
-
+    from framework.isb import buffer as b
     configs = []
     for v in p.reading_vertices():
         parts = v.udf.reduce.partitions if v.udf is not None and v.udf.reduce is not None else None

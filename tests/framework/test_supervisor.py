@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import REPO, wait_for
 from tests.vertices.test_http_source import apost, ready
 

@@ -16,8 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from framework.embedded import free_port
-from framework.tracing import VertexTracer, tracing_enabled
+from framework.local.embedded import free_port
+from framework.observability.tracing import VertexTracer, tracing_enabled
 from tests.conftest import Collector, wait_for
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from framework import Datum, Message
-from framework.udf import HandlerResultError, MapRunner, normalize
+from framework.runtime.udf import HandlerResultError, MapRunner, normalize
 
 
 def datum(i: int) -> Datum:
@@ -48,7 +48,7 @@ async def test_runner_isolates_each_failure(is_async):
 
 
 def test_batch_alignment_rules():
-    from framework.udf import BatchMapRunner
+    from framework.runtime.udf import BatchMapRunner
 
     chunk = [datum(i) for i in range(3)]
     ok = BatchMapRunner.align(chunk, {"2": Message(b"c"), "0": Message(b"a"), "1": None})

@@ -241,7 +241,7 @@ async def test_command_vertex_speaks_the_protocol(runner, nc):
 async def test_health_and_metrics_endpoints(runner, nc):
     import urllib.request
 
-    from framework.embedded import free_port
+    from framework.local.embedded import free_port
 
     port = free_port()
     runner.write([gen("in", 10), udf("map", "identity"), out("out", f"{runner.name}.out")],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import wait_for
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"

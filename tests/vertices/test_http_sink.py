@@ -10,7 +10,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import wait_for
 
 

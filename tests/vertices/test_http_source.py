@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import REPO, Collector, wait_for
 from vertices.sources.http import ENVELOPE_RESERVE
 

@@ -9,8 +9,8 @@ from collections import Counter
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from framework.buffer import consumer_name
-from framework.embedded import free_port
+from framework.isb.buffer import consumer_name
+from framework.local.embedded import free_port
 from tests.conftest import Collector, wait_for
 from tests.vertices.conftest import TcpProxy, arrives_exactly_once, backlog_while_full, numbers, scrape_gauge
 from tests.vertices.test_http_sink import all_through, feed, pipeline
@@ -286,7 +286,7 @@ async def test_kafka_config_typo_is_named(runner, kafka_broker):
 
 
 def test_kafka_spec_errors_name_the_field():
-    from framework.spec import SpecError, parse_pipeline  # noqa: PLC0415
+    from framework.spec.model import SpecError, parse_pipeline  # noqa: PLC0415
 
     def problems(source: dict, sink: dict | None = None) -> str:
         doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "k"},
@@ -317,7 +317,7 @@ def test_kafka_tls_and_sasl_map_to_client_options(tmp_path):
     import ssl  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
-    from framework.spec import KafkaSource  # noqa: PLC0415
+    from framework.spec.model import KafkaSource  # noqa: PLC0415
     from vertices.sources.kafka import client_options  # noqa: PLC0415
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import aio_pika
 import pytest_asyncio
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import Collector, wait_for
 from tests.vertices.conftest import TcpProxy, arrives_exactly_once, backlog_while_full, numbers, scrape_gauge
 

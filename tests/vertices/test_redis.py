@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from framework.embedded import free_port
+from framework.local.embedded import free_port
 from tests.conftest import Collector, wait_for
 from tests.vertices.test_http_sink import Receiver, all_through, feed, pipeline
 from tests.vertices.test_sink_retry import metric

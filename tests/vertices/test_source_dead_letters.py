@@ -13,7 +13,7 @@ import aio_pika
 import aiomqtt
 import redis.asyncio as aioredis
 
-from framework.connection import NatsSettings, publish_many
+from framework.transport.connection import NatsSettings, publish_many
 from tests.conftest import Collector, wait_for
 
 MAX_PAYLOAD = 1024 * 1024  # the test server's (nats-server's default)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from framework.connectors import ConnectorContext
+from framework.connector import ConnectorContext
 from framework.sdk import Datum
-from framework.spec import BlackholeSink as Config
+from framework.spec.model import BlackholeSink as Config
 
 
 class BlackholeSink:

@@ -15,10 +15,10 @@ import asyncio
 
 import aiohttp
 
-from framework.connection import mask_url
-from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
+from framework.transport.connection import mask_url
+from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
-from framework.spec import HttpSink as Config
+from framework.spec.model import HttpSink as Config
 
 SKIP_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
 RETRYABLE_4XX = {408, 429}

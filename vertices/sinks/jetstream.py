@@ -6,11 +6,11 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.buffer import JetStreamPublisher, OutMessage, Unpublishable, envelope_headers
-from framework.connection import HeaderError
-from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
+from framework.isb.buffer import JetStreamPublisher, OutMessage, Unpublishable, envelope_headers
+from framework.transport.connection import HeaderError
+from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
-from framework.spec import JetStreamSink as Config
+from framework.spec.model import JetStreamSink as Config
 
 
 class JetStreamSink:

@@ -16,9 +16,9 @@ import contextlib
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from framework.connectors import ConnectorContext, DatumsRejected, PartialWrite
+from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
-from framework.spec import KafkaSink as Config
+from framework.spec.model import KafkaSink as Config
 from vertices.sources.kafka import client_options
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from framework.connectors import ConnectorContext
+from framework.connector import ConnectorContext
 from framework.sdk import Datum
-from framework.spec import LogSink as Config
+from framework.spec.model import LogSink as Config
 
 
 class LogSink:

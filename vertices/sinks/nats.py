@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from framework.buffer import envelope_headers
-from framework.connection import encode_headers, publish_many
-from framework.connectors import ConnectorContext, DatumsRejected
+from framework.isb.buffer import envelope_headers
+from framework.transport.connection import encode_headers, publish_many
+from framework.connector import ConnectorContext, DatumsRejected
 from framework.sdk import Datum
-from framework.spec import NatsSink as Config
+from framework.spec.model import NatsSink as Config
 
 
 class NatsSink:

@@ -21,10 +21,10 @@ from typing import Any
 
 import asyncpg
 
-from framework.connectors import ConnectorContext, DatumsRejected
+from framework.connector import ConnectorContext, DatumsRejected
 from framework.sdk import Datum
-from framework.spec import PostgresMode
-from framework.spec import PostgresSink as Config
+from framework.spec.model import PostgresMode
+from framework.spec.model import PostgresSink as Config
 
 BAD_ROW = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 

@@ -16,9 +16,9 @@ import json
 
 import redis.asyncio as aioredis
 
-from framework.connectors import ConnectorContext
+from framework.connector import ConnectorContext
 from framework.sdk import Datum
-from framework.spec import RedisSink as Config
+from framework.spec.model import RedisSink as Config
 
 
 def stream_fields(d: Datum) -> dict[str, bytes | str | int]:

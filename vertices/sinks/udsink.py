@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import inspect
 
-from framework.bounded import Threads
-from framework.connectors import ConnectorContext
+from framework.runtime.bounded import Threads
+from framework.connector import ConnectorContext
 from framework.sdk import Datum
-from framework.spec import Handler, load_handler
+from framework.spec.model import Handler, load_handler
 
 
 class UserSink:

@@ -7,8 +7,8 @@ import json
 import os
 import time
 
-from framework.connectors import ConnectorContext, Emit, SourceRecord
-from framework.spec import GeneratorSource as Config
+from framework.connector import ConnectorContext, Emit, SourceRecord
+from framework.spec.model import GeneratorSource as Config
 
 CHUNK = 500
 

@@ -27,10 +27,10 @@ from typing import Any, Awaitable, Callable
 
 import uvicorn
 
-from framework.buffer import encode_envelope
-from framework.connectors import BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord
-from framework.routing import source_msg_id
-from framework.spec import HttpSource as Config
+from framework.isb.buffer import encode_envelope
+from framework.connector import BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord
+from framework.runtime.routing import source_msg_id
+from framework.spec.model import HttpSource as Config
 
 log = logging.getLogger("natsflow.http")
 

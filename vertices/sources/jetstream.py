@@ -5,9 +5,9 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.buffer import BufferReader, stream_sequence
-from framework.connectors import ConnectorContext, Emit, record_from_msg
-from framework.spec import JetStreamSource as Config
+from framework.isb.buffer import BufferReader, stream_sequence
+from framework.connector import ConnectorContext, Emit, record_from_msg
+from framework.spec.model import JetStreamSource as Config
 
 BATCH = 500
 POLICIES = {"all": api.DeliverPolicy.ALL, "new": api.DeliverPolicy.NEW, "last": api.DeliverPolicy.LAST}

@@ -19,9 +19,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 
-from framework.connectors import ConnectorContext, Emit, SourceRecord
-from framework.spec import KafkaConnection
-from framework.spec import KafkaSource as Config
+from framework.connector import ConnectorContext, Emit, SourceRecord
+from framework.spec.model import KafkaConnection
+from framework.spec.model import KafkaSource as Config
 from vertices.sources._text import header_value, safe_id, upstream_headers
 
 log = logging.getLogger("natsflow.kafka")

@@ -25,9 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from framework.connection import mask_url
-from framework.connectors import ConnectorContext, Emit, SourceRecord, linger_fill
-from framework.spec import MqttSource as Config
+from framework.transport.connection import mask_url
+from framework.connector import ConnectorContext, Emit, SourceRecord, linger_fill
+from framework.spec.model import MqttSource as Config
 from vertices.sources._text import safe_id
 
 log = logging.getLogger("natsflow.mqtt")

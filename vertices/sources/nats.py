@@ -12,9 +12,9 @@ import uuid
 
 from nats.aio.msg import Msg
 
-from framework.buffer import HDR_MSG_ID
-from framework.connectors import ConnectorContext, Emit, SourceRecord, record_from_msg
-from framework.spec import NatsSource as Config
+from framework.isb.buffer import HDR_MSG_ID
+from framework.connector import ConnectorContext, Emit, SourceRecord, record_from_msg
+from framework.spec.model import NatsSource as Config
 
 BATCH = 500
 LINGER_S = 0.005

@@ -22,8 +22,8 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPConnectionError, AMQPError
 
-from framework.connectors import ConnectorContext, Emit, SourceRecord, linger_fill
-from framework.spec import RabbitMqSource as Config
+from framework.connector import ConnectorContext, Emit, SourceRecord, linger_fill
+from framework.spec.model import RabbitMqSource as Config
 from vertices.sources._text import safe_id, upstream_headers
 
 log = logging.getLogger("natsflow.rabbitmq")

@@ -30,8 +30,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from framework.connectors import ConnectorContext, Emit, SourceRecord
-from framework.spec import RedisStreamsSource as Config
+from framework.connector import ConnectorContext, Emit, SourceRecord
+from framework.spec.model import RedisStreamsSource as Config
 
 log = logging.getLogger("natsflow.redis_streams")
 

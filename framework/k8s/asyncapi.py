@@ -9,8 +9,8 @@ from faststream.nats import NatsBroker, PullSub
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, Field
 
-from . import buffer as b
-from .spec import Pipeline
+from framework.isb import buffer as b
+from framework.spec.model import Pipeline
 
 ENVELOPE = (
     "Payload: the message bytes. Headers: `Nats-Msg-Id` (deduplication id), `Nf-Id` (data id), "

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from . import buffer as b
-from .spec import Pipeline, Scale
+from framework.isb import buffer as b
+from framework.spec.model import Pipeline, Scale
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import buffer as b
-from .spec import Pipeline
+from framework.isb import buffer as b
+from framework.spec.model import Pipeline
 
 PROTOCOL_VERSION = "1"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import buffer as b
-from .connection import encode_headers, escape_header_name, escape_header_value, header_problem
+from framework.isb import buffer as b
+from framework.transport.connection import encode_headers, escape_header_name, escape_header_value, header_problem
 
 ERROR_MAX = 4000  # characters of Nf-Error kept
 

@@ -40,9 +40,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from ..isb.reconcile import ensure_kv_bucket
-from ..spec import DEFAULT_BUFFERS, ResolvedBuffers
-from ..watermark import UNKNOWN
+from framework.isb.reconcile import ensure_kv_bucket
+from framework.spec.model import DEFAULT_BUFFERS, ResolvedBuffers
+from framework.watermark.marks import UNKNOWN
 
 log = logging.getLogger("natsflow.ownership")
 

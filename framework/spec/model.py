@@ -32,15 +32,15 @@ from pydantic import (
     model_validator,
 )
 
-from .envsubst import EnvRef, substitute, unset_message
-from .nats_names import (
+from framework.spec.envsubst import EnvRef, substitute, unset_message
+from framework.spec.names import (
     RESERVED_STREAM_PREFIX,
     jetstream_name_problem,
     queue_group_problem,
     reserved_subject_problem,
     subject_problem,
 )
-from .yaml_file import YamlFileError, read_yaml_file
+from framework.spec.yaml_file import YamlFileError, read_yaml_file
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -202,7 +202,7 @@ RetryDelay = Annotated[Duration, within_seconds(0, HOUR, "a retry waits at most 
 RetryFactor = Annotated[Number, within(1.0, 10.0, "at 10 the delay reaches its cap within a few retries")]
 WindowLength = Annotated[Duration, within_seconds(0.001, WEEK, WINDOW_WHY)]
 # udf.timeout, sink.timeout: a call still running after a day is stuck, not slow; its thread stays
-# taken (framework/bounded.py) until it returns.
+# taken (framework/runtime/bounded.py) until it returns.
 CallTimeout = Annotated[Duration, within_seconds(0.001, DAY, "a call running longer is stuck, not slow")]
 
 
@@ -219,7 +219,7 @@ _SECRET_SHAPE = "a string or {secretRef: {name: <Secret name>, key: <key in it>}
 
 class SecretRef(Model):
     """A credential kept in a Kubernetes Secret instead of the pipeline file. Rendered pods get it
-    as the environment variable `framework.secrets.env_name(ref)`; `natsflow run` reads the same."""
+    as the environment variable `framework.spec.secrets.env_name(ref)`; `natsflow run` reads the same."""
 
     name: str
     key: str
@@ -247,7 +247,7 @@ def _text_or_secret(value: Any) -> "str | SecretRef":
 
 
 # "a string or a secretRef": every credential field of a connector. Connectors never see a
-# SecretRef: `framework.connectors.load_connector` hands them the value (framework/secrets.py).
+# SecretRef: `framework.connector.load_connector` hands them the value (framework/spec/secrets.py).
 Secret = Annotated[
     str | SecretRef,
     PlainValidator(_text_or_secret),
@@ -909,7 +909,7 @@ class SideInputTrigger(Model):
     @field_validator("schedule")
     @classmethod
     def _parses(cls, value: str) -> str:
-        from .schedule import parse_schedule  # noqa: PLC0415 - schedule parsing is its own module
+        from framework.sideinputs.schedule import parse_schedule  # noqa: PLC0415 - schedule parsing is its own module
 
         schedule = parse_schedule(value)
         seconds = getattr(schedule, "seconds", None)  # @every
@@ -1184,7 +1184,7 @@ def _strong_components(nodes: list[str], succ: dict[str, list[str]]) -> list[lis
 
 def kubernetes_name_problems(p: Pipeline) -> list[tuple[str, str]]:
     """The names `natsflow render` derives from the pipeline's and the vertices' must fit Kubernetes."""
-    from .render import MANAGER_SUFFIX, UPSTREAM_SCALED  # noqa: PLC0415 - render names the objects (and imports us)
+    from framework.k8s.render import MANAGER_SUFFIX, UPSTREAM_SCALED  # noqa: PLC0415 - render names the objects (and imports us)
 
     problems = []
     # Pipeline-wide objects are `<pipeline>-<suffix>`; the side-input manager's suffix is the longest.

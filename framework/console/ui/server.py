@@ -1,4 +1,4 @@
-"""The `natsflow ui` server: a small ASGI app on uvicorn. It polls JetStream (framework/status.py)
+"""The `natsflow ui` server: a small ASGI app on uvicorn. It polls JetStream (framework/console/status.py)
 once per interval for every browser at once, turns totals into rates, and serves the static page.
 
 Routes: `/` the page, `/static/*` its assets, `/api/pipeline` the graph and its layout,
@@ -21,11 +21,11 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import buffer as b
-from ..connection import NatsSettings
-from ..spec import Pipeline, SpecError, load_pipeline
-from ..status import Rates, Sample, VertexStatus, connection_counts, rates
-from .layout import layout
+from framework.isb import buffer as b
+from framework.transport.connection import NatsSettings
+from framework.spec.model import Pipeline, SpecError, load_pipeline
+from framework.console.status import Rates, Sample, VertexStatus, connection_counts, rates
+from framework.console.ui.layout import layout
 
 log = logging.getLogger("natsflow.ui")
 

@@ -27,11 +27,11 @@ from typing import Any, Callable
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from .connection import NatsSettings
-from .isb.reconcile import ensure_kv_bucket
-from .metrics import VertexMetrics
-from .schedule import parse_schedule
-from .spec import DEFAULT_BUFFERS, HandlerError, Pipeline, ResolvedBuffers, SideInput, load_handler, load_pipeline
+from framework.transport.connection import NatsSettings
+from framework.isb.reconcile import ensure_kv_bucket
+from framework.observability.metrics import VertexMetrics
+from framework.sideinputs.schedule import parse_schedule
+from framework.spec.model import DEFAULT_BUFFERS, HandlerError, Pipeline, ResolvedBuffers, SideInput, load_handler, load_pipeline
 
 log = logging.getLogger("natsflow.sideinputs")
 

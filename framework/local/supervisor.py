@@ -11,16 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from .buffer import provision
-from .isb.reconcile import ProvisionError
-from .connection import NatsSettings
-from .connectors import server_problems
-from .embedded import EmbeddedCluster, EmbeddedNats, free_port, start_embedded
-from .protocol import vertex_descriptor
-from .scaling import LagReader, desired_replicas, effective_cooldown
-from .secrets import check_pipeline, udf_env
-from .spec import Pipeline, SpecError, load_pipeline
-from .watermark_proxy import WatermarkProxy, needs_proxy
+from framework.isb.buffer import provision
+from framework.isb.reconcile import ProvisionError
+from framework.transport.connection import NatsSettings
+from framework.connector import server_problems
+from framework.local.embedded import EmbeddedCluster, EmbeddedNats, free_port, start_embedded
+from framework.isb.descriptor import vertex_descriptor
+from framework.local.scaling import LagReader, desired_replicas, effective_cooldown
+from framework.spec.secrets import check_pipeline, udf_env
+from framework.spec.model import Pipeline, SpecError, load_pipeline
+from framework.watermark.proxy import WatermarkProxy, needs_proxy
 
 log = logging.getLogger("natsflow.supervisor")
 
@@ -196,7 +196,7 @@ def vertex_fingerprint(p: Pipeline, name: str) -> str:
 
 class Supervisor:
     """`natsflow run` (one replica per vertex) and `natsflow up` (autoscale=True: replicas follow
-    each vertex's lag with the same rule KEDA applies, see framework/scaling.py)."""
+    each vertex's lag with the same rule KEDA applies, see framework/local/scaling.py)."""
 
     def __init__(self, pipeline_file: str | Path, settings: NatsSettings, data_dir: str | Path | None = None,
                  grace: float = 30.0, out=None, autoscale: bool = False):

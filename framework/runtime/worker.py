@@ -23,22 +23,22 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from . import buffer as b
-from .bounded import HandlerTimeout, deadline, too_many_stuck, within
-from .connection import NatsSettings, exit_now, header_problem
-from .connectors import (SINKS, SOURCES, BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
+from framework.isb import buffer as b
+from framework.runtime.bounded import HandlerTimeout, deadline, too_many_stuck, within
+from framework.transport.connection import NatsSettings, exit_now, header_problem
+from framework.connector import (SINKS, SOURCES, BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
                          PartialWrite, RecordRejected, SourceRecord, connector_field_path, load_connector)
-from .deadletter import dead_letter_message
-from .metrics import BufferProbe, VertexMetrics
-from .routing import (Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags,
+from framework.runtime.deadletter import dead_letter_message
+from framework.observability.metrics import BufferProbe, VertexMetrics
+from framework.runtime.routing import (Outgoing, Router, UnpublishableOutput, WriteReport, as_bytes, describe, message_tags,
                       source_msg_id)
-from .sdk import Datum, Message
-from .secrets import check_vertex
-from .sideinputs import SideInputWatcher
-from .spec import Backoff, OnFailure, Pipeline, Retry, SpecError, load_handler, load_pipeline
-from .tracing import VertexTracer
-from .udf import BatchMapRunner, HandlerResultError, MapRunner
-from .watermark import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket, published
+from framework.sdk import Datum, Message
+from framework.spec.secrets import check_vertex
+from framework.sideinputs.manager import SideInputWatcher
+from framework.spec.model import Backoff, OnFailure, Pipeline, Retry, SpecError, load_handler, load_pipeline
+from framework.observability.tracing import VertexTracer
+from framework.runtime.udf import BatchMapRunner, HandlerResultError, MapRunner
+from framework.watermark.marks import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket, published
 
 log = logging.getLogger("natsflow.worker")
 
@@ -180,7 +180,7 @@ class VertexWorker:
 
     def check_stuck(self) -> None:
         """Too many handler threads stuck past their timeout: stop (after the batch in hand) and
-        exit non-zero, so a fresh process takes over (framework/bounded.py)."""
+        exit non-zero, so a fresh process takes over (framework/runtime/bounded.py)."""
         reason = too_many_stuck()
         if reason is not None and self.failure is None:
             self.failure = reason
@@ -813,7 +813,7 @@ def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path 
     if v.udf is not None and v.udf.kind == "mapStream":
         cls = MapStreamWorker
     if v.udf is not None and v.udf.kind == "reduce":
-        from .windows.reduce import ReduceWorker  # noqa: PLC0415 - it builds on this module
+        from framework.runtime.reduce import ReduceWorker  # noqa: PLC0415 - it builds on this module
 
         cls = ReduceWorker
     return cls(p, vertex, settings, base_dir)

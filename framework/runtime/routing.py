@@ -6,11 +6,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from .buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
-from .connection import HeaderError
-from .sdk import Message
-from .spec import Edge, OnFull, Pipeline
-from .watermark import WatermarkPublisher
+from framework.isb.buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
+from framework.transport.connection import HeaderError
+from framework.sdk import Message
+from framework.spec.model import Edge, OnFull, Pipeline
+from framework.watermark.marks import WatermarkPublisher
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,12 +29,12 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from .connection import HeaderError, encode_headers, header_problem, unfold, publish_many, reply_all, subscribe_fast
-from .isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
+from framework.transport.connection import HeaderError, encode_headers, header_problem, unfold, publish_many, reply_all, subscribe_fast
+from framework.isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
                             replicas_current, rescaled)
-from .spec import OnFull, Pipeline
-from . import sideinputs
-from .watermark import bucket_name, provision_bucket
+from framework.spec.model import OnFull, Pipeline
+from framework.sideinputs import manager as sideinputs
+from framework.watermark.marks import bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.buffer")
 
@@ -186,7 +186,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
     buckets = [(bucket_name(p.name), provision_bucket)]
     if any(v.udf is not None and v.udf.reduce is not None for v in p.spec.vertices):
-        from .windows import ownership  # noqa: PLC0415 - windows builds on this module
+        from framework.windows import ownership  # noqa: PLC0415 - windows builds on this module
 
         buckets.append((ownership.bucket_name(p.name), ownership.provision_bucket))
     if p.spec.side_inputs:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from . import buffer as b
-from .connection import NatsSettings
-from .spec import Pipeline, load_pipeline
-from .watermark import HEARTBEAT_S, WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
+from framework.isb import buffer as b
+from framework.transport.connection import NatsSettings
+from framework.spec.model import Pipeline, load_pipeline
+from framework.watermark.marks import HEARTBEAT_S, WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.watermark_proxy")
 

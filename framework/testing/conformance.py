@@ -30,11 +30,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from . import buffer as b
-from .embedded import EmbeddedNats
-from .spec import Pipeline, load_pipeline
-from .supervisor import vertex_command
-from .watermark import bucket_name
+from framework.isb import buffer as b
+from framework.local.embedded import EmbeddedNats
+from framework.spec.model import Pipeline, load_pipeline
+from framework.local.supervisor import vertex_command
+from framework.watermark.marks import bucket_name
 
 VUT = "vut"
 OUT_EDGES = ("all", "tagged", "untagged")

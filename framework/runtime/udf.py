@@ -6,8 +6,8 @@ import asyncio
 import inspect
 from typing import Any, Callable
 
-from .bounded import Threads, deadline, within
-from .sdk import Datum, Message
+from framework.runtime.bounded import Threads, deadline, within
+from framework.sdk import Datum, Message
 
 DEFAULT_TIMEOUT = 300.0  # udf.timeout
 Result = list[Message] | BaseException
@@ -45,7 +45,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 class MapRunner:
     """Runs `fn(keys, datum)` for every datum in a batch, isolating each call's exception; a call
-    longer than `timeout` s gets HandlerTimeout (framework/bounded.py)."""
+    longer than `timeout` s gets HandlerTimeout (framework/runtime/bounded.py)."""
 
     def __init__(self, fn: Callable[..., Any], timeout: float = DEFAULT_TIMEOUT, threads: Threads | None = None):
         self._fn = fn

@@ -13,10 +13,10 @@ from nats import errors as nats_errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from . import buffer as b
-from .spec import Pipeline
-from .watermark import HEARTBEAT_S, bucket_name
-from .windows.ownership import holdings
+from framework.isb import buffer as b
+from framework.spec.model import Pipeline
+from framework.watermark.marks import HEARTBEAT_S, bucket_name
+from framework.runtime.ownership import holdings
 
 REPLICA_ALIVE_MS = int(3 * HEARTBEAT_S * 1000)
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from nats.aio.client import Client
 
-from .buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
-from .connection import NatsSettings
-from .secrets import resolved
-from .sdk import Datum
+from framework.isb.buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
+from framework.transport.connection import NatsSettings
+from framework.spec.secrets import resolved
+from framework.sdk import Datum
 
 if TYPE_CHECKING:
-    from .spec import Pipeline
+    from framework.spec.model import Pipeline
 
 log = logging.getLogger("natsflow.connectors")
 
@@ -199,7 +199,7 @@ class SinkConnector(Protocol):
 
 def load_connector(registry: dict[str, str], kind: str, config: Any) -> Any:
     """The connector for `kind`, built from its config with every `secretRef` replaced by the
-    secret's value (framework/secrets.py): connectors only see plain strings."""
+    secret's value (framework/spec/secrets.py): connectors only see plain strings."""
     module_name, _, cls_name = registry[kind].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(resolved(config, kind))

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 
 from pydantic import BaseModel
 
-from .spec import Pipeline, SecretRef, SpecError, Vertex
+from framework.spec.model import Pipeline, SecretRef, SpecError, Vertex
 
 ENV_PREFIX = "NATSFLOW_SECRET_"
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
-from .isb.reconcile import ensure_kv_bucket
-from .spec import DEFAULT_BUFFERS, ResolvedBuffers
+from framework.isb.reconcile import ensure_kv_bucket
+from framework.spec.model import DEFAULT_BUFFERS, ResolvedBuffers
 
 log = logging.getLogger("natsflow.watermark")
 

@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from . import buffer as b
-from .protocol import vertex_descriptor
-from .scaling import effective_cooldown
-from .secrets import env_name, refs_in, vertex_path, vertex_refs
-from .spec import Pipeline, Resources, SecretRef, Vertex
-from .watermark_proxy import needs_proxy
+from framework.isb import buffer as b
+from framework.isb.descriptor import vertex_descriptor
+from framework.local.scaling import effective_cooldown
+from framework.spec.secrets import env_name, refs_in, vertex_path, vertex_refs
+from framework.spec.model import Pipeline, Resources, SecretRef, Vertex
+from framework.watermark.proxy import needs_proxy
 
 PIPELINE_MOUNT = "/etc/natsflow"
 MANAGER_SUFFIX = "sideinputs-manager"  # a vertex may not take this name (spec validation)
@@ -223,7 +223,7 @@ def render_provision_job(p: Pipeline, pipeline_text: str, opts: RenderOptions) -
 
 def _vertex_env(p: Pipeline, v: Vertex) -> list[dict[str, Any]]:
     """The worker's settings, each secretRef of its connector under its NATSFLOW_SECRET_* name
-    (framework/secrets.py reads it there), and `udf.env` (secretRefs from their Secret)."""
+    (framework/spec/secrets.py reads it there), and `udf.env` (secretRefs from their Secret)."""
     env = [{"name": "NATSFLOW_METRICS_PORT", "value": str(METRICS_PORT)},
            {"name": "NATSFLOW_GRACE_SECONDS", "value": str(grace_seconds(p, v) - GRACE_EXTRA_S)}]
     seen: set[str] = set()
@@ -277,7 +277,7 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
 
 def _watermark_sidecar(p: Pipeline, v: Vertex, opts: RenderOptions, mount: dict) -> list[dict[str, Any]]:
     """A program vertex publishes no watermarks itself: a small natsflow container beside it does,
-    from its ack floor (framework/watermark_proxy.py), so reduces downstream close windows."""
+    from its ack floor (framework/watermark/proxy.py), so reduces downstream close windows."""
     if not needs_proxy(p, v.name):
         return []
     return [{"name": "watermark-proxy", "image": opts.image,

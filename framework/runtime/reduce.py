@@ -31,16 +31,16 @@ from nats import errors as nats_errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
-from .. import buffer as b
-from ..routing import Outgoing, as_bytes, describe, message_tags
-from ..sdk import Datum, Message, Window
-from ..spec import load_handler
-from ..bounded import HandlerTimeout, Threads, within
-from ..udf import normalize
-from ..watermark import UNKNOWN, WatermarkFetcher, replica_id
-from ..worker import ReadingWorker, backoff_delays, decode_datum
-from . import OpenWindow, add_to_sessions, assign
-from .ownership import Lease, PartitionLeases, bucket_name, provision_bucket
+from framework.isb import buffer as b
+from framework.runtime.routing import Outgoing, as_bytes, describe, message_tags
+from framework.sdk import Datum, Message, Window
+from framework.spec.model import load_handler
+from framework.runtime.bounded import HandlerTimeout, Threads, within
+from framework.runtime.udf import normalize
+from framework.watermark.marks import UNKNOWN, WatermarkFetcher, replica_id
+from framework.runtime.worker import ReadingWorker, backoff_delays, decode_datum
+from framework.windows import OpenWindow, add_to_sessions, assign
+from framework.runtime.ownership import Lease, PartitionLeases, bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.reduce")
 
