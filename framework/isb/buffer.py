@@ -186,7 +186,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
     buckets = [(bucket_name(p.name), provision_bucket)]
     if any(v.udf is not None and v.udf.reduce is not None for v in p.spec.vertices):
-        from framework.windows import ownership  # noqa: PLC0415 - windows builds on this module
+        from framework.runtime import ownership  # noqa: PLC0415 - ownership builds on this module
 
         buckets.append((ownership.bucket_name(p.name), ownership.provision_bucket))
     if p.spec.side_inputs:
