@@ -24,6 +24,26 @@ from framework.spec.model import load_pipeline
 from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def _skip_fails_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CI=true a skipped test is a failed one: a missing service, binary or file must not
+    pass unnoticed (outside CI, skipping keeps a partial machine usable)."""
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    _skip_fails_in_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    _skip_fails_in_ci((yield).get_result())
 
 
 @pytest.fixture(scope="session")
