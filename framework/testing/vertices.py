@@ -1,0 +1,242 @@
+"""The runtime's own vertex workers, run over an in-memory ISB instead of NATS.
+
+Each adapter builds the worker a real vertex process would run (`runtime.worker.worker_for`) and
+plugs in what `run()`/`serve()` would have connected: a `MemoryReader` for the vertex's buffer, a
+`Router` (the real one) over a `MemoryWriter`, a `MemoryPublisher` for dead letters, and an
+in-memory watermark. It then calls the worker's own per-batch code: `SourceWorker.emit` for
+records fed in, `process` for map, flatmap, batchMap, mapStream and sinks, `_ingest` /
+`_close_ready` / `_publish_watermark` for reduce. So handler calls, retries, ids, tag routing,
+drop and dead-letter decisions are the runtime's, not a copy of them.
+
+What is replaced, and why: NATS connections, KV watermarks and partition leases (one process owns
+every partition; its watermark comes from the harness's clock, see harness.py), side-input watches
+(values set once, from the call), and sink connectors (a recorder takes what reaches a sink).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from framework.connector import SourceRecord
+from framework.isb import buffer as b
+from framework.isb.memory import MemoryISB, MemoryPublisher, MemoryReader, MemoryWriter
+from framework.runtime.bounded import Threads
+from framework.runtime.reduce import Partition, ReduceWorker
+from framework.runtime.routing import Router
+from framework.runtime.worker import ReadingWorker, SourceWorker, VertexWorker, worker_for
+from framework.sdk import Datum
+from framework.spec.model import Pipeline, load_handler
+from framework.transport.connection import NatsSettings
+from framework.watermark.marks import UNKNOWN
+
+
+class MemoryWatermark:
+    """Stands in for `WatermarkPublisher`: the same monotonic `update`, nothing published."""
+
+    def __init__(self) -> None:
+        self.wm = UNKNOWN
+
+    async def update(self, wm: int, force: bool = False) -> None:
+        if wm > self.wm:
+            self.wm = wm
+
+    def wrote(self, target: tuple[str, int], seq: int) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class WatermarkFeed:
+    """Stands in for `WatermarkFetcher`: a vertex's input watermark, asked from the harness."""
+
+    def __init__(self, current: Callable[[], int]):
+        self._current = current
+
+    def compute(self, processed_seq: int) -> int:
+        return self._current()
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class SoleLease:
+    """Stands in for a partition lease: one process owns every partition, for good."""
+
+    wm: int = UNKNOWN
+    done: int = UNKNOWN
+    lost: bool = False
+    releasing: bool = False
+
+    def valid(self) -> bool:
+        return True
+
+
+class SoleLeases:
+    """Stands in for `PartitionLeases`: recording how far windows closed always succeeds."""
+
+    stats: dict = {}
+
+    async def record(self, part: int | None, wm: int) -> bool:
+        return True
+
+
+@dataclass
+class Recorder:
+    """A sink connector that keeps every datum written to it, in order."""
+
+    datums: list[Datum] = field(default_factory=list)
+
+    async def write(self, datums: list[Datum]) -> None:
+        self.datums.extend(datums)
+
+    async def close(self) -> None:
+        pass
+
+
+def build_worker(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None) -> VertexWorker:
+    """The vertex's real worker, wired to `isb` in place of NATS (no connection is made)."""
+    w = worker_for(p, vertex, NatsSettings(), base_dir)
+    w.tracer = None  # spans belong to a deployment, not to a unit test
+    publisher = MemoryPublisher(isb)
+    w.publisher = publisher
+    w.router = Router(p, vertex, MemoryWriter(isb), None)
+    w.router.wm = MemoryWatermark()
+    w.dlq_subject = b.dlq_subject(p.name, vertex)
+    w.loaded = True
+    return w
+
+
+class MemoryVertex:
+    """One vertex of the in-memory run: its worker and how to make it take a step."""
+
+    def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
+                 input_watermark: Callable[[], int]):
+        self.name = vertex
+        self.p = p
+        self.worker = build_worker(p, vertex, isb, base_dir)
+        self.isb = isb
+        self.input_watermark = input_watermark
+
+    @property
+    def output_watermark(self) -> int:
+        wm = self.worker.router.wm
+        return wm.wm if wm is not None else UNKNOWN
+
+    async def setup(self) -> None:
+        pass
+
+    async def step(self) -> bool:
+        """Handle what is ready; True when something was read or emitted."""
+        return False
+
+    async def teardown(self) -> None:
+        pass
+
+
+class MemorySource(MemoryVertex):
+    """A source whose records come from the call: `SourceWorker.emit` stores them (its event-time
+    extractor, envelope checks, dead letters, routing and watermark update included)."""
+
+    async def setup(self) -> None:
+        w = self.worker
+        assert isinstance(w, SourceWorker)
+        cfg = w.v.source
+        w.event_time_fn = load_handler(cfg.event_time.handler, w.base_dir) if cfg.event_time else None
+
+    async def emit(self, records: list[SourceRecord]) -> None:
+        assert isinstance(self.worker, SourceWorker)
+        await self.worker.emit(records)
+
+    async def advance(self, wm: int) -> None:
+        """Move the source's watermark on (never back), as an idle rule would."""
+        await self.worker.router.wm.update(wm)
+
+
+class MemoryReading(MemoryVertex):
+    """map, flatmap, batchMap, mapStream and sinks: the worker's `process` over one read batch,
+    then the ack, as `ReadingWorker.serve` does."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        w = self.worker
+        assert isinstance(w, ReadingWorker)
+        self.recorder: Recorder | None = None
+        stream = b.stream_name(self.p.name, self.name)
+        w.reader = MemoryReader(self.isb, stream, w.limits.read_batch_size)
+        if w.v.sink is not None:
+            self.recorder = Recorder()
+            w.sink = self.recorder
+            w.fallback = None
+
+    async def setup(self) -> None:
+        if self.recorder is None:
+            await self.worker.setup()
+
+    async def step(self) -> bool:
+        w = self.worker
+        msgs = await w.reader.fetch()
+        if not msgs:
+            return False
+        if await w.process(msgs):
+            await w.reader.ack(msgs)
+        return True
+
+    async def teardown(self) -> None:
+        if self.recorder is None:
+            await self.worker.teardown()
+
+
+class MemoryReduce(MemoryVertex):
+    """A reduce owning all its partitions: `_ingest` each read batch, then close the windows the
+    input watermark has passed (`_close_ready`) and publish the output watermark."""
+
+    async def setup(self) -> None:
+        w = self.worker
+        assert isinstance(w, ReduceWorker)
+        cfg = w.v.udf.reduce
+        w.cfg = cfg
+        w.lateness = int(cfg.allowed_lateness * 1000)
+        w.fn = load_handler(cfg.handler, w.base_dir)
+        w.threads = Threads("natsflow-reduce")
+        w.all_parts = b.partitions(self.p, self.name)
+        w.leases = SoleLeases()
+        w.parts = {}
+        for part in w.all_parts:
+            reader = MemoryReader(self.isb, b.stream_name(self.p.name, self.name, part), w.limits.read_batch_size)
+            w.parts[part] = Partition(part, SoleLease(), reader, WatermarkFeed(self.input_watermark))
+
+    async def step(self) -> bool:
+        w = self.worker
+        assert isinstance(w, ReduceWorker)
+        moved = False
+        for ps in w.parts.values():
+            msgs = await ps.reader.fetch()
+            if msgs:
+                moved = True
+                await w._ingest(ps, msgs)
+            before = len(ps.open_windows())
+            await w._close_ready(ps)
+            moved = moved or len(ps.open_windows()) != before
+        await w._publish_watermark()
+        return moved
+
+    def open_windows(self) -> int:
+        w = self.worker
+        assert isinstance(w, ReduceWorker)
+        return sum(len(ps.open_windows()) for ps in w.parts.values())
+
+
+def memory_vertex(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
+                  input_watermark: Callable[[], int]) -> MemoryVertex:
+    v = p.vertex(vertex)
+    if v.kind == "source":
+        cls: type[MemoryVertex] = MemorySource
+    elif v.udf is not None and v.udf.kind == "reduce":
+        cls = MemoryReduce
+    else:
+        cls = MemoryReading
+    return cls(p, vertex, isb, base_dir, input_watermark)
