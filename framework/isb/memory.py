@@ -94,7 +94,7 @@ class MemoryStream:
         return self.last_seq
 
     def fetch(self, n: int) -> list[MemoryMsg]:
-        out = []
+        out: list[MemoryMsg] = []
         while self.pending and len(out) < n:
             m = self.pending.popleft()
             self.in_flight[m.seq] = m

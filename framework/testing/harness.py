@@ -30,10 +30,12 @@ How a run goes:
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from framework.connector import SourceRecord
 from framework.isb import buffer as b
@@ -41,7 +43,13 @@ from framework.isb.memory import MemoryISB, MemoryMsg
 from framework.sdk import Datum, Message
 from framework.sideinputs.manager import SideInputWatcher, encode_value
 from framework.spec.model import Pipeline, load_pipeline
-from framework.testing.vertices import MemoryReading, MemoryReduce, MemorySource, MemoryVertex, memory_vertex
+from framework.testing.vertices import (
+    MemoryReading,
+    MemoryReduce,
+    MemorySource,
+    MemoryVertex,
+    memory_vertex,
+)
 from framework.watermark.marks import UNKNOWN
 
 END_OF_TIME = b.EVENT_TIME_RANGE[1]  # the watermark of a source whose inputs have ended
@@ -267,19 +275,23 @@ def _advancing(source: MemorySource, wm: int):
 def _record(item: InputItem, offset: str) -> SourceRecord:
     """A source record for one input item; `offset` (its index) names it, as an upstream offset."""
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return SourceRecord(bytes(item), offset, Datum([], b"").event_time_ms)
+        return SourceRecord(bytes(item), offset, _now_ms())
     if isinstance(item, str):
-        return SourceRecord(item.encode(), offset, Datum([], b"").event_time_ms)
+        return SourceRecord(item.encode(), offset, _now_ms())
     if isinstance(item, Datum):
         return SourceRecord(item.value, offset, item.event_time_ms, list(item.keys) or None,
                             dict(item.headers) or None, item.id or None)
     if isinstance(item, Message):
-        et = Datum([], b"", item.event_time).event_time_ms
+        et = int(item.event_time.timestamp() * 1000) if item.event_time else _now_ms()
         value = item.value.encode() if isinstance(item.value, str) else item.value
         return SourceRecord(value, offset, et, list(item.keys) if item.keys else None,
                             dict(item.headers) if item.headers else None)
     raise TypeError(f"input item {offset} is a {type(item).__name__}; expected bytes, str, Datum, Message "
                     "or Watermark")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _dead_letter(m: MemoryMsg) -> DeadLetter:

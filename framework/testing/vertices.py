@@ -15,21 +15,30 @@ every partition; its watermark comes from the harness's clock, see harness.py), 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from framework.connector import SourceRecord
 from framework.isb import buffer as b
 from framework.isb.memory import MemoryISB, MemoryPublisher, MemoryReader, MemoryWriter
 from framework.runtime.bounded import Threads
-from framework.runtime.reduce import Partition, ReduceWorker
+from framework.runtime.reduce import Partition
 from framework.runtime.routing import Router
-from framework.runtime.worker import ReadingWorker, SourceWorker, VertexWorker, worker_for
+from framework.runtime.udf import BatchMapRunner, MapRunner
+from framework.runtime.worker import (
+    worker_for,
+)
 from framework.sdk import Datum
 from framework.spec.model import Pipeline, load_handler
 from framework.transport.connection import NatsSettings
 from framework.watermark.marks import UNKNOWN
+
+# Plain handlers of every in-memory run in this process share one thread lane (replaced after a
+# call overruns its timeout, as in a vertex): a lane per vertex per run would be left idle after it.
+UDF_THREADS = Threads("natsflow-harness-udf")
+REDUCE_THREADS = Threads("natsflow-harness-reduce")
 
 
 class MemoryWatermark:
@@ -39,8 +48,7 @@ class MemoryWatermark:
         self.wm = UNKNOWN
 
     async def update(self, wm: int, force: bool = False) -> None:
-        if wm > self.wm:
-            self.wm = wm
+        self.wm = max(self.wm, wm)
 
     def wrote(self, target: tuple[str, int], seq: int) -> None:
         pass
@@ -78,8 +86,6 @@ class SoleLease:
 class SoleLeases:
     """Stands in for `PartitionLeases`: recording how far windows closed always succeeds."""
 
-    stats: dict = {}
-
     async def record(self, part: int | None, wm: int) -> bool:
         return True
 
@@ -97,13 +103,16 @@ class Recorder:
         pass
 
 
-def build_worker(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None) -> VertexWorker:
-    """The vertex's real worker, wired to `isb` in place of NATS (no connection is made)."""
-    w = worker_for(p, vertex, NatsSettings(), base_dir)
+def build_worker(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None) -> Any:
+    """The vertex's real worker, wired to `isb` in place of NATS (no connection is made). Typed
+    Any: its attributes are declared with the NATS classes, ours are stand-ins with the same
+    methods (until isb/ gives reader, writer and publisher one Protocol each)."""
+    w: Any = worker_for(p, vertex, NatsSettings(), base_dir)
     w.tracer = None  # spans belong to a deployment, not to a unit test
     publisher = MemoryPublisher(isb)
     w.publisher = publisher
-    w.router = Router(p, vertex, MemoryWriter(isb), None)
+    writer: Any = MemoryWriter(isb)  # BufferWriter's methods, over memory
+    w.router = Router(p, vertex, writer, None)
     w.router.wm = MemoryWatermark()
     w.dlq_subject = b.dlq_subject(p.name, vertex)
     w.loaded = True
@@ -117,7 +126,7 @@ class MemoryVertex:
                  input_watermark: Callable[[], int]):
         self.name = vertex
         self.p = p
-        self.worker = build_worker(p, vertex, isb, base_dir)
+        self.worker: Any = build_worker(p, vertex, isb, base_dir)
         self.isb = isb
         self.input_watermark = input_watermark
 
@@ -143,12 +152,10 @@ class MemorySource(MemoryVertex):
 
     async def setup(self) -> None:
         w = self.worker
-        assert isinstance(w, SourceWorker)
         cfg = w.v.source
         w.event_time_fn = load_handler(cfg.event_time.handler, w.base_dir) if cfg.event_time else None
 
     async def emit(self, records: list[SourceRecord]) -> None:
-        assert isinstance(self.worker, SourceWorker)
         await self.worker.emit(records)
 
     async def advance(self, wm: int) -> None:
@@ -160,10 +167,10 @@ class MemoryReading(MemoryVertex):
     """map, flatmap, batchMap, mapStream and sinks: the worker's `process` over one read batch,
     then the ack, as `ReadingWorker.serve` does."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
+                 input_watermark: Callable[[], int]):
+        super().__init__(p, vertex, isb, base_dir, input_watermark)
         w = self.worker
-        assert isinstance(w, ReadingWorker)
         self.recorder: Recorder | None = None
         stream = b.stream_name(self.p.name, self.name)
         w.reader = MemoryReader(self.isb, stream, w.limits.read_batch_size)
@@ -173,8 +180,16 @@ class MemoryReading(MemoryVertex):
             w.fallback = None
 
     async def setup(self) -> None:
-        if self.recorder is None:
-            await self.worker.setup()
+        w = self.worker
+        if w.v.udf is not None and w.v.udf.kind in ("map", "flatmap", "batchMap"):
+            # UdfWorker.setup, on the shared lane
+            udf = w.v.udf
+            fn = load_handler(udf.handler.handler, w.base_dir)
+            bm = udf.batch_map
+            w.runner = (BatchMapRunner(fn, bm.max_batch_size, udf.timeout, UDF_THREADS) if bm
+                        else MapRunner(fn, udf.timeout, UDF_THREADS))
+        elif self.recorder is None:
+            await w.setup()  # mapStream: its handler is async, no thread
 
     async def step(self) -> bool:
         w = self.worker
@@ -196,22 +211,22 @@ class MemoryReduce(MemoryVertex):
 
     async def setup(self) -> None:
         w = self.worker
-        assert isinstance(w, ReduceWorker)
         cfg = w.v.udf.reduce
         w.cfg = cfg
         w.lateness = int(cfg.allowed_lateness * 1000)
         w.fn = load_handler(cfg.handler, w.base_dir)
-        w.threads = Threads("natsflow-reduce")
+        w.threads = REDUCE_THREADS
         w.all_parts = b.partitions(self.p, self.name)
         w.leases = SoleLeases()
         w.parts = {}
         for part in w.all_parts:
+            # lease, reader, fetcher: stand-ins for the NATS-backed ones the dataclass is typed with
             reader = MemoryReader(self.isb, b.stream_name(self.p.name, self.name, part), w.limits.read_batch_size)
-            w.parts[part] = Partition(part, SoleLease(), reader, WatermarkFeed(self.input_watermark))
+            stand_ins: tuple[Any, ...] = (SoleLease(), reader, WatermarkFeed(self.input_watermark))
+            w.parts[part] = Partition(part, *stand_ins)
 
     async def step(self) -> bool:
         w = self.worker
-        assert isinstance(w, ReduceWorker)
         moved = False
         for ps in w.parts.values():
             msgs = await ps.reader.fetch()
@@ -226,7 +241,6 @@ class MemoryReduce(MemoryVertex):
 
     def open_windows(self) -> int:
         w = self.worker
-        assert isinstance(w, ReduceWorker)
         return sum(len(ps.open_windows()) for ps in w.parts.values())
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from framework import Datum, Message, Window, side_input
 

@@ -9,7 +9,13 @@ import pytest
 import yaml
 
 from framework import Datum
-from framework.testing import DeadLetter, HarnessError, Watermark, arun_pipeline, run_pipeline
+from framework.testing import (
+    DeadLetter,
+    HarnessError,
+    Watermark,
+    arun_pipeline,
+    run_pipeline,
+)
 
 H = "tests.framework.testing.handlers"
 BASE = 1_700_000_000_000  # a multiple of 10 s: windows start on it
