@@ -224,7 +224,8 @@ def test_bad_calls_name_what_is_wrong(tmp_path):
 
 
 async def test_inside_an_event_loop():
+    sentiment = REPO / "examples" / "sentiment" / "pipeline.yaml"
     with pytest.raises(HarnessError, match="use `await arun_pipeline"):
-        run_pipeline("examples/sentiment/pipeline.yaml", inputs={"in": [b"meh"]})
-    out = await arun_pipeline("examples/sentiment/pipeline.yaml", inputs={"in": [b"meh"]})
+        run_pipeline(sentiment, inputs={"in": [b"meh"]})
+    out = await arun_pipeline(sentiment, inputs={"in": [b"meh"]})
     assert out["positive"] == [] and len(out["rest"]) == 1
