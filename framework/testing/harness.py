@@ -18,7 +18,9 @@ How a run goes:
   every window still open closes, as idle sources eventually make happen in a deployment.
 - Sinks are replaced, whatever their kind (`udsink` included: its handler is not called): what
   reaches sink vertex `s` is `out["s"]` (payloads) and `out.messages("s")` (Datums: keys, headers,
-  event time, id), in arrival order.
+  event time, id), in arrival order. `call_sinks=["s"]` also runs sink `s`'s real connector
+  (e.g. a `udsink` handler under test) with its retry and fallback rules; then `out["s"]` is what
+  it accepted.
 - Side inputs: `side_inputs={"<name>": value}` (bytes, str, or JSON-able, encoded as the manager
   stores a handler's result); every side input a vertex lists must be given.
 - Dead letters: `out.dead_letters["<vertex>"]` lists what the vertex dead-lettered, in order.
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -113,27 +115,27 @@ class PipelineOutput(Mapping[str, list[bytes]]):
 
 
 def run_pipeline(pipeline: str | Path | Pipeline, inputs: Mapping[str, Iterable[InputItem]],
-                 side_inputs: Mapping[str, Any] | None = None, *, max_rounds: int = DEFAULT_MAX_ROUNDS,
-                 ) -> PipelineOutput:
+                 side_inputs: Mapping[str, Any] | None = None, *, call_sinks: Collection[str] = (),
+                 max_rounds: int = DEFAULT_MAX_ROUNDS) -> PipelineOutput:
     """Run `pipeline` (a file, or a loaded Pipeline) in this process on `inputs` and return what
     reached its sinks. For use inside a running event loop, `await arun_pipeline(...)`."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun_pipeline(pipeline, inputs, side_inputs, max_rounds=max_rounds))
+        return asyncio.run(arun_pipeline(pipeline, inputs, side_inputs, call_sinks=call_sinks, max_rounds=max_rounds))
     raise HarnessError("run_pipeline() called inside a running event loop; use `await arun_pipeline(...)`")
 
 
 async def arun_pipeline(pipeline: str | Path | Pipeline, inputs: Mapping[str, Iterable[InputItem]],
-                        side_inputs: Mapping[str, Any] | None = None, *, max_rounds: int = DEFAULT_MAX_ROUNDS,
-                        ) -> PipelineOutput:
+                        side_inputs: Mapping[str, Any] | None = None, *, call_sinks: Collection[str] = (),
+                        max_rounds: int = DEFAULT_MAX_ROUNDS) -> PipelineOutput:
     """`run_pipeline` as a coroutine."""
     if isinstance(pipeline, Pipeline):
         p, base_dir = pipeline, None
     else:
         path = Path(pipeline)
         p, base_dir = load_pipeline(path), path.parent
-    run = _Run(p, base_dir, max_rounds)
+    run = _Run(p, base_dir, max_rounds, set(call_sinks))
     _set_side_inputs(p, side_inputs or {})
     await run.setup()
     try:
@@ -159,9 +161,13 @@ def _set_side_inputs(p: Pipeline, values: Mapping[str, Any]) -> None:
 
 
 class _Run:
-    def __init__(self, p: Pipeline, base_dir: Path | None, max_rounds: int):
+    def __init__(self, p: Pipeline, base_dir: Path | None, max_rounds: int, call_sinks: set[str]):
         self.p = p
         self.max_rounds = max_rounds
+        sinks = {v.name for v in p.spec.vertices if v.kind == "sink"}
+        if call_sinks - sinks:
+            raise HarnessError(f"call_sinks names {', '.join(sorted(call_sinks - sinks))}, which is not a sink "
+                               f"vertex (sinks: {', '.join(sorted(sinks))})")
         for v in p.spec.vertices:
             if v.udf is not None and v.udf.is_program:
                 raise HarnessError(f"vertex {v.name!r} runs its own program (command/container); the in-memory "
@@ -177,7 +183,8 @@ class _Run:
             self.isb.add_stream(b.dlq_stream_name(p.name, v.name), [b.dlq_subject(p.name, v.name)])
         self.order, self.back_edges = _order(p)
         self.vertices: dict[str, MemoryVertex] = {
-            name: memory_vertex(p, name, self.isb, base_dir, self._input_watermark(name)) for name in self.order}
+            name: memory_vertex(p, name, self.isb, base_dir, self._input_watermark(name), name in call_sinks)
+            for name in self.order}
 
     def _input_watermark(self, name: str):
         ins = [e.from_ for e in self.p.in_edges(name) if (e.from_, name) not in self.back_edges]
@@ -274,6 +281,9 @@ def _advancing(source: MemorySource, wm: int):
 
 def _record(item: InputItem, offset: str) -> SourceRecord:
     """A source record for one input item; `offset` (its index) names it, as an upstream offset."""
+    keys = item.keys if isinstance(item, (Datum, Message)) else None
+    if keys is not None and (isinstance(keys, (str, bytes)) or not all(isinstance(k, str) for k in keys)):
+        raise TypeError(f"input item {offset}: keys must be a list of str, got {keys!r}")
     if isinstance(item, (bytes, bytearray, memoryview)):
         return SourceRecord(bytes(item), offset, _now_ms())
     if isinstance(item, str):

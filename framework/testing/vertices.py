@@ -10,7 +10,8 @@ drop and dead-letter decisions are the runtime's, not a copy of them.
 
 What is replaced, and why: NATS connections, KV watermarks and partition leases (one process owns
 every partition; its watermark comes from the harness's clock, see harness.py), side-input watches
-(values set once, from the call), and sink connectors (a recorder takes what reaches a sink).
+(values set once, from the call), and sink connectors (a recorder takes what reaches a sink; for
+the sinks a call names in `call_sinks`, after the real connector took it).
 """
 
 from __future__ import annotations
@@ -92,11 +93,15 @@ class SoleLeases:
 
 @dataclass
 class Recorder:
-    """A sink connector that keeps every datum written to it, in order."""
+    """A sink connector that keeps every datum written to it, in order; with `inner` (the sink's
+    real connector), it writes there first and keeps what that write accepted."""
 
+    inner: Any = None
     datums: list[Datum] = field(default_factory=list)
 
     async def write(self, datums: list[Datum]) -> None:
+        if self.inner is not None:
+            await self.inner.write(datums)
         self.datums.extend(datums)
 
     async def close(self) -> None:
@@ -168,10 +173,11 @@ class MemoryReading(MemoryVertex):
     then the ack, as `ReadingWorker.serve` does."""
 
     def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
-                 input_watermark: Callable[[], int]):
+                 input_watermark: Callable[[], int], call_sink: bool = False):
         super().__init__(p, vertex, isb, base_dir, input_watermark)
         w = self.worker
         self.recorder: Recorder | None = None
+        self.call_sink = call_sink
         stream = b.stream_name(self.p.name, self.name)
         w.reader = MemoryReader(self.isb, stream, w.limits.read_batch_size)
         if w.v.sink is not None:
@@ -190,6 +196,10 @@ class MemoryReading(MemoryVertex):
                         else MapRunner(fn, udf.timeout, UDF_THREADS))
         elif self.recorder is None:
             await w.setup()  # mapStream: its handler is async, no thread
+        elif self.call_sink:
+            await w.setup()  # SinkWorker.setup: the sink's connector (and fallback) started, no NATS
+            self.recorder.inner = w.sink
+            w.sink = self.recorder
 
     async def step(self) -> bool:
         w = self.worker
@@ -202,6 +212,9 @@ class MemoryReading(MemoryVertex):
 
     async def teardown(self) -> None:
         if self.recorder is None:
+            await self.worker.teardown()
+        elif self.call_sink:
+            self.worker.sink = self.recorder.inner
             await self.worker.teardown()
 
 
@@ -245,12 +258,11 @@ class MemoryReduce(MemoryVertex):
 
 
 def memory_vertex(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
-                  input_watermark: Callable[[], int]) -> MemoryVertex:
+                  input_watermark: Callable[[], int], call_sink: bool = False) -> MemoryVertex:
+    """The in-memory stand-in of `vertex`; `call_sink`: a sink whose real connector is written to."""
     v = p.vertex(vertex)
     if v.kind == "source":
-        cls: type[MemoryVertex] = MemorySource
-    elif v.udf is not None and v.udf.kind == "reduce":
-        cls = MemoryReduce
-    else:
-        cls = MemoryReading
-    return cls(p, vertex, isb, base_dir, input_watermark)
+        return MemorySource(p, vertex, isb, base_dir, input_watermark)
+    if v.udf is not None and v.udf.kind == "reduce":
+        return MemoryReduce(p, vertex, isb, base_dir, input_watermark)
+    return MemoryReading(p, vertex, isb, base_dir, input_watermark, call_sink)

@@ -82,3 +82,17 @@ def reduce_fails(keys: list[str], datums: Iterable[Datum], window: Window) -> Me
     if 13 in values:
         raise RuntimeError("unlucky window")
     return Message(str(sum(values)).encode())
+
+
+written: list[bytes] = []
+fallback_got: list[tuple[bytes, str]] = []
+
+
+def sink_collect(datums: list[Datum]) -> None:
+    if any(d.value == b"bad" for d in datums):
+        raise OSError("the store refuses b'bad'")
+    written.extend(d.value for d in datums)
+
+
+async def sink_fallback(datums: list[Datum]) -> None:
+    fallback_got.extend((d.value, d.headers["Nf-Error"]) for d in datums)

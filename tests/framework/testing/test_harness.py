@@ -229,3 +229,26 @@ async def test_inside_an_event_loop():
         run_pipeline(sentiment, inputs={"in": [b"meh"]})
     out = await arun_pipeline(sentiment, inputs={"in": [b"meh"]})
     assert out["positive"] == [] and len(out["rest"]) == 1
+
+
+def test_a_udsink_is_recorded_not_called_unless_named_in_call_sinks(tmp_path):
+    from tests.framework.testing import handlers
+
+    sink = {"udsink": {"handler": f"{H}:sink_collect"}, "fallback": {"udsink": {"handler": f"{H}:sink_fallback"}},
+            "retryStrategy": {"backoff": {"steps": 1, "interval": "1ms"}, "onFailure": "fallback"}}
+    path = pipeline(tmp_path, [{"name": "in", "source": SOURCE}, {"name": "out", "sink": sink}],
+                    [{"from": "in", "to": "out"}], limits={"readBatchSize": 2})
+    handlers.written.clear()
+    handlers.fallback_got.clear()
+    assert run_pipeline(path, inputs={"in": [b"a", b"b", b"bad"]})["out"] == [b"a", b"b", b"bad"]
+    assert handlers.written == [] and handlers.fallback_got == []
+    out = run_pipeline(path, inputs={"in": [b"a", b"b", b"bad"]}, call_sinks=["out"])
+    assert out["out"] == [b"a", b"b"] and handlers.written == [b"a", b"b"]
+    assert handlers.fallback_got == [(b"bad", "OSError: the store refuses b'bad'")]
+    with pytest.raises(HarnessError, match="call_sinks names in, which is not a sink vertex"):
+        run_pipeline(path, inputs={}, call_sinks=["in"])
+
+
+def test_input_keys_must_be_strings(tmp_path):
+    with pytest.raises(TypeError, match=r"input item 0: keys must be a list of str, got \[1\]"):
+        run_pipeline(chain(tmp_path, {"map": {"handler": f"{H}:fail_on_bad"}}), inputs={"in": [Datum([1], b"x")]})
