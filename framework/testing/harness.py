@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -186,7 +186,8 @@ class _Run:
             name: memory_vertex(p, name, self.isb, base_dir, self._input_watermark(name), name in call_sinks)
             for name in self.order}
 
-    def _input_watermark(self, name: str):
+    def _input_watermark(self, name: str) -> Callable[[], int]:
+        """The lowest output watermark of the vertices feeding `name` (edges closing a cycle aside)."""
         ins = [e.from_ for e in self.p.in_edges(name) if (e.from_, name) not in self.back_edges]
 
         def current() -> int:
