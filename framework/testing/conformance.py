@@ -20,9 +20,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import nats
 import yaml
@@ -32,8 +33,8 @@ from nats.js.errors import NotFoundError
 
 from framework.isb import buffer as b
 from framework.local.embedded import EmbeddedNats
-from framework.spec.model import Pipeline, load_pipeline
 from framework.local.supervisor import vertex_command
+from framework.spec.model import Pipeline, load_pipeline
 from framework.watermark.marks import bucket_name
 
 VUT = "vut"
@@ -148,7 +149,7 @@ class VertexUnderTest:
             self.proc.send_signal(signal.SIGTERM)
         try:
             code = await asyncio.wait_for(self.proc.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
             return None, time.monotonic() - began
@@ -425,7 +426,7 @@ class ConformanceKit:
             while time.monotonic() < deadline:
                 try:
                     msgs = await sub.fetch(200, timeout=0.2)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     msgs = []
                 for m in msgs:
                     h = dict(m.headers or {})
