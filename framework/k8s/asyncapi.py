@@ -10,7 +10,7 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, Field
 
 from framework.isb import buffer as b
-from framework.spec.model import Pipeline
+from framework.spec import Pipeline
 
 ENVELOPE = (
     "Payload: the message bytes. Headers: `Nats-Msg-Id` (deduplication id), `Nf-Id` (data id), "

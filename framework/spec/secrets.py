@@ -13,7 +13,9 @@ from typing import Any, Iterator, Mapping
 
 from pydantic import BaseModel
 
-from framework.spec.model import Pipeline, SecretRef, SpecError, Vertex
+from framework.spec.load import SpecError
+from framework.spec.model import Pipeline, Vertex
+from framework.spec.types import SecretRef
 
 ENV_PREFIX = "NATSFLOW_SECRET_"
 

@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 
 from framework.isb import buffer as b
 from framework.local.embedded import EmbeddedNats
-from framework.spec.model import Pipeline, load_pipeline
+from framework.spec import Pipeline, load_pipeline
 from framework.local.supervisor import vertex_command
 from framework.watermark.marks import bucket_name
 

@@ -30,7 +30,7 @@ import uvicorn
 from framework.isb.buffer import encode_envelope
 from framework.connector import BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord
 from framework.runtime.routing import source_msg_id
-from framework.spec.model import HttpSource as Config
+from vertices.http.config import HttpSourceConfig as Config
 
 log = logging.getLogger("natsflow.http")
 
