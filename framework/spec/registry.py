@@ -79,6 +79,10 @@ class ConnectorInfo:
     # Settings the connected NATS server may not carry: (config, max_payload) -> None, or raises
     # framework.connector.ConnectorConfigError (checked by `provision`, `run` and the worker).
     server_check: Callable[[Any, int], None] | None = None
+    # Where the kind is listed among the others (the spec's error texts, its schema): lowest
+    # first, ties in discovery order. natsflow's own take 1-99 (entry points carry no order once
+    # installed: setuptools sorts them); a third party's default comes after them.
+    rank: int = 100
     # Set by the registry: the spec key (the entry point's name) and where it came from.
     name: str = ""
     origin: str = ""
@@ -114,7 +118,7 @@ def _dist_name(ep: metadata.EntryPoint) -> str:
 
 
 def entry_points(group: str) -> list[tuple[metadata.EntryPoint, str]]:
-    """(entry point, distribution) of `group`: natsflow's own first, in their declared order."""
+    """(entry point, distribution) of `group`: natsflow's own first."""
     own = _source_tree_entry_points(group)
     installed = list(metadata.entry_points(group=group))
     if own is None:
@@ -143,7 +147,7 @@ def _load(role: Role, group: str) -> dict[str, ConnectorInfo]:
         if not isinstance(info, ConnectorInfo):
             raise RegistryError(f"{where}: names a {type(info).__name__}, not a ConnectorInfo")
         found[ep.name] = replace(info, name=ep.name, origin=dist)
-    return found
+    return dict(sorted(found.items(), key=lambda item: item[1].rank))  # a stable sort: ties keep their order
 
 
 @cache

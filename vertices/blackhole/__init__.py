@@ -8,4 +8,4 @@ class BlackholeConfig(Model):
     """No settings."""
 
 
-SINK = ConnectorInfo(BlackholeConfig, "vertices.blackhole.sink:BlackholeSink")
+SINK = ConnectorInfo(BlackholeConfig, "vertices.blackhole.sink:BlackholeSink", rank=12)

@@ -3,4 +3,4 @@
 from framework.spec.registry import ConnectorInfo
 from vertices.generator.config import GeneratorConfig
 
-SOURCE = ConnectorInfo(GeneratorConfig, "vertices.generator.source:GeneratorSource", live=True)
+SOURCE = ConnectorInfo(GeneratorConfig, "vertices.generator.source:GeneratorSource", live=True, rank=1)

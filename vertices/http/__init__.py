@@ -15,6 +15,7 @@ def _fits_server(config: Any, max_payload: int) -> None:
 
 # The source serves with the web stack natsflow's core already has (the UI, /metrics); the sink
 # needs an HTTP client, the `http` extra.
-SOURCE = ConnectorInfo(HttpSourceConfig, "vertices.sources.http:HttpSource", live=True,
+SOURCE = ConnectorInfo(HttpSourceConfig, "vertices.sources.http:HttpSource", live=True, rank=2,
                        port=lambda config: config.port, server_check=_fits_server)
-SINK = ConnectorInfo(HttpSinkConfig, "vertices.sinks.http:HttpSink", install="natsflow[http]", requires=("aiohttp",))
+SINK = ConnectorInfo(HttpSinkConfig, "vertices.sinks.http:HttpSink", install="natsflow[http]", requires=("aiohttp",),
+                     rank=19)

@@ -29,5 +29,5 @@ def reserved_stream_problem(config: JetStreamSourceConfig, vertex: Vertex, pipel
 
 
 SOURCE = ConnectorInfo(JetStreamSourceConfig, "vertices.jetstream.source:JetStreamSource",
-                       check=reserved_stream_problem)
-SINK = ConnectorInfo(JetStreamSinkConfig, "vertices.jetstream.sink:JetStreamSink")
+                       check=reserved_stream_problem, rank=4)
+SINK = ConnectorInfo(JetStreamSinkConfig, "vertices.jetstream.sink:JetStreamSink", rank=14)

@@ -5,6 +5,6 @@ from vertices.kafka.config import KafkaSinkConfig, KafkaSourceConfig
 from vertices.kafka.keda import kafka_trigger
 
 SOURCE = ConnectorInfo(KafkaSourceConfig, "vertices.kafka.source:KafkaSource", install="natsflow[kafka]",
-                       requires=("aiokafka",), keda_trigger=kafka_trigger)
+                       requires=("aiokafka",), keda_trigger=kafka_trigger, rank=5)
 SINK = ConnectorInfo(KafkaSinkConfig, "vertices.kafka.sink:KafkaSink", install="natsflow[kafka]",
-                     requires=("aiokafka",))
+                     requires=("aiokafka",), rank=16)

@@ -8,4 +8,4 @@ class LogConfig(Model):
     """No settings."""
 
 
-SINK = ConnectorInfo(LogConfig, "vertices.log.sink:LogSink")
+SINK = ConnectorInfo(LogConfig, "vertices.log.sink:LogSink", rank=11)

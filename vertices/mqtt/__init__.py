@@ -20,4 +20,4 @@ def one_replica(config: MqttSourceConfig, vertex: Vertex, pipeline: str, where: 
 
 
 SOURCE = ConnectorInfo(MqttSourceConfig, "vertices.mqtt.source:MqttSource", install="natsflow[mqtt]",
-                       requires=("aiomqtt",), live=True, check=one_replica)
+                       requires=("aiomqtt",), live=True, check=one_replica, rank=7)

@@ -3,5 +3,5 @@
 from framework.spec.registry import ConnectorInfo
 from vertices.nats.config import NatsSinkConfig, NatsSourceConfig
 
-SOURCE = ConnectorInfo(NatsSourceConfig, "vertices.nats.source:NatsSource", live=True)
-SINK = ConnectorInfo(NatsSinkConfig, "vertices.nats.sink:NatsSink")
+SOURCE = ConnectorInfo(NatsSourceConfig, "vertices.nats.source:NatsSource", live=True, rank=3)
+SINK = ConnectorInfo(NatsSinkConfig, "vertices.nats.sink:NatsSink", rank=13)

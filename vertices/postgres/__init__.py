@@ -4,4 +4,4 @@ from framework.spec.registry import ConnectorInfo
 from vertices.postgres.config import PostgresSinkConfig
 
 SINK = ConnectorInfo(PostgresSinkConfig, "vertices.postgres.sink:PostgresSink", install="natsflow[postgres]",
-                     requires=("asyncpg",))
+                     requires=("asyncpg",), rank=17)

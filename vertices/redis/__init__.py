@@ -6,5 +6,6 @@ from vertices.redis.config import RedisSinkConfig, RedisStreamsConfig
 from vertices.redis.keda import redis_streams_trigger
 
 SOURCE = ConnectorInfo(RedisStreamsConfig, "vertices.redis.source:RedisStreamsSource", install="natsflow[redis]",
-                       requires=("redis",), keda_trigger=redis_streams_trigger)
-SINK = ConnectorInfo(RedisSinkConfig, "vertices.redis.sink:RedisSink", install="natsflow[redis]", requires=("redis",))
+                       requires=("redis",), keda_trigger=redis_streams_trigger, rank=8)
+SINK = ConnectorInfo(RedisSinkConfig, "vertices.redis.sink:RedisSink", install="natsflow[redis]", requires=("redis",),
+                     rank=18)

@@ -3,4 +3,4 @@
 from framework.spec.registry import ConnectorInfo
 from framework.spec.types import Handler
 
-SINK = ConnectorInfo(Handler, "vertices.udsink.sink:UserSink")
+SINK = ConnectorInfo(Handler, "vertices.udsink.sink:UserSink", rank=15)

@@ -1,0 +1,86 @@
+"""The connector registry as the spec sees it: source and sink kinds come from the entry points,
+in the order natsflow declares its own, and a connector whose client library is missing fails
+validation with the extra to install."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from framework.spec import SpecError, Sink, Source, parse_pipeline, sinks, sources
+from framework.spec import registry
+from framework.spec.registry import SINK_GROUP, SOURCE_GROUP, entry_points
+
+
+def doc(source: dict, sink: dict) -> dict:
+    return {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+            "spec": {"vertices": [{"name": "in", "source": source}, {"name": "out", "sink": sink}],
+                     "edges": [{"from": "in", "to": "out"}]}}
+
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA = {"kafka": {"brokers": ["127.0.0.1:9092"], "topic": "t", "consumerGroup": "g"}}
+
+
+def test_the_spec_blocks_are_built_from_the_registry_in_declared_order():
+    assert list(sources()) == ["generator", "http", "nats", "jetstream", "kafka", "rabbitmq", "mqtt", "redisStreams"]
+    assert list(sinks()) == ["log", "blackhole", "nats", "jetstream", "udsink", "kafka", "postgres", "redis", "http"]
+    assert list(Source.model_fields)[:-1] == list(sources())
+    assert list(Sink.model_fields)[:len(sinks())] == list(sinks())
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(doc({}, {"log": {}}), check_handlers=False)
+    assert err.value.problems == [("spec.vertices[0].source", "a source must set exactly one of: generator, http, "
+                                   "nats, jetstream, kafka, rabbitmq, mqtt, redisStreams (found 0)")]
+
+
+def test_installed_metadata_gives_the_same_kinds_in_the_same_order(monkeypatch, tmp_path):
+    """The registry reads natsflow's own entry points from the tree it runs from; installed (a
+    wheel, no tree) it reads the distribution's metadata, where setuptools sorts them by name:
+    the registry must come out the same (kinds, order, implementations)."""
+    from_tree = (sources(), sinks())
+    assert [ep.name for ep, dist in entry_points(SOURCE_GROUP) if dist == "natsflow"] == list(sources())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    info = tmp_path / "natsflow-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: natsflow\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in sorted(declared.items())) + "\n"
+        for group, declared in project["entry-points"].items()))
+    monkeypatch.syspath_prepend(str(tmp_path))  # before any other natsflow metadata on the path
+    monkeypatch.setattr(registry, "_source_tree_entry_points", lambda group: None)
+    installed = (registry._load("source", SOURCE_GROUP), registry._load("sink", SINK_GROUP))
+    assert [list(r) for r in installed] == [list(r) for r in from_tree]
+    assert [i.factory for i in installed[1].values()] == [i.factory for i in from_tree[1].values()]
+
+
+def test_a_source_whose_extra_is_missing_fails_validation(monkeypatch):
+    monkeypatch.setitem(sys.modules, "aiokafka", None)  # what `import aiokafka` meets without the extra
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(doc(KAFKA, {"log": {}}), file="p.yaml", check_handlers=False)
+    assert err.value.problems == [("spec.vertices[0].source.kafka", "needs pip install 'natsflow[kafka]'")]
+    assert str(err.value) == "p.yaml: spec.vertices[0].source.kafka: needs pip install 'natsflow[kafka]'"
+
+
+def test_a_sink_and_a_fallback_whose_extra_is_missing_fail_validation(monkeypatch):
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    sink = {"postgres": {"dsn": "postgresql://x", "table": "t"}, "retryStrategy": {"onFailure": "fallback"},
+            "fallback": {"redis": {"list": "l"}}}
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(doc({"generator": {}}, sink), check_handlers=False)
+    assert err.value.problems == [("spec.vertices[1].sink.postgres", "needs pip install 'natsflow[postgres]'"),
+                                  ("spec.vertices[1].sink.fallback.redis", "needs pip install 'natsflow[redis]'")]
+
+
+def test_a_missing_extra_of_an_unused_connector_does_not_matter(monkeypatch):
+    monkeypatch.setitem(sys.modules, "aiokafka", None)
+    parse_pipeline(doc({"generator": {}}, {"log": {}}), check_handlers=False)
+
+
+def test_with_the_extra_installed_the_same_spec_validates():
+    p = parse_pipeline(doc(KAFKA, {"log": {}}), check_handlers=False)
+    assert p.vertex("in").source.kind == "kafka"
+    assert p.vertex("in").source.connector.install == "natsflow[kafka]"
