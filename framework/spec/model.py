@@ -129,9 +129,9 @@ class Vertex(Model):
                                                        "source) and its dead-letter stream")
     resources: Resources | None = None
     output_schema: dict[str, Any] | None = Field(
-        None, alias="outputSchema",
+        None,
         description="JSON Schema of the payloads this vertex writes (documentation: `natsflow asyncapi`)")
-    side_inputs: list[Name] = Field(default_factory=list, alias="sideInputs",
+    side_inputs: list[Name] = Field(default_factory=list,
                                     description="names from spec.sideInputs this vertex reads")
 
     @model_validator(mode="after")
@@ -175,10 +175,10 @@ class OnFull(str, Enum):
 
 
 class Edge(Model):
-    from_: Name = Field(alias="from")
+    from_: Name  # `from` in the file (a Python keyword here)
     to: Name
     conditions: Conditions | None = None
-    on_full: OnFull = Field(OnFull.retry_until_success, alias="onFull")
+    on_full: OnFull = OnFull.retry_until_success
     late: Flag = Field(False, description="from a reduce: this edge receives only late messages")
 
     def accepts(self, tags: frozenset[str]) -> bool:
@@ -200,13 +200,13 @@ class PipelineSpec(Model):
     limits: Limits = Field(default_factory=Limits)
     buffers: Buffers = Field(default_factory=Buffers)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
-    side_inputs: list[SideInput] = Field(default_factory=list, alias="sideInputs", max_length=100)
+    side_inputs: list[SideInput] = Field(default_factory=list, max_length=100)
     vertices: list[Vertex] = Field(min_length=2, max_length=MAX_VERTICES)
     edges: list[Edge] = Field(min_length=1, max_length=10 * MAX_VERTICES)
 
 
 class Pipeline(Model):
-    api_version: Literal["natsflow.io/v1"] = Field(alias="apiVersion")
+    api_version: Literal["natsflow.io/v1"]
     kind: Literal["Pipeline"]
     metadata: Metadata
     spec: PipelineSpec

@@ -34,14 +34,13 @@ from framework.spec.types import (
 
 class Limits(Model):
     read_batch_size: Annotated[WholeNumber, within(1, 10_000, "a batch is held in memory and acknowledged "
-                                                   "together")] | None = Field(None, alias="readBatchSize")
-    buffer_max_length: Backlog | None = Field(None, alias="bufferMaxLength")
-    buffer_usage_limit: Annotated[WholeNumber, within(1, 100, "a percentage")] | None = Field(
-        None, alias="bufferUsageLimit")
+                                                   "together")] | None = None
+    buffer_max_length: Backlog | None = None
+    buffer_usage_limit: Annotated[WholeNumber, within(1, 100, "a percentage")] | None = None
     read_timeout: Annotated[Duration, within_seconds(0.01, HOUR, low_why="a shorter wait makes an idle vertex "
-                                                     "spin")] | None = Field(None, alias="readTimeout")
+                                                     "spin")] | None = None
     ack_wait: Annotated[Duration, within_seconds(1.0, DAY, low_why="JetStream would redeliver messages still "
-                                                 "being processed")] | None = Field(None, alias="ackWait")
+                                                 "being processed")] | None = None
 
     def merged(self, override: "Limits | None") -> "ResolvedLimits":
         values = {k: v for k, v in DEFAULT_LIMITS.model_dump().items()}
@@ -89,9 +88,9 @@ class Buffers(Model):
 
     replicas: Literal[1, 3, 5] | None = Field(None, description="JetStream replicas (needs a cluster of as many servers)")
     storage: Storage | None = None
-    max_age: Duration | None = Field(None, alias="maxAge", gt=0, le=MAX_MAX_AGE_S,
+    max_age: Duration | None = Field(None, gt=0, le=MAX_MAX_AGE_S,
                                      description="JetStream deletes messages older than this, processed or not")
-    max_bytes: ByteSize | None = Field(None, alias="maxBytes", le=MAX_MAX_BYTES,
+    max_bytes: ByteSize | None = Field(None, le=MAX_MAX_BYTES,
                                        description="per stream; a writer that meets it waits as at a full buffer")
 
     @field_validator("replicas", mode="before")
@@ -158,7 +157,7 @@ class OnFailure(str, Enum):
 
 class RetryStrategy(Model):
     backoff: Backoff = Field(default_factory=Backoff)
-    on_failure: OnFailure = Field(OnFailure.retry, alias="onFailure")
+    on_failure: OnFailure = OnFailure.retry
 
 
 # A replica of a reading vertex keeps up to 4 pull requests waiting on the vertex's consumer (its
@@ -173,13 +172,12 @@ class Scale(Model):
 
     min: Replicas = 0
     max: Annotated[Replicas, within(1, MAX_REPLICAS)] = 1
-    lag_threshold: Backlog = Field(100, alias="lagThreshold")
-    activation_lag_threshold: Annotated[WholeNumber, within(0, BUFFER_MAX, BUFFER_WHY)] = Field(
-        0, alias="activationLagThreshold")
-    polling_interval: Annotated[Duration, within_seconds(0.1, HOUR)] = Field(15.0, alias="pollingInterval")
-    cooldown_period: Annotated[Duration, within_seconds(0, DAY)] = Field(300.0, alias="cooldownPeriod")
+    lag_threshold: Backlog = 100
+    activation_lag_threshold: Annotated[WholeNumber, within(0, BUFFER_MAX, BUFFER_WHY)] = 0
+    polling_interval: Annotated[Duration, within_seconds(0.1, HOUR)] = 15.0
+    cooldown_period: Annotated[Duration, within_seconds(0, DAY)] = 300.0
     scale_down_stabilization: Annotated[Duration, within_seconds(0, HOUR, "the most a Kubernetes "
-                                        "HorizontalPodAutoscaler accepts")] = Field(60.0, alias="scaleDownStabilization")
+                                        "HorizontalPodAutoscaler accepts")] = 60.0
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "Scale":
@@ -195,7 +193,7 @@ class Resources(Model):
 
 class IdleSource(Model):
     threshold: Annotated[Duration, within_seconds(0.001, DAY)]
-    increment_by: Annotated[Duration, within_seconds(0.001, DAY)] = Field(alias="incrementBy")
+    increment_by: Annotated[Duration, within_seconds(0.001, DAY)]
 
 
 # Sources that stamp event time on arrival unless told otherwise (a connector registered as
@@ -205,11 +203,11 @@ DEFAULT_IDLE_SOURCE = IdleSource(threshold=5.0, increment_by=5.0)
 
 
 class WatermarkConfig(Model):
-    max_delay: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="maxDelay")
-    idle_source: IdleSource | None = Field(None, alias="idleSource",
+    max_delay: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = 0.0
+    idle_source: IdleSource | None = Field(None,
                                            description="default for http, nats, mqtt and generator sources: "
                                                        "{threshold: 5s, incrementBy: 5s}; null turns it off")
-    publisher_timeout: Annotated[Duration, within_seconds(0.1, HOUR)] = Field(10.0, alias="publisherTimeout")
+    publisher_timeout: Annotated[Duration, within_seconds(0.1, HOUR)] = 10.0
 
     def idle_rule(self, source_kind: str) -> IdleSource | None:
         """`idleSource` when the spec sets it (null: none), else the default for live sources."""

@@ -28,10 +28,8 @@ from framework.spec.types import (
 
 
 class BatchMap(Handler):
-    max_batch_size: Annotated[WholeNumber, within(1, 10_000, "one handler call gets the whole batch")] = Field(
-        64, alias="maxBatchSize")
-    max_wait: Annotated[Duration, within_seconds(0, MINUTE, "the first datum of a batch waits this long")] = Field(
-        0.05, alias="maxWait")
+    max_batch_size: Annotated[WholeNumber, within(1, 10_000, "one handler call gets the whole batch")] = 64
+    max_wait: Annotated[Duration, within_seconds(0, MINUTE, "the first datum of a batch waits this long")] = 0.05
 
 
 class FixedWindow(Model):
@@ -78,11 +76,11 @@ class WindowSpec(Model):
 class Reduce(Handler):
     window: WindowSpec
     keyed: Flag = True
-    allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = Field(0.0, alias="allowedLateness")
+    allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = 0.0
     partitions: Annotated[WholeNumber, within(1, 256, "each partition is a buffer stream of its own")] = 1
     lease_ttl: Annotated[Duration, within_seconds(1, 10 * MINUTE, "a dead replica's partitions wait this long",
                                                   low_why="renewals every ttl/4 must get through")] = Field(
-        10.0, alias="leaseTtl", description="how long a partition's owner may go silent before another replica "
+        10.0, description="how long a partition's owner may go silent before another replica "
                                             "takes the partition over (docs/watermarks.md)")
 
 
@@ -100,8 +98,8 @@ class Container(Model):
 class Udf(Model):
     map: Handler | None = None
     flatmap: Handler | None = None
-    batch_map: BatchMap | None = Field(None, alias="batchMap")
-    map_stream: Handler | None = Field(None, alias="mapStream")
+    batch_map: BatchMap | None = None
+    map_stream: Handler | None = None
     reduce: Reduce | None = None
     command: list[str] | None = Field(None, min_length=1)
     container: Container | None = None

@@ -15,9 +15,8 @@ class GeneratorConfig(Model):
         5, description="messages per `duration`")
     duration: Annotated[Duration, within_seconds(0.001, HOUR)] = 1.0
     # The generator builds messages 500 at a time; NATS's default max_payload is 1 MiB.
-    msg_size: Annotated[WholeNumber, within(0, 1 << 20, "1 MiB, NATS's default max payload")] = Field(
-        8, alias="msgSize")
-    key_count: Annotated[WholeNumber, within(0, 1_000_000)] = Field(0, alias="keyCount")
+    msg_size: Annotated[WholeNumber, within(0, 1 << 20, "1 MiB, NATS's default max payload")] = 8
+    key_count: Annotated[WholeNumber, within(0, 1_000_000)] = 0
     value: Annotated[WholeNumber, within(-INT64_MAX - 1, INT64_MAX, "a 64-bit integer")] | None = None
     total: Annotated[WholeNumber, within(0, INT64_MAX, "a 64-bit integer")] | None = Field(
         None, description="stop after this many messages (natsflow extension)")

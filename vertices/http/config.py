@@ -20,7 +20,7 @@ class HttpSourceConfig(Model):
     auth: HttpAuth | None = None
     # None: as large as the server's max_payload allows (vertices/sources/http.py: body_limit).
     max_body_size: Annotated[WholeNumber, within(1, 64 << 20, "64 MiB, the largest max_payload a NATS server "
-                                                 "accepts")] | None = Field(None, alias="maxBodySize")
+                                                 "accepts")] | None = None
 
 
 class HttpMethod(str, Enum):

@@ -21,7 +21,7 @@ class JetStreamSourceConfig(Model):
     stream: StreamName = Field(description="an existing stream; of natsflow's nf_* ones only another "
                                            "pipeline's dead letters (reserved_stream_problem)")
     consumer: ConsumerName | None = None
-    deliver_policy: DeliverPolicy = Field(DeliverPolicy.all, alias="deliverPolicy")
+    deliver_policy: DeliverPolicy = DeliverPolicy.all
 
 
 class JetStreamSinkConfig(Model):

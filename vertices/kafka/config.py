@@ -11,10 +11,10 @@ from framework.spec.types import Flag, Model, Secret
 
 
 class KafkaTls(Model):
-    ca_file: str | None = Field(None, alias="caFile")
-    cert_file: str | None = Field(None, alias="certFile")
-    key_file: str | None = Field(None, alias="keyFile")
-    insecure_skip_verify: Flag = Field(False, alias="insecureSkipVerify")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: Flag = False
 
     @model_validator(mode="after")
     def _pair(self) -> "KafkaTls":
@@ -46,8 +46,8 @@ class KafkaConnection(Model):
 
 
 class KafkaSourceConfig(KafkaConnection):
-    consumer_group: str = Field(alias="consumerGroup", min_length=1)
+    consumer_group: str = Field(min_length=1)
 
 
 class KafkaSinkConfig(KafkaConnection):
-    set_key: Flag = Field(False, alias="setKey", description="the message's keys, joined by ':', as the record key")
+    set_key: Flag = Field(False, description="the message's keys, joined by ':', as the record key")

@@ -18,9 +18,9 @@ class PostgresSinkConfig(Model):
     dsn: Secret
     table: str = Field(min_length=1, description="table name, optionally schema.table")
     mode: PostgresMode = PostgresMode.insert
-    key_columns: list[str] = Field(default_factory=list, alias="keyColumns")
-    id_column: str | None = Field(None, alias="idColumn", description="column that gets the data id")
-    header_columns: dict[str, str] = Field(default_factory=dict, alias="headerColumns",
+    key_columns: list[str] = Field(default_factory=list)
+    id_column: str | None = Field(None, description="column that gets the data id")
+    header_columns: dict[str, str] = Field(default_factory=dict,
                                            description="header name -> column, e.g. {Nf-Error: error}")
 
     @model_validator(mode="after")

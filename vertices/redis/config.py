@@ -14,11 +14,11 @@ class RedisStreamsConfig(Model):
     stream: str = Field(min_length=1)
     group: str = Field(min_length=1)
     consumer: str | None = Field(None, description="consumer name (default $NATSFLOW_REPLICA_ID or the hostname)")
-    start_id: str = Field("0", alias="startId", description="where a new group starts: 0 = all, $ = new only")
-    value_field: str = Field("value", alias="valueField", description="the field holding the payload")
-    key_field: str | None = Field("key", alias="keyField", description="a field whose value is the message key")
+    start_id: str = Field("0", description="where a new group starts: 0 = all, $ = new only")
+    value_field: str = Field("value", description="the field holding the payload")
+    key_field: str | None = Field("key", description="a field whose value is the message key")
     claim_idle: Annotated[Duration, within_seconds(0.001, DAY)] = Field(
-        60.0, alias="claimIdle", description="take over entries another consumer left unacked this long")
+        60.0, description="take over entries another consumer left unacked this long")
 
 
 class RedisSinkConfig(Model):
@@ -26,7 +26,7 @@ class RedisSinkConfig(Model):
     stream: str | None = None
     list: str | None = None
     max_len: Annotated[WholeNumber, within(1, INT64_MAX, "a 64-bit integer")] | None = Field(
-        None, alias="maxLen", description="trim the stream to about this length")
+        None, description="trim the stream to about this length")
 
     @model_validator(mode="after")
     def _one_target(self) -> "RedisSinkConfig":
