@@ -42,6 +42,7 @@ from framework.isb.buffer import JetStreamPublisher, OutMessage, Unpublishable, 
 from framework.isb.buffer import stream_sequence  # noqa: F401 - for connectors
 from framework.runtime.bounded import Threads  # noqa: F401 - for connectors that call user code
 from framework.spec.handlers import load_handler  # noqa: F401 - for connectors that call user code
+from framework.spec.plan import plan
 from framework.spec.registry import ConnectorInfo, connector
 from framework.transport.connection import HeaderError, NatsSettings, encode_headers, mask_url, publish_many  # noqa: F401
 from framework.transport.connection import escape_header_name as header_name  # noqa: F401
@@ -156,10 +157,10 @@ class ConnectorConfigError(ValueError):
 
 def connector_field_path(p: "Pipeline", vertex: str, field: str) -> str:
     """`spec.vertices[i].source.http.maxBodySize`: where a ConnectorConfigError's field is written."""
-    index = [v.name for v in p.spec.vertices].index(vertex)
-    v = p.vertex(vertex)
-    role, config = ("source", v.source) if v.source is not None else ("sink", v.sink)
-    return f"spec.vertices[{index}].{role}.{config.kind}.{field}"
+    vp = plan(p, vertex)
+    v = vp.vertex
+    role, block = ("source", v.source) if v.source is not None else ("sink", v.sink)
+    return f"{vp.path}.{role}.{block.kind}.{field}"
 
 
 def server_problems(p: "Pipeline", max_payload: int) -> list[tuple[str, str]]:

@@ -4,6 +4,8 @@ validation with the extra to install."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -84,3 +86,41 @@ def test_with_the_extra_installed_the_same_spec_validates():
     p = parse_pipeline(doc(KAFKA, {"log": {}}), check_handlers=False)
     assert p.vertex("in").source.kind == "kafka"
     assert p.vertex("in").source.connector.install == "natsflow[kafka]"
+
+
+CORE_ONLY = """
+import importlib.abc, sys
+BLOCKED = {"aiokafka", "redis", "asyncpg", "aio_pika", "aiormq", "aiomqtt", "paho", "aiohttp"}
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+import framework, framework.cli, framework.runtime.worker, framework.k8s.render
+from framework.spec import SpecError, parse_pipeline
+doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+       "spec": {"vertices": [{"name": "in", "source": SOURCE}, {"name": "out", "sink": {"log": {}}}],
+                "edges": [{"from": "in", "to": "out"}]}}
+try:
+    parse_pipeline(doc, check_handlers=False)
+    print("valid")
+except SpecError as exc:
+    print(exc)
+print(sorted(BLOCKED & {m.partition(".")[0] for m in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ({"generator": {}}, "valid"),
+    (KAFKA, "<pipeline>: spec.vertices[0].source.kafka: needs pip install 'natsflow[kafka]'"),
+])
+def test_the_core_runs_without_any_client_library(source, expected):
+    """A core install (no extra): natsflow imports, validates and would run a spec that needs no
+    extra, and names the extra of one that does."""
+    out = subprocess.run([sys.executable, "-c", CORE_ONLY.replace("SOURCE", repr(source))], capture_output=True,
+                         text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [expected, "[]"]
