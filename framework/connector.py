@@ -39,8 +39,9 @@ from nats.aio.client import Client
 from framework.isb.buffer import HDR_EVENT_TIME, HDR_KEYS, HDR_MSG_ID, decode_keys
 from framework.isb.buffer import BufferReader as StreamReader  # noqa: F401 - for connectors (jetstream)
 from framework.isb.buffer import JetStreamPublisher, OutMessage, Unpublishable, envelope_headers  # noqa: F401
-from framework.isb.buffer import stream_sequence  # noqa: F401 - for connectors
+from framework.isb.buffer import encode_envelope, stream_sequence  # noqa: F401 - for connectors
 from framework.runtime.bounded import Threads  # noqa: F401 - for connectors that call user code
+from framework.runtime.routing import source_msg_id  # noqa: F401 - for connectors
 from framework.spec.handlers import load_handler  # noqa: F401 - for connectors that call user code
 from framework.spec.plan import plan
 from framework.spec.registry import ConnectorInfo, connector
@@ -56,8 +57,8 @@ __all__ = [
     "HDR_MSG_ID", "BufferFull", "ConnectorConfigError", "ConnectorContext", "ConnectorInfo", "DatumsRejected", "Emit",
     "HeaderError", "JetStreamPublisher", "OutMessage", "PartialWrite", "RecordRejected", "SinkConnector",
     "SourceConnector", "SourceMetrics", "SourceRecord", "StreamReader", "Threads", "Unpublishable", "encode_headers",
-    "envelope_headers", "header_name", "linger_fill", "load_connector", "load_handler", "mask_url", "publish_many",
-    "record_from_msg", "stream_sequence",
+    "encode_envelope", "envelope_headers", "header_name", "linger_fill", "load_connector", "load_handler", "mask_url", "publish_many",
+    "record_from_msg", "source_msg_id", "stream_sequence",
 ]
 
 log = logging.getLogger("natsflow.connectors")

@@ -44,7 +44,7 @@ def _installed(info: ConnectorInfo) -> BeforeValidator:
 
 
 def _connector_fields(infos: dict[str, ConnectorInfo]) -> dict[str, Any]:
-    return {kind: (Annotated[Optional[info.config], _installed(info)], None) for kind, info in infos.items()}
+    return {kind: (Annotated[info.config | None, _installed(info)], None) for kind, info in infos.items()}
 
 
 # ---- sources ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from framework.spec.registry import ConnectorInfo, Problem
 from vertices.jetstream.config import JetStreamSinkConfig, JetStreamSourceConfig
 
 if TYPE_CHECKING:
-    from framework.spec.model import Vertex
+    from framework.spec import Vertex
 
 
 def reserved_stream_problem(config: JetStreamSourceConfig, vertex: Vertex, pipeline: str, where: str) -> list[Problem]:

@@ -8,7 +8,7 @@ from framework.spec.registry import ConnectorInfo, Problem
 from vertices.mqtt.config import MqttSourceConfig
 
 if TYPE_CHECKING:
-    from framework.spec.model import Vertex
+    from framework.spec import Vertex
 
 
 def one_replica(config: MqttSourceConfig, vertex: Vertex, pipeline: str, where: str) -> list[Problem]:
