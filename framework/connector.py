@@ -28,37 +28,74 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import time
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nats.aio.client import Client
 
-from framework.isb.buffer import HDR_EVENT_TIME, HDR_KEYS, HDR_MSG_ID, decode_keys
-from framework.isb.buffer import BufferReader as StreamReader  # noqa: F401 - for connectors (jetstream)
-from framework.isb.buffer import JetStreamPublisher, OutMessage, Unpublishable, envelope_headers  # noqa: F401
-from framework.isb.buffer import encode_envelope, stream_sequence  # noqa: F401 - for connectors
-from framework.runtime.bounded import Threads  # noqa: F401 - for connectors that call user code
-from framework.runtime.routing import source_msg_id  # noqa: F401 - for connectors
-from framework.spec.handlers import load_handler  # noqa: F401 - for connectors that call user code
+from framework.isb.buffer import (
+    HDR_EVENT_TIME,
+    HDR_KEYS,
+    HDR_MSG_ID,
+    JetStreamPublisher,
+    OutMessage,
+    Unpublishable,
+    decode_keys,
+    encode_envelope,
+    envelope_headers,
+    stream_sequence,
+)
+from framework.isb.buffer import BufferReader as StreamReader
+from framework.runtime.bounded import Threads
+from framework.runtime.routing import source_msg_id
+from framework.sdk import Datum
+from framework.spec.handlers import load_handler
 from framework.spec.plan import plan
 from framework.spec.registry import ConnectorInfo, connector
-from framework.transport.connection import HeaderError, NatsSettings, encode_headers, mask_url, publish_many  # noqa: F401
-from framework.transport.connection import escape_header_name as header_name  # noqa: F401
 from framework.spec.secrets import resolved
-from framework.sdk import Datum
+from framework.transport.connection import HeaderError, NatsSettings, encode_headers, mask_url, publish_many
+from framework.transport.connection import escape_header_name as header_name
 
 if TYPE_CHECKING:
     from framework.spec import Pipeline
+    from framework.spec.model import SinkBlock, SourceBlock
 
 __all__ = [
-    "HDR_MSG_ID", "BufferFull", "ConnectorConfigError", "ConnectorContext", "ConnectorInfo", "DatumsRejected", "Emit",
-    "HeaderError", "JetStreamPublisher", "OutMessage", "PartialWrite", "RecordRejected", "SinkConnector",
-    "SourceConnector", "SourceMetrics", "SourceRecord", "StreamReader", "Threads", "Unpublishable", "encode_headers",
-    "encode_envelope", "envelope_headers", "header_name", "linger_fill", "load_connector", "load_handler", "mask_url", "publish_many",
-    "record_from_msg", "source_msg_id", "stream_sequence",
+    "HDR_MSG_ID",
+    "BufferFull",
+    "ConnectorConfigError",
+    "ConnectorContext",
+    "ConnectorInfo",
+    "DatumsRejected",
+    "Emit",
+    "HeaderError",
+    "JetStreamPublisher",
+    "OutMessage",
+    "PartialWrite",
+    "RecordRejected",
+    "SinkConnector",
+    "SourceConnector",
+    "SourceMetrics",
+    "SourceRecord",
+    "StreamReader",
+    "Threads",
+    "Unpublishable",
+    "encode_envelope",
+    "encode_headers",
+    "envelope_headers",
+    "header_name",
+    "linger_fill",
+    "load_connector",
+    "load_handler",
+    "mask_url",
+    "publish_many",
+    "record_from_msg",
+    "source_msg_id",
+    "stream_sequence",
 ]
 
 log = logging.getLogger("natsflow.connectors")
@@ -98,7 +135,7 @@ def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecor
     return SourceRecord(msg.data, offset, event_ms, keys or None, user or None, offset)
 
 
-async def linger_fill(queue: asyncio.Queue, batch: list, limit: int, linger: float = 0.005) -> list:
+async def linger_fill(queue: asyncio.Queue[Any], batch: list[Any], limit: int, linger: float = 0.005) -> list[Any]:
     """Top `batch` up from `queue` to `limit`, giving the rest of a burst `linger` seconds to
     arrive, so one store and one upstream ack cover it."""
     deadline = time.monotonic() + linger
@@ -156,26 +193,27 @@ class ConnectorConfigError(ValueError):
         super().__init__(f"{field}: {reason}")
 
 
-def connector_field_path(p: "Pipeline", vertex: str, field: str) -> str:
+def connector_field_path(p: Pipeline, vertex: str, field: str) -> str:
     """`spec.vertices[i].source.http.maxBodySize`: where a ConnectorConfigError's field is written."""
     vp = plan(p, vertex)
     v = vp.vertex
     role, block = ("source", v.source) if v.source is not None else ("sink", v.sink)
+    assert block is not None, f"vertex {vertex!r} has no connector"
     return f"{vp.path}.{role}.{block.kind}.{field}"
 
 
-def server_problems(p: "Pipeline", max_payload: int) -> list[tuple[str, str]]:
+def server_problems(p: Pipeline, max_payload: int) -> list[tuple[str, str]]:
     """Connector settings the connected server cannot carry, as (field path, reason), so that
     `provision` and `run` report them before anything starts (each connector checks again itself)."""
-    problems = []
+    problems: list[tuple[str, str]] = []
     for v in p.spec.vertices:
-        block = v.source if v.source is not None else v.sink
-        check = block.connector.server_check if block is not None else None
-        if check is not None:
-            try:
-                check(block.config, max_payload)
-            except ConnectorConfigError as exc:
-                problems.append((connector_field_path(p, v.name, exc.field), exc.reason))
+        block: SourceBlock | SinkBlock | None = v.source if v.source is not None else v.sink
+        if block is None or block.connector.server_check is None:
+            continue
+        try:
+            block.connector.server_check(block.config, max_payload)
+        except ConnectorConfigError as exc:
+            problems.append((connector_field_path(p, v.name, exc.field), exc.reason))
     return problems
 
 

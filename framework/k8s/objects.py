@@ -81,7 +81,7 @@ def object_meta(p: Pipeline, name: str, opts: RenderOptions, v: Vertex | None = 
 # ---- what every container and pod gets ---------------------------------------------------------
 
 
-def pipeline_volume(p: Pipeline) -> tuple[dict, dict]:
+def pipeline_volume(p: Pipeline) -> tuple[dict[str, Any], dict[str, Any]]:
     volume = {"name": "pipeline", "configMap": {"name": object_name(p, "pipeline")}}
     mount = {"name": "pipeline", "mountPath": PIPELINE_MOUNT, "readOnly": True}
     return volume, mount

@@ -93,7 +93,8 @@ class _Dumper(yaml.SafeDumper):
     """Multi-line strings (the pipeline file in the ConfigMap) as readable `|` blocks."""
 
 
-_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+_Dumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
 
 
 def write_rendered(files: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:

@@ -25,12 +25,33 @@ from typing import Any
 from framework.isb.descriptor import vertex_descriptor
 from framework.k8s.keda import RenderError
 from framework.k8s.objects import (
-    GRACE_EXTRA_S, METRICS_LABEL, METRICS_PORT, PIPELINE_MOUNT, PROVISION_TTL_S, RenderOptions,
-    env_from, env_secret, grace_seconds, labels, object_meta, object_name, pipeline_volume, pod_metadata, pod_spec, resources,
-    secret_env, selector,
+    GRACE_EXTRA_S,
+    METRICS_LABEL,
+    METRICS_PORT,
+    PIPELINE_MOUNT,
+    PROVISION_TTL_S,
+    RenderOptions,
+    env_from,
+    env_secret,
+    grace_seconds,
+    labels,
+    object_meta,
+    object_name,
+    pipeline_volume,
+    pod_metadata,
+    pod_spec,
+    resources,
+    secret_env,
+    selector,
 )
 from framework.k8s.output import check_env_names, inline_credentials, report, write_rendered
-from framework.k8s.scaling import keda_scaled, render_pdb, render_scaled_object, render_source_scaling, render_trigger_auth
+from framework.k8s.scaling import (
+    keda_scaled,
+    render_pdb,
+    render_scaled_object,
+    render_source_scaling,
+    render_trigger_auth,
+)
 from framework.spec import Pipeline, SecretRef, Vertex, min_replicas
 from framework.spec.plan import MANAGER_SUFFIX
 from framework.spec.secrets import env_name, vertex_refs
@@ -146,7 +167,7 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
     }
 
 
-def _watermark_sidecar(p: Pipeline, v: Vertex, opts: RenderOptions, mount: dict) -> list[dict[str, Any]]:
+def _watermark_sidecar(p: Pipeline, v: Vertex, opts: RenderOptions, mount: dict[str, Any]) -> list[dict[str, Any]]:
     """A program vertex publishes no watermarks itself: a small natsflow container beside it does,
     from its ack floor (framework/watermark/proxy.py), so reduces downstream close windows."""
     if not needs_proxy(p, v.name):
@@ -165,7 +186,8 @@ def _as_program(container: dict[str, Any], p: Pipeline, v: Vertex) -> None:
     worker's health endpoints (the protocol makes them optional), so its own image gets no probes."""
     assert v.udf is not None
     container.pop("args")
-    container["env"] = container["env"] + [{"name": "NATSFLOW_DESCRIPTOR", "value": json.dumps(vertex_descriptor(p, v.name))}]
+    descriptor = json.dumps(vertex_descriptor(p, v.name))
+    container["env"] = [*container["env"], {"name": "NATSFLOW_DESCRIPTOR", "value": descriptor}]
     own = v.udf.container
     if own is None:
         container["command"] = list(v.udf.command or [])

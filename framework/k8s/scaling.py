@@ -34,7 +34,8 @@ def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[st
             meta["account"] = opts.account
         triggers.append(trigger)
     return {
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": object_meta(p, object_name(p, v.name), opts, v),
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": object_meta(p, object_name(p, v.name), opts, v),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(p, v.name)},
             "minReplicaCount": min_replicas(v),
@@ -94,7 +95,8 @@ def render_pdb(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     """Voluntary disruptions (node drains) take one replica at a time. maxUnavailable, not
     minAvailable, so a vertex scaled to zero or one never blocks a drain."""
     return {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": object_meta(p, object_name(p, v.name), opts, v),
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": object_meta(p, object_name(p, v.name), opts, v),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(p, v)},
                  "unhealthyPodEvictionPolicy": "AlwaysAllow"},
     }

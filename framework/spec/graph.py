@@ -14,7 +14,7 @@ from framework.spec.types import K8S_NAME_MAX
 def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     vertices = p.spec.vertices
-    index = {}
+    index: dict[str, int] = {}
     for i, v in enumerate(vertices):
         if v.name in index:
             problems.append((f"spec.vertices[{i}].name", f"duplicate vertex name {v.name!r}"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from framework.spec.model import Pipeline
 from framework.spec.types import Handler
@@ -66,4 +67,5 @@ def load_handler(ref: str, base_dir: Path | None = None) -> Callable[..., Any]:
         target = getattr(target, part)
     if not callable(target):
         raise HandlerError(f"{ref!r} is not callable")
-    return target
+    handler: Callable[..., Any] = target
+    return handler

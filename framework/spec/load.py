@@ -4,10 +4,12 @@ message names the file, the field path and the reason for every problem."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from framework.spec.envsubst import EnvRef, substitute, unset_message
 from framework.spec.graph import graph_problems
@@ -27,7 +29,7 @@ class SpecError(ValueError):
         self.problems = problems
         lines = [f"{file}: {path}: {reason}" if path else f"{file}: {reason}" for path, reason in problems]
         if len(lines) > self.SHOWN:
-            lines = lines[:self.SHOWN] + [f"{file}: ... and {len(lines) - self.SHOWN} more problems"]
+            lines = [*lines[:self.SHOWN], f"{file}: ... and {len(lines) - self.SHOWN} more problems"]
         super().__init__("\n".join(lines))
 
 
@@ -98,8 +100,8 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _clean_msg(error: dict[str, Any]) -> str:
-    msg = error["msg"]
+def _clean_msg(error: ErrorDetails) -> str:
+    msg: str = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, create_model, model_validator
 
@@ -54,7 +54,7 @@ class SourceBlock(Model):
     """A vertex's `source:`: exactly one registered source kind, and an optional eventTime handler."""
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SourceBlock":
+    def _exactly_one(self) -> SourceBlock:
         exactly_one_of(self, "source", fields=tuple(sources()))
         return self
 
@@ -65,15 +65,24 @@ class SourceBlock(Model):
     @property
     def config(self) -> BaseModel:
         """The chosen connector's config."""
-        return dict(self)[self.kind]
+        config: BaseModel = dict(self)[self.kind]
+        return config
 
     @property
     def connector(self) -> ConnectorInfo:
         return sources()[self.kind]
 
 
-Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_connector_fields(sources()),
-                      event_time=(Optional[Handler], None))
+if TYPE_CHECKING:
+    class Source(SourceBlock):
+        """What a type checker sees: the connector keys are known only once the registry is read."""
+
+        event_time: Handler | None
+
+        def __getattr__(self, kind: str) -> Any: ...
+else:
+    Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_connector_fields(sources()),
+                          event_time=(Handler | None, None))
 
 
 # ---- sinks -----------------------------------------------------------------------------------
@@ -82,8 +91,13 @@ Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_co
 class SinkBlock(Model):
     """A vertex's `sink:` (or a fallback sink): exactly one registered sink kind, with its retries."""
 
+    if TYPE_CHECKING:  # the fields `Sink` adds after the connector keys (field order is error order)
+        retry_strategy: RetryStrategy
+        timeout: float
+        fallback: SinkBlock | None
+
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SinkBlock":
+    def _exactly_one(self) -> SinkBlock:
         exactly_one_of(self, "sink", fields=tuple(sinks()))
         if self.retry_strategy.on_failure is OnFailure.fallback and self.fallback is None:
             raise ValueError("retryStrategy.onFailure is fallback, so a fallback sink is required")
@@ -98,21 +112,31 @@ class SinkBlock(Model):
     @property
     def config(self) -> BaseModel:
         """The chosen connector's config."""
-        return dict(self)[self.kind]
+        config: BaseModel = dict(self)[self.kind]
+        return config
 
     @property
     def connector(self) -> ConnectorInfo:
         return sinks()[self.kind]
 
 
-Sink = create_model(
-    "Sink", __base__=SinkBlock, __module__=__name__, **_connector_fields(sinks()),
-    retry_strategy=(RetryStrategy, Field(default_factory=RetryStrategy)),
-    timeout=(CallTimeout, Field(300.0, description="longest write call; longer is a failed write under "
-                                "retryStrategy")),
-    fallback=(Optional["Sink"], Field(None, description="where datums go that the sink gives up on (any sink kind)")),
-)
-Sink.model_rebuild(_types_namespace={"Sink": Sink})
+if TYPE_CHECKING:
+    class Sink(SinkBlock):
+        """What a type checker sees: the connector keys are known only once the registry is read."""
+
+        fallback: Sink | None
+
+        def __getattr__(self, kind: str) -> Any: ...
+else:
+    Sink = create_model(
+        "Sink", __base__=SinkBlock, __module__=__name__, **_connector_fields(sinks()),
+        retry_strategy=(RetryStrategy, Field(default_factory=RetryStrategy)),
+        timeout=(CallTimeout, Field(300.0, description="longest write call; longer is a failed write under "
+                                    "retryStrategy")),
+        fallback=("Sink | None", Field(None, description="where datums go that the sink gives up on (any sink "
+                                                          "kind)")),
+    )
+    Sink.model_rebuild(_types_namespace={"Sink": Sink})
 
 
 # ---- graph -----------------------------------------------------------------------------------
@@ -135,8 +159,9 @@ class Vertex(Model):
                                     description="names from spec.sideInputs this vertex reads")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Vertex":
-        kinds = [k for k, block in (("source", self.source), ("udf", self.udf), ("sink", self.sink)) if block is not None]
+    def _one_kind(self) -> Vertex:
+        blocks = (("source", self.source), ("udf", self.udf), ("sink", self.sink))
+        kinds = [k for k, block in blocks if block is not None]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"
             raise ValueError(f"a vertex is exactly one of source, udf or sink (found: {found})")
@@ -147,7 +172,7 @@ class Vertex(Model):
         return "source" if self.source else "udf" if self.udf else "sink"
 
 
-class TagOperator(str, Enum):
+class TagOperator(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     or_ = "or"
     and_ = "and"
     not_ = "not"
@@ -169,7 +194,7 @@ class Conditions(Model):
     tags: TagCondition | None = None
 
 
-class OnFull(str, Enum):
+class OnFull(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     retry_until_success = "retryUntilSuccess"
     discard_latest = "discardLatest"
 

@@ -42,7 +42,7 @@ class Limits(Model):
     ack_wait: Annotated[Duration, within_seconds(1.0, DAY, low_why="JetStream would redeliver messages still "
                                                  "being processed")] | None = None
 
-    def merged(self, override: "Limits | None") -> "ResolvedLimits":
+    def merged(self, override: Limits | None) -> ResolvedLimits:
         values = {k: v for k, v in DEFAULT_LIMITS.model_dump().items()}
         for layer in (self, override):
             if layer is not None:
@@ -70,7 +70,7 @@ class ResolvedLimits(BaseModel):
 DEFAULT_LIMITS = ResolvedLimits()
 
 
-class Storage(str, Enum):
+class Storage(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     file = "file"
     memory = "memory"
 
@@ -86,7 +86,8 @@ class Buffers(Model):
     bucket; maxAge and maxBytes of buffers and dead-letter streams (never of KV buckets: a
     side-input value must not expire)."""
 
-    replicas: Literal[1, 3, 5] | None = Field(None, description="JetStream replicas (needs a cluster of as many servers)")
+    replicas: Literal[1, 3, 5] | None = Field(None, description="JetStream replicas (needs a cluster of as many "
+                                                               "servers)")
     storage: Storage | None = None
     max_age: Duration | None = Field(None, gt=0, le=MAX_MAX_AGE_S,
                                      description="JetStream deletes messages older than this, processed or not")
@@ -108,7 +109,7 @@ class Buffers(Model):
                              "of the server's default max payload; got " + f"{value}")
         return value
 
-    def merged(self, override: "Buffers | None") -> "ResolvedBuffers":
+    def merged(self, override: Buffers | None) -> ResolvedBuffers:
         values = DEFAULT_BUFFERS.model_dump()
         for layer in (self, override):
             if layer is not None:
@@ -149,7 +150,7 @@ class Backoff(Model):
         0.0, description="each delay is scaled by a random 1 ± jitter")
 
 
-class OnFailure(str, Enum):
+class OnFailure(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     retry = "retry"
     fallback = "fallback"
     drop = "drop"
@@ -180,7 +181,7 @@ class Scale(Model):
                                         "HorizontalPodAutoscaler accepts")] = 60.0
 
     @model_validator(mode="after")
-    def _min_le_max(self) -> "Scale":
+    def _min_le_max(self) -> Scale:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
         return self
@@ -224,7 +225,7 @@ class SideInputTrigger(Model):
     @field_validator("schedule")
     @classmethod
     def _parses(cls, value: str) -> str:
-        from framework.sideinputs.schedule import parse_schedule  # noqa: PLC0415 - schedule parsing is its own module
+        from framework.sideinputs.schedule import parse_schedule
 
         schedule = parse_schedule(value)
         seconds = getattr(schedule, "seconds", None)  # @every

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -221,7 +222,7 @@ class SecretRef(Model):
     key: str
 
 
-def _text_or_secret(value: Any) -> "str | SecretRef":
+def _text_or_secret(value: Any) -> str | SecretRef:
     """`Secret` fields: a non-empty string, or `{secretRef: {name, key}}` (errors at the field itself)."""
     if isinstance(value, SecretRef):
         return value
@@ -233,7 +234,8 @@ def _text_or_secret(value: Any) -> "str | SecretRef":
         raise ValueError(f"expected {_SECRET_SHAPE}")
     ref = value["secretRef"]
     if sorted(ref) != ["key", "name"] or not all(isinstance(ref[k], str) for k in ref):
-        raise ValueError(f"secretRef takes exactly name and key, both strings (got {', '.join(map(str, ref)) or 'none'})")
+        found = ", ".join(map(str, ref)) or "none"
+        raise ValueError(f"secretRef takes exactly name and key, both strings (got {found})")
     if len(ref["name"]) > 253 or not _SECRET_NAME_RE.match(ref["name"]):
         raise ValueError(f"secretRef.name {ref['name']!r} is not a Kubernetes Secret name (lowercase letters, "
                          "digits, '-' and '.')")
@@ -260,7 +262,7 @@ class Handler(Model):
     handler: str
 
     @model_validator(mode="after")
-    def _shape(self) -> "Handler":
+    def _shape(self) -> Handler:
         if not _HANDLER_RE.match(self.handler):
             raise ValueError(f"handler {self.handler[:80]!r} must look like 'package.module:function' "
                              "(Python names separated by dots, one colon)")

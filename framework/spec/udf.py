@@ -45,7 +45,7 @@ class SlidingWindow(Model):
     slide: WindowLength
 
     @model_validator(mode="after")
-    def _slide_le_length(self) -> "SlidingWindow":
+    def _slide_le_length(self) -> SlidingWindow:
         if self.slide > self.length:
             raise ValueError(f"slide ({self.slide}s) must not exceed length ({self.length}s)")
         if self.length / self.slide > MAX_WINDOWS_PER_MESSAGE:
@@ -64,7 +64,7 @@ class WindowSpec(Model):
     session: SessionWindow | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "WindowSpec":
+    def _exactly_one(self) -> WindowSpec:
         exactly_one_of(self, "window")
         return self
 
@@ -109,14 +109,14 @@ class Udf(Model):
                               "mapStream step, a reduce window); longer: its inputs are dead-lettered")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Udf":
+    def _exactly_one(self) -> Udf:
         # `command` (run locally) and `container` (rendered) may both describe one foreign program.
         chosen = [k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program)]
         if len(chosen) != 1:
             raise ValueError(f"a udf must set exactly one of: {', '.join(UDF_KINDS)} (found {len(chosen)})")
         return self
 
-    def handler_of(self, kind: str) -> "Handler | None":
+    def handler_of(self, kind: str) -> Handler | None:
         return {"map": self.map, "flatmap": self.flatmap, "batchMap": self.batch_map,
                 "mapStream": self.map_stream, "reduce": self.reduce}.get(kind)
 
@@ -130,5 +130,5 @@ class Udf(Model):
         return next(k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program))
 
     @property
-    def handler(self) -> "Handler | None":
+    def handler(self) -> Handler | None:
         return self.handler_of(self.kind)

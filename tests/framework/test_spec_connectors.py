@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.spec import SpecError, Sink, Source, parse_pipeline, sinks, sources
-from framework.spec import registry
+from framework.spec import Sink, Source, SpecError, parse_pipeline, registry, sinks, sources
 from framework.spec.registry import SINK_GROUP, SOURCE_GROUP, entry_points
 
 

@@ -59,6 +59,6 @@ class GeneratorSource:
             if remaining > 0:
                 try:
                     await asyncio.wait_for(ctx.stopping.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         await ctx.stopping.wait()  # a finished generator idles until told to stop

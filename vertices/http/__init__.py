@@ -8,7 +8,7 @@ from vertices.http.config import HttpSinkConfig, HttpSourceConfig
 
 
 def _fits_server(config: Any, max_payload: int) -> None:
-    from vertices.sources.http import body_limit  # noqa: PLC0415 - the server-side module imports its web stack
+    from vertices.sources.http import body_limit
 
     body_limit(config, max_payload)
 

@@ -23,7 +23,7 @@ class HttpSourceConfig(Model):
                                                  "accepts")] | None = None
 
 
-class HttpMethod(str, Enum):
+class HttpMethod(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     post = "POST"
     put = "PUT"
     patch = "PATCH"

@@ -10,7 +10,7 @@ from framework.spec.names import RESERVED_STREAM_PREFIX
 from framework.spec.types import ConsumerName, Model, PublishSubject, Secret, StreamName
 
 
-class DeliverPolicy(str, Enum):
+class DeliverPolicy(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     all = "all"
     new = "new"
     last = "last"

@@ -6,8 +6,16 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.connector import (ConnectorContext, DatumsRejected, HeaderError, JetStreamPublisher, OutMessage,
-                                 PartialWrite, Unpublishable, envelope_headers)
+from framework.connector import (
+    ConnectorContext,
+    DatumsRejected,
+    HeaderError,
+    JetStreamPublisher,
+    OutMessage,
+    PartialWrite,
+    Unpublishable,
+    envelope_headers,
+)
 from framework.sdk import Datum
 from vertices.jetstream.config import JetStreamSinkConfig as Config
 
@@ -37,7 +45,8 @@ class JetStreamSink:
         results = await self.publisher.publish(out)
         # Too large for the server or a header it cannot carry: never writable, so out of the batch
         # (to the fallback sink or the dead-letter stream) rather than retried forever.
-        never = {i: f"{type(e).__name__}: {e}" for i, e in enumerate(results) if isinstance(e, (Unpublishable, HeaderError))}
+        never = {i: f"{type(e).__name__}: {e}" for i, e in enumerate(results)
+                 if isinstance(e, (Unpublishable, HeaderError))}
         failed = {i: f"{type(e).__name__}: {e}" for i, e in enumerate(results) if e is not None and i not in never}
         if never:
             raise DatumsRejected(never, rest_written=not failed)

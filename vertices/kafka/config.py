@@ -17,13 +17,13 @@ class KafkaTls(Model):
     insecure_skip_verify: Flag = False
 
     @model_validator(mode="after")
-    def _pair(self) -> "KafkaTls":
+    def _pair(self) -> KafkaTls:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("certFile and keyFile go together (a client certificate needs its key)")
         return self
 
 
-class SaslMechanism(str, Enum):
+class SaslMechanism(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     plain = "plain"
     scram_sha_256 = "scram-sha-256"
     scram_sha_512 = "scram-sha-512"

@@ -60,7 +60,8 @@ class KafkaSink:
             except MessageSizeTooLargeError as exc:  # can never be written: dead-letter it, send the rest
                 refused[i] = f"{type(exc).__name__}: {exc}"
         results = await asyncio.gather(*pending.values(), return_exceptions=True)
-        failed = {i: f"{type(r).__name__}: {r}" for i, r in zip(pending, results) if isinstance(r, BaseException)}
+        failed = {i: f"{type(r).__name__}: {r}" for i, r in zip(pending, results, strict=True)
+                  if isinstance(r, BaseException)}
         if failed:  # retry only what the brokers did not acknowledge (refusals get their turn next)
             if len(failed) == len(datums):
                 raise next(r for r in results if isinstance(r, BaseException))

@@ -68,7 +68,7 @@ class MqttSource:
         )
         # paho acknowledges as soon as the message is handed over; we acknowledge after the
         # store instead (aiomqtt does not expose this switch, paho's client is its public core).
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
         return client
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
@@ -96,7 +96,7 @@ class MqttSource:
                         await emit([record_from(m) for m in batch])
                         for m in batch:
                             if m.qos:
-                                client._client.ack(m.mid, m.qos)  # noqa: SLF001
+                                client._client.ack(m.mid, m.qos)
             finally:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):

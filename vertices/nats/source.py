@@ -40,7 +40,7 @@ class NatsSource:
             while not ctx.stopping.is_set():
                 try:
                     first = await asyncio.wait_for(queue.get(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 batch = [first]
                 deadline = time.monotonic() + LINGER_S

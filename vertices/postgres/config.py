@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from framework.spec.types import Model, Secret
 
 
-class PostgresMode(str, Enum):
+class PostgresMode(str, Enum):  # noqa: UP042 - str mixin: str() and format() stay as they were
     insert = "insert"
     upsert = "upsert"
 
@@ -24,7 +24,7 @@ class PostgresSinkConfig(Model):
                                            description="header name -> column, e.g. {Nf-Error: error}")
 
     @model_validator(mode="after")
-    def _keys_for_upsert(self) -> "PostgresSinkConfig":
+    def _keys_for_upsert(self) -> PostgresSinkConfig:
         if self.mode is PostgresMode.upsert and not self.key_columns:
             raise ValueError("mode upsert needs keyColumns (the columns of a unique index or primary key)")
         return self

@@ -125,7 +125,7 @@ class RabbitMqSource:
     async def next_batch(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
         try:
             batch = [await asyncio.wait_for(inbox.get(), 0.5)]
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         return await linger_fill(inbox, batch, self.cfg.prefetch, LINGER_S)
 
@@ -144,7 +144,7 @@ class RabbitMqSource:
         for m in last.values():
             try:
                 await m.ack(multiple=True)
-            except Exception:  # noqa: BLE001 - aiormq fails a closing channel's writes with its close reason, any type
+            except Exception:
                 lost += 1
         if lost:
             log.warning("rabbitmq source: acks for a closed channel skipped; RabbitMQ redelivers those messages")

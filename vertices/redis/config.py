@@ -29,7 +29,7 @@ class RedisSinkConfig(Model):
         None, description="trim the stream to about this length")
 
     @model_validator(mode="after")
-    def _one_target(self) -> "RedisSinkConfig":
+    def _one_target(self) -> RedisSinkConfig:
         if (self.stream is None) == (self.list is None):
             raise ValueError("set exactly one of stream or list")
         return self

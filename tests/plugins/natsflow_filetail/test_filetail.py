@@ -83,8 +83,8 @@ async def test_lines_flow_exactly_once_through_a_real_pipeline(plugin_site, tmp_
     tailed, stream = tmp_path / "in.log", "FT_" + uuid.uuid4().hex[:8].upper()
     file = pipeline(tmp_path, tailed, stream)
     tailed.write_text("".join(f"line {i}\n" for i in range(100)))
-    log = open(tmp_path / "run.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", str(file)], cwd=tmp_path,
+    log = open(tmp_path / "run.log", "ab")  # noqa: ASYNC230 - a log file opened once
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", str(file)], cwd=tmp_path,  # noqa: ASYNC220
                             env=env(plugin_site, NATS_URL=nats_url), stdout=log, stderr=subprocess.STDOUT)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
