@@ -123,3 +123,36 @@ def test_the_core_runs_without_any_client_library(source, expected):
                          text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [expected, "[]"]
+
+
+def fake_distribution(root: Path, name: str, group: str, entries: dict[str, str]) -> None:
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    ({"kafka": "vertices.kafka:SOURCE"}, "source kind 'kafka' is already registered by natsflow"),
+    ({"eventTime": "vertices.kafka:SOURCE"}, "'eventTime' cannot be a source kind"),
+    ({"odd": "vertices.kafka.config:KafkaSourceConfig"}, "names a ModelMetaclass, not a ConnectorInfo"),
+    ({"gone": "no_such_module_here:SOURCE"}, "cannot load it: ModuleNotFoundError"),
+])
+def test_an_entry_point_that_cannot_be_a_connector_is_an_error_naming_it(monkeypatch, tmp_path, entries, expected):
+    fake_distribution(tmp_path, "natsflow_other", SOURCE_GROUP, entries)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(registry.RegistryError) as err:
+        registry._load("source", SOURCE_GROUP)
+    assert f"entry point {SOURCE_GROUP}:{next(iter(entries))} = " in str(err.value)
+    assert "(natsflow-other)" in str(err.value) and expected in str(err.value)
+
+
+def test_a_third_party_connector_comes_after_natsflows_own(monkeypatch, tmp_path):
+    (tmp_path / "natsflow_other_sink.py").write_text(
+        "from framework.spec.registry import ConnectorInfo\nfrom vertices.log import LogConfig\n"
+        "SINK = ConnectorInfo(LogConfig, 'vertices.log.sink:LogSink')\n")
+    fake_distribution(tmp_path, "natsflow_other", SINK_GROUP, {"another": "natsflow_other_sink:SINK"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = registry._load("sink", SINK_GROUP)
+    assert list(found)[-1] == "another" and list(found)[:-1] == list(sinks())
+    assert (found["another"].origin, found["another"].name) == ("natsflow-other", "another")
