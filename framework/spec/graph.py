@@ -8,6 +8,7 @@ from collections import Counter
 
 from framework.spec.model import Pipeline
 from framework.spec.plan import MANAGER_SUFFIX, upstream_scaled
+from framework.spec.registry import Placement
 from framework.spec.types import K8S_NAME_MAX
 
 
@@ -48,9 +49,14 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if v.kind in ("udf", "sink") and not ins[v.name]:
             problems.append((where, f"{v.kind} {v.name!r} has no in-edge (orphan vertex)"))
     for i, v in enumerate(vertices):  # each connector's own rules
-        for block in (v.source, v.sink, v.sink.fallback if v.sink is not None else None):
+        where = f"spec.vertices[{i}]"
+        blocks = [(f"{where}.source", v.source), (f"{where}.sink", v.sink)]
+        if v.sink is not None:
+            blocks.append((f"{where}.sink.fallback", v.sink.fallback))
+        for path, block in blocks:
             if block is not None and block.connector.check is not None:
-                problems += block.connector.check(block.config, v, p.name, f"spec.vertices[{i}]")
+                at = Placement(p.name, v, where, f"{path}.{block.kind}")
+                problems += block.connector.check(block.config, at)
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))

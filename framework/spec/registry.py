@@ -46,6 +46,16 @@ _TAKEN = {"source": {"eventTime", "event_time", "kind"},
 Problem = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a connector's block is, for its `check`: the pipeline, the vertex and field paths."""
+
+    pipeline: str  # the pipeline's name
+    vertex: Vertex
+    vertex_path: str  # spec.vertices[i]
+    path: str  # the connector's block: spec.vertices[i].source.jetstream, ...sink.fallback.kafka
+
+
 class RegistryError(RuntimeError):
     """An entry point that cannot be a connector (its object, its name, a clash with another)."""
 
@@ -74,9 +84,9 @@ class ConnectorInfo:
     keda_trigger: Callable[[UpstreamScaling], KedaTrigger] | None = None
     # A source that serves on a port: rendered as a container port and a Service.
     port: Callable[[Any], int] | None = None
-    # Rules that need more than the config: (config, vertex, pipeline name, vertex path) ->
+    # Rules that need more than the config (the vertex, the pipeline): (config, placement) ->
     # problems with their full field paths.
-    check: Callable[[Any, Vertex, str, str], list[Problem]] | None = None
+    check: Callable[[Any, Placement], list[Problem]] | None = None
     # Settings the connected NATS server may not carry: (config, max_payload) -> None, or raises
     # framework.connector.ConnectorConfigError (checked by `provision`, `run` and the worker).
     server_check: Callable[[Any, int], None] | None = None

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from framework.spec.names import RESERVED_STREAM_PREFIX
-from framework.spec.registry import ConnectorInfo, Problem
+from framework.spec.registry import ConnectorInfo, Placement, Problem
 from vertices.jetstream.config import JetStreamSinkConfig, JetStreamSourceConfig
 
-if TYPE_CHECKING:
-    from framework.spec import Vertex
 
-
-def reserved_stream_problem(config: JetStreamSourceConfig, vertex: Vertex, pipeline: str, where: str) -> list[Problem]:
+def reserved_stream_problem(config: JetStreamSourceConfig, at: Placement) -> list[Problem]:
     """A jetstream source must not read natsflow's own streams (sinks: JetStreamSinkConfig)."""
     stream = config.stream
     if not stream.startswith(RESERVED_STREAM_PREFIX):
         return []
-    if stream.startswith(f"{RESERVED_STREAM_PREFIX}{pipeline}_"):
+    if stream.startswith(f"{RESERVED_STREAM_PREFIX}{at.pipeline}_"):
         reason = "is one of this pipeline's own buffers or dead-letter streams: reading it back would loop"
     elif not stream.endswith("_dlq"):
         reason = ("is natsflow's name for a buffer, a work queue that its vertex consumes alone; of "
@@ -25,7 +20,7 @@ def reserved_stream_problem(config: JetStreamSourceConfig, vertex: Vertex, pipel
                   "(nf_<pipeline>_<vertex>_dlq)")
     else:
         return []
-    return [(f"{where}.source.jetstream.stream", f"{stream!r} {reason}")]
+    return [(f"{at.path}.stream", f"{stream!r} {reason}")]
 
 
 SOURCE = ConnectorInfo(JetStreamSourceConfig, "vertices.jetstream.source:JetStreamSource",
