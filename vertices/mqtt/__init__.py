@@ -9,8 +9,8 @@ from vertices.mqtt.config import MqttSourceConfig
 def one_replica(config: MqttSourceConfig, at: Placement) -> list[Problem]:
     """Replicas sharing the session's client id would disconnect each other."""
     if at.vertex.scale.min > 1:
-        return [(f"{at.vertex_path}.scale.min", "an mqtt source runs as one replica (replicas sharing its client id would "
-                                       "disconnect each other); set min: 1")]
+        return [(f"{at.vertex_path}.scale.min", "an mqtt source runs as one replica (replicas sharing its client "
+                                                 "id would disconnect each other); set min: 1")]
     return []
 
 
