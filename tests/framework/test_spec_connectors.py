@@ -156,3 +156,16 @@ def test_a_third_party_connector_comes_after_natsflows_own(monkeypatch, tmp_path
     found = registry._load("sink", SINK_GROUP)
     assert list(found)[-1] == "another" and list(found)[:-1] == list(sinks())
     assert (found["another"].origin, found["another"].name) == ("natsflow-other", "another")
+
+
+def test_connector_rules_report_at_their_paths():
+    mqtt = doc({"mqtt": {"topic": "t/#"}}, {"log": {}})
+    mqtt["spec"]["vertices"][0]["scale"] = {"min": 2, "max": 2}
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(mqtt, check_handlers=False)
+    assert err.value.problems == [("spec.vertices[0].scale.min", "an mqtt source runs as one replica (replicas "
+                                   "sharing its client id would disconnect each other); set min: 1")]
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(doc({"jetstream": {"stream": "nf_p_out"}}, {"log": {}}), check_handlers=False)
+    assert err.value.problems == [("spec.vertices[0].source.jetstream.stream", "'nf_p_out' is one of this "
+                                   "pipeline's own buffers or dead-letter streams: reading it back would loop")]
