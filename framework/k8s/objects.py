@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from framework.spec import Pipeline, Resources, SecretRef, Vertex
+from framework.spec import Pipeline, Resources, SecretRef, Vertex, plan
 
 PIPELINE_MOUNT = "/etc/natsflow"
 METRICS_PORT = 9090
@@ -67,7 +67,7 @@ def env_secret(p: Pipeline, opts: RenderOptions) -> str:
 
 def grace_seconds(p: Pipeline, v: Vertex) -> int:
     """Long enough for the worker's own drain (NATSFLOW_GRACE_SECONDS) plus a margin."""
-    return int(max(30, p.limits_for(v.name).ack_wait)) + GRACE_EXTRA_S
+    return int(max(30, plan(p, v.name).limits.ack_wait)) + GRACE_EXTRA_S
 
 
 def checksum(pipeline_text: str) -> str:
