@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from framework.isb.buffer import provision  # noqa: E402
 from framework.local.embedded import EmbeddedNats  # noqa: E402
-from framework.spec.model import load_pipeline  # noqa: E402
+from framework.spec import load_pipeline  # noqa: E402
 
 
 SUBJECTS = ["the delivery", "our new model", "this phone", "the support team", "my flight", "the update"]

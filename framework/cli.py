@@ -18,7 +18,7 @@ from framework.transport.connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONN
                          ConnectStopped, NatsSettings, exit_when_lost)
 from framework.connector import server_problems
 from framework.isb.reconcile import ProvisionError
-from framework.spec.model import SpecError, load_pipeline
+from framework.spec import SpecError, load_pipeline
 
 log = logging.getLogger("natsflow.cli")
 

@@ -1,47 +1,104 @@
-"""The two interfaces a built-in or user connector implements, and how a spec names them."""
+"""The connector contract: what a source and a sink implement, what they may call, and how a
+spec names them. docs/connectors.md walks through writing one.
+
+A connector is found through the registry (framework/spec/registry.py: entry point groups
+`natsflow.sources` / `natsflow.sinks`, each naming a `ConnectorInfo`) and built from its config,
+with every `secretRef` already replaced by the secret's value. It imports natsflow only from here,
+`framework.sdk` (Datum) and `framework.spec.types` (config field types): those are the seams that
+stay put while the framework's insides change.
+
+**A source** (`SourceConnector.run`) reads until `ctx.stopping` is set and hands records to `emit`
+(or `try_emit`). It acknowledges (commits, acks, XACKs) upstream only after that call returned:
+then the records are stored in the first buffer, or, for one the server can never take, in the
+source's dead-letter stream. A record's `offset` must be the same each time the same upstream
+record is read, because it becomes the message's dedup id: a re-read after a crash (read, stored,
+not yet acknowledged upstream) is then dropped by JetStream. Exceptions other than a clean return
+end the worker (it is restarted); retry transient upstream errors yourself, waiting on
+`ctx.stopping`.
+
+**A sink** (`SinkConnector`) writes a batch or raises. Any exception fails the whole batch, which
+the worker retries under the vertex's `retryStrategy`, so a write must be safe to repeat (the data
+id is the idempotency key where the target has one). `DatumsRejected` names datums that can never
+be written (they go to the fallback sink or the dead-letter stream at once), `PartialWrite` the
+ones not written this time (only they are retried). The worker acknowledges a batch upstream only
+after `write` returned.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import time
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nats.aio.client import Client
 
-from framework.isb.buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
-from framework.transport.connection import NatsSettings
-from framework.spec.secrets import resolved
+from framework.isb.buffer import (
+    HDR_EVENT_TIME,
+    HDR_KEYS,
+    HDR_MSG_ID,
+    JetStreamPublisher,
+    OutMessage,
+    Unpublishable,
+    decode_keys,
+    encode_envelope,
+    envelope_headers,
+    stream_sequence,
+)
+from framework.isb.buffer import BufferReader as StreamReader
+from framework.runtime.bounded import Threads
+from framework.runtime.routing import source_msg_id
 from framework.sdk import Datum
+from framework.spec.handlers import load_handler
+from framework.spec.plan import plan
+from framework.spec.registry import ConnectorInfo, connector
+from framework.spec.secrets import resolved
+from framework.transport.connection import HeaderError, NatsSettings, encode_headers, mask_url, publish_many
+from framework.transport.connection import escape_header_name as header_name
 
 if TYPE_CHECKING:
-    from framework.spec.model import Pipeline
+    from framework.spec import Pipeline
+    from framework.spec.model import SinkBlock, SourceBlock
+
+__all__ = [
+    "HDR_MSG_ID",
+    "BufferFull",
+    "ConnectorConfigError",
+    "ConnectorContext",
+    "ConnectorInfo",
+    "DatumsRejected",
+    "Emit",
+    "HeaderError",
+    "JetStreamPublisher",
+    "OutMessage",
+    "PartialWrite",
+    "RecordRejected",
+    "SinkConnector",
+    "SourceConnector",
+    "SourceMetrics",
+    "SourceRecord",
+    "StreamReader",
+    "Threads",
+    "Unpublishable",
+    "encode_envelope",
+    "encode_headers",
+    "envelope_headers",
+    "header_name",
+    "linger_fill",
+    "load_connector",
+    "load_handler",
+    "mask_url",
+    "publish_many",
+    "record_from_msg",
+    "source_msg_id",
+    "stream_sequence",
+]
 
 log = logging.getLogger("natsflow.connectors")
-
-SOURCES = {
-    "generator": "vertices.sources.generator:GeneratorSource",
-    "http": "vertices.sources.http:HttpSource",
-    "nats": "vertices.sources.nats:NatsSource",
-    "jetstream": "vertices.sources.jetstream:JetStreamSource",
-    "kafka": "vertices.sources.kafka:KafkaSource",
-    "rabbitmq": "vertices.sources.rabbitmq:RabbitMqSource",
-    "mqtt": "vertices.sources.mqtt:MqttSource",
-    "redisStreams": "vertices.sources.redis_streams:RedisStreamsSource",
-}
-SINKS = {
-    "log": "vertices.sinks.log:LogSink",
-    "blackhole": "vertices.sinks.blackhole:BlackholeSink",
-    "nats": "vertices.sinks.nats:NatsSink",
-    "jetstream": "vertices.sinks.jetstream:JetStreamSink",
-    "udsink": "vertices.sinks.udsink:UserSink",
-    "kafka": "vertices.sinks.kafka:KafkaSink",
-    "postgres": "vertices.sinks.postgres:PostgresSink",
-    "redis": "vertices.sinks.redis:RedisSink",
-    "http": "vertices.sinks.http:HttpSink",
-}
 
 
 @dataclass(slots=True)
@@ -78,7 +135,7 @@ def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecor
     return SourceRecord(msg.data, offset, event_ms, keys or None, user or None, offset)
 
 
-async def linger_fill(queue: asyncio.Queue, batch: list, limit: int, linger: float = 0.005) -> list:
+async def linger_fill(queue: asyncio.Queue[Any], batch: list[Any], limit: int, linger: float = 0.005) -> list[Any]:
     """Top `batch` up from `queue` to `limit`, giving the rest of a burst `linger` seconds to
     arrive, so one store and one upstream ack cover it."""
     deadline = time.monotonic() + linger
@@ -136,40 +193,55 @@ class ConnectorConfigError(ValueError):
         super().__init__(f"{field}: {reason}")
 
 
-def connector_field_path(p: "Pipeline", vertex: str, field: str) -> str:
+def connector_field_path(p: Pipeline, vertex: str, field: str) -> str:
     """`spec.vertices[i].source.http.maxBodySize`: where a ConnectorConfigError's field is written."""
-    index = [v.name for v in p.spec.vertices].index(vertex)
-    v = p.vertex(vertex)
-    role, config = ("source", v.source) if v.source is not None else ("sink", v.sink)
-    return f"spec.vertices[{index}].{role}.{config.kind}.{field}"
+    vp = plan(p, vertex)
+    v = vp.vertex
+    role, block = ("source", v.source) if v.source is not None else ("sink", v.sink)
+    assert block is not None, f"vertex {vertex!r} has no connector"
+    return f"{vp.path}.{role}.{block.kind}.{field}"
 
 
-def server_problems(p: "Pipeline", max_payload: int) -> list[tuple[str, str]]:
+def server_problems(p: Pipeline, max_payload: int) -> list[tuple[str, str]]:
     """Connector settings the connected server cannot carry, as (field path, reason), so that
-    `provision` and `run` report them before anything starts (each source checks again itself)."""
-    from vertices.sources.http import body_limit  # noqa: PLC0415 - the only such setting so far
-
-    problems = []
+    `provision` and `run` report them before anything starts (each connector checks again itself)."""
+    problems: list[tuple[str, str]] = []
     for v in p.spec.vertices:
-        if v.source is not None and v.source.http is not None:
-            try:
-                body_limit(v.source.http, max_payload)
-            except ConnectorConfigError as exc:
-                problems.append((connector_field_path(p, v.name, exc.field), exc.reason))
+        block: SourceBlock | SinkBlock | None = v.source if v.source is not None else v.sink
+        if block is None or block.connector.server_check is None:
+            continue
+        try:
+            block.connector.server_check(block.config, max_payload)
+        except ConnectorConfigError as exc:
+            problems.append((connector_field_path(p, v.name, exc.field), exc.reason))
     return problems
 
 
 Emit = Callable[[list[SourceRecord]], Awaitable[None]]
 
 
+class SourceMetrics(Protocol):
+    """What a source may report beside the records it emits."""
+
+    def upstream_backlog(self, state: str, n: int) -> None:
+        """`source_upstream_backlog{state}`: e.g. `lag` (not yet read upstream), `pending` (read,
+        not acknowledged); what KEDA and `natsflow up` scale a source on."""
+
+    def dropped(self, reason: str, n: int) -> None:
+        """`dropped_total{reason}`: messages the source let go on purpose (e.g. QoS 0 over its inbox)."""
+
+
 @dataclass
 class ConnectorContext:
+    """What a running connector gets from its worker."""
+
     pipeline: str
     vertex: str
     nats: NatsSettings  # the pipeline's own server; connectors default to it when url is unset
     nc: Client
     stopping: asyncio.Event
-    extra: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path | None = None  # the pipeline file's directory: user code a connector names imports from it
+    metrics: SourceMetrics | None = None  # set for sources
 
     async def connect(self, url: str | None) -> Client:
         """The pipeline's own connection when `url` is unset, else a new one to `url`."""
@@ -197,9 +269,10 @@ class SinkConnector(Protocol):
     async def close(self) -> None: ...
 
 
-def load_connector(registry: dict[str, str], kind: str, config: Any) -> Any:
-    """The connector for `kind`, built from its config with every `secretRef` replaced by the
-    secret's value (framework/spec/secrets.py): connectors only see plain strings."""
-    module_name, _, cls_name = registry[kind].partition(":")
+def load_connector(role: Literal["source", "sink"], kind: str, config: Any) -> Any:
+    """The registered connector of `kind` (framework/spec/registry.py), built from its config with
+    every `secretRef` replaced by the secret's value (framework/spec/secrets.py): connectors only
+    see plain strings. Its implementation module is imported here, not when the spec loads."""
+    module_name, _, cls_name = connector(role, kind).factory.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(resolved(config, kind))

@@ -20,7 +20,7 @@ import yaml
 
 from framework.isb.buffer import provision
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats
-from framework.spec.model import load_pipeline
+from framework.spec import load_pipeline
 from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parent.parent

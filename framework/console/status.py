@@ -14,7 +14,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from framework.isb import buffer as b
-from framework.spec.model import Pipeline
+from framework.spec import Pipeline
 from framework.watermark.marks import HEARTBEAT_S, bucket_name
 from framework.runtime.ownership import holdings
 

@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from framework.transport.connection import HeaderError, encode_headers, header_problem, unfold, publish_many, reply_all, subscribe_fast
 from framework.isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
                             replicas_current, rescaled)
-from framework.spec.model import OnFull, Pipeline
+from framework.spec import OnFull, Pipeline
 from framework.sideinputs import manager as sideinputs
 from framework.watermark.marks import bucket_name, provision_bucket
 

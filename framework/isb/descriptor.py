@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from framework.isb import buffer as b
-from framework.spec.model import Pipeline
+from framework.spec import Pipeline
 
 PROTOCOL_VERSION = "1"
 

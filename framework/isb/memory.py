@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from framework.isb.buffer import HDR_MSG_ID, OutMessage
-from framework.spec.model import OnFull
+from framework.spec import OnFull
 from framework.transport.connection import _parse_header_lines, encode_headers
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload

@@ -18,7 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from framework.spec.model import ResolvedBuffers
+from framework.spec import ResolvedBuffers
 
 REPLICAS_CURRENT_TIMEOUT_S = 30.0
 # nats-server err_codes a replicas request can meet (2.15): the server is standalone, or the

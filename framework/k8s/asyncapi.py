@@ -10,7 +10,7 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, Field
 
 from framework.isb import buffer as b
-from framework.spec.model import Pipeline
+from framework.spec import Pipeline, plan
 
 ENVELOPE = (
     "Payload: the message bytes. Headers: `Nats-Msg-Id` (deduplication id), `Nf-Id` (data id), "
@@ -43,7 +43,7 @@ class Envelope(BaseModel):
 def build_asyncapi(p: Pipeline, servers: str = "nats://localhost:4222", schema_version: str = "3.0.0") -> Any:
     broker = NatsBroker(servers, description=f"NATS JetStream of natsflow pipeline {p.name}")
     for v in p.reading_vertices():
-        for part in b.partitions(p, v.name):
+        for part in plan(p, v.name).partitions:
             stream = b.stream_name(p.name, v.name, part)
             subject = b.edge_subject(p.name, v.name, "*", part)  # what the stream takes from every writer
 
@@ -51,12 +51,12 @@ def build_asyncapi(p: Pipeline, servers: str = "nats://localhost:4222", schema_v
                 return None
 
             broker.subscriber(subject, stream=stream, durable=b.consumer_name(p.name, v.name, part),
-                              pull_sub=PullSub(batch_size=p.limits_for(v.name).read_batch_size, batch=True),
+                              pull_sub=PullSub(batch_size=plan(p, v.name).limits.read_batch_size, batch=True),
                               title=f"{v.name} reads {stream}",
                               description=f"{v.kind} vertex {v.name!r}: durable pull consumer "
                                           f"{b.consumer_name(p.name, v.name, part)}. {ENVELOPE}")(read)
     for e in p.spec.edges:
-        for part in b.partitions(p, e.to):
+        for part in plan(p, e.to).partitions:
             subject = b.edge_subject(p.name, e.to, e.from_, part)
             when = f" when tags match {e.conditions.tags.model_dump(mode='json')}" if e.conditions and e.conditions.tags else ""
             broker.publisher(subject, title=f"{e.from_} writes to {e.to}" + ("" if part is None else f" p{part}"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from framework.isb import buffer as b
-from framework.spec.model import Pipeline, Scale
+from framework.spec import Pipeline, Scale
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from framework.local.embedded import EmbeddedCluster, EmbeddedNats, free_port, s
 from framework.isb.descriptor import vertex_descriptor
 from framework.local.scaling import LagReader, desired_replicas, effective_cooldown
 from framework.spec.secrets import check_pipeline, udf_env
-from framework.spec.model import Pipeline, SpecError, load_pipeline
+from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.watermark.proxy import WatermarkProxy, needs_proxy
 
 log = logging.getLogger("natsflow.supervisor")

@@ -41,7 +41,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from framework.isb.reconcile import ensure_kv_bucket
-from framework.spec.model import DEFAULT_BUFFERS, ResolvedBuffers
+from framework.spec import DEFAULT_BUFFERS, ResolvedBuffers
 from framework.watermark.marks import UNKNOWN
 
 log = logging.getLogger("natsflow.ownership")

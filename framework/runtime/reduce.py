@@ -34,7 +34,7 @@ from nats.js.api import ConsumerInfo
 from framework.isb import buffer as b
 from framework.runtime.routing import Outgoing, as_bytes, describe, message_tags
 from framework.sdk import Datum, Message, Window
-from framework.spec.model import load_handler
+from framework.spec import load_handler
 from framework.runtime.bounded import HandlerTimeout, Threads, within
 from framework.runtime.udf import normalize
 from framework.watermark.marks import UNKNOWN, WatermarkFetcher, replica_id

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from framework.isb.buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
 from framework.transport.connection import HeaderError
 from framework.sdk import Message
-from framework.spec.model import Edge, OnFull, Pipeline
+from framework.spec import Edge, OnFull, Pipeline
 from framework.watermark.marks import WatermarkPublisher
 
 

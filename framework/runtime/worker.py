@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from framework.isb import buffer as b
 from framework.runtime.bounded import HandlerTimeout, deadline, too_many_stuck, within
 from framework.transport.connection import NatsSettings, exit_now, header_problem
-from framework.connector import (SINKS, SOURCES, BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
+from framework.connector import (BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
                          PartialWrite, RecordRejected, SourceRecord, connector_field_path, load_connector)
 from framework.runtime.deadletter import dead_letter_message
 from framework.observability.metrics import BufferProbe, VertexMetrics
@@ -35,7 +35,7 @@ from framework.runtime.routing import (Outgoing, Router, UnpublishableOutput, Wr
 from framework.sdk import Datum, Message
 from framework.spec.secrets import check_vertex
 from framework.sideinputs.manager import SideInputWatcher
-from framework.spec.model import Backoff, OnFailure, Pipeline, Retry, SpecError, load_handler, load_pipeline
+from framework.spec import Backoff, OnFailure, Pipeline, Retry, SpecError, load_handler, load_pipeline
 from framework.observability.tracing import VertexTracer
 from framework.runtime.udf import BatchMapRunner, HandlerResultError, MapRunner
 from framework.watermark.marks import WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket, published
@@ -245,9 +245,9 @@ class SourceWorker(VertexWorker):
     async def serve(self) -> None:
         cfg = self.v.source
         self.event_time_fn = load_handler(cfg.event_time.handler, self.base_dir) if cfg.event_time else None
-        connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
+        connector = load_connector("source", cfg.kind, cfg.config)
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
-                               extra={"base_dir": self.base_dir, "metrics": self.metrics})
+                               base_dir=self.base_dir, metrics=self.metrics)
         self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
         self.idle = self.p.spec.watermark.idle_rule(cfg.kind)
         self._last_emit = time.monotonic()  # idle from now on, not since the epoch
@@ -676,13 +676,13 @@ class SinkWorker(ReadingWorker):
     async def setup(self) -> None:
         cfg = self.v.sink
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
-                               extra={"base_dir": self.base_dir})
-        self.sink = load_connector(SINKS, cfg.kind, getattr(cfg, cfg.kind))
+                               base_dir=self.base_dir)
+        self.sink = load_connector("sink", cfg.kind, cfg.config)
         await self.sink.start(ctx)
         self.fallback = None
         if cfg.fallback is not None:
             fb = cfg.fallback
-            self.fallback = load_connector(SINKS, fb.kind, getattr(fb, fb.kind))
+            self.fallback = load_connector("sink", fb.kind, fb.config)
             await self.fallback.start(ctx)
 
     async def teardown(self) -> None:

@@ -31,7 +31,7 @@ from framework.transport.connection import NatsSettings
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
 from framework.sideinputs.schedule import parse_schedule
-from framework.spec.model import DEFAULT_BUFFERS, HandlerError, Pipeline, ResolvedBuffers, SideInput, load_handler, load_pipeline
+from framework.spec import DEFAULT_BUFFERS, HandlerError, Pipeline, ResolvedBuffers, SideInput, load_handler, load_pipeline
 
 log = logging.getLogger("natsflow.sideinputs")
 

@@ -9,8 +9,9 @@ parsed first, so a value can never change the file's structure. A numeric field 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # `$${` is an escaped `${`; otherwise `${NAME}` or `${NAME:-default}` (the default may hold
 # anything but `}`); a `${` that fits neither is an error, never text passed on silently.

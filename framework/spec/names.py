@@ -42,7 +42,7 @@ def subject_problem(subject: str, *, wildcards: bool) -> str | None:
 def overlaps(a: str, b: str) -> bool:
     """Whether some subject matches both patterns (both valid subjects)."""
     left, right = a.split("."), b.split(".")
-    for x, y in zip(left, right):
+    for x, y in zip(left, right, strict=False):
         if x == ">" or y == ">":
             return True
         if x != y and "*" not in (x, y):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
-from framework.spec.model import Pipeline, SecretRef, SpecError, Vertex
+from framework.spec.load import SpecError
+from framework.spec.model import Pipeline, Vertex
+from framework.spec.types import SecretRef
 
 ENV_PREFIX = "NATSFLOW_SECRET_"
 
@@ -96,7 +99,7 @@ def resolved(value: Any, path: str, env: Mapping[str, str] | None = None) -> Any
         return items if any(items[k] is not value[k] for k in value) else value
     if isinstance(value, list):
         out = [resolved(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
-        return out if any(a is not b for a, b in zip(out, value)) else value
+        return out if any(a is not b for a, b in zip(out, value, strict=True)) else value
     return value
 
 
@@ -108,7 +111,8 @@ def check_vertex(p: Pipeline, v: Vertex, file: str, env: Mapping[str, str] | Non
 def check_pipeline(p: Pipeline, file: str, env: Mapping[str, str] | None = None) -> None:
     """What `natsflow run` checks before starting: every secret of every vertex, udf.env included."""
     refs = [r for v in p.spec.vertices for r in vertex_refs(p, v)]
-    refs += [r for v in p.spec.vertices if v.udf is not None for r in refs_in(v.udf.env, f"{vertex_path(p, v)}.udf.env")]
+    refs += [r for v in p.spec.vertices if v.udf is not None
+             for r in refs_in(v.udf.env, f"{vertex_path(p, v)}.udf.env")]
     _check(refs, file, env)
 
 

@@ -33,8 +33,12 @@ from nats.js.errors import NotFoundError
 
 from framework.isb import buffer as b
 from framework.local.embedded import EmbeddedNats
+<<<<<<< HEAD
+=======
+from framework.spec import Pipeline, load_pipeline
+>>>>>>> r12-connectors
 from framework.local.supervisor import vertex_command
-from framework.spec.model import Pipeline, load_pipeline
+from framework.spec import Pipeline, load_pipeline
 from framework.watermark.marks import bucket_name
 
 VUT = "vut"

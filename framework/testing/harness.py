@@ -44,7 +44,7 @@ from framework.isb import buffer as b
 from framework.isb.memory import MemoryISB, MemoryMsg
 from framework.sdk import Datum, Message
 from framework.sideinputs.manager import SideInputWatcher, encode_value
-from framework.spec.model import Pipeline, load_pipeline
+from framework.spec import Pipeline, load_pipeline
 from framework.testing.vertices import (
     MemoryReading,
     MemoryReduce,

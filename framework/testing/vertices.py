@@ -32,7 +32,7 @@ from framework.runtime.worker import (
     worker_for,
 )
 from framework.sdk import Datum
-from framework.spec.model import Pipeline, load_handler
+from framework.spec import Pipeline, load_handler
 from framework.transport.connection import NatsSettings
 from framework.watermark.marks import UNKNOWN
 

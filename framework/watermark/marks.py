@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 
 from framework.isb.reconcile import ensure_kv_bucket
-from framework.spec.model import DEFAULT_BUFFERS, ResolvedBuffers
+from framework.spec import DEFAULT_BUFFERS, ResolvedBuffers
 
 log = logging.getLogger("natsflow.watermark")
 

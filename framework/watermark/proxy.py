@@ -28,7 +28,7 @@ from nats.aio.client import Client
 
 from framework.isb import buffer as b
 from framework.transport.connection import NatsSettings
-from framework.spec.model import Pipeline, load_pipeline
+from framework.spec import Pipeline, load_pipeline
 from framework.watermark.marks import HEARTBEAT_S, WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 
 log = logging.getLogger("natsflow.watermark_proxy")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from framework.spec.model import WindowSpec
+from framework.spec import WindowSpec
 
 
 @dataclass

@@ -19,7 +19,7 @@ from examples.fraud.demo import transactions
 from examples.fraud.udf import load_thresholds
 from framework import Datum
 from framework.isb import buffer as b
-from framework.spec.model import load_pipeline
+from framework.spec import load_pipeline
 from framework.testing import arun_pipeline
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
 from tests.framework.test_side_inputs import start_manager

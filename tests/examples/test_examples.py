@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from framework import Datum, Window
-from framework.spec.model import load_pipeline
+from framework.spec import load_pipeline
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from examples.fraud.demo import STRICTER, transactions
 from examples.fraud.udf import features, load_thresholds, parse_transaction, probability, scored_row
 from framework import Datum
-from framework.spec.model import load_pipeline
+from framework.spec import load_pipeline
 from framework.testing import arun_pipeline
 from tests.conftest import REPO, wait_for
 from tests.vertices.conftest import Tansu

@@ -9,7 +9,7 @@ import pytest
 
 from framework.isb import buffer as b
 from framework.isb.reconcile import ProvisionError
-from framework.spec.model import OnFull, parse_pipeline
+from framework.spec import OnFull, parse_pipeline
 
 
 def pipeline(name: str, max_len: int = 1000, usage: int = 80, buffers: dict | None = None,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from framework.spec.envsubst import EnvRef, substitute
-from framework.spec.model import SpecError, load_pipeline, parse_pipeline
+from framework.spec import SpecError, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

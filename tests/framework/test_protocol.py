@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from framework.isb.descriptor import vertex_descriptor
-from framework.spec.model import load_pipeline
+from framework.spec import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

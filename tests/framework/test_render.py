@@ -23,7 +23,7 @@ from framework.isb.buffer import buffer_stream_config, dlq_stream_config
 from framework.k8s.render import RenderError, RenderOptions, inline_credentials, render_pipeline
 from framework.local.scaling import desired_replicas
 from framework.spec.secrets import env_name
-from framework.spec.model import Scale, SecretRef, SpecError, load_pipeline, parse_pipeline
+from framework.spec import Scale, SecretRef, SpecError, load_pipeline, parse_pipeline
 from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.connector import SINKS, SOURCES, load_connector
+from framework.connector import load_connector
 from framework.spec.secrets import SecretMissing, check_pipeline, env_name, resolved
-from framework.spec.model import SecretRef, SpecError, parse_pipeline
+from framework.spec import SecretRef, SpecError, parse_pipeline
 from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +82,8 @@ def test_connectors_are_built_with_the_values(monkeypatch):
     assert sink_cfg.headers["Authorization"] == SecretRef(name="hook", key="auth")  # the spec is not changed
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert load_connector(SINKS, "http", sink_cfg).cfg.headers["Authorization"] == "Bearer h"
-    source = load_connector(SOURCES, "kafka", p.vertex("in").source.kafka)
+    assert load_connector("sink", "http", sink_cfg).cfg.headers["Authorization"] == "Bearer h"
+    source = load_connector("source", "kafka", p.vertex("in").source.kafka)
     assert (source.cfg.sasl.username, source.cfg.sasl.password) == ("app", "pw")
     with pytest.raises(SecretMissing) as err:
         resolved(sink_cfg, "spec.vertices[2].sink.http", {})

@@ -21,7 +21,7 @@ from framework.sideinputs import manager as si
 from framework.transport.connection import NatsSettings
 from framework.local.embedded import free_port
 from framework.k8s.render import RenderOptions, render_pipeline
-from framework.spec.model import SpecError, load_pipeline, parse_pipeline
+from framework.spec import SpecError, load_pipeline, parse_pipeline
 from framework.local.supervisor import side_input_manager_command
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.spec.model import SpecError, load_pipeline, parse_pipeline
+from framework.spec import SpecError, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

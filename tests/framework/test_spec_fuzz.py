@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework.spec.model import Pipeline, SpecError, load_pipeline, parse_pipeline
+from framework.spec import Pipeline, SpecError, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

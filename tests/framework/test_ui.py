@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import async_playwright
 
 from framework.local.embedded import EmbeddedNats, free_port, running_server
-from framework.spec.model import Pipeline
+from framework.spec import Pipeline
 from framework.console.ui.layout import layout
 from framework.console.ui.server import redact, vertex_detail
 from tests.conftest import REPO, wait_for

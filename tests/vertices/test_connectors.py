@@ -82,7 +82,7 @@ async def test_jetstream_source_stores_messages_with_malformed_envelope_headers(
 
 
 def test_upstream_headers_are_made_safe_for_nats():
-    from vertices.sources._text import safe_id, upstream_headers  # noqa: PLC0415
+    from vertices.shared.text import safe_id, upstream_headers  # noqa: PLC0415
 
     got = upstream_headers([("trace id", b"a\r\nb"), ("null", None), ("Nf-Keys", b"x"), ("n", 5)])
     assert got == {"trace_id": "a\\r\\nb", "null": "", "n": "5"}  # a null value (Kafka, AMQP) is empty

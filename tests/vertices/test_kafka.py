@@ -286,7 +286,7 @@ async def test_kafka_config_typo_is_named(runner, kafka_broker):
 
 
 def test_kafka_spec_errors_name_the_field():
-    from framework.spec.model import SpecError, parse_pipeline  # noqa: PLC0415
+    from framework.spec import SpecError, parse_pipeline  # noqa: PLC0415
 
     def problems(source: dict, sink: dict | None = None) -> str:
         doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "k"},
@@ -317,8 +317,8 @@ def test_kafka_tls_and_sasl_map_to_client_options(tmp_path):
     import ssl  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
-    from framework.spec.model import KafkaSource  # noqa: PLC0415
-    from vertices.sources.kafka import client_options  # noqa: PLC0415
+    from vertices.kafka.client import client_options  # noqa: PLC0415
+    from vertices.kafka.config import KafkaSourceConfig as KafkaSource  # noqa: PLC0415
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",

@@ -127,7 +127,7 @@ async def test_mqtt_bad_url_is_named(runner):
 
 
 def test_mqtt_spec_errors_name_the_field():
-    from framework.spec.model import SpecError, parse_pipeline  # noqa: PLC0415
+    from framework.spec import SpecError, parse_pipeline  # noqa: PLC0415
 
     doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "m"},
            "spec": {"vertices": [{"name": "in", "source": {"mqtt": {"topic": "a/#", "qos": 3}}},

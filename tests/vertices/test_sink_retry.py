@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from framework.local.embedded import free_port
-from framework.spec.model import Sink, SpecError, parse_pipeline
+from framework.spec import Sink, SpecError, parse_pipeline
 from tests.conftest import wait_for
 from tests.vertices.test_http_sink import Receiver, all_through, feed, pipeline
 

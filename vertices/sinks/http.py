@@ -15,10 +15,9 @@ import asyncio
 
 import aiohttp
 
-from framework.transport.connection import mask_url
-from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
+from framework.connector import ConnectorContext, DatumsRejected, PartialWrite, mask_url
 from framework.sdk import Datum
-from framework.spec.model import HttpSink as Config
+from vertices.http.config import HttpSinkConfig as Config
 
 SKIP_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
 RETRYABLE_4XX = {408, 429}

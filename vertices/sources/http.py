@@ -27,10 +27,9 @@ from typing import Any, Awaitable, Callable
 
 import uvicorn
 
-from framework.isb.buffer import encode_envelope
-from framework.connector import BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord
-from framework.runtime.routing import source_msg_id
-from framework.spec.model import HttpSource as Config
+from framework.connector import (BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord,
+                                 encode_envelope, source_msg_id)
+from vertices.http.config import HttpSourceConfig as Config
 
 log = logging.getLogger("natsflow.http")
 

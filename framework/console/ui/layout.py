@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from framework.spec.model import Pipeline
+from framework.spec import Pipeline
 
 ROWS = {"source": 3, "udf": 6, "reduce": 7, "sink": 5}  # must match ROWS in static/app.js
 NODE_W, NODE_H = 200, 34 + 15 * max(ROWS.values())  # NODE_H: the slot; a box is as tall as the numbers it shows

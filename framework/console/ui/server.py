@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from framework.isb import buffer as b
 from framework.transport.connection import NatsSettings
-from framework.spec.model import Pipeline, SpecError, load_pipeline
+from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.console.status import Rates, Sample, VertexStatus, connection_counts, rates
 from framework.console.ui.layout import layout
 

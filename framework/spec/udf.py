@@ -1,0 +1,134 @@
+"""The `udf:` block of a vertex: which kind of handler (map, flatmap, batchMap, mapStream,
+reduce with its window) or foreign program it runs, with its retries, timeout and environment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from framework.spec.settings import Retry
+from framework.spec.types import (
+    MINUTE,
+    WEEK,
+    WINDOW_WHY,
+    CallTimeout,
+    Duration,
+    Flag,
+    Handler,
+    Model,
+    Secret,
+    WholeNumber,
+    WindowLength,
+    chosen,
+    exactly_one_of,
+    within,
+    within_seconds,
+)
+
+
+class BatchMap(Handler):
+    max_batch_size: Annotated[WholeNumber, within(1, 10_000, "one handler call gets the whole batch")] = 64
+    max_wait: Annotated[Duration, within_seconds(0, MINUTE, "the first datum of a batch waits this long")] = 0.05
+
+
+class FixedWindow(Model):
+    length: WindowLength
+
+
+# Every message is in length/slide sliding windows at once, each its own state and output.
+MAX_WINDOWS_PER_MESSAGE = 1000
+
+
+class SlidingWindow(Model):
+    length: WindowLength
+    slide: WindowLength
+
+    @model_validator(mode="after")
+    def _slide_le_length(self) -> SlidingWindow:
+        if self.slide > self.length:
+            raise ValueError(f"slide ({self.slide}s) must not exceed length ({self.length}s)")
+        if self.length / self.slide > MAX_WINDOWS_PER_MESSAGE:
+            raise ValueError(f"length / slide must be at most {MAX_WINDOWS_PER_MESSAGE} (every message "
+                             f"belongs to that many windows at once; here {self.length / self.slide:.0f})")
+        return self
+
+
+class SessionWindow(Model):
+    timeout: WindowLength
+
+
+class WindowSpec(Model):
+    fixed: FixedWindow | None = None
+    sliding: SlidingWindow | None = None
+    session: SessionWindow | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> WindowSpec:
+        exactly_one_of(self, "window")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return chosen(self)
+
+
+class Reduce(Handler):
+    window: WindowSpec
+    keyed: Flag = True
+    allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = 0.0
+    partitions: Annotated[WholeNumber, within(1, 256, "each partition is a buffer stream of its own")] = 1
+    lease_ttl: Annotated[Duration, within_seconds(1, 10 * MINUTE, "a dead replica's partitions wait this long",
+                                                  low_why="renewals every ttl/4 must get through")] = Field(
+        10.0, description="how long a partition's owner may go silent before another replica "
+                                            "takes the partition over (docs/watermarks.md)")
+
+
+UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")  # "command": command and/or container
+
+
+class Container(Model):
+    """A vertex program in its own image, for `natsflow render` (it follows docs/protocol.md)."""
+
+    image: str = Field(min_length=1)
+    command: list[str] | None = Field(None, min_length=1, description="default: the image's entrypoint")
+    args: list[str] | None = None
+
+
+class Udf(Model):
+    map: Handler | None = None
+    flatmap: Handler | None = None
+    batch_map: BatchMap | None = None
+    map_stream: Handler | None = None
+    reduce: Reduce | None = None
+    command: list[str] | None = Field(None, min_length=1)
+    container: Container | None = None
+    env: dict[str, Secret] = Field(default_factory=dict)
+    retry: Retry = Field(default_factory=Retry)
+    timeout: CallTimeout = Field(300.0, description="longest handler call (a map call, a batchMap chunk, a "
+                              "mapStream step, a reduce window); longer: its inputs are dead-lettered")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Udf:
+        # `command` (run locally) and `container` (rendered) may both describe one foreign program.
+        chosen = [k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program)]
+        if len(chosen) != 1:
+            raise ValueError(f"a udf must set exactly one of: {', '.join(UDF_KINDS)} (found {len(chosen)})")
+        return self
+
+    def handler_of(self, kind: str) -> Handler | None:
+        return {"map": self.map, "flatmap": self.flatmap, "batchMap": self.batch_map,
+                "mapStream": self.map_stream, "reduce": self.reduce}.get(kind)
+
+    @property
+    def is_program(self) -> bool:
+        """A program of its own (any language) rather than a Python handler run by the worker."""
+        return bool(self.command) or self.container is not None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program))
+
+    @property
+    def handler(self) -> Handler | None:
+        return self.handler_of(self.kind)

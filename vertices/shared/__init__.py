@@ -1,0 +1,1 @@
+"""What several connectors share (a connector never imports another connector's folder)."""
