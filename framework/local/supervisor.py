@@ -15,6 +15,7 @@ from framework.isb.buffer import provision
 from framework.isb.reconcile import ProvisionError
 from framework.transport.connection import NatsSettings
 from framework.connector import server_problems
+from framework.local import process
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats, free_port, start_embedded
 from framework.isb.descriptor import vertex_descriptor
 from framework.local.scaling import LagReader, desired_replicas, effective_cooldown
@@ -53,10 +54,8 @@ class VertexProcess:
         failures = 0
         while not self._stopping:
             began = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.cmd, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                limit=LINE_LIMIT)
+            self.proc = await process.spawn(self.cmd, env=self.env, cwd=self.cwd, stdout=asyncio.subprocess.PIPE,
+                                            limit=LINE_LIMIT)
             self.started.set()
             await self._pump(self.proc)
             code = await self.proc.wait()
@@ -87,22 +86,18 @@ class VertexProcess:
     async def stop(self, grace: float) -> None:
         self._stopping = True
         proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except asyncio.TimeoutError:
-                log.warning("vertex %s did not stop within %.0fs; killing it", self.name, grace)
-                proc.kill()
-                await proc.wait()
+        if process.running(proc):
+            assert proc is not None
+            if await process.aterminate(proc, grace) is None:
+                log.warning("vertex %s did not stop within %.0fs; killed it", self.name, grace)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     def kill(self) -> None:
         """SIGKILL the current process (fault tests); the supervisor restarts it."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+        if self.proc is not None:
+            process.kill(self.proc)
 
 
 def _progress(line: str) -> None:

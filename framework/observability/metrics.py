@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import threading
 import time
 from typing import Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
