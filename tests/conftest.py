@@ -21,7 +21,7 @@ from framework.isb.buffer import provision
 from framework.local import process
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats
 from framework.spec.model import load_pipeline
-from framework.local.supervisor import vertex_command
+from framework.local.replicas import vertex_command
 
 REPO = Path(__file__).resolve().parent.parent
 

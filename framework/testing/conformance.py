@@ -33,7 +33,7 @@ from framework.isb import buffer as b
 from framework.local import process
 from framework.local.embedded import EmbeddedNats
 from framework.spec.model import Pipeline, load_pipeline
-from framework.local.supervisor import vertex_command
+from framework.local.replicas import vertex_command
 from framework.watermark.marks import bucket_name
 
 VUT = "vut"

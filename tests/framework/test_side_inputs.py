@@ -23,7 +23,7 @@ from framework.local import process
 from framework.local.embedded import free_port
 from framework.k8s.render import RenderOptions, render_pipeline
 from framework.spec.model import SpecError, load_pipeline, parse_pipeline
-from framework.local.supervisor import side_input_manager_command
+from framework.local.replicas import side_input_manager_command
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
 
 H = "tests.framework.side_input_handlers"

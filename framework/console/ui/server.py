@@ -32,6 +32,7 @@ from framework.transport.connection import NatsSettings
 from framework.spec.model import Pipeline, SpecError, load_pipeline
 from framework.console.status import Rates, Sample, VertexStatus, connection_counts, rates
 from framework.console.ui.layout import layout
+from framework.local.watch import FileWatch
 from framework.observability.http import json_response, plain
 from framework.observability.http import server as http_server
 
@@ -79,20 +80,12 @@ class PipelineFile:
     def __init__(self, p: Pipeline, path: Path | None = None):
         self.p, self.path, self.revision, self.error = p, path, 0, None
         self.layout = layout(p).model_dump(by_alias=True)
-        self._stamp = self._mtime()
-
-    def _mtime(self) -> int | None:
-        try:
-            return self.path.stat().st_mtime_ns if self.path else None
-        except OSError:
-            return None
+        self._watch = FileWatch(path)
 
     def refresh(self) -> bool:
         """True when a changed, valid file replaced the pipeline."""
-        stamp = self._mtime()
-        if stamp is None or stamp == self._stamp:
+        if self.path is None or not self._watch.changed():
             return False
-        self._stamp = stamp
         try:
             new = load_pipeline(self.path, check_handlers=False, allow_unset=True)
         except SpecError as exc:
