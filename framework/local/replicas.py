@@ -41,8 +41,7 @@ def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[
                                                   "for Kubernetes; add udf.command to run it on this machine")])
         return list(v.udf.command), {"NATSFLOW_DESCRIPTOR": json.dumps(vertex_descriptor(p, vertex)), **udf_env(p, v)}
     extra = udf_env(p, v)
-    return [sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(pipeline_file),
-            "--vertex", vertex], extra
+    return [sys.executable, "-m", "framework.cli", "vertex", str(pipeline_file), "--vertex", vertex], extra
 
 
 def readyz(port: int) -> bool:
