@@ -77,6 +77,12 @@ class Supervisor:
         self._stop = asyncio.Event()  # set by SIGTERM/SIGINT, or when the connection is closed for good
         self.lost: str | None = None  # why the supervisor's NATS connection was closed, if it was
 
+    @property
+    def client(self) -> Client:
+        """The supervisor's NATS connection (made by `start`)."""
+        assert self.nc is not None, "the supervisor is not started"
+        return self.nc
+
     async def start(self) -> None:
         p = load_pipeline(self.file)
         check_pipeline(p, str(self.file))  # a missing secret ends `run` here, naming the field and variable
@@ -135,22 +141,22 @@ class Supervisor:
     def _check_server(self, p: Pipeline) -> None:
         """Settings this server cannot carry (an HTTP body limit above its max_payload) fail here,
         not as a vertex that dies at start and is restarted for ever."""
-        problems = server_problems(p, self.nc.max_payload)
+        problems = server_problems(p, self.client.max_payload)
         if problems:
             raise SpecError(str(self.file), problems)
 
     async def apply(self, new: Pipeline) -> None:
         old = self.pipeline
         self._check_server(new)
-        for what, result in await provision(self.nc.jetstream(), new):
+        for what, result in await provision(self.client.jetstream(), new):
             if result != "unchanged":
                 log.info("update: %s %s", what, result)
         new_names = {v.name for v in new.spec.vertices}
         for name in [n for n in self.groups if n not in new_names]:
             log.info("update: vertex %s removed", name)
-            group = self.groups.pop(name)
-            group.removed = True
-            await group.scale_to(0, self.grace)
+            gone = self.groups.pop(name)
+            gone.removed = True
+            await gone.scale_to(0, self.grace)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         await self._sync_side_input_manager(old, new, base_env)
         for v in sorted(new.spec.vertices, key=lambda v: v.kind == "source"):
@@ -174,7 +180,7 @@ class Supervisor:
         restarted on every update, since its out-buffers may have changed."""
         for task in self._proxies.values():
             task.cancel()
-        self._proxies = {v.name: asyncio.create_task(WatermarkProxy(self.nc, p, v.name).run(asyncio.Event()),
+        self._proxies = {v.name: asyncio.create_task(WatermarkProxy(self.client, p, v.name).run(asyncio.Event()),
                                                      name=f"wmproxy-{v.name}")
                          for v in p.spec.vertices if needs_proxy(p, v.name)}
 
@@ -206,7 +212,7 @@ class Supervisor:
         next_poll: dict[str, float] = {}
         while True:
             p = self.pipeline  # the file may have been updated
-            reader = LagReader(self.nc.jetstream(), p)
+            reader = LagReader(self.client.jetstream(), p)
             scaled = [v for v in p.spec.vertices if v.kind != "source" and v.name in self.groups]
             tick = min((v.scale.polling_interval for v in scaled), default=1.0)
             now = time.monotonic()

@@ -10,7 +10,7 @@ import contextlib
 import json
 import socket
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Literal
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -80,16 +80,21 @@ def health_app(registry: CollectorRegistry, ready: ReadyCheck) -> Starlette:
                              Mount("/", app=make_asgi_app(registry))])
 
 
-def server(app: ASGIApp, host: str, port: int, *, lifespan: str = "off", own_signals: bool = False,
-           loop: str = "auto") -> uvicorn.Server:
+class _GuestServer(uvicorn.Server):
+    """A uvicorn server in a process whose owner handles SIGTERM/SIGINT (a worker drains on them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def server(app: ASGIApp, host: str, port: int, *, lifespan: Literal["auto", "on", "off"] = "off",
+           own_signals: bool = False, loop: str = "auto") -> uvicorn.Server:
     """A quiet uvicorn server (warnings only, no access log). `own_signals=False` leaves
-    SIGTERM/SIGINT to the caller (a worker drains on them itself)."""
+    SIGTERM/SIGINT to the caller."""
     config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning", access_log=False,
                             loop=loop)
-    srv = uvicorn.Server(config)
-    if not own_signals:
-        srv.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    return srv
+    return uvicorn.Server(config) if own_signals else _GuestServer(config)
 
 
 class BackgroundServer:

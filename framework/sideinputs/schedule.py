@@ -101,7 +101,7 @@ def parse_cron(expr: str) -> Cron:
     if len(fields) != 5:
         raise ValueError(f"cron expression {expr!r} must have 5 fields (minute hour day-of-month month "
                          f"day-of-week), found {len(fields)}")
-    for text, spec in zip(fields, _FIELDS):
+    for text, spec in zip(fields, _FIELDS, strict=True):
         _check_field(text, *spec)
     cron = Cron(" ".join(fields))
     try:

@@ -78,7 +78,8 @@ class PipelineFile:
     live); `revision` tells the page to redraw."""
 
     def __init__(self, p: Pipeline, path: Path | None = None):
-        self.p, self.path, self.revision, self.error = p, path, 0, None
+        self.p, self.path, self.revision = p, path, 0
+        self.error: str | None = None
         self.layout = layout(p).model_dump(by_alias=True)
         self._watch = FileWatch(path)
 
@@ -182,7 +183,7 @@ async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEA
         info = await js.stream_info(stream)
     except NotFoundError:
         return {"stream": stream, "total": None, "messages": []}
-    found = []
+    found: list[dict[str, Any]] = []
     last, first = info.state.last_seq, info.state.first_seq
     seq = last
     while seq >= max(first, 1) and seq > last - DEAD_LETTER_SCAN and len(found) < n:
