@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from framework.local.embedded import free_port
 from tests.conftest import REPO, wait_for
 from tests.vertices.test_http_source import apost, ready
@@ -82,7 +84,6 @@ async def test_a_child_that_ignores_sigterm_is_killed_with_its_group_after_the_g
 
 
 def test_every_command_takes_the_pipeline_file_the_same_way(capsys):
-    import pytest
 
     from framework.cli import _resolve_file, build_parser
 
