@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from framework.isb.buffer import provision  # noqa: E402
+from framework.local import process  # noqa: E402
 from framework.local.embedded import EmbeddedNats  # noqa: E402
 from framework.spec import load_pipeline  # noqa: E402
 
@@ -73,18 +74,16 @@ async def run_one(root: Path, label: str, n: int, udf: dict, timeout: float) -> 
         await asyncio.gather(*acks)
         env = {**os.environ, "NATS_URL": srv.url, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         for v in ("out", "embed"):
-            procs.append(subprocess.Popen([sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(f),
-                                           "--vertex", v], env=env, stdout=open(d / f"{v}.log", "wb"),
-                                          stderr=subprocess.STDOUT))
+            with open(d / f"{v}.log", "wb") as out:
+                procs.append(process.popen([sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(f),
+                                            "--vertex", v], env=env, stdout=out))
         # The model loads at the first call; warm it so load time is not measured as throughput.
-        deadline = time.monotonic() + 120
-        while "started" not in (d / "embed.log").read_text(errors="replace"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("embed vertex did not start")
-            await asyncio.sleep(0.1)
-        procs.append(subprocess.Popen([sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(f),
-                                       "--vertex", "in"], env=env, stdout=open(d / "in.log", "wb"),
-                                      stderr=subprocess.STDOUT))
+        if not await asyncio.to_thread(process.wait_ready,
+                                       lambda: "started" in (d / "embed.log").read_text(errors="replace"), 120):
+            raise TimeoutError("embed vertex did not start")
+        with open(d / "in.log", "wb") as out:
+            procs.append(process.popen([sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(f),
+                                        "--vertex", "in"], env=env, stdout=out))
         start = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -97,13 +96,7 @@ async def run_one(root: Path, label: str, n: int, udf: dict, timeout: float) -> 
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{label}: not done within {timeout}s")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        process.terminate_all(procs, 30)
         await nc.close()
         srv.stop()
 

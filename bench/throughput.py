@@ -55,6 +55,7 @@ from nats.js import api  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
 
 from framework.isb.buffer import consumer_name, edge_subject, stream_name  # noqa: E402
+from framework.local import process  # noqa: E402
 from framework.local.embedded import EmbeddedNats, find_nats_server  # noqa: E402
 
 RAW = Path(__file__).resolve().parent / "raw_nats.py"
@@ -76,16 +77,6 @@ class BenchError(RuntimeError):
 # ---- child processes -------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: a child gets SIGKILL if this bench process dies without cleaning up."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort only
-        pass
-
-
 @dataclass
 class Child:
     name: str
@@ -104,8 +95,7 @@ class Procs:
         log = self.logdir / f"{name}.log"
         fh = open(log, "wb")
         try:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=fh,
-                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            proc = process.popen(cmd, cwd=REPO, env=env, stdout=fh, die_with_parent=True)
         finally:
             fh.close()
         child = Child(name, proc, log)
@@ -127,17 +117,7 @@ class Procs:
         return out
 
     def stop_all(self, grace: float = 10.0) -> None:
-        for c in self.children:
-            if c.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    c.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for c in self.children:
-            try:
-                c.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                c.proc.kill()
-                c.proc.wait()
+        process.terminate_all([c.proc for c in self.children], grace)
         self.children.clear()
 
 

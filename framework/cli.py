@@ -1,4 +1,5 @@
-"""`natsflow` command line: validate, provision, run, vertex."""
+"""`natsflow` command line: one verb, one `cmd_<verb>` function. Every command that reads a
+pipeline takes its file the same way: a positional FILE (`--pipeline FILE` is a hidden alias)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _provision(args: argparse.Namespace) -> int:
+async def cmd_provision(args: argparse.Namespace) -> int:
     p = load_pipeline(args.file, check_handlers=False)
     settings = _settings(args)
     nc = await settings.connect(f"natsflow-{p.name}-provision")
@@ -129,7 +130,7 @@ def _running_pipeline(args: argparse.Namespace, p) -> tuple[NatsSettings, str | 
     settings = _settings(args)
     if settings.url:
         return settings, None
-    data_dir = Path(getattr(args, "data_dir", None) or Path.cwd() / ".natsflow")
+    data_dir = Path(args.data_dir or Path.cwd() / ".natsflow")
     info = running_server(data_dir / "nats" / p.name)
     if info is None:
         raise SystemExit(f"no NATS URL and no running `natsflow run` for pipeline {p.name!r} in {data_dir}: "
@@ -137,7 +138,7 @@ def _running_pipeline(args: argparse.Namespace, p) -> tuple[NatsSettings, str | 
     return settings.with_url(info["url"]), info.get("monitor")
 
 
-async def _status(args: argparse.Namespace) -> int:
+async def cmd_status(args: argparse.Namespace) -> int:
     from framework.console.status import show
 
     p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
@@ -160,7 +161,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-async def _ui(args: argparse.Namespace) -> int:
+async def cmd_ui(args: argparse.Namespace) -> int:
     from framework.console.ui.server import UiOptions, serve
 
     p = load_pipeline(args.file, check_handlers=False, allow_unset=True)
@@ -170,13 +171,20 @@ async def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _supervise(args: argparse.Namespace, autoscale: bool) -> int:
     from framework.local.supervisor import Supervisor
 
-    sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace,
-                     autoscale=args.command == "up")
+    sup = Supervisor(args.file, _settings(args), data_dir=args.data_dir, grace=args.grace, autoscale=autoscale)
     lost = await sup.run_until_signalled()
     return EXIT_CONNECTION_LOST if lost else 0
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    return await _supervise(args, autoscale=False)
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    return await _supervise(args, autoscale=True)
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
@@ -195,54 +203,74 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-async def _sideinputs(args: argparse.Namespace) -> int:
+async def cmd_sideinputs(args: argparse.Namespace) -> int:
     from framework.sideinputs.manager import run_manager
 
     await run_manager(args.file, _settings(args))
     return 0
 
 
-async def _watermark_proxy(args: argparse.Namespace) -> int:
+async def cmd_watermark_proxy(args: argparse.Namespace) -> int:
     from framework.watermark.proxy import run_proxy
 
-    await run_proxy(args.pipeline, args.vertex, _settings(args))
+    await run_proxy(args.file, args.vertex, _settings(args))
     return 0
 
 
-async def _vertex(args: argparse.Namespace) -> int:
+async def cmd_vertex(args: argparse.Namespace) -> int:
     from framework.runtime.worker import run_vertex
 
-    await run_vertex(args.pipeline, args.vertex, _settings(args))
+    await run_vertex(args.file, args.vertex, _settings(args))
     return 0
+
+
+def _file_arg(parser: argparse.ArgumentParser) -> None:
+    """Every command names the pipeline file the same way: a positional FILE. `--pipeline FILE`,
+    the older spelling of `vertex` and `watermark-proxy` (rendered Deployments still use it), is
+    accepted by every command as a hidden alias."""
+    parser.add_argument("file", nargs="?", metavar="FILE", help="pipeline file")
+    parser.add_argument("--pipeline", dest="pipeline_alias", metavar="FILE", help=argparse.SUPPRESS)
+    parser.set_defaults(file_parser=parser)  # errors about FILE are shown with this command's usage
+
+
+def _resolve_file(args: argparse.Namespace) -> None:
+    """One of FILE / --pipeline FILE is required; both must then agree."""
+    parser, alias = args.file_parser, args.pipeline_alias
+    if args.file is not None and alias is not None and args.file != alias:
+        parser.error(f"two pipeline files given: {args.file} and --pipeline {alias}")
+    args.file = args.file if args.file is not None else alias
+    if args.file is None:
+        parser.error("the following arguments are required: FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="natsflow", description="Stream pipelines on NATS JetStream.")
     parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(file=None, file_parser=None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a pipeline file (graph, fields, handler imports)")
-    p.add_argument("file")
+    _file_arg(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("provision", help="create/update the pipeline's streams and consumers")
-    p.add_argument("file")
+    _file_arg(p)
     _nats_flags(p)
-    p.set_defaults(func=_provision)
+    p.set_defaults(func=cmd_provision)
 
-    for name, help_text in (
-        ("run", "run every vertex as its own process (embedded NATS without a URL)"),
-        ("up", "like run, but replicas follow each vertex's lag (KEDA's rule, locally)"),
+    for name, func, help_text in (
+        ("run", cmd_run, "run every vertex as its own process (embedded NATS without a URL)"),
+        ("up", cmd_up, "like run, but replicas follow each vertex's lag (KEDA's rule, locally)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("file")
+        _file_arg(p)
         p.add_argument("--data-dir", help="where the embedded server keeps its data (default ./.natsflow)")
         p.add_argument("--grace", type=float, default=30.0, help="seconds a vertex may take to drain on stop")
         _nats_flags(p)
-        p.set_defaults(func=_run)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("render", help="write Kubernetes Deployments + KEDA ScaledObjects for a pipeline")
-    p.add_argument("file")
+    _file_arg(p)
     p.add_argument("--image", required=True, help="container image with natsflow and your handlers")
     p.add_argument("--namespace", default="default")
     p.add_argument("-o", "--output", required=True, help="directory to write the manifests to")
@@ -263,21 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="per vertex: replicas, rates, pending, ack pending, buffer use, dead "
                                       "letters, watermark")
-    p.add_argument("file")
+    _file_arg(p)
     p.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
     _running_flags(p)
-    p.set_defaults(func=_status)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("ui", help="a live web page of the pipeline: graph, rates, pending, replicas, errors")
-    p.add_argument("file")
+    _file_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between JetStream polls")
     _running_flags(p)
-    p.set_defaults(func=_ui)
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("asyncapi", help="an AsyncAPI document of every buffer subject (via FastStream)")
-    p.add_argument("file")
+    _file_arg(p)
     p.add_argument("--servers", default="nats://localhost:4222", help="server URL to put in the document")
     p.add_argument("--yaml", action="store_true", help="YAML instead of JSON")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -297,27 +325,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sideinputs", help="run the side-input manager: spec.sideInputs handlers on their "
                        "triggers, values into JetStream KV (run/up start it for you)")
-    p.add_argument("file")
+    _file_arg(p)
     _nats_flags(p)
-    p.set_defaults(func=_sideinputs)
+    p.set_defaults(func=cmd_sideinputs)
 
     p = sub.add_parser("watermark-proxy", help="publish watermarks for a program vertex (another language) from "
                                                "its ack floor and out-buffers; run/up do it for you")
-    p.add_argument("--pipeline", required=True, help="pipeline file")
+    _file_arg(p)
     p.add_argument("--vertex", required=True, help="the program vertex")
     _nats_flags(p)
-    p.set_defaults(func=_watermark_proxy)
+    p.set_defaults(func=cmd_watermark_proxy)
 
     p = sub.add_parser("vertex", help="run exactly one vertex (what each Deployment runs)")
-    p.add_argument("--pipeline", required=True, help="pipeline file")
+    _file_arg(p)
     p.add_argument("--vertex", required=True, help="vertex name")
     _nats_flags(p)
-    p.set_defaults(func=_vertex)
+    p.set_defaults(func=cmd_vertex)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.file_parser is not None:
+        _resolve_file(args)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     exit_when_lost()
@@ -330,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     except ProvisionError as exc:  # a setting the servers refuse: one line naming the field, no traceback
-        print(f"{getattr(args, 'file', None) or getattr(args, 'pipeline', '')}: {exc}", file=sys.stderr)
+        print(f"{args.file or ''}: {exc}", file=sys.stderr)
         return 1
     except ConnectError as exc:  # one line naming the cause and the (masked) URL, no traceback
         print(f"natsflow: {exc}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,10 @@ import pytest_asyncio
 import yaml
 
 from framework.isb.buffer import provision
+from framework.local import process
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats
+from framework.local.replicas import vertex_command
 from framework.spec import load_pipeline
-from framework.local.supervisor import vertex_command
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
@@ -176,8 +176,8 @@ class PipelineRunner:
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
         cmd, extra = vertex_command(self.pipeline, self.file, vertex)
-        proc = subprocess.Popen(cmd, env=self.env(**extra, **env), cwd=REPO, stdout=open(log, "ab"),
-                                stderr=subprocess.STDOUT)
+        with open(log, "ab") as out:
+            proc = process.popen(cmd, env=self.env(**extra, **env), cwd=REPO, stdout=out)
         self.procs[name] = proc
         return proc
 
@@ -192,25 +192,17 @@ class PipelineRunner:
 
     def kill(self, vertex: str) -> None:
         proc = self.procs[vertex]
-        proc.send_signal(signal.SIGKILL)
+        process.kill(proc)
         proc.wait(10)
 
     async def terminate(self, vertex: str, timeout: float = 30) -> int:
         proc = self.procs[vertex]
-        proc.send_signal(signal.SIGTERM)
+        process.interrupt(proc)
         await wait_for(lambda: proc.poll() is not None, timeout, f"{vertex} to exit after SIGTERM")
         return proc.returncode
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        process.terminate_all(list(self.procs.values()), grace=20)
 
     async def stream_messages(self, client, stream: str) -> int:
         info = await client.jetstream().stream_info(stream)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from framework.local import process
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -105,22 +107,22 @@ class EmbeddedNats:
             cmd += self.cluster.args()
         if self.config is not None:
             cmd += ["-c", str(self.config)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    if s.recv(4096).startswith(b"INFO"):
-                        self._write_info()
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
+        self.proc = process.popen(cmd, stderr=subprocess.DEVNULL)
+        if process.wait_ready(self._accepts, timeout, self.proc):
+            self._write_info()
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
         self.stop()
         raise TimeoutError(f"nats-server did not accept connections within {timeout}s; see {self.log_file}")
+
+    def _accepts(self) -> bool:
+        """The server greets a client with INFO: ready to serve."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(4096).startswith(b"INFO")
+        except OSError:
+            return False
 
     @property
     def info_file(self) -> Path:
@@ -135,16 +137,11 @@ class EmbeddedNats:
         self.info_file.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        process.terminate(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            process.kill(self.proc)
             self.proc.wait()
 
 

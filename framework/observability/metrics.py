@@ -5,26 +5,20 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import threading
 import time
 from typing import Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from framework.observability.http import BackgroundServer, ReadyCheck, health_app
 
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)
 SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
-# /readyz: a function returning the reasons the worker is not ready (empty = ready), or a bool.
-ReadyCheck = Callable[[], "list[str] | bool"]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - probes every few seconds would flood the log
-        pass
+__all__ = ["BufferProbe", "ReadyCheck", "VertexMetrics"]
 
 
 class VertexMetrics:
@@ -112,28 +106,11 @@ class VertexMetrics:
 
         self._wm_lag.set_function(lag)
 
-    def serve(self, port: int, ready: ReadyCheck, addr: str = "0.0.0.0") -> WSGIServer:
+    def serve(self, port: int, ready: ReadyCheck, addr: str = "0.0.0.0") -> BackgroundServer:
         """Prometheus metrics on /metrics, `/livez` (the process answers) and `/readyz` (200 when
         `ready()` finds nothing missing, else 503 with the reasons) for Kubernetes probes, on one
-        port, in a daemon thread."""
-        metrics_app = make_wsgi_app(self.registry)
-
-        def app(environ, start_response):
-            path = environ.get("PATH_INFO", "")
-            if path == "/livez":
-                start_response("200 OK", [("Content-Type", "text/plain")])
-                return [b"ok\n"]
-            if path == "/readyz":
-                missing = ready()
-                if isinstance(missing, bool):  # an older check: True = ready
-                    missing = [] if missing else ["not connected or stopping"]
-                start_response("503 Service Unavailable" if missing else "200 OK", [("Content-Type", "text/plain")])
-                return [f"not ready: {'; '.join(missing)}\n".encode() if missing else b"ready\n"]
-            return metrics_app(environ, start_response)
-
-        server = make_server(addr, port, app, handler_class=_QuietHandler)
-        threading.Thread(target=server.serve_forever, name="natsflow-metrics", daemon=True).start()
-        return server
+        port, in a daemon thread (framework/observability/http.py)."""
+        return BackgroundServer(health_app(self.registry, ready), port, addr, name="natsflow-metrics").start()
 
     def snapshot(self) -> dict[str, float]:
         """Flat name{labels} -> value, for the shutdown log line and tests."""

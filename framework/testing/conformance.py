@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -32,12 +31,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from framework.isb import buffer as b
+from framework.local import process
 from framework.local.embedded import EmbeddedNats
-<<<<<<< HEAD
-=======
-from framework.spec import Pipeline, load_pipeline
->>>>>>> r12-connectors
-from framework.local.supervisor import vertex_command
+from framework.local.replicas import vertex_command
 from framework.spec import Pipeline, load_pipeline
 from framework.watermark.marks import bucket_name
 
@@ -132,38 +128,29 @@ class VertexUnderTest:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns the descriptor
         log.write(f"--- start #{self.starts}: {' '.join(self.cmd)}\n".encode())
         log.flush()
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.cmd, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True)
-        log.close()
+        try:
+            self.proc = await process.spawn(self.cmd, env=self.env, stdout=log, stderr=log)
+        finally:
+            log.close()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return process.running(self.proc)
 
     def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
+        if self.proc is not None:
+            process.kill(self.proc)
 
     async def terminate(self, grace: float) -> tuple[int | None, float]:
         """SIGTERM; the exit code (None if it outlived `grace` and had to be killed) and seconds taken."""
         assert self.proc is not None
         began = time.monotonic()
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), grace)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            return None, time.monotonic() - began
+        code = await process.aterminate(self.proc, grace)
         return code, time.monotonic() - began
 
     async def stop(self) -> None:
         if self.alive():
-            self.kill()
             assert self.proc is not None
-            await self.proc.wait()
+            await process.akill(self.proc)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -334,8 +321,7 @@ class ConformanceKit:
         self.progress("scenario 2: SIGKILL mid-stream, then restart")
 
         async def kill(vut: VertexUnderTest, in_flight: int) -> str:
-            vut.kill()
-            await vut.proc.wait()
+            await process.akill(vut.proc)
             return f"killed with {in_flight} inputs unacked"
 
         await self._interrupted(ref, "SIGKILL mid-stream + restart: no loss, no duplicates", kill)

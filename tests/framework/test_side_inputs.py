@@ -19,10 +19,11 @@ import yaml
 from framework import side_input, side_input_json
 from framework.sideinputs import manager as si
 from framework.transport.connection import NatsSettings
+from framework.local import process
 from framework.local.embedded import free_port
 from framework.k8s.render import RenderOptions, render_pipeline
+from framework.local.replicas import side_input_manager_command
 from framework.spec import SpecError, load_pipeline, parse_pipeline
-from framework.local.supervisor import side_input_manager_command
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
 
 H = "tests.framework.side_input_handlers"
@@ -56,8 +57,8 @@ def write(runner: PipelineRunner, doc: dict) -> None:
 def start_manager(runner: PipelineRunner, **env: str) -> subprocess.Popen:
     log = runner.tmp / "sideinputs.log"
     runner.logs["sideinputs"] = log
-    proc = subprocess.Popen(side_input_manager_command(runner.file), env=runner.env(**env), cwd=REPO,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:
+        proc = process.popen(side_input_manager_command(runner.file), env=runner.env(**env), cwd=REPO, stdout=out)
     runner.procs["sideinputs"] = proc
     return proc
 

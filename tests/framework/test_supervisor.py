@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from framework.local.embedded import free_port
 from tests.conftest import REPO, wait_for
 from tests.vertices.test_http_source import apost, ready
@@ -64,3 +66,37 @@ async def test_run_sentiment_example_on_embedded_nats(tmp_path):
     assert code == 0
     assert "pipeline stopped" in log.read_text()
     assert children(proc.pid) == {}
+
+
+async def test_a_child_that_ignores_sigterm_is_killed_with_its_group_after_the_grace(tmp_path):
+    from framework.local import process
+
+    pidfile = tmp_path / "grandchild"
+    # The child ignores SIGTERM and leaves a grandchild behind in its group.
+    script = f"trap '' TERM; sleep 60 & echo $! > {pidfile}; wait"
+    proc = await process.spawn(["sh", "-c", script])
+    await wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the grandchild to start")
+    grandchild = int(pidfile.read_text())
+    assert await process.aterminate(proc, grace=0.5) is None  # killed, not exited
+    await wait_for(lambda: not Path(f"/proc/{grandchild}").exists()
+                   or "Z" in Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0],
+                   10, "the grandchild to be killed with the group")
+
+
+def test_every_command_takes_the_pipeline_file_the_same_way(capsys):
+
+    from framework.cli import _resolve_file, build_parser
+
+    def parsed(*argv: str) -> tuple[str, str | None]:
+        args = build_parser().parse_args(list(argv))
+        _resolve_file(args)
+        return args.file, getattr(args, "vertex", None)
+
+    assert parsed("validate", "p.yaml") == parsed("validate", "--pipeline", "p.yaml") == ("p.yaml", None)
+    assert parsed("vertex", "p.yaml", "--vertex", "in") == ("p.yaml", "in")
+    assert parsed("vertex", "--pipeline", "p.yaml", "--vertex", "in") == ("p.yaml", "in")  # rendered Deployments
+    assert parsed("watermark-proxy", "--pipeline", "p.yaml", "--vertex", "go") == ("p.yaml", "go")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["vertex", "--help"])
+    shown = capsys.readouterr().out
+    assert "FILE" in shown and "--pipeline" not in shown  # the alias is hidden

@@ -15,26 +15,24 @@ an error at start.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
-import json
 import logging
 import re
 import time
 import uuid
-from typing import Any, Awaitable, Callable
 
-import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from framework.connector import (BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord,
                                  encode_envelope, source_msg_id)
+from framework.observability.http import BodyTooLarge, json_response, read_body, serve_until
+from framework.observability.http import server as http_server
 from vertices.http.config import HttpSourceConfig as Config
 
 log = logging.getLogger("natsflow.http")
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Room kept in the server's max_payload for natsflow's headers on this message and on the ones a
 # map derives from it downstream: ids (up to 256 characters each), event time, keys, trace context.
@@ -51,13 +49,6 @@ class HttpError(Exception):
     def __init__(self, status: int, reason: str):
         self.status = status
         self.reason = reason
-
-
-async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
-    raw = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
-    await send({"type": "http.response.body", "body": raw})
 
 
 def body_limit(cfg: Config, max_payload: int) -> int:
@@ -148,67 +139,49 @@ class HttpSource:
             raise HttpError(413, f"body and headers ({size} bytes) exceed the NATS server's max_payload of "
                                  f"{self.max_payload} bytes")
 
-    async def read_body(self, receive: Receive, declared: str | None) -> bytes:
-        limit = self.max_body
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HttpError(413, f"body larger than {limit} bytes")
-        chunks, size = [], 0
-        while True:
-            event = await receive()
-            chunk = event.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-            if not event.get("more_body"):
-                return b"".join(chunks)
-
-    def app(self, vertex: str, try_emit: Emit):
+    def app(self, vertex: str, try_emit: Emit) -> Starlette:
         route = f"/vertices/{vertex}"
 
-        async def asgi(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                return
-            path, method = scope["path"], scope["method"]
-            if path in ("/livez", "/readyz") and method == "GET":
-                return await respond(send, 200, {"status": "ok"})
-            if path != route:
-                return await respond(send, 404, {"error": f"no such path; POST to {route}"})
-            if method != "POST":
-                return await respond(send, 405, {"error": "use POST"})
-            headers = RequestHeaders(scope["headers"])
+        async def health(_: Request) -> Response:
+            return json_response(200, {"status": "ok"})
+
+        async def post(request: Request) -> Response:
+            headers = RequestHeaders(request.headers.raw)
             try:
                 self.authorize(headers)  # before reading a body nobody may send
-                body = await self.read_body(receive, headers.ascii("content-length"))
+                headers.ascii("content-length")
+                body = await read_body(request, self.max_body)
                 record = self.record(headers, body)
                 self.check_fits(vertex, record)
                 await try_emit([record])
+            except BodyTooLarge as exc:
+                return json_response(413, {"error": str(exc)})
             except HttpError as exc:
-                return await respond(send, exc.status, {"error": exc.reason})
+                return json_response(exc.status, {"error": exc.reason})
             except RecordRejected as exc:  # the size was checked above: a header the server cannot carry
-                return await respond(send, 400, {"error": str(exc)})
+                return json_response(400, {"error": str(exc)})
             except BufferFull as exc:
-                return await respond(send, 503, {"error": str(exc), "retry": True})
-            await respond(send, 200, {"id": record.id})
+                return json_response(503, {"error": str(exc), "retry": True})
+            return json_response(200, {"id": record.id})
 
-        return asgi
+        async def not_found(_: Request, __: Exception) -> Response:
+            return json_response(404, {"error": f"no such path; POST to {route}"})
+
+        async def wrong_method(request: Request, exc: Exception) -> Response:
+            if request.url.path != route:  # GET-only health paths: another method is no such path
+                return await not_found(request, exc)
+            return json_response(405, {"error": "use POST"})
+
+        return Starlette(routes=[Route("/livez", health), Route("/readyz", health),
+                                 Route(route, post, methods=["POST"])],
+                         exception_handlers={404: not_found, 405: wrong_method})
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         self.max_payload = ctx.nc.max_payload
         self.max_body = body_limit(self.cfg, self.max_payload)
-        config = uvicorn.Config(self.app(ctx.vertex, try_emit), host=self.cfg.host, port=self.cfg.port,
-                                log_level="warning", lifespan="off", access_log=False)
-        server = uvicorn.Server(config)
-        server.capture_signals = contextlib.nullcontext  # the worker owns SIGTERM/SIGINT
-        task = asyncio.create_task(server.serve())
-        stop = asyncio.create_task(ctx.stopping.wait())
+        # The worker owns SIGTERM/SIGINT: it sets ctx.stopping, then in-flight requests finish.
+        server = http_server(self.app(ctx.vertex, try_emit), self.cfg.host, self.cfg.port)
         log.info("http source %s on %s:%d: bodies up to %d bytes (server max_payload %d)", ctx.vertex,
                  self.cfg.host, self.cfg.port, self.max_body, self.max_payload)
-        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            stop.cancel()
-            task.result()  # e.g. the port is taken: let the error end the worker
-            raise RuntimeError("the HTTP server stopped by itself")
-        server.should_exit = True  # finish in-flight requests, then return
-        await task
+        await serve_until(server, ctx.stopping)  # the server ending by itself (port taken) raises
         log.info("http source %s on port %d closed", ctx.vertex, self.cfg.port)

@@ -1,4 +1,4 @@
-"""The `natsflow ui` server: a small ASGI app on uvicorn. It polls JetStream (framework/console/status.py)
+"""The `natsflow ui` server: a small Starlette app on uvicorn. It polls JetStream (framework/console/status.py)
 once per interval for every browser at once, turns totals into rates, and serves the static page.
 
 Routes: `/` the page, `/static/*` its assets, `/api/pipeline` the graph and its layout,
@@ -8,24 +8,33 @@ Routes: `/` the page, `/static/*` its assets, `/api/pipeline` the graph and its 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import re
 import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from framework.isb import buffer as b
 from framework.transport.connection import NatsSettings
 from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.console.status import Rates, Sample, VertexStatus, connection_counts, rates
 from framework.console.ui.layout import layout
+from framework.local.watch import FileWatch
+from framework.observability.http import json_response, plain
+from framework.observability.http import server as http_server
 
 log = logging.getLogger("natsflow.ui")
 
@@ -38,9 +47,6 @@ URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):
 DSN_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 DEAD_LETTERS_SHOWN = 5
 DEAD_LETTER_SCAN = 200  # sequences looked at (newest first) to find them; deleted ones are skipped
-
-Send = Callable[[dict], Awaitable[None]]
-
 
 class UiOptions(BaseModel):
     """How `natsflow ui` polls; camelCase aliases like the pipeline spec."""
@@ -72,22 +78,15 @@ class PipelineFile:
     live); `revision` tells the page to redraw."""
 
     def __init__(self, p: Pipeline, path: Path | None = None):
-        self.p, self.path, self.revision, self.error = p, path, 0, None
+        self.p, self.path, self.revision = p, path, 0
+        self.error: str | None = None
         self.layout = layout(p).model_dump(by_alias=True)
-        self._stamp = self._mtime()
-
-    def _mtime(self) -> int | None:
-        try:
-            return self.path.stat().st_mtime_ns if self.path else None
-        except OSError:
-            return None
+        self._watch = FileWatch(path)
 
     def refresh(self) -> bool:
         """True when a changed, valid file replaced the pipeline."""
-        stamp = self._mtime()
-        if stamp is None or stamp == self._stamp:
+        if self.path is None or not self._watch.changed():
             return False
-        self._stamp = stamp
         try:
             new = load_pipeline(self.path, check_handlers=False, allow_unset=True)
         except SpecError as exc:
@@ -184,7 +183,7 @@ async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEA
         info = await js.stream_info(stream)
     except NotFoundError:
         return {"stream": stream, "total": None, "messages": []}
-    found = []
+    found: list[dict[str, Any]] = []
     last, first = info.state.last_seq, info.state.first_seq
     seq = last
     while seq >= max(first, 1) and seq > last - DEAD_LETTER_SCAN and len(found) < n:
@@ -218,12 +217,12 @@ def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
     }
 
 
-# ---- ASGI ---------------------------------------------------------------------------------------
+# ---- HTTP (Starlette) -----------------------------------------------------------------------------
 
 
 class UiApp:
-    """A plain ASGI callable on a connected NATS client: lifespan starts the poller and closes the
-    client at the end."""
+    """The page's Starlette app on a connected NATS client: lifespan starts the poller and closes
+    the client at the end."""
 
     def __init__(self, p: Pipeline, nc: Client, options: UiOptions | None = None, file: str | Path | None = None):
         self.source = PipelineFile(p, Path(file) if file else None)
@@ -231,6 +230,12 @@ class UiApp:
         self.poller: StatusPoller | None = None
         self._task: asyncio.Task | None = None
         self._assets = {f.name: f for f in STATIC.iterdir() if f.suffix in CONTENT_TYPES}
+        routes = [Route("/", self._index), Route("/static/{name:path}", self._static),
+                  Route("/api/pipeline", self._pipeline), Route("/api/status", self._status),
+                  Route("/api/vertex/{name:path}", self._vertex), Route("/livez", self._livez)]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan,
+                             exception_handlers={404: _not_found, 405: _not_allowed},
+                             middleware=[Middleware(ReadOnly)])
 
     async def startup(self) -> None:
         self.poller = StatusPoller(self.nc, self.source, self.options)
@@ -243,89 +248,91 @@ class UiApp:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.nc.close()
 
-    async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, send)
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
-    async def _lifespan(self, receive: Callable, send: Send) -> None:
-        while True:
-            event = await receive()
-            if event["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001 - uvicorn prints the message and exits
-                    await send({"type": "lifespan.startup.failed", "message": f"natsflow ui: {exc}"})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif event["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
-    async def _http(self, scope: dict, send: Send) -> None:
-        path, method = scope["path"], scope["method"]
-        if method not in ("GET", "HEAD"):
-            await _respond(send, 405, b"method not allowed\n", "text/plain")
-            return
-        if path == "/":
-            await self._asset(send, "index.html")
-        elif path.startswith("/static/"):
-            await self._asset(send, path.removeprefix("/static/"))
-        elif path == "/api/pipeline":
-            await _json(send, 200, {"pipeline": self.source.p.name, "layout": self.source.layout,
-                                    "revision": self.source.revision, "interval": self.options.interval})
-        elif path == "/api/status":
-            await _json(send, 200, self.poller.latest if self.poller else {})
-        elif path.startswith("/api/vertex/"):
-            await self._vertex(send, path.removeprefix("/api/vertex/"))
-        elif path == "/livez":
-            await _respond(send, 200, b"ok\n", "text/plain")
-        else:
-            await _respond(send, 404, b"not found\n", "text/plain")
+    async def _index(self, _: Request) -> Response:
+        return self._asset("index.html")
 
-    async def _asset(self, send: Send, name: str) -> None:
+    async def _static(self, request: Request) -> Response:
+        return self._asset(request.path_params["name"])
+
+    async def _pipeline(self, _: Request) -> Response:
+        return _json(200, {"pipeline": self.source.p.name, "layout": self.source.layout,
+                           "revision": self.source.revision, "interval": self.options.interval})
+
+    async def _status(self, _: Request) -> Response:
+        return _json(200, self.poller.latest if self.poller else {})
+
+    async def _livez(self, _: Request) -> Response:
+        return _text(200, b"ok\n", "text/plain")
+
+    def _asset(self, name: str) -> Response:
         f = self._assets.get(name)  # only files shipped in static/: no path traversal
         if f is None:
-            await _respond(send, 404, b"not found\n", "text/plain")
-            return
-        await _respond(send, 200, f.read_bytes(), CONTENT_TYPES[f.suffix])
+            return _text(404, b"not found\n", "text/plain")
+        return _text(200, f.read_bytes(), CONTENT_TYPES[f.suffix])
 
-    async def _vertex(self, send: Send, name: str) -> None:
+    async def _vertex(self, request: Request) -> Response:
+        name = request.path_params["name"]
         try:
             p = self.source.p
             detail = vertex_detail(p, name)
         except KeyError as exc:
-            await _json(send, 404, {"error": str(exc.args[0])})
-            return
+            return _json(404, {"error": str(exc.args[0])})
         try:
             detail["deadLetters"] = await recent_dead_letters(self.nc, p, name)
         except Exception as exc:  # noqa: BLE001 - show the spec even when JetStream is unreachable
             detail["deadLetters"] = {"error": f"cannot read dead letters: {exc}", "messages": []}
-        await _json(send, 200, detail)
+        return _json(200, detail)
 
 
-async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode()), (b"cache-control", b"no-store"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+class ReadOnly:
+    """Every path answers GET and HEAD only: anything else is 405 before routing."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            await _text(405, b"method not allowed\n", "text/plain")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
-async def _json(send: Send, status: int, doc: Any) -> None:
-    await _respond(send, status, json.dumps(doc).encode(), "application/json")
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def _text(status: int, body: bytes, content_type: str) -> Response:
+    return plain(status, body, content_type, _NO_STORE)
+
+
+def _json(status: int, doc: Any) -> Response:
+    return json_response(status, doc, _NO_STORE)
+
+
+async def _not_found(_: Request, __: Exception) -> Response:
+    return _text(404, b"not found\n", "text/plain")
+
+
+async def _not_allowed(_: Request, __: Exception) -> Response:
+    return _text(405, b"method not allowed\n", "text/plain")
 
 
 async def serve(p: Pipeline, settings: NatsSettings, host: str = "127.0.0.1", port: int = 8321,
                 options: UiOptions | None = None, file: str | Path | None = None) -> None:
-    import uvicorn
-
     # Connected before the HTTP server starts: a bad credential or an unreachable server ends the
     # command with one line (bounded by the connect timeout), and SIGTERM is not yet uvicorn's.
     nc = await settings.connect(f"natsflow-ui-{p.name}")
     app = UiApp(p, nc, options, file)
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = http_server(app.app, host, port, lifespan="on", own_signals=True)
     print(f"natsflow ui: pipeline {p.name} on http://{host}:{port}/ (NATS {settings.shown_url})", flush=True)
     await server.serve()
