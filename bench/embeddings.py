@@ -26,7 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from framework.isb.buffer import provision  # noqa: E402
+from framework.isb.provision import provision# noqa: E402
 from framework.local.embedded import EmbeddedNats  # noqa: E402
 from framework.spec.model import load_pipeline  # noqa: E402
 

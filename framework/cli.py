@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from framework.isb.buffer import provision
+from framework.isb.provision import provision
 from framework.transport.connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
                          ConnectStopped, NatsSettings, exit_when_lost)
 from framework.connector import server_problems

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from nats.aio.client import Client
 
-from framework.isb.buffer import HDR_EVENT_TIME, HDR_KEYS, decode_keys
+from framework.isb.envelope import decode_foreign
 from framework.transport.connection import NatsSettings
 from framework.spec.secrets import resolved
 from framework.sdk import Datum
@@ -62,19 +62,7 @@ def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecor
     other `Nats-*`/`Nf-*` headers are dropped, user headers pass through. A malformed envelope
     header is ignored with a warning: the message is still stored, and the source does not crash
     on it (and re-read it forever)."""
-    h = msg.headers or {}
-    try:
-        keys = decode_keys(h.get(HDR_KEYS))
-    except ValueError as exc:
-        log.warning("source message %s: ignored a bad %s header (%s)", offset, HDR_KEYS, exc)
-        keys = []
-    et = h.get(HDR_EVENT_TIME)
-    try:
-        event_ms = int(et) if et else default_event_ms
-    except ValueError:
-        log.warning("source message %s: ignored a bad %s header %r", offset, HDR_EVENT_TIME, et)
-        event_ms = default_event_ms
-    user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
+    keys, event_ms, user = decode_foreign(msg.headers, offset, default_event_ms)
     return SourceRecord(msg.data, offset, event_ms, keys or None, user or None, offset)
 
 

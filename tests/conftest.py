@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from framework.isb.buffer import provision
+from framework.isb.provision import provision
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats
 from framework.spec.model import load_pipeline
 from framework.local.supervisor import vertex_command

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from framework.isb.buffer import stream_name
+from framework.isb.names import stream_name
 from framework.transport.connection import NatsSettings
 from framework.local.embedded import free_port
 from framework.local.supervisor import Supervisor

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from framework.isb import names
 from framework.spec.model import ResolvedBuffers
 
 REPLICAS_CURRENT_TIMEOUT_S = 30.0
@@ -89,7 +90,7 @@ async def ensure_kv_bucket(js: JetStreamContext, bucket: str, description: str, 
     """Create a one-value-per-key KV bucket with `buffers`' replicas and storage if it is missing;
     with `update` (provision) also bring an existing one to them. Workers only create: they must
     not undo what the last provision did."""
-    stream = f"KV_{bucket}"
+    stream = names.kv_stream_name(bucket)
     try:
         info = await patiently(js.stream_info, stream, what=f"kv {bucket}")
     except NotFoundError:

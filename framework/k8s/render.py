@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from framework.isb import buffer as b
+from framework.isb import names
 from framework.isb.descriptor import vertex_descriptor
 from framework.local.scaling import effective_cooldown
 from framework.spec.secrets import env_name, refs_in, vertex_path, vertex_refs
@@ -373,10 +373,10 @@ def render_service_monitor(p: Pipeline, opts: RenderOptions) -> dict[str, Any]:
 def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     s = v.scale
     triggers = []
-    for part in b.partitions(p, v.name):
+    for part in names.partitions(p, v.name):
         meta = {
-            "stream": b.stream_name(p.name, v.name, part),
-            "consumer": b.consumer_name(p.name, v.name, part),
+            "stream": names.stream_name(p.name, v.name, part),
+            "consumer": names.consumer_name(p.name, v.name, part),
             "lagThreshold": str(s.lag_threshold),
             "activationLagThreshold": str(s.activation_lag_threshold),
         }

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from framework.isb.buffer import provision
+from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
 from framework.transport.connection import NatsSettings
 from framework.connector import server_problems

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from framework.isb import buffer as b
+from framework.isb.writer import OutMessage
+from framework.isb.envelope import HDR_ERROR, HDR_ERROR_VERTEX, HDR_MSG_ID, RESERVED_HEADERS, is_control_header
 from framework.transport.connection import encode_headers, escape_header_name, escape_header_value, header_problem
 
 ERROR_MAX = 4000  # characters of Nf-Error kept
@@ -22,9 +23,9 @@ def one_line(text: str) -> str:
 def _kept_headers(headers: Mapping[str, str], notes: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in headers.items():
-        if k in (b.HDR_MSG_ID, b.HDR_ERROR, b.HDR_ERROR_VERTEX):
+        if k in (HDR_MSG_ID, HDR_ERROR, HDR_ERROR_VERTEX):
             continue  # set by the dead letter itself
-        if b.is_control_header(k):
+        if is_control_header(k):
             notes.append(f"control header {k!r} dropped")
             continue
         name = k
@@ -42,7 +43,7 @@ def _kept_headers(headers: Mapping[str, str], notes: list[str]) -> dict[str, str
 
 
 def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapping[str, str] | None,
-                        error: str, vertex: str, max_payload: int) -> b.OutMessage:
+                        error: str, vertex: str, max_payload: int) -> OutMessage:
     """The message for `subject` (a vertex's dead-letter subject): `payload` and `headers` as they
     came, `Nats-Msg-Id: msg_id`, `Nf-Error: error`, `Nf-Error-Vertex: vertex`, fitted to
     `max_payload` (the server's limit, headers included)."""
@@ -52,13 +53,13 @@ def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapp
     def encode(extra_notes: list[str], user: dict[str, str]) -> bytes:
         all_notes = notes + extra_notes
         text = error + ("; dead letter: " + ", ".join(all_notes) if all_notes else "")
-        return encode_headers({**user, b.HDR_MSG_ID: one_line(msg_id), b.HDR_ERROR: one_line(text),
-                               b.HDR_ERROR_VERTEX: vertex})
+        return encode_headers({**user, HDR_MSG_ID: one_line(msg_id), HDR_ERROR: one_line(text),
+                               HDR_ERROR_VERTEX: vertex})
 
     head = encode([], kept)
     if len(head) + len(payload) <= max_payload:
-        return b.OutMessage(subject, payload, head)
-    envelope = {k: v for k, v in kept.items() if k in b.RESERVED_HEADERS}
+        return OutMessage(subject, payload, head)
+    envelope = {k: v for k, v in kept.items() if k in RESERVED_HEADERS}
     for user in (kept, envelope):  # the headers alone may not fit: keep natsflow's envelope only
         dropped = [] if user is kept else [f"{len(kept) - len(envelope)} user headers dropped"]
         # The note's own length counts: size it with the longest number it can hold.
@@ -66,6 +67,6 @@ def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapp
         room = max_payload - len(probe)
         if room >= 0:
             head = encode(dropped + [f"payload truncated from {len(payload)} to {room} bytes"], user)
-            return b.OutMessage(subject, payload[:room], head)
+            return OutMessage(subject, payload[:room], head)
     head = encode(["headers and payload dropped"], {})
-    return b.OutMessage(subject, b"", head)
+    return OutMessage(subject, b"", head)

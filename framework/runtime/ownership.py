@@ -40,6 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE
 
+from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.spec.model import DEFAULT_BUFFERS, ResolvedBuffers
 from framework.watermark.marks import UNKNOWN
@@ -52,7 +53,7 @@ _KEY_UNSAFE = re.compile(r"[^-/_=a-zA-Z0-9]")
 
 
 def bucket_name(pipeline: str) -> str:
-    return f"nf_{pipeline}_leases"
+    return names.leases_bucket(pipeline)
 
 
 async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: ResolvedBuffers = DEFAULT_BUFFERS,

@@ -31,14 +31,15 @@ from nats import errors as nats_errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
 
-from framework.isb import buffer as b
+from framework.isb import envelope, names
+from framework.isb.reader import BufferReader
 from framework.runtime.routing import Outgoing, as_bytes, describe, message_tags
 from framework.sdk import Datum, Message, Window
 from framework.spec.model import load_handler
 from framework.runtime.bounded import HandlerTimeout, Threads, within
 from framework.runtime.udf import normalize
 from framework.watermark.marks import UNKNOWN, WatermarkFetcher, replica_id
-from framework.runtime.worker import ReadingWorker, backoff_delays, decode_datum
+from framework.runtime.worker import ReadingWorker, backoff_delays
 from framework.windows import OpenWindow, add_to_sessions, assign
 from framework.runtime.ownership import Lease, PartitionLeases, bucket_name, provision_bucket
 
@@ -51,7 +52,7 @@ QUIET_POLL_S = 0.1
 class Partition:
     index: int | None
     lease: Lease
-    reader: b.BufferReader
+    reader: BufferReader
     fetcher: WatermarkFetcher
     windows: dict[tuple, OpenWindow] = field(default_factory=dict)  # fixed and sliding
     sessions: dict[tuple, list[OpenWindow]] = field(default_factory=dict)
@@ -78,9 +79,9 @@ class ReduceWorker(ReadingWorker):
         self.fn = load_handler(cfg.handler, self.base_dir)
         self.threads = Threads("natsflow-reduce")
         self.loaded = True  # for /readyz
-        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.dlq_subject = names.dlq_subject(self.p.name, self.v.name)
         self.parts: dict[int | None, Partition] = {}
-        self.all_parts = b.partitions(self.p, self.v.name)
+        self.all_parts = names.partitions(self.p, self.v.name)
         await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))  # `provision` may not have run
         self.leases = PartitionLeases(await self.js.key_value(bucket_name(self.p.name)), self.v.name,
                                       self.all_parts, cfg.lease_ttl, replica_id())
@@ -151,11 +152,11 @@ class ReduceWorker(ReadingWorker):
             await self._fence(ps)
 
     async def _open(self, part: int | None, lease: Lease) -> None:
-        stream, consumer = b.stream_name(self.p.name, self.v.name, part), b.consumer_name(self.p.name, self.v.name, part)
+        stream, consumer = names.stream_name(self.p.name, self.v.name, part), names.consumer_name(self.p.name, self.v.name, part)
         info = await self._quiet_consumer(stream, consumer, lease)
         if info is None:
             return
-        reader = b.BufferReader(self.nc, stream, consumer, self.limits.read_batch_size, ack_wait=self.limits.ack_wait,
+        reader = BufferReader(self.nc, stream, consumer, self.limits.read_batch_size, ack_wait=self.limits.ack_wait,
                                 may_send=lease.valid)
         fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, self.p.spec.watermark.publisher_timeout)
         await fetcher.start(wait_ready=5.0)
@@ -236,7 +237,7 @@ class ReduceWorker(ReadingWorker):
         bad: list[tuple[Msg, str]] = []
         spec = self.cfg.window
         for m in msgs:
-            seq = b.stream_sequence(m)
+            seq = envelope.stream_sequence(m)
             ps.processed_seq = max(ps.processed_seq, seq)
             if seq in ps.refs:
                 continue  # a redelivery of an input we already hold
@@ -250,7 +251,7 @@ class ReduceWorker(ReadingWorker):
             # against our watermark (from the start, the one the previous owner recorded).
             wm = UNKNOWN if taken_before else ps.wm
             try:
-                d = decode_datum(m)
+                d = envelope.decode_datum(m)
             except (ValueError, TypeError) as exc:
                 bad.append((m, f"bad envelope: {exc}"))
                 continue
@@ -285,7 +286,7 @@ class ReduceWorker(ReadingWorker):
         if any(e.late for e in self.p.out_edges(self.v.name)):
             items, bad = [], []
             for m, d in late:
-                item = Outgoing(f"{self.v.name}:late:{b.origin(m)}", d.id, d.value, d.event_time_ms,
+                item = Outgoing(f"{self.v.name}:late:{envelope.origin(m)}", d.id, d.value, d.event_time_ms,
                                 d.keys, dict(d.headers) or None, frozenset(), late=True)
                 problem = self.router.prepare(item)
                 if problem is None:
@@ -337,7 +338,7 @@ class ReduceWorker(ReadingWorker):
             for w in ready:
                 self._forget(ps, w)
                 for _, m in w.items:
-                    seq = b.stream_sequence(m)
+                    seq = envelope.stream_sequence(m)
                     ref = ps.refs.get(seq)
                     if ref is not None:
                         ref[0] -= 1

@@ -6,7 +6,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from framework.isb.buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
+from framework.isb.envelope import encode_envelope
+from framework.isb.names import edge_subject, partitions, stream_name
+from framework.isb.writer import BufferWriter, OutMessage
 from framework.transport.connection import HeaderError
 from framework.sdk import Message
 from framework.spec.model import Edge, OnFull, Pipeline

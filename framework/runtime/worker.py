@@ -23,9 +23,11 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from framework.isb import buffer as b
+from framework.isb import envelope, names
+from framework.isb.writer import BufferWriter, JetStreamPublisher, OutMessage
+from framework.isb.reader import BufferReader
 from framework.runtime.bounded import HandlerTimeout, deadline, too_many_stuck, within
-from framework.transport.connection import NatsSettings, exit_now, header_problem
+from framework.transport.connection import NatsSettings, exit_now
 from framework.connector import (SINKS, SOURCES, BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
                          PartialWrite, RecordRejected, SourceRecord, connector_field_path, load_connector)
 from framework.runtime.deadletter import dead_letter_message
@@ -43,34 +45,6 @@ from framework.watermark.marks import WatermarkFetcher, WatermarkPublisher, buck
 log = logging.getLogger("natsflow.worker")
 
 GRACE_S = float(os.environ.get("NATSFLOW_GRACE_SECONDS", "30"))
-
-
-def decode_datum(msg: Msg) -> Datum:
-    """The Datum of a buffer message; ValueError for a message this vertex cannot take or pass
-    on (docs/protocol.md §3): bad Nf-Keys or Nf-Event-Time, a user header that is not a token
-    name with UTF-8 text. Without Nf-Event-Time the event time is when JetStream stored it."""
-    h = msg.headers or {}
-    et = h.get(b.HDR_EVENT_TIME)
-    own = (b.HDR_MSG_ID in h) + (b.HDR_ID in h) + (et is not None) + (b.HDR_KEYS in h)
-    user = _user_headers(h) if len(h) > own else None
-    return Datum(
-        b.decode_keys(h.get(b.HDR_KEYS)),
-        msg.data,
-        headers=user,
-        id=h.get(b.HDR_ID) or h.get(b.HDR_MSG_ID) or "",
-        event_time_ms=b.decode_event_time(et) if et else b.stream_timestamp_ms(msg),
-    )
-
-
-def _user_headers(h: dict[str, str]) -> dict[str, str]:
-    user = {}
-    for k, v in h.items():
-        if b.passed_on(k):
-            problem = header_problem(k, v)
-            if problem is not None:
-                raise ValueError(problem)
-            user[k] = v
-    return user
 
 
 def backoff_delays(r: Retry):
@@ -93,8 +67,8 @@ class VertexWorker:
         self.metrics = VertexMetrics(p.name, vertex)
         self.nc: Client | None = None
         source = self.v.kind == "source"
-        own = [] if source else [b.stream_name(p.name, vertex, part) for part in b.partitions(p, vertex)]
-        out = [b.stream_name(p.name, e.to, part) for e in p.out_edges(vertex) for part in b.partitions(p, e.to)]
+        own = [] if source else [names.stream_name(p.name, vertex, part) for part in names.partitions(p, vertex)]
+        out = [names.stream_name(p.name, e.to, part) for e in p.out_edges(vertex) for part in names.partitions(p, e.to)]
         self.buffers = (own, out)
         self.tracer = VertexTracer.from_env(p.name, vertex, source, ",".join(out if source else own))
         self.probe: BufferProbe | None = None
@@ -107,9 +81,9 @@ class VertexWorker:
         self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{self.v.name}", stopping=self.stopping,
                                               on_disconnected=self._nats_down)
         self.js = self.nc.jetstream()
-        self.publisher = b.JetStreamPublisher(self.nc)
+        self.publisher = JetStreamPublisher(self.nc)
         await self.publisher.start()
-        self.router = Router(self.p, self.v.name, b.BufferWriter(self.js, self.publisher), self.publisher)
+        self.router = Router(self.p, self.v.name, BufferWriter(self.js, self.publisher), self.publisher)
         if self.p.out_edges(self.v.name):  # every source and UDF (validated); never a sink
             await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))
             self.kv = await self.js.key_value(bucket_name(self.p.name))
@@ -210,7 +184,7 @@ class VertexWorker:
             self.metrics.dropped("buffer_full", dropped)
         self.metrics.dropped("no_route", report.unrouted)
 
-    async def publish_dead_letters(self, out: list[b.OutMessage], first_error: str) -> None:
+    async def publish_dead_letters(self, out: list[OutMessage], first_error: str) -> None:
         """Publish until stored (the DLQ is provisioned with the buffers), then count them."""
         total = len(out)
         while True:
@@ -227,7 +201,7 @@ class VertexWorker:
             await asyncio.sleep(0.5)
         self.metrics.dlq.inc(total)
         log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
-                    self.v.name, total, b.dlq_stream_name(self.p.name, self.v.name), first_error)
+                    self.v.name, total, names.dlq_stream_name(self.p.name, self.v.name), first_error)
 
     async def shutdown(self) -> None:
         if self.probe is not None:
@@ -248,7 +222,7 @@ class SourceWorker(VertexWorker):
         connector = load_connector(SOURCES, cfg.kind, getattr(cfg, cfg.kind))
         ctx = ConnectorContext(self.p.name, self.v.name, self.settings, self.nc, self.stopping,
                                extra={"base_dir": self.base_dir, "metrics": self.metrics})
-        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.dlq_subject = names.dlq_subject(self.p.name, self.v.name)
         self.idle = self.p.spec.watermark.idle_rule(cfg.kind)
         self._last_emit = time.monotonic()  # idle from now on, not since the epoch
         await self._resume_watermark()
@@ -329,11 +303,8 @@ class SourceWorker(VertexWorker):
         `dlq:<vertex>:<offset>`, so a record re-read after a crash is dead-lettered once."""
         out = []
         for r, problem in bad:
-            headers = {**(r.headers or {}), b.HDR_ID: r.id or r.offset, b.HDR_EVENT_TIME: str(r.event_time_ms)}
-            keys = b.encode_keys(r.keys)
-            if keys:
-                headers[b.HDR_KEYS] = keys
-            out.append(dead_letter_message(self.dlq_subject, f"dlq:{self.v.name}:{r.offset}", r.value, headers,
+            headers = envelope.record_headers(r.id or r.offset, r.event_time_ms, r.keys, r.headers)
+            out.append(dead_letter_message(self.dlq_subject, names.dlq_msg_id(self.v.name, r.offset), r.value, headers,
                                            f"UnstorableRecord: {problem}", self.v.name, self.publisher.max_payload))
         await self.publish_dead_letters(out, bad[0][1])
 
@@ -398,10 +369,10 @@ class ReadingWorker(VertexWorker):
     spans: dict | None = None  # the current batch's spans by id(msg), when tracing
 
     async def serve(self) -> None:
-        stream = b.stream_name(self.p.name, self.v.name)
-        self.reader = b.BufferReader(self.nc, stream, b.consumer_name(self.p.name, self.v.name),
+        stream = names.stream_name(self.p.name, self.v.name)
+        self.reader = BufferReader(self.nc, stream, names.consumer_name(self.p.name, self.v.name),
                                      self.limits.read_batch_size, ack_wait=self.limits.ack_wait)
-        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.dlq_subject = names.dlq_subject(self.p.name, self.v.name)
         self.processed_seq = 0
         self.wm_in: WatermarkFetcher | None = None
         if self.router.wm is not None:  # a vertex that writes on passes the watermark along
@@ -442,7 +413,7 @@ class ReadingWorker(VertexWorker):
                 if handled:
                     await self.reader.ack(msgs)
                     self.metrics.ack.inc(len(msgs))
-                    await self._pass_watermark(max(b.stream_sequence(m) for m in msgs))
+                    await self._pass_watermark(max(envelope.stream_sequence(m) for m in msgs))
                 if self.spans:
                     self.tracer.end(self.spans.values(), None if handled else "handed back while stopping")
                 self.metrics.observe_batch(time.perf_counter() - started)
@@ -495,7 +466,7 @@ class ReadingWorker(VertexWorker):
         good, bad = [], []
         for m in msgs:
             try:
-                good.append((m, decode_datum(m)))
+                good.append((m, envelope.decode_datum(m)))
             except (ValueError, TypeError) as exc:
                 bad.append((m, f"bad envelope: {exc}"))
         return good, bad
@@ -506,7 +477,7 @@ class ReadingWorker(VertexWorker):
         out = []
         for m, error in failed:
             VertexTracer.fail(self.spans, m, error)
-            msg_id = f"dlq:{self.v.name}:{b.origin(m)}"
+            msg_id = names.dlq_msg_id(self.v.name, envelope.origin(m))
             out.append(dead_letter_message(self.dlq_subject, msg_id, m.data, m.headers, error, self.v.name,
                                            self.publisher.max_payload))
         await self.publish_dead_letters(out, failed[0][1])
@@ -553,7 +524,7 @@ class UdfWorker(ReadingWorker):
             if not res:
                 filtered += 1
                 continue
-            origin = b.origin(m)
+            origin = envelope.origin(m)
             kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
                 mine = [self._outgoing(prefix, origin, i, d, res[i]) for i in kept]
@@ -630,7 +601,7 @@ class MapStreamWorker(UdfWorker):
         return True
 
     async def _stream_one(self, m: Msg, d: Datum) -> Exception | None:
-        prefix, origin = self.v.name + ":", b.origin(m)
+        prefix, origin = self.v.name + ":", envelope.origin(m)
         delays = backoff_delays(self.v.udf.retry)
         while True:
             try:
@@ -768,7 +739,7 @@ class SinkWorker(ReadingWorker):
         if self.fallback is None:
             await self.dead_letter([(m, error) for (m, _), error in rejected])
             return
-        out = [with_error(d, error, self.v.name) for (_, d), error in rejected]
+        out = [envelope.with_error(d, error, self.v.name) for (_, d), error in rejected]
         delays = sink_delays(self.v.sink.retry_strategy.backoff)
         while True:  # a failing fallback backs the pipeline up like a failing sink with onFailure retry
             try:
@@ -799,12 +770,6 @@ def sink_delays(backoff: Backoff):
     while True:
         yield delay * (1 + random.uniform(-backoff.jitter, backoff.jitter))
         delay = min(delay * backoff.factor, backoff.cap)
-
-
-def with_error(d: Datum, error: str, vertex: str) -> Datum:
-    headers = {**d.headers, b.HDR_ERROR: error[:4000].replace("\r", " ").replace("\n", " | "),
-               b.HDR_ERROR_VERTEX: vertex}
-    return Datum(d.keys, d.value, headers=headers, id=d.id, event_time_ms=d.event_time_ms)
 
 
 def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path | None) -> VertexWorker:

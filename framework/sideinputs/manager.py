@@ -27,6 +27,7 @@ from typing import Any, Callable
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
+from framework.isb import names
 from framework.transport.connection import NatsSettings
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
@@ -40,7 +41,7 @@ _DELETES = ("DEL", "PURGE")
 
 
 def bucket_name(pipeline: str) -> str:
-    return f"nf_{pipeline}_sideinputs"
+    return names.sideinputs_bucket(pipeline)
 
 
 async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: ResolvedBuffers = DEFAULT_BUFFERS,

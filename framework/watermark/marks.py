@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
+from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.spec.model import DEFAULT_BUFFERS, ResolvedBuffers
 
@@ -35,7 +36,7 @@ PUBLISHER_TIMEOUT_S = 10.0
 
 
 def bucket_name(pipeline: str) -> str:
-    return f"nf_{pipeline}_wm"
+    return names.watermark_bucket(pipeline)
 
 
 def replica_id() -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.isb.buffer import JetStreamPublisher, OutMessage, Unpublishable, envelope_headers
+from framework.isb.envelope import envelope_headers
+from framework.isb.writer import JetStreamPublisher, OutMessage, Unpublishable
 from framework.transport.connection import HeaderError
 from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framework.isb.buffer import envelope_headers
+from framework.isb.envelope import envelope_headers
 from framework.transport.connection import encode_headers, publish_many
 from framework.connector import ConnectorContext, DatumsRejected
 from framework.sdk import Datum

@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 
 import uvicorn
 
-from framework.isb.buffer import encode_envelope
+from framework.isb.envelope import encode_envelope
 from framework.connector import BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord
 from framework.runtime.routing import source_msg_id
 from framework.spec.model import HttpSource as Config

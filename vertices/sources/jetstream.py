@@ -5,7 +5,9 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.isb.buffer import BufferReader, stream_sequence
+from framework.isb import names
+from framework.isb.envelope import stream_sequence
+from framework.isb.reader import BufferReader
 from framework.connector import ConnectorContext, Emit, record_from_msg
 from framework.spec.model import JetStreamSource as Config
 
@@ -18,7 +20,7 @@ class JetStreamSource:
         self.cfg = config
 
     def consumer_name(self, ctx: ConnectorContext) -> str:
-        return self.cfg.consumer or f"nf_{ctx.pipeline}_{ctx.vertex}_src"
+        return self.cfg.consumer or names.source_consumer_name(ctx.pipeline, ctx.vertex)
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         nc = await ctx.connect(self.cfg.url)

@@ -12,7 +12,7 @@ import uuid
 
 from nats.aio.msg import Msg
 
-from framework.isb.buffer import HDR_MSG_ID
+from framework.isb.envelope import HDR_MSG_ID
 from framework.connector import ConnectorContext, Emit, SourceRecord, record_from_msg
 from framework.spec.model import NatsSource as Config
 
