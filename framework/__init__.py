@@ -1,6 +1,6 @@
 """natsflow: stream pipelines on NATS JetStream, one small service per step."""
 
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.sdk import DROP, Datum, Message, Window
 from framework.sideinputs.manager import SideInputError, side_input, side_input_json
 from framework.spec.model import Pipeline, SpecError, load_pipeline

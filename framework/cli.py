@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from framework.isb.provision import provision
-from framework.transport.connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
-                         ConnectStopped, NatsSettings, exit_when_lost)
+from framework.transport.settings import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
+                                          ConnectStopped, NatsSettings, exit_when_lost)
 from framework.connector import server_problems
 from framework.isb.reconcile import ProvisionError
 from framework.spec.model import SpecError, load_pipeline

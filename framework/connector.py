@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from nats.aio.client import Client
 
 from framework.isb.envelope import decode_foreign
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.spec.secrets import resolved
 from framework.sdk import Datum
 

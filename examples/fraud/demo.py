@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.sideinputs.manager import bucket_name
 from framework.local.supervisor import Supervisor
 

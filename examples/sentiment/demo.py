@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from framework.isb.names import stream_name
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.local.embedded import free_port
 from framework.local.supervisor import Supervisor
 

@@ -20,7 +20,7 @@ from typing import Iterable
 from nats.aio.msg import Msg
 
 from framework.sdk import Datum
-from framework.transport.connection import HeaderError, header_problem, unfold
+from framework.transport.headers import HeaderError, header_problem, unfold
 
 # Sources log what they ignore of a foreign envelope under the name those lines always had.
 log = logging.getLogger("natsflow.connectors")

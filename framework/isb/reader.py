@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 
 from framework.isb import names
 from framework.isb.envelope import HDR_PENDING_MESSAGES, HDR_STATUS, stream_sequence
-from framework.transport.connection import reply_all, subscribe_fast
+from framework.transport.client import reply_all, subscribe_fast
 
 log = logging.getLogger("natsflow.buffer")
 

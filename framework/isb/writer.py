@@ -20,7 +20,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from framework.spec.model import OnFull
-from framework.transport.connection import HeaderError, encode_headers, publish_many, subscribe_fast
+from framework.transport.client import publish_many, subscribe_fast
+from framework.transport.headers import HeaderError, encode_headers
 
 log = logging.getLogger("natsflow.buffer")
 

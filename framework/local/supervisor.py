@@ -13,7 +13,7 @@ from pathlib import Path
 
 from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.connector import server_problems
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats, free_port, start_embedded
 from framework.isb.descriptor import vertex_descriptor

@@ -10,7 +10,7 @@ from typing import Mapping
 
 from framework.isb.writer import OutMessage
 from framework.isb.envelope import HDR_ERROR, HDR_ERROR_VERTEX, HDR_MSG_ID, RESERVED_HEADERS, is_control_header
-from framework.transport.connection import encode_headers, escape_header_name, escape_header_value, header_problem
+from framework.transport.headers import encode_headers, escape_header_name, escape_header_value, header_problem
 
 ERROR_MAX = 4000  # characters of Nf-Error kept
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from framework.isb.envelope import encode_envelope
 from framework.isb.names import edge_subject, partitions, stream_name
 from framework.isb.writer import BufferWriter, OutMessage
-from framework.transport.connection import HeaderError
+from framework.transport.headers import HeaderError
 from framework.sdk import Message
 from framework.spec.model import Edge, OnFull, Pipeline
 from framework.watermark.marks import WatermarkPublisher

@@ -27,7 +27,7 @@ from framework.isb import envelope, names
 from framework.isb.writer import BufferWriter, JetStreamPublisher, OutMessage
 from framework.isb.reader import BufferReader
 from framework.runtime.bounded import HandlerTimeout, deadline, too_many_stuck, within
-from framework.transport.connection import NatsSettings, exit_now
+from framework.transport.settings import NatsSettings, exit_now
 from framework.connector import (SINKS, SOURCES, BufferFull, ConnectorConfigError, ConnectorContext, DatumsRejected,
                          PartialWrite, RecordRejected, SourceRecord, connector_field_path, load_connector)
 from framework.runtime.deadletter import dead_letter_message

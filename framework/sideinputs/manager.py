@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter
 
 from framework.isb import names
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
 from framework.sideinputs.schedule import parse_schedule

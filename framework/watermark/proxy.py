@@ -27,7 +27,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from framework.isb import names
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.spec.model import Pipeline, load_pipeline
 from framework.watermark.marks import HEARTBEAT_S, WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
 

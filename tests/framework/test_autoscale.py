@@ -9,7 +9,7 @@ from collections import Counter
 
 import yaml
 
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.local.supervisor import Supervisor
 from tests.conftest import REPO, Collector, wait_for
 

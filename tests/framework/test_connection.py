@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.transport.connection import EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, NatsSettings, mask_url
+from framework.transport.settings import EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, NatsSettings, mask_url
 from framework.local.embedded import EmbeddedNats, free_port
 from tests.conftest import REPO, wait_for
 from tests.vertices.test_http_source import apost, ready

@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 import yaml
 
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.local.supervisor import Supervisor
 from tests.conftest import REPO, Collector, wait_for
 

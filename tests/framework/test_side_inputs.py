@@ -18,7 +18,7 @@ import yaml
 
 from framework import side_input, side_input_json
 from framework.sideinputs import manager as si
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.local.embedded import free_port
 from framework.k8s.render import RenderOptions, render_pipeline
 from framework.spec.model import SpecError, load_pipeline, parse_pipeline
@@ -376,7 +376,7 @@ class Lines:
 
 async def test_supervisor_runs_the_manager_and_restarts_it_when_side_inputs_change(tmp_path, nc, nats_url,
                                                                                     monkeypatch):
-    from framework.transport.connection import NatsSettings
+    from framework.transport.settings import NatsSettings
     from framework.local.supervisor import Supervisor
 
     value_file = tmp_path / "mode.txt"

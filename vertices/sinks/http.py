@@ -15,7 +15,7 @@ import asyncio
 
 import aiohttp
 
-from framework.transport.connection import mask_url
+from framework.transport.settings import mask_url
 from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
 from framework.spec.model import HttpSink as Config

@@ -8,7 +8,7 @@ from nats.js.errors import NotFoundError
 
 from framework.isb.envelope import envelope_headers
 from framework.isb.writer import JetStreamPublisher, OutMessage, Unpublishable
-from framework.transport.connection import HeaderError
+from framework.transport.headers import HeaderError
 from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
 from framework.sdk import Datum
 from framework.spec.model import JetStreamSink as Config

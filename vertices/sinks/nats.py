@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from framework.isb.envelope import envelope_headers
-from framework.transport.connection import encode_headers, publish_many
+from framework.transport.client import publish_many
+from framework.transport.headers import encode_headers
 from framework.connector import ConnectorContext, DatumsRejected
 from framework.sdk import Datum
 from framework.spec.model import NatsSink as Config

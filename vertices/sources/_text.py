@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-from framework.transport.connection import escape_header_name as header_name
+from framework.transport.headers import escape_header_name as header_name
 
 MAX_ID = 200
 

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from framework.transport.connection import mask_url
+from framework.transport.settings import mask_url
 from framework.connector import ConnectorContext, Emit, SourceRecord, linger_fill
 from framework.spec.model import MqttSource as Config
 from vertices.sources._text import safe_id

@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from framework.isb import envelope, names
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.spec.model import Pipeline, SpecError, load_pipeline
 from framework.console.status import Rates, Sample, VertexStatus, connection_counts, rates
 from framework.console.ui.layout import layout
