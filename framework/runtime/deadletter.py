@@ -6,13 +6,25 @@ in `Nf-Error` after `; dead letter: `."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Mapping
 
-from framework.isb.writer import OutMessage
-from framework.isb.envelope import HDR_ERROR, HDR_ERROR_VERTEX, HDR_MSG_ID, RESERVED_HEADERS, is_control_header
+from nats import errors as nats_errors
+from nats.aio.msg import Msg
+from opentelemetry.trace import Span
+
+from framework.connector import SourceRecord
+from framework.isb import names
+from framework.isb.envelope import (ERROR_MAX, HDR_ERROR, HDR_ERROR_VERTEX, HDR_MSG_ID, RESERVED_HEADERS,
+                                    is_control_header, origin, record_headers)
+from framework.isb.writer import JetStreamPublisher, OutMessage
+from framework.observability.metrics import VertexMetrics
+from framework.observability.tracing import VertexTracer
+from framework.runtime.retry import steady
 from framework.transport.headers import encode_headers, escape_header_name, escape_header_value, header_problem
 
-ERROR_MAX = 4000  # characters of Nf-Error kept
+log = logging.getLogger("natsflow.worker")  # the name these lines had when the worker wrote them
 
 
 def one_line(text: str) -> str:
@@ -70,3 +82,58 @@ def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapp
             return OutMessage(subject, payload[:room], head)
     head = encode(["headers and payload dropped"], {})
     return OutMessage(subject, b"", head)
+
+
+class DeadLetters:
+    """Writes one vertex's dead letters: inputs it cannot process, records a source cannot store.
+    Each is published until stored (the DLQ is provisioned with the buffers), then counted."""
+
+    def __init__(self, publisher: JetStreamPublisher, metrics: VertexMetrics, pipeline: str, vertex: str,
+                 stopping: asyncio.Event):
+        self._publisher = publisher
+        self._metrics = metrics
+        self._vertex = vertex
+        self._stopping = stopping
+        self.subject = names.dlq_subject(pipeline, vertex)
+        self.stream = names.dlq_stream_name(pipeline, vertex)
+
+    async def inputs(self, failed: list[tuple[Msg, str]], spans: dict[int, Span] | None = None) -> None:
+        """Each input as it came with its error; its span, if traced, fails with it."""
+        if not failed:
+            return
+        out = []
+        for m, error in failed:
+            VertexTracer.fail(spans, m, error)
+            msg_id = names.dlq_msg_id(self._vertex, origin(m))
+            out.append(dead_letter_message(self.subject, msg_id, m.data, m.headers, error, self._vertex,
+                                           self._publisher.max_payload))
+        await self._publish(out, failed[0][1])
+
+    async def records(self, bad: list[tuple[SourceRecord, str]]) -> None:
+        """Each record as it came (the payload cut to what fits), with `Nf-Error`; `Nats-Msg-Id`
+        `dlq:<vertex>:<offset>`, so a record re-read after a crash is dead-lettered once."""
+        out = []
+        for r, problem in bad:
+            headers = record_headers(r.id or r.offset, r.event_time_ms, r.keys, r.headers)
+            out.append(dead_letter_message(self.subject, names.dlq_msg_id(self._vertex, r.offset), r.value, headers,
+                                           f"UnstorableRecord: {problem}", self._vertex, self._publisher.max_payload))
+        await self._publish(out, bad[0][1])
+
+    async def _publish(self, out: list[OutMessage], first_error: str) -> None:
+        total = len(out)
+        delays = steady(0.5)
+        while True:
+            errors = await self._publisher.publish(out)
+            retry = [o for o, e in zip(out, errors) if e is not None]
+            if not retry:
+                break
+            first = next(e for e in errors if e)
+            if self._stopping.is_set():
+                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
+                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
+            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
+            out = retry
+            await asyncio.sleep(next(delays))
+        self._metrics.dlq.inc(total)
+        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
+                    self._vertex, total, self.stream, first_error)
