@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
@@ -19,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from framework.runtime.retry import exponential
 from framework.spec.model import OnFull
 from framework.transport.client import publish_many, subscribe_fast
 from framework.transport.headers import HeaderError, encode_headers
@@ -227,7 +229,7 @@ class BufferWriter:
         """Write every target's messages; returns how many were discarded per target."""
         dropped = {key: 0 for key in batches}
         todo = {key: list(msgs) for key, (_, msgs) in batches.items() if msgs}
-        wait = 0.005
+        waits: Iterator[float] | None = None  # made only when the writer has to wait
         while todo:
             sending: list[tuple[str, OutMessage]] = []
             for key, msgs in list(todo.items()):
@@ -267,9 +269,10 @@ class BufferWriter:
                         continue
                     raise err
                 if stored:  # progress: poll quickly again; refused by a full buffer: keep backing off
-                    wait = 0.005
+                    waits = None
             if todo:
                 # Full: wait for the reader to drain; the condition is re-checked each step.
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self._max_wait_step)
+                if waits is None:
+                    waits = exponential(0.005, 2.0, self._max_wait_step)
+                await asyncio.sleep(next(waits))
         return dropped
