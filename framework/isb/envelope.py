@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Iterable
+from collections.abc import Iterable, Mapping
 
 from nats.aio.msg import Msg
 
@@ -110,7 +110,7 @@ def passed_on(name: str) -> bool:
 
 def envelope_headers(
     msg_id: str, data_id: str, event_time_ms: int, keys: Iterable[str] | None = None,
-    user_headers: dict[str, str] | None = None,
+    user_headers: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The envelope as a header dict (for a client that encodes headers itself)."""
     headers = {k: v for k, v in user_headers.items() if passed_on(k)} if user_headers else {}
@@ -125,7 +125,7 @@ def envelope_headers(
 
 def encode_envelope(
     msg_id: str, data_id: str, event_time_ms: int, keys: Iterable[str] | None = None,
-    user_headers: dict[str, str] | None = None,
+    user_headers: Mapping[str, str] | None = None,
 ) -> bytes:
     """The same headers as `envelope_headers`, already in wire form: the hot path skips building
     a dict and re-validating natsflow's own header names for every message."""
@@ -145,7 +145,7 @@ def encode_envelope(
 
 
 def record_headers(data_id: str, event_time_ms: int, keys: Iterable[str] | None,
-                   user_headers: dict[str, str] | None) -> dict[str, str]:
+                   user_headers: Mapping[str, str] | None) -> dict[str, str]:
     """A source record's envelope without its msg id (a dead letter gets its own)."""
     headers = {**(user_headers or {}), HDR_ID: data_id, HDR_EVENT_TIME: str(event_time_ms)}
     encoded = encode_keys(keys)

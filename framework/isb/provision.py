@@ -6,15 +6,21 @@ only asks each to reconcile its own."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from framework.isb import names
-from framework.isb.reconcile import (REPLICAS_CURRENT_TIMEOUT_S, SpecPaths, apply_buffers, ensure_stream, patiently,
-                                     replicas_current, rescaled)
+from framework.isb.reconcile import (
+    REPLICAS_CURRENT_TIMEOUT_S,
+    SpecPaths,
+    apply_buffers,
+    ensure_stream,
+    patiently,
+    replicas_current,
+    rescaled,
+)
 from framework.runtime import ownership
 from framework.sideinputs import manager as sideinputs
 from framework.spec.model import Pipeline
@@ -108,10 +114,10 @@ async def provision(js: JetStreamContext, p: Pipeline,
     for v in p.reading_vertices():
         paths = spec_paths(p, v.name)
         for part in names.partitions(p, v.name):
-            cfg = buffer_stream_config(p, v.name, part)
-            record(f"stream {cfg.name}", await ensure_stream(js, cfg, paths), cfg.name)
+            stream = names.stream_name(p.name, v.name, part)
+            record(f"stream {stream}", await ensure_stream(js, buffer_stream_config(p, v.name, part), paths), stream)
             ccfg = buffer_consumer_config(p, v.name, part)
-            record(f"consumer {cfg.name}/{ccfg.durable_name}", await ensure_consumer(js, cfg.name, ccfg))
+            record(f"consumer {stream}/{ccfg.durable_name}", await ensure_consumer(js, stream, ccfg))
     for v in p.spec.vertices:  # sources too: records they cannot store are dead-lettered
         dcfg = dlq_stream_config(p, v.name)
         record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)), dcfg.name)

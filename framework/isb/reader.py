@@ -12,7 +12,7 @@ import collections
 import json
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
@@ -103,7 +103,7 @@ class BufferReader:
             if self._held:
                 try:
                     await self._reply(list(self._held.values()), ACK_IN_PROGRESS)
-                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                except (TimeoutError, nats_errors.Error) as exc:
                     # Reconnecting: the next beat tries again (a beat is a third of the ack wait).
                     log.warning("in-progress beat for %d held messages of %s failed: %s",
                                 len(self._held), self.stream, exc)
@@ -141,7 +141,7 @@ class BufferReader:
                     break
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 await self._top_up()
         n = min(self._batch, len(self._buf))

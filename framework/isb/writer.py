@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 
 from framework.runtime.retry import exponential
 from framework.spec.model import OnFull
-from framework.transport.client import publish_many, subscribe_fast
+from framework.transport.client import Publish, publish_many, subscribe_fast
 from framework.transport.headers import HeaderError, encode_headers
 
 log = logging.getLogger("natsflow.buffer")
@@ -77,8 +77,8 @@ class JetStreamPublisher:
             if not todo:
                 break
             loop = asyncio.get_running_loop()
-            waits: list[tuple[int, asyncio.Future]] = []
-            batch = []
+            waits: list[tuple[int, asyncio.Future[bytes | None]]] = []
+            batch: list[Publish] = []
             for i in todo:
                 self._seq += 1
                 token = str(self._seq)
@@ -90,18 +90,20 @@ class JetStreamPublisher:
             await publish_many(self._nc, batch)
             _, pending = await asyncio.wait([f for _, f in waits], timeout=self._timeout)
             todo = []
-            last_ack: dict[str, bytes] = {}
+            last_ack: dict[str, bytes | None] = {}
             for i, fut in waits:
                 if fut in pending:
                     fut.cancel()
                     todo.append(i)
-                    results[i] = TimeoutError("no publish ack within %.1fs" % self._timeout)
+                    results[i] = TimeoutError(f"no publish ack within {self._timeout:.1f}s")
                     continue
-                results[i] = _puback_error(fut.result())
+                data = fut.result()
+                results[i] = _puback_error(data)
                 if results[i] is None:
-                    last_ack[msgs[i].subject] = fut.result()
+                    last_ack[msgs[i].subject] = data
             for subject, data in last_ack.items():  # one JSON parse per subject and batch
-                self.last_seq[subject] = max(self.last_seq.get(subject, 0), int(json.loads(data)["seq"]))
+                if data is not None:  # always: an ack without error has a body
+                    self.last_seq[subject] = max(self.last_seq.get(subject, 0), int(json.loads(data)["seq"]))
             if not todo:
                 break
             self._futures = {k: f for k, f in self._futures.items() if not f.done()}
@@ -179,7 +181,7 @@ class BufferGate:
         if estimate + wanted > self.soft_limit or time.monotonic() - self._at > self._refresh:
             try:
                 await self._update()
-            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats_errors.Error) as exc:
                 # Server restarting, JetStream not ready, stream not provisioned yet: no room
                 # until we know better; the writer waits and asks again.
                 if time.monotonic() - self._warned > 5:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
@@ -16,13 +16,26 @@ from opentelemetry.trace import Span
 
 from framework.connector import SourceRecord
 from framework.isb import names
-from framework.isb.envelope import (ERROR_MAX, HDR_ERROR, HDR_ERROR_VERTEX, HDR_MSG_ID, RESERVED_HEADERS,
-                                    is_control_header, origin, record_headers)
+from framework.isb.envelope import (
+    ERROR_MAX,
+    HDR_ERROR,
+    HDR_ERROR_VERTEX,
+    HDR_MSG_ID,
+    RESERVED_HEADERS,
+    is_control_header,
+    origin,
+    record_headers,
+)
 from framework.isb.writer import JetStreamPublisher, OutMessage
 from framework.observability.metrics import VertexMetrics
 from framework.observability.tracing import VertexTracer
 from framework.runtime.retry import steady
-from framework.transport.headers import encode_headers, escape_header_name, escape_header_value, header_problem
+from framework.transport.headers import (
+    encode_headers,
+    escape_header_name,
+    escape_header_value,
+    header_problem,
+)
 
 log = logging.getLogger("natsflow.worker")  # the name these lines had when the worker wrote them
 

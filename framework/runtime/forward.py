@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
@@ -100,7 +101,7 @@ class ForwardLoop:
                 self.spans = tracer.start_messages(msgs) if tracer is not None else None
                 try:
                     handled = await processor.process(msgs)
-                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                except (TimeoutError, nats_errors.Error) as exc:
                     # A NATS outage mid-batch: hand the inputs back (or, if even that fails, let
                     # their ack wait run out); the msg ids drop whatever was already written.
                     log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
@@ -141,7 +142,7 @@ class ForwardLoop:
             return
         try:
             info = await self.io.js.consumer_info(self.reader.stream, self.reader.consumer)
-        except (nats_errors.Error, asyncio.TimeoutError):
+        except (TimeoutError, nats_errors.Error):
             return
         await self._pass_watermark(info.ack_floor.stream_seq)
 

@@ -12,7 +12,12 @@ from framework.isb.reader import BufferReader
 from framework.runtime.bounded import HandlerTimeout
 from framework.runtime.forward import ForwardLoop
 from framework.runtime.retry import udf_delays
-from framework.runtime.routing import Outgoing, UnpublishableOutput, as_bytes, message_tags
+from framework.runtime.routing import (
+    Outgoing,
+    UnpublishableOutput,
+    as_bytes,
+    message_tags,
+)
 from framework.runtime.udf import BatchMapRunner, MapRunner, Result
 from framework.sdk import Datum, Message
 from framework.spec.model import Udf, load_handler

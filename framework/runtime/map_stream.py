@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
@@ -82,7 +83,7 @@ class MapStreamProcessor:
             except (HandlerTimeout, UnpublishableOutput) as exc:  # final: retrying would fail the same way
                 metrics.error.inc(1)
                 return exc
-            except (nats_errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats_errors.Error):
                 raise
             except Exception as exc:  # noqa: BLE001
                 metrics.error.inc(1)

@@ -31,7 +31,12 @@ from nats.js.kv import KeyValue
 from framework.isb import envelope, names
 from framework.isb.reader import BufferReader
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
-from framework.runtime.ownership import Lease, PartitionLeases, bucket_name, provision_bucket
+from framework.runtime.ownership import (
+    Lease,
+    PartitionLeases,
+    bucket_name,
+    provision_bucket,
+)
 from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Outgoing, describe
 from framework.sdk import Datum
@@ -156,7 +161,7 @@ class Reducer:
             elif not self.stopping.is_set():
                 try:
                     await self._open(part, lease)
-                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                except (TimeoutError, nats_errors.Error) as exc:
                     log.warning("reduce %s: cannot open partition %d yet (%s: %s)", self.v.name, part or 0,
                                 type(exc).__name__, exc)
         for ps in [ps for part, ps in self.parts.items() if self.leases.owned.get(part) is not ps.lease]:
@@ -175,8 +180,8 @@ class Reducer:
         # JetStream redelivers a dead owner's inputs once their ack wait ends (a graceful one
         # nak'd them); by then every one of them has come back.
         recover_by = time.monotonic() + 2 * self.limits.ack_wait + self.cfg.lease_ttl
-        ps = Partition(part, lease, reader, fetcher, wm=lease.wm, recovering=info.num_ack_pending,
-                       recover_to=info.delivered.stream_seq, recover_by=recover_by)
+        ps = Partition(part, lease, reader, fetcher, wm=lease.wm, recovering=info.num_ack_pending or 0,
+                       recover_to=info.delivered.stream_seq if info.delivered else 0, recover_by=recover_by)
         self.parts[part] = ps
         log.info("reduce %s partition %d: reading (lease rev %d); waiting for %d input(s) previous owners held",
                  self.v.name, part or 0, lease.rev, ps.recovering)
@@ -190,7 +195,7 @@ class Reducer:
         everything previous owners held. None: the lease ran out meanwhile."""
         warn_at = time.monotonic() + 10
         while lease.valid() and not self.stopping.is_set():
-            info = await self.js.consumer_info(stream, consumer)
+            info: ConsumerInfo = await self.js.consumer_info(stream, consumer)
             if not info.num_waiting:
                 return info
             if time.monotonic() > warn_at:
@@ -314,7 +319,8 @@ class Reducer:
             if not await self.leases.record(ps.index, ps.wm):
                 await self._fence(ps)
                 return
-            outgoing, failed = [], []
+            outgoing: list[Outgoing] = []
+            failed: list[tuple[Msg, str]] = []
             for w in ready:
                 try:
                     results = await self.emitter.traced_emit(ps, w)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -141,8 +142,8 @@ class WindowEmitter:
 
     async def _call(self, keys: list[str], datums: list[Datum], window: Window) -> list[Message]:
         fn: Any = self.fn() if inspect.isclass(self.fn) else self.fn
-        if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):
+        if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):  # noqa: B004 - its kind
             return [m async for m in fn(keys, iter(datums), window)]
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004 - its kind
             return normalize(await fn(keys, iter(datums), window))
         return normalize(await self.threads.call(fn, keys, iter(datums), window))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 from framework.spec.model import Backoff, Retry
 

@@ -4,14 +4,15 @@ partition of a keyed reduce, ids are derived, and the watermark publisher learns
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from framework.isb.envelope import encode_envelope
 from framework.isb.names import edge_subject, partitions, stream_name
-from framework.isb.writer import BufferWriter, OutMessage
-from framework.transport.headers import HeaderError
+from framework.isb.writer import BufferWriter, JetStreamPublisher, OutMessage
 from framework.sdk import Message
 from framework.spec.model import Edge, OnFull, Pipeline
+from framework.transport.headers import HeaderError
 from framework.watermark.marks import WatermarkPublisher
 
 
@@ -21,7 +22,7 @@ class Route:
     subjects: tuple[str, ...]  # one per partition of the target's buffer
     targets: tuple[str, ...]  # writer keys: "<to>" or "<to>#<partition>"
 
-    def pick(self, keys) -> int:
+    def pick(self, keys: Sequence[str] | None) -> int:
         if len(self.subjects) == 1:
             return 0
         # The same keys always land in the same partition, so a key's window lives in one place.
@@ -37,7 +38,7 @@ class Outgoing:
     value: bytes
     event_time_ms: int
     keys: list[str] | tuple[str, ...] | None
-    headers: dict[str, str] | None
+    headers: Mapping[str, str] | None
     tags: frozenset[str]
     late: bool = False
     wire: bytes | None = None  # the encoded envelope, once `Router.prepare` has checked it
@@ -66,7 +67,7 @@ def target_key(to: str, partition: int | None) -> str:
 class Router:
     """Routes a batch of outputs to the buffers of a vertex's out-edges and writes them."""
 
-    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter, publisher=None):
+    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter, publisher: JetStreamPublisher | None = None):
         self._writer = writer
         self._pub = publisher  # JetStreamPublisher: knows the last acked sequence per subject
         self._routes: list[Route] = []

@@ -11,7 +11,13 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from framework.connector import SINKS, ConnectorContext, DatumsRejected, PartialWrite, load_connector
+from framework.connector import (
+    SINKS,
+    ConnectorContext,
+    DatumsRejected,
+    PartialWrite,
+    load_connector,
+)
 from framework.isb import envelope
 from framework.isb.reader import BufferReader
 from framework.runtime.bounded import within
@@ -142,7 +148,7 @@ class SinkProcessor:
             try:
                 await within(self.fallback.write(out), self.cfg.timeout)
                 break
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 rt.metrics.error.inc(1)
                 if rt.stopping.is_set():
                     raise _FallbackDown() from exc

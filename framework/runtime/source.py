@@ -4,15 +4,22 @@ records' event times, and moves on by the idle rule when no data comes."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from nats import errors as nats_errors
 
-from framework.connector import SOURCES, BufferFull, ConnectorContext, RecordRejected, SourceRecord, load_connector
+from framework.connector import (
+    SOURCES,
+    BufferFull,
+    ConnectorContext,
+    RecordRejected,
+    SourceRecord,
+    load_connector,
+)
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.routing import Outgoing, describe, source_msg_id
 from framework.sdk import Datum
@@ -152,7 +159,7 @@ class SourceKind:
             return False
         try:
             entries = await published(self.io.kv, self.rt.v.name)
-        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats_errors.Error) as exc:
             log.warning("vertex %s: cannot read its earlier watermarks (%s)", self.rt.v.name, exc)
             return False
         now_ms = int(time.time() * 1000)

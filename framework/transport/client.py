@@ -6,7 +6,7 @@ every internal named in NATS_PY_INTERNALS before a newer one is allowed in.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from nats import errors
 from nats.aio.client import Client

@@ -9,7 +9,8 @@ import logging
 import os
 import ssl
 import sys
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from nats import errors
 from nats.aio.client import Client
@@ -192,7 +193,7 @@ class NatsSettings(BaseModel):
     # already running reconnects for as long as it takes).
     connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=24 * 3600)
 
-    def __repr_args__(self):  # a logged or printed settings object shows no credentials
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:  # a logged or printed settings object shows no credentials
         for name, value in super().__repr_args__():
             yield name, mask_url(value) if name == "url" and value else value
 
@@ -201,9 +202,9 @@ class NatsSettings(BaseModel):
         return _ENV_NAMES.get(field, ENV_PREFIX + field.upper())
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "NatsSettings":
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NatsSettings:
         env = dict(os.environ if env is None else env)
-        values = {f: env.get(cls.env_name(f)) for f in cls.model_fields}
+        values: dict[str, Any] = {f: env.get(cls.env_name(f)) for f in cls.model_fields}
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
@@ -216,7 +217,7 @@ class NatsSettings(BaseModel):
         """The environment that hands these settings to a child process."""
         return {self.env_name(k): str(v) for k, v in self.model_dump().items() if v is not None}
 
-    def with_url(self, url: str | None) -> "NatsSettings":
+    def with_url(self, url: str | None) -> NatsSettings:
         return self if url is None else self.model_copy(update={"url": url})
 
     @property
@@ -247,7 +248,7 @@ class NatsSettings(BaseModel):
 
     def _options(self, name: str, watch: ConnectionWatch) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "servers": [u.strip() for u in self.url.split(",")],
+            "servers": [u.strip() for u in (self.url or "").split(",")],  # connect() checked it is set
             "name": name,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,

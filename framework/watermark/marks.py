@@ -19,9 +19,12 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
@@ -54,22 +57,21 @@ async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: Resolve
 class WatermarkPublisher:
     """Publishes one writer's watermark for each of its out-buffers (throttled, plus heartbeats)."""
 
-    def __init__(self, kv, from_vertex: str, targets: list[tuple[str, int]], replica: str | None = None):
+    def __init__(self, kv: KeyValue, from_vertex: str, targets: list[tuple[str, int]], replica: str | None = None):
         self._kv = kv
         self._keys = {t: f"{from_vertex}.{t[0]}.{t[1]}.{replica or replica_id()}" for t in targets}
         self._seq: dict[tuple[str, int], int] = {t: 0 for t in targets}
         self.wm = UNKNOWN
         self._sent_at = 0.0
-        self._task: asyncio.Task | None = None
-        self._putting: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._putting: asyncio.Task[None] | None = None
 
     def wrote(self, target: tuple[str, int], seq: int) -> None:
         if seq > self._seq.get(target, 0):
             self._seq[target] = seq
 
     async def update(self, wm: int, force: bool = False) -> None:
-        if wm > self.wm:
-            self.wm = wm
+        self.wm = max(self.wm, wm)
         due = force or time.monotonic() - self._sent_at >= PUBLISH_EVERY_S
         if due and (self._putting is None or self._putting.done()):
             # In the background: the hot path must not wait a KV round trip.
@@ -86,7 +88,7 @@ class WatermarkPublisher:
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat only delays windows
                 log.warning("watermark put %s failed: %s", key, exc)
 
-    def start_heartbeat(self, on_idle=None) -> None:
+    def start_heartbeat(self, on_idle: Callable[[], bool | Awaitable[bool]] | None = None) -> None:
         """Every second: `on_idle()` (may be async; True = the watermark moved) and a put if
         nothing was published for a second."""
         async def beat() -> None:
@@ -111,11 +113,11 @@ class WatermarkPublisher:
             await self._put()
 
 
-async def published(kv, from_vertex: str, wait: float = 5.0) -> list[dict]:
+async def published(kv: KeyValue, from_vertex: str, wait: float = 5.0) -> list[dict[str, Any]]:
     """What every replica of `from_vertex` last published, live or gone: {"wm", "seq", "ts"}
     per out-buffer partition and replica (a restarted source picks its watermark up from here)."""
     watcher = await kv.watch(f"{from_vertex}.>")
-    found = []
+    found: list[dict[str, Any]] = []
     try:
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(wait):
@@ -125,7 +127,7 @@ async def published(kv, from_vertex: str, wait: float = 5.0) -> list[dict]:
                     if entry.value:
                         found.append(json.loads(entry.value))
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
     return found
 
 
@@ -138,13 +140,13 @@ class _Writer:
 class WatermarkFetcher:
     """A reader's view of its buffer's watermark (one buffer partition, read in order)."""
 
-    def __init__(self, kv, to_vertex: str, partition: int, timeout: float = PUBLISHER_TIMEOUT_S):
+    def __init__(self, kv: KeyValue, to_vertex: str, partition: int, timeout: float = PUBLISHER_TIMEOUT_S):
         self._kv = kv
         self._pattern = f"*.{to_vertex}.{partition}.*"
         self._writers: dict[str, _Writer] = {}
         self._timeout_ms = int(timeout * 1000)
         self.wm = UNKNOWN
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     async def start(self, wait_ready: float | None = None) -> None:
@@ -164,10 +166,10 @@ class WatermarkFetcher:
         if wait_ready:
             try:
                 await asyncio.wait_for(self.ready.wait(), wait_ready)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("watermark entries for %s not replayed within %.0fs", self._pattern, wait_ready)
 
-    def observe(self, key: str, value: dict) -> None:
+    def observe(self, key: str, value: dict[str, Any]) -> None:
         w = self._writers.setdefault(key, _Writer())
         w.ts = int(value["ts"])
         seq, wm = int(value["seq"]), int(value["wm"])

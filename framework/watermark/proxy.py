@@ -27,9 +27,15 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from framework.isb import names
-from framework.transport.settings import NatsSettings
 from framework.spec.model import Pipeline, load_pipeline
-from framework.watermark.marks import HEARTBEAT_S, WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
+from framework.transport.settings import NatsSettings
+from framework.watermark.marks import (
+    HEARTBEAT_S,
+    WatermarkFetcher,
+    WatermarkPublisher,
+    bucket_name,
+    provision_bucket,
+)
 
 log = logging.getLogger("natsflow.watermark_proxy")
 
@@ -64,7 +70,7 @@ class WatermarkProxy:
                 await self.step(fetcher, publisher)
                 try:
                     await asyncio.wait_for(stopping.wait(), self.interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await fetcher.close()

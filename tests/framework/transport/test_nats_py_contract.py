@@ -13,7 +13,12 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from framework.transport.client import NATS_PY_INTERNALS, NATS_PY_WRITTEN_FOR, FastClient, publish_many
+from framework.transport.client import (
+    NATS_PY_INTERNALS,
+    NATS_PY_WRITTEN_FOR,
+    FastClient,
+    publish_many,
+)
 from framework.transport.headers import encode_headers, parse_header_lines
 
 ADAPT = ("framework/transport/client.py relies on it (see NATS_PY_INTERNALS there); adapt it before "
@@ -111,7 +116,7 @@ async def test_connected_client_internals_and_fast_paths(nats_url):
 
 @pytest.mark.parametrize("minor", [NATS_PY_WRITTEN_FOR])
 def test_pyproject_pins_the_minor_release(minor):
-    from tests.conftest import REPO  # noqa: PLC0415
+    from tests.conftest import REPO
 
     text = (REPO / "pyproject.toml").read_text()
     major, mi = (int(x) for x in minor.split("."))
