@@ -100,6 +100,12 @@ def is_natsflow_header(name: str) -> bool:
     return name.startswith(("Nats-", "Nf-"))
 
 
+def is_natsflow_header_any_case(name: str) -> bool:
+    """`is_natsflow_header` ignoring case (NATS header names are case-insensitive to the server:
+    an upstream `nats-msg-id` would set the dedup id)."""
+    return name[:5].lower() == "nats-" or name[:3].lower() == "nf-"
+
+
 def passed_on(name: str) -> bool:
     """A header that travels from input to output (and from a handler's Message to the wire)."""
     return name not in RESERVED_HEADERS and not is_control_header(name)

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from framework.spec.model import Pipeline
 
+# What no user subject or stream may use (spec validation refuses them): every subject and name below.
+RESERVED_SUBJECTS = ("nf.>", "nfdlq.>")
+RESERVED_PREFIX = "nf_"
+
 
 def _part(partition: int | None) -> str:
     return "" if partition is None else f"_p{partition}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
+from framework.isb.envelope import is_natsflow_header_any_case
 from framework.transport.headers import escape_header_name as header_name
 
 MAX_ID = 200
@@ -22,7 +23,7 @@ def header_value(raw: object) -> str:
 def upstream_headers(items) -> dict[str, str] | None:
     """`(name, value)` pairs as user headers; natsflow's own (`Nats-*`, `Nf-*`) are not taken."""
     # Header names are case-insensitive to NATS: `nats-msg-id` would set the dedup id.
-    out = {header_name(k): header_value(v) for k, v in items if not k.lower().startswith(("nats-", "nf-"))}
+    out = {header_name(k): header_value(v) for k, v in items if not is_natsflow_header_any_case(k)}
     return out or None
 
 
