@@ -23,7 +23,8 @@ from framework.isb import envelope, names
 from framework.isb.reader import BufferReader
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.sdk import Datum
-from framework.watermark.marks import WatermarkFetcher, bucket_name
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import bucket_name
 
 log = logging.getLogger("natsflow.worker")
 

@@ -30,7 +30,8 @@ from framework.runtime.routing import Router, WriteReport
 from framework.sideinputs.manager import SideInputWatcher
 from framework.spec.model import Pipeline
 from framework.transport.settings import NatsSettings, exit_now
-from framework.watermark.marks import WatermarkPublisher, bucket_name, provision_bucket
+from framework.watermark.marks import bucket_name, provision_bucket
+from framework.watermark.publisher import WatermarkPublisher
 
 log = logging.getLogger("natsflow.worker")
 

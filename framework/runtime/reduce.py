@@ -41,7 +41,8 @@ from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Outgoing, describe
 from framework.sdk import Datum
 from framework.spec.model import Reduce, load_handler
-from framework.watermark.marks import UNKNOWN, WatermarkFetcher, replica_id
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import UNKNOWN, replica_id
 
 log = logging.getLogger("natsflow.reduce")
 

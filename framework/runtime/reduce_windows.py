@@ -22,7 +22,8 @@ from framework.runtime.routing import Outgoing, as_bytes, message_tags
 from framework.runtime.udf import normalize
 from framework.sdk import Datum, Message, Window
 from framework.spec.model import Retry, WindowSpec
-from framework.watermark.marks import UNKNOWN, WatermarkFetcher
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import UNKNOWN
 from framework.windows import OpenWindow, add_to_sessions, assign
 
 WindowKey = tuple[tuple[str, ...], int, int]

@@ -13,7 +13,7 @@ from framework.isb.writer import BufferWriter, JetStreamPublisher, OutMessage
 from framework.sdk import Message
 from framework.spec.model import Edge, OnFull, Pipeline
 from framework.transport.headers import HeaderError
-from framework.watermark.marks import WatermarkPublisher
+from framework.watermark.publisher import WatermarkPublisher
 
 
 @dataclass(frozen=True, slots=True)

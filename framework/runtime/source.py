@@ -24,7 +24,7 @@ from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.routing import Outgoing, describe, source_msg_id
 from framework.sdk import Datum
 from framework.spec.model import IdleSource, load_handler
-from framework.watermark.marks import WatermarkPublisher, published
+from framework.watermark.publisher import WatermarkPublisher, published
 
 log = logging.getLogger("natsflow.worker")
 

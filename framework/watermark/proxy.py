@@ -29,13 +29,9 @@ from nats.aio.client import Client
 from framework.isb import names
 from framework.spec.model import Pipeline, load_pipeline
 from framework.transport.settings import NatsSettings
-from framework.watermark.marks import (
-    HEARTBEAT_S,
-    WatermarkFetcher,
-    WatermarkPublisher,
-    bucket_name,
-    provision_bucket,
-)
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import HEARTBEAT_S, bucket_name, provision_bucket
+from framework.watermark.publisher import WatermarkPublisher
 
 log = logging.getLogger("natsflow.watermark_proxy")
 

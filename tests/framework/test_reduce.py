@@ -344,7 +344,7 @@ async def test_async_generator_and_class_handlers(runner, nc, handler):
 
 
 def test_watermark_fetcher_keeps_the_entry_in_force_and_waits_for_silent_writers():
-    from framework.watermark.marks import WatermarkFetcher
+    from framework.watermark.fetcher import WatermarkFetcher
 
     f = WatermarkFetcher(kv=None, to_vertex="agg", partition=0, timeout=10)
     import time as _t
