@@ -69,6 +69,7 @@ class Message:
 
 
 def datetime_from_ms(ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 

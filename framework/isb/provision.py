@@ -33,6 +33,7 @@ DLQ_MAX_MSGS = 1_000_000
 
 
 def buffer_stream_config(p: Pipeline, vertex: str, partition: int | None = None) -> api.StreamConfig:
+    """The buffer stream of a vertex (one partition of it): a work queue that refuses new messages when full."""
     limits = p.limits_for(vertex)
     return apply_buffers(api.StreamConfig(
         name=names.stream_name(p.name, vertex, partition),
@@ -46,6 +47,7 @@ def buffer_stream_config(p: Pipeline, vertex: str, partition: int | None = None)
 
 
 def buffer_consumer_config(p: Pipeline, vertex: str, partition: int | None = None) -> api.ConsumerConfig:
+    """The durable consumer all replicas of a vertex read its buffer (partition) through."""
     limits = p.limits_for(vertex)
     replicas = max(1, p.vertex(vertex).scale.max)
     v = p.vertex(vertex)
@@ -63,6 +65,7 @@ def buffer_consumer_config(p: Pipeline, vertex: str, partition: int | None = Non
 
 
 def dlq_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
+    """The dead-letter stream of a vertex: kept by limits, the oldest dropped first."""
     return apply_buffers(api.StreamConfig(
         name=names.dlq_stream_name(p.name, vertex),
         subjects=[names.dlq_subject(p.name, vertex)],
@@ -80,6 +83,7 @@ def spec_paths(p: Pipeline, vertex: str | None) -> SpecPaths:
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> str:
+    """Create the consumer, or bring its editable fields to `config`: 'created', 'unchanged' or 'updated'."""
     what = f"consumer {stream}/{config.durable_name}"
     try:
         info = await patiently(js.consumer_info, stream, config.durable_name, what=what)

@@ -36,12 +36,14 @@ ERR_NO_RESPONDERS = 503
 
 @dataclass(slots=True)
 class OutMessage:
+    """One message to publish: headers as a dict, or already in wire form."""
     subject: str
     payload: bytes
     headers: dict[str, str] | bytes  # bytes: already encoded (see encode_envelope)
 
 
 class PublishError(Exception):
+    """JetStream refused to store a message; `code` is its err_code."""
     def __init__(self, code: int, description: str):
         self.code = code
         super().__init__(f"{description} (err_code {code})")

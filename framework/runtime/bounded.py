@@ -33,6 +33,7 @@ class HandlerTimeout(TimeoutError):
 
 
 def max_stuck() -> int:
+    """How many handler threads may be stuck past their timeout before the process exits."""
     return max(1, int(os.environ.get("NATSFLOW_MAX_STUCK_THREADS", DEFAULT_MAX_STUCK)))
 
 

@@ -24,6 +24,7 @@ from framework.spec.model import Udf, load_handler
 
 
 class MapStreamProcessor:
+    """The BatchProcessor of a mapStream vertex."""
     def __init__(self, loop: ForwardLoop, udf: Udf, fn: Callable[[list[str], Datum], AsyncIterator[Any]]):
         self.loop = loop
         self.rt = loop.rt

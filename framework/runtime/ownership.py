@@ -54,6 +54,7 @@ _KEY_UNSAFE = re.compile(r"[^-/_=a-zA-Z0-9]")
 
 
 def bucket_name(pipeline: str) -> str:
+    """The leases bucket of `pipeline` (named in isb/names.py)."""
     return names.leases_bucket(pipeline)
 
 
@@ -66,10 +67,12 @@ async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: Resolve
 
 
 def partition_key(vertex: str, partition: int | None) -> str:
+    """The KV key of one partition's lease."""
     return f"{vertex}.p.{partition or 0}"
 
 
 def member_key(vertex: str, replica: str) -> str:
+    """The KV key of one replica's heartbeat."""
     return f"{vertex}.m.{_KEY_UNSAFE.sub('-', replica)}"
 
 

@@ -31,6 +31,7 @@ WindowKey = tuple[tuple[str, ...], int, int]
 
 @dataclass
 class Partition:
+    """One reduce partition this replica reads: its lease, reader, watermark and open windows."""
     index: int | None
     lease: Lease
     reader: BufferReader

@@ -18,6 +18,7 @@ from framework.watermark.publisher import WatermarkPublisher
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One out-edge of a vertex: the subjects of its target's buffer partitions."""
     edge: Edge
     subjects: tuple[str, ...]  # one per partition of the target's buffer
     targets: tuple[str, ...]  # writer keys: "<to>" or "<to>#<partition>"
@@ -51,6 +52,7 @@ class UnpublishableOutput(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class WriteReport:
+    """What a write did: per target (routed, dropped for a full buffer), and the unrouted count."""
     per_target: dict[str, tuple[int, int]]  # to-vertex -> (routed, discarded because full)
     unrouted: int  # messages whose tags matched no out-edge
 
@@ -61,6 +63,7 @@ def source_msg_id(vertex: str, offset: str) -> str:
 
 
 def target_key(to: str, partition: int | None) -> str:
+    """The writer's key of a target buffer partition: `<to>` or `<to>#<partition>`."""
     return to if partition is None else f"{to}#{partition}"
 
 
@@ -157,6 +160,7 @@ def describe(what: str, problem: str) -> str:
 
 
 def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:
+    """A handler's output value as bytes (str is UTF-8); TypeError for anything else."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -167,4 +171,5 @@ def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:
 
 
 def message_tags(m: Message) -> frozenset[str]:
+    """The tags of a handler's Message, as the router matches them."""
     return frozenset(m.tags) if m.tags else frozenset()

@@ -34,6 +34,7 @@ class _FallbackDown(Exception):
 
 
 class SinkProcessor:
+    """The BatchProcessor of a sink vertex (and its fallback sink)."""
     def __init__(self, loop: ForwardLoop, cfg: Sink, sink: Any, fallback: Any | None):
         self.loop = loop
         self.rt = loop.rt

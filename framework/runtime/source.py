@@ -30,6 +30,7 @@ log = logging.getLogger("natsflow.worker")
 
 
 class SourceKind:
+    """The VertexKind of a source: runs its connector with `emit` and `try_emit`."""
     def __init__(self, rt: VertexRuntime, io: VertexIO):
         assert rt.v.source is not None and io.router.wm is not None  # a source always has out-edges
         self.rt = rt

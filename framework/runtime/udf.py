@@ -15,7 +15,7 @@ Result = list[Message] | BaseException
 
 
 class HandlerResultError(TypeError):
-    pass
+    """A handler returned something that is not a Message, a list of them or None."""
 
 
 def normalize(result: Any) -> list[Message]:

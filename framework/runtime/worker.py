@@ -44,6 +44,7 @@ def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path 
 
 
 async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSettings) -> None:
+    """Run one vertex of the pipeline file until it is stopped (`natsflow vertex`)."""
     path = Path(pipeline_file)
     p = load_pipeline(path, check_handlers=False)
     check_vertex(p, p.vertex(vertex), str(path))  # a missing secret: one clear line, before connecting

@@ -29,10 +29,12 @@ PUBLISHER_TIMEOUT_S = 10.0
 
 
 def bucket_name(pipeline: str) -> str:
+    """The watermark bucket of `pipeline` (named in isb/names.py)."""
     return names.watermark_bucket(pipeline)
 
 
 def replica_id() -> str:
+    """This replica's name: NATSFLOW_REPLICA_ID, else host and pid."""
     return os.environ.get("NATSFLOW_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
 
 
