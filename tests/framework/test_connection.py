@@ -7,7 +7,6 @@ server closes exits 4; a reconnect is one log line per state change."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal

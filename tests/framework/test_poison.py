@@ -4,7 +4,6 @@ that never returns each go to the dead-letter stream alone, while the rest of th
 from __future__ import annotations
 
 import json
-import os
 
 from framework.transport.client import publish_many
 from framework.transport.settings import NatsSettings
