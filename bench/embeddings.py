@@ -26,11 +26,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from framework.isb.buffer import provision  # noqa: E402
+from framework.isb.provision import provision  # noqa: E402
 from framework.local import process  # noqa: E402
 from framework.local.embedded import EmbeddedNats  # noqa: E402
 from framework.spec import load_pipeline  # noqa: E402
-
 
 SUBJECTS = ["the delivery", "our new model", "this phone", "the support team", "my flight", "the update"]
 VERBS = ["arrived", "worked", "failed", "surprised me", "was slow", "felt great"]

@@ -43,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version as _dist_version
 from dataclasses import dataclass, field
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ import nats  # noqa: E402
 from nats.js import api  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
 
-from framework.isb.buffer import consumer_name, edge_subject, stream_name  # noqa: E402
+from framework.isb.names import consumer_name, edge_subject, stream_name  # noqa: E402
 from framework.local import process  # noqa: E402
 from framework.local.embedded import EmbeddedNats, find_nats_server  # noqa: E402
 

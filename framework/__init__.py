@@ -1,9 +1,9 @@
 """natsflow: stream pipelines on NATS JetStream, one small service per step."""
 
-from framework.transport.connection import NatsSettings
 from framework.sdk import DROP, Datum, Message, Window
 from framework.sideinputs.manager import SideInputError, side_input, side_input_json
 from framework.spec import Pipeline, SpecError, load_pipeline
+from framework.transport.settings import NatsSettings
 
 __all__ = ["DROP", "Datum", "Message", "NatsSettings", "Pipeline", "SideInputError", "SpecError", "Window",
            "load_pipeline", "side_input", "side_input_json"]

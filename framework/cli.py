@@ -14,12 +14,19 @@ from pathlib import Path
 
 import yaml
 
-from framework.isb.buffer import provision
-from framework.transport.connection import (DEFAULT_CONNECT_TIMEOUT_S, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, ConnectError,
-                         ConnectStopped, NatsSettings, exit_when_lost)
 from framework.connector import server_problems
+from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
 from framework.spec import SpecError, load_pipeline
+from framework.transport.settings import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    EXIT_CONNECTION_LOST,
+    EXIT_NO_CONNECTION,
+    ConnectError,
+    ConnectStopped,
+    NatsSettings,
+    exit_when_lost,
+)
 
 log = logging.getLogger("natsflow.cli")
 

@@ -37,19 +37,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nats.aio.client import Client
 
-from framework.isb.buffer import (
-    HDR_EVENT_TIME,
-    HDR_KEYS,
+from framework.isb.envelope import (
     HDR_MSG_ID,
-    JetStreamPublisher,
-    OutMessage,
-    Unpublishable,
-    decode_keys,
+    decode_foreign,
     encode_envelope,
     envelope_headers,
+    is_natsflow_header,
+    is_natsflow_header_any_case,
     stream_sequence,
 )
-from framework.isb.buffer import BufferReader as StreamReader
+from framework.isb.names import source_consumer_name
+from framework.isb.reader import BufferReader as StreamReader
+from framework.isb.writer import JetStreamPublisher, OutMessage, Unpublishable
 from framework.runtime.bounded import Threads
 from framework.runtime.routing import source_msg_id
 from framework.sdk import Datum
@@ -57,21 +56,23 @@ from framework.spec.handlers import load_handler
 from framework.spec.plan import plan
 from framework.spec.registry import ConnectorInfo, connector
 from framework.spec.secrets import resolved
-from framework.transport.connection import HeaderError, NatsSettings, encode_headers, mask_url, publish_many
-from framework.transport.connection import escape_header_name as header_name
+from framework.transport.client import publish_many
+from framework.transport.headers import HeaderError, encode_headers
+from framework.transport.headers import escape_header_name as header_name
+from framework.transport.settings import NatsSettings, mask_url
 
 if TYPE_CHECKING:
     from framework.spec import Pipeline
     from framework.spec.model import SinkBlock, SourceBlock
 
 __all__ = [
-    "HDR_MSG_ID",
     "BufferFull",
     "ConnectorConfigError",
     "ConnectorContext",
     "ConnectorInfo",
     "DatumsRejected",
     "Emit",
+    "HDR_MSG_ID",
     "HeaderError",
     "JetStreamPublisher",
     "OutMessage",
@@ -88,12 +89,15 @@ __all__ = [
     "encode_headers",
     "envelope_headers",
     "header_name",
+    "is_natsflow_header",
+    "is_natsflow_header_any_case",
     "linger_fill",
     "load_connector",
     "load_handler",
     "mask_url",
     "publish_many",
     "record_from_msg",
+    "source_consumer_name",
     "source_msg_id",
     "stream_sequence",
 ]
@@ -119,19 +123,7 @@ def record_from_msg(msg: Any, offset: str, default_event_ms: int) -> SourceRecor
     other `Nats-*`/`Nf-*` headers are dropped, user headers pass through. A malformed envelope
     header is ignored with a warning: the message is still stored, and the source does not crash
     on it (and re-read it forever)."""
-    h = msg.headers or {}
-    try:
-        keys = decode_keys(h.get(HDR_KEYS))
-    except ValueError as exc:
-        log.warning("source message %s: ignored a bad %s header (%s)", offset, HDR_KEYS, exc)
-        keys = []
-    et = h.get(HDR_EVENT_TIME)
-    try:
-        event_ms = int(et) if et else default_event_ms
-    except ValueError:
-        log.warning("source message %s: ignored a bad %s header %r", offset, HDR_EVENT_TIME, et)
-        event_ms = default_event_ms
-    user = {k: v for k, v in h.items() if not k.startswith(("Nats-", "Nf-"))}
+    keys, event_ms, user = decode_foreign(msg.headers, offset, default_event_ms)
     return SourceRecord(msg.data, offset, event_ms, keys or None, user or None, offset)
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 DROP = "__drop__"
 """The tag that drops a message; `Message.drop()` sets it."""
@@ -21,12 +21,12 @@ class Datum:
     handler that never looks at it costs nothing for it.
     """
 
-    __slots__ = ("keys", "value", "headers", "id", "event_time_ms")
+    __slots__ = ("event_time_ms", "headers", "id", "keys", "value")
 
     def __init__(self, keys: list[str], value: bytes, event_time: datetime | None = None,
                  headers: Mapping[str, str] | None = None, id: str = "", *, event_time_ms: int | None = None):
         if event_time_ms is None:
-            event_time_ms = int((event_time or datetime.now(timezone.utc)).timestamp() * 1000)
+            event_time_ms = int((event_time or datetime.now(UTC)).timestamp() * 1000)
         self.keys = keys
         self.value = value
         self.headers = headers if headers is not None else _NO_HEADERS
@@ -60,7 +60,7 @@ class Message:
     event_time: datetime | None = None
 
     @classmethod
-    def drop(cls) -> "Message":
+    def drop(cls) -> Message:
         return cls(b"", tags=(DROP,))
 
     @property
@@ -69,7 +69,8 @@ class Message:
 
 
 def datetime_from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    """Epoch milliseconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,5 +81,5 @@ class Window:
     end: datetime
 
     @classmethod
-    def from_ms(cls, start_ms: int, end_ms: int) -> "Window":
+    def from_ms(cls, start_ms: int, end_ms: int) -> Window:
         return cls(datetime_from_ms(start_ms), datetime_from_ms(end_ms))

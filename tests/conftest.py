@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from framework.isb.buffer import provision
+from framework.isb.provision import provision
 from framework.local import process
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats
 from framework.local.replicas import vertex_command

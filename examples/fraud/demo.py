@@ -38,11 +38,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from framework.transport.connection import NatsSettings
-from framework.sideinputs.manager import bucket_name
-from framework.local.supervisor import Supervisor
-
 from examples.fraud.udf import THRESHOLDS_ENV
+from framework.local.supervisor import Supervisor
+from framework.sideinputs.manager import bucket_name
+from framework.transport.settings import NatsSettings
 
 HERE = Path(__file__).resolve().parent
 STRICTER = {"version": 2, "flagAbove": 0.5,

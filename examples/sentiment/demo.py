@@ -18,10 +18,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from framework.isb.buffer import stream_name
-from framework.transport.connection import NatsSettings
+from framework.isb.names import stream_name
 from framework.local.embedded import free_port
 from framework.local.supervisor import Supervisor
+from framework.transport.settings import NatsSettings
 
 HERE = Path(__file__).resolve().parent
 SENTENCES = [

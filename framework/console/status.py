@@ -13,10 +13,10 @@ from nats import errors as nats_errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from framework.isb import buffer as b
+from framework.isb import names
+from framework.runtime.ownership import holdings
 from framework.spec import Pipeline
 from framework.watermark.marks import HEARTBEAT_S, bucket_name
-from framework.runtime.ownership import holdings
 
 REPLICA_ALIVE_MS = int(3 * HEARTBEAT_S * 1000)
 
@@ -85,11 +85,11 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
             st.replicas = len(writers.replicas.get(v.name, ()))
         if v.kind != "source":
             st.pending = st.ack_pending = st.readers = st.buffered = st.appended = 0
-            st.capacity = p.limits_for(v.name).buffer_max_length * len(b.partitions(p, v.name))
-            for part in b.partitions(p, v.name):
+            st.capacity = p.limits_for(v.name).buffer_max_length * len(names.partitions(p, v.name))
+            for part in names.partitions(p, v.name):
                 try:
-                    ci = await js.consumer_info(b.stream_name(p.name, v.name, part), b.consumer_name(p.name, v.name, part))
-                    si = await js.stream_info(b.stream_name(p.name, v.name, part))
+                    ci = await js.consumer_info(names.stream_name(p.name, v.name, part), names.consumer_name(p.name, v.name, part))
+                    si = await js.stream_info(names.stream_name(p.name, v.name, part))
                 except NotFoundError:
                     st.pending = None  # not provisioned
                     break
@@ -104,7 +104,7 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
             else:
                 st.processed = st.appended - st.buffered
         try:  # every vertex has one; a source's holds the records it could not store
-            st.dead_letters = (await js.stream_info(b.dlq_stream_name(p.name, v.name))).state.messages
+            st.dead_letters = (await js.stream_info(names.dlq_stream_name(p.name, v.name))).state.messages
         except NotFoundError:
             pass
         out.append(st)

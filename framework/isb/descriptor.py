@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from framework.isb import buffer as b
+from framework.isb import envelope, names
 from framework.spec import Pipeline
 
 PROTOCOL_VERSION = "1"
 
 
 def _output(p: Pipeline, vertex: str, to: str, e: Any) -> dict[str, Any]:
-    parts = b.partitions(p, to)
+    parts = names.partitions(p, to)
     out: dict[str, Any] = {
         "to": to,
-        "subject": b.edge_subject(p.name, to, vertex),
-        "stream": b.stream_name(p.name, to),
+        "subject": names.edge_subject(p.name, to, vertex),
+        "stream": names.stream_name(p.name, to),
         "softLimit": p.limits_for(to).buffer_soft_limit,
         "onFull": e.on_full.value,
         "tags": e.conditions.tags.model_dump(mode="json") if e.conditions and e.conditions.tags else None,
@@ -24,7 +24,7 @@ def _output(p: Pipeline, vertex: str, to: str, e: Any) -> dict[str, Any]:
         # A partitioned reduce has no unpartitioned buffer: a writer that ignores `partitions`
         # must fail at once rather than publish where no stream listens.
         out["subject"] = out["stream"] = None
-        out["partitions"] = [{"subject": b.edge_subject(p.name, to, vertex, i), "stream": b.stream_name(p.name, to, i)}
+        out["partitions"] = [{"subject": names.edge_subject(p.name, to, vertex, i), "stream": names.stream_name(p.name, to, i)}
                              for i in parts]
     return out
 
@@ -44,13 +44,13 @@ def vertex_descriptor(p: Pipeline, vertex: str) -> dict[str, Any]:
             "ackWaitMs": int(limits.ack_wait * 1000),
         },
         "outputs": [_output(p, vertex, e.to, e) for e in p.out_edges(vertex)],
-        "headers": {"msgId": b.HDR_MSG_ID, "id": b.HDR_ID, "keys": b.HDR_KEYS, "eventTime": b.HDR_EVENT_TIME,
-                    "error": b.HDR_ERROR},
+        "headers": {"msgId": envelope.HDR_MSG_ID, "id": envelope.HDR_ID, "keys": envelope.HDR_KEYS, "eventTime": envelope.HDR_EVENT_TIME,
+                    "error": envelope.HDR_ERROR},
     }
     if v.kind != "source":
         desc["input"] = {
-            "stream": b.stream_name(p.name, vertex),
-            "consumer": b.consumer_name(p.name, vertex),
-            "deadLetterSubject": b.dlq_subject(p.name, vertex),
+            "stream": names.stream_name(p.name, vertex),
+            "consumer": names.consumer_name(p.name, vertex),
+            "deadLetterSubject": names.dlq_subject(p.name, vertex),
         }
     return desc

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any, Awaitable, Callable, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from framework.isb import names
 from framework.spec import ResolvedBuffers
 
 REPLICAS_CURRENT_TIMEOUT_S = 30.0
@@ -74,7 +76,7 @@ async def patiently(call: Callable[..., Awaitable[Any]], *args: Any, what: str,
             await asyncio.sleep(0.5)
 
 
-async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, paths: SpecPaths = SpecPaths()) -> str:
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, paths: SpecPaths = SpecPaths()) -> str:  # noqa: B008 - frozen
     """Create the stream, or bring it to `config`: 'created', 'unchanged' or 'updated (<what>)'."""
     try:
         info = await patiently(js.stream_info, config.name, what=f"stream {config.name}")
@@ -89,7 +91,7 @@ async def ensure_kv_bucket(js: JetStreamContext, bucket: str, description: str, 
     """Create a one-value-per-key KV bucket with `buffers`' replicas and storage if it is missing;
     with `update` (provision) also bring an existing one to them. Workers only create: they must
     not undo what the last provision did."""
-    stream = f"KV_{bucket}"
+    stream = names.kv_stream_name(bucket)
     try:
         info = await patiently(js.stream_info, stream, what=f"kv {bucket}")
     except NotFoundError:
@@ -149,7 +151,7 @@ async def _current(js: JetStreamContext, stream: str) -> bool:
     try:
         info = await js.stream_info(stream)
         consumers = [c for c in await js.consumers_info(stream) if c.config.durable_name]
-    except (APIError, asyncio.TimeoutError, NatsError):  # a leader moving: ask again
+    except (TimeoutError, APIError, NatsError):  # a leader moving: ask again
         return False
     want = info.config.num_replicas or 1
     return _all_current(info.cluster, want) and all(_all_current(c.cluster, c.config.num_replicas or want)
@@ -197,7 +199,7 @@ def _differs(field: str, a: Any, b: Any) -> bool:
         return (a if a is not None else -1) != (b if b is not None else -1)
     if field == "num_replicas":
         return (a or 1) != (b or 1)
-    return _value(a) != _value(b)
+    return bool(_value(a) != _value(b))
 
 
 def _show(field: str, x: Any) -> str:

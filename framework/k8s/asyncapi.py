@@ -9,7 +9,7 @@ from faststream.nats import NatsBroker, PullSub
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, Field
 
-from framework.isb import buffer as b
+from framework.isb import envelope, names
 from framework.spec import Pipeline, plan
 
 ENVELOPE = (
@@ -23,14 +23,14 @@ HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "natsflow envelope headers (docs/protocol.md §3); any other header is the user's and passes through",
     "properties": {
-        b.HDR_MSG_ID: {"type": "string", "description": "deduplication id: <vertex>:<input seq>:<i>, sources <vertex>:<offset>"},
-        b.HDR_ID: {"type": "string", "description": "data id, kept end to end by maps"},
-        b.HDR_EVENT_TIME: {"type": "string", "pattern": "^-?[0-9]+$", "description": "event time, epoch milliseconds"},
-        b.HDR_KEYS: {"type": "string", "contentMediaType": "application/json",
+        envelope.HDR_MSG_ID: {"type": "string", "description": "deduplication id: <vertex>:<input seq>:<i>, sources <vertex>:<offset>"},
+        envelope.HDR_ID: {"type": "string", "description": "data id, kept end to end by maps"},
+        envelope.HDR_EVENT_TIME: {"type": "string", "pattern": "^-?[0-9]+$", "description": "event time, epoch milliseconds"},
+        envelope.HDR_KEYS: {"type": "string", "contentMediaType": "application/json",
                      "description": "keys: a JSON array of strings; absent = no keys"},
         "traceparent": {"type": "string", "description": "W3C trace context of the writing span, when tracing is on"},
     },
-    "required": [b.HDR_MSG_ID, b.HDR_ID, b.HDR_EVENT_TIME],
+    "required": [envelope.HDR_MSG_ID, envelope.HDR_ID, envelope.HDR_EVENT_TIME],
 }
 
 
@@ -44,20 +44,20 @@ def build_asyncapi(p: Pipeline, servers: str = "nats://localhost:4222", schema_v
     broker = NatsBroker(servers, description=f"NATS JetStream of natsflow pipeline {p.name}")
     for v in p.reading_vertices():
         for part in plan(p, v.name).partitions:
-            stream = b.stream_name(p.name, v.name, part)
-            subject = b.edge_subject(p.name, v.name, "*", part)  # what the stream takes from every writer
+            stream = names.stream_name(p.name, v.name, part)
+            subject = names.edge_subject(p.name, v.name, "*", part)  # what the stream takes from every writer
 
             async def read(body: Envelope) -> None:  # pragma: no cover - never run, only described
                 return None
 
-            broker.subscriber(subject, stream=stream, durable=b.consumer_name(p.name, v.name, part),
+            broker.subscriber(subject, stream=stream, durable=names.consumer_name(p.name, v.name, part),
                               pull_sub=PullSub(batch_size=plan(p, v.name).limits.read_batch_size, batch=True),
                               title=f"{v.name} reads {stream}",
                               description=f"{v.kind} vertex {v.name!r}: durable pull consumer "
-                                          f"{b.consumer_name(p.name, v.name, part)}. {ENVELOPE}")(read)
+                                          f"{names.consumer_name(p.name, v.name, part)}. {ENVELOPE}")(read)
     for e in p.spec.edges:
         for part in plan(p, e.to).partitions:
-            subject = b.edge_subject(p.name, e.to, e.from_, part)
+            subject = names.edge_subject(p.name, e.to, e.from_, part)
             when = f" when tags match {e.conditions.tags.model_dump(mode='json')}" if e.conditions and e.conditions.tags else ""
             broker.publisher(subject, title=f"{e.from_} writes to {e.to}" + ("" if part is None else f" p{part}"),
                              description=f"edge {e.from_} -> {e.to}{when}{' (late messages)' if e.late else ''}. "
@@ -80,7 +80,7 @@ def with_envelope(p: Pipeline, doc: dict[str, Any]) -> dict[str, Any]:
     writers = {v.name: [e.from_ for e in p.in_edges(v.name)] for v in p.reading_vertices()}
     for title, message in components.get("messages", {}).items():
         message["headers"] = {"$ref": "#/components/schemas/NatsflowHeaders"}
-        message["correlationId"] = {"location": f"$message.header#/{b.HDR_ID}",
+        message["correlationId"] = {"location": f"$message.header#/{envelope.HDR_ID}",
                                     "description": "the data id (Nf-Id)"}
         who = title.split(" ", 1)[0]
         if " writes to " in title and who in declared:

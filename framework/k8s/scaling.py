@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from framework.isb import buffer as b
+from framework.isb import names
 from framework.k8s.keda import KedaTrigger, UpstreamScaling
 from framework.k8s.objects import RenderOptions, object_meta, object_name, selector
 from framework.local.scaling import effective_cooldown
@@ -20,8 +20,8 @@ def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[st
     triggers = []
     for part in partitions(v):
         meta = {
-            "stream": b.stream_name(p.name, v.name, part),
-            "consumer": b.consumer_name(p.name, v.name, part),
+            "stream": names.stream_name(p.name, v.name, part),
+            "consumer": names.consumer_name(p.name, v.name, part),
             "lagThreshold": str(s.lag_threshold),
             "activationLagThreshold": str(s.activation_lag_threshold),
         }

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from framework.isb import buffer as b
+from framework.isb import names
 from framework.spec import Pipeline, Scale
 
 
@@ -65,8 +65,8 @@ class LagReader:
 
     async def lag(self, vertex: str) -> int:
         highest = 0
-        for part in b.partitions(self._p, vertex):
-            info = await self._js.consumer_info(b.stream_name(self._p.name, vertex, part),
-                                                b.consumer_name(self._p.name, vertex, part))
+        for part in names.partitions(self._p, vertex):
+            info = await self._js.consumer_info(names.stream_name(self._p.name, vertex, part),
+                                                names.consumer_name(self._p.name, vertex, part))
             highest = max(highest, info.num_pending + info.num_ack_pending)
         return highest

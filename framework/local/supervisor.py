@@ -14,16 +14,16 @@ from typing import TextIO
 
 from nats.aio.client import Client
 
-from framework.isb.buffer import provision
-from framework.isb.reconcile import ProvisionError
-from framework.transport.connection import NatsSettings
 from framework.connector import server_problems
+from framework.isb.provision import provision
+from framework.isb.reconcile import ProvisionError
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats, start_embedded
 from framework.local.replicas import VertexGroup, is_program, side_input_manager_command, vertex_command
 from framework.local.scaling import LagReader, desired_replicas, effective_cooldown
 from framework.local.watch import FileWatch
 from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.spec.secrets import check_pipeline
+from framework.transport.settings import NatsSettings
 from framework.watermark.proxy import WatermarkProxy, needs_proxy
 
 log = logging.getLogger("natsflow.supervisor")

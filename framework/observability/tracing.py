@@ -21,6 +21,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from framework.isb.envelope import HDR_ID
+
 log = logging.getLogger("natsflow.tracing")
 
 TRACEPARENT = "traceparent"
@@ -142,7 +144,7 @@ class VertexTracer:
         for m in msgs:
             if m.headers is None:
                 m.headers = {}
-            span = self.start(m.headers, m.headers.get("Nf-Id", ""))
+            span = self.start(m.headers, m.headers.get(HDR_ID, ""))
             if span is not None:
                 spans[id(m)] = span
         return spans

@@ -14,7 +14,9 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -31,6 +33,7 @@ class HandlerTimeout(TimeoutError):
 
 
 def max_stuck() -> int:
+    """How many handler threads may be stuck past their timeout before the process exits."""
     return max(1, int(os.environ.get("NATSFLOW_MAX_STUCK_THREADS", DEFAULT_MAX_STUCK)))
 
 
@@ -70,31 +73,32 @@ class deadline:
     HandlerTimeout (a TimeoutError of the handler's own passes through as it is). Cheaper than
     `within` (no task): for the per-message path of async handlers."""
 
-    __slots__ = ("_timeout", "_cm")
+    __slots__ = ("_cm", "_timeout")
 
     def __init__(self, timeout: float):
         self._timeout = timeout
         self._cm = asyncio.timeout(timeout)
 
-    async def __aenter__(self) -> "deadline":
+    async def __aenter__(self) -> Self:
         await self._cm.__aenter__()
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool | None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         try:
-            return await self._cm.__aexit__(exc_type, exc, tb)
+            await self._cm.__aexit__(exc_type, exc, tb)
         except TimeoutError:
             if self._cm.expired():
                 raise HandlerTimeout(self._timeout) from None
             raise
 
 
-def _consume(task: asyncio.Future) -> None:
+def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: no "exception was never retrieved" noise for a late failure
 
 
-def _resolve(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     if fut.done():
         return
     if exc is not None:
@@ -103,7 +107,7 @@ def _resolve(fut: asyncio.Future, result: Any, exc: BaseException | None) -> Non
         fut.set_result(result)
 
 
-def _deliver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+def _deliver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     try:
         loop.call_soon_threadsafe(_resolve, fut, result, exc)
     except RuntimeError:  # the loop is closed: the process is exiting and nobody waits any more
@@ -130,7 +134,7 @@ class _Progress:
     """What a batch job running on a lane has done; read by the event loop (the GIL keeps each
     attribute read and list append whole)."""
 
-    __slots__ = ("results", "current", "stop")
+    __slots__ = ("current", "results", "stop")
 
     def __init__(self) -> None:
         self.results: list[Any] = []
@@ -162,7 +166,7 @@ class Threads:
         lane: its thread may be inside `fn` for good."""
         lane = self._current()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[T] = loop.create_future()
 
         def job() -> None:
             try:
@@ -179,17 +183,17 @@ class Threads:
             self._abandon(lane)
             raise
 
-    async def each(self, fn: Callable[[Any], T], items: Sequence[Any], timeout: float) -> list[T | Exception]:
+    async def each(self, fn: Callable[[Any], T], items: Sequence[Any], timeout: float) -> list[T | BaseException]:
         """`fn(item)` for every item in one thread hop (the hop costs more than a small handler),
         each call bounded by `timeout`: an Exception it raises, or HandlerTimeout, takes its
         place in the result. After a timeout the rest goes on on a fresh thread."""
         loop = asyncio.get_running_loop()
-        results: list[T | Exception] = []
+        results: list[T | BaseException] = []
         start = 0
         while start < len(items):
             lane = self._current()
             progress = _Progress()
-            fut: asyncio.Future = loop.create_future()
+            fut: asyncio.Future[list[T | BaseException]] = loop.create_future()
             lane.jobs.put(self._batch_job(loop, fut, fn, items[start:], progress))
             while True:
                 current = progress.current
@@ -201,6 +205,7 @@ class Threads:
                         return results
                     continue
                 # `current` overran: what came before it is done; it times out; the rest moves on.
+                assert current is not None  # a wait runs out only while a call is running
                 progress.stop = True
                 self._abandon(lane)
                 results.extend(progress.results[:current[0]])
@@ -210,7 +215,7 @@ class Threads:
         return results
 
     @staticmethod
-    def _batch_job(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, fn: Callable[[Any], Any],
+    def _batch_job(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], fn: Callable[[Any], Any],
                    items: Sequence[Any], progress: _Progress) -> Callable[[], None]:
         def job() -> None:
             out = progress.results

@@ -6,12 +6,38 @@ in `Nf-Error` after `; dead letter: `."""
 
 from __future__ import annotations
 
-from typing import Mapping
+import asyncio
+import logging
+from collections.abc import Mapping
 
-from framework.isb import buffer as b
-from framework.transport.connection import encode_headers, escape_header_name, escape_header_value, header_problem
+from nats import errors as nats_errors
+from nats.aio.msg import Msg
+from opentelemetry.trace import Span
 
-ERROR_MAX = 4000  # characters of Nf-Error kept
+from framework.connector import SourceRecord
+from framework.isb import names
+from framework.isb.envelope import (
+    ERROR_MAX,
+    HDR_ERROR,
+    HDR_ERROR_VERTEX,
+    HDR_MSG_ID,
+    RESERVED_HEADERS,
+    is_control_header,
+    origin,
+    record_headers,
+)
+from framework.isb.writer import JetStreamPublisher, OutMessage
+from framework.observability.metrics import VertexMetrics
+from framework.observability.tracing import VertexTracer
+from framework.runtime.retry import steady
+from framework.transport.headers import (
+    encode_headers,
+    escape_header_name,
+    escape_header_value,
+    header_problem,
+)
+
+log = logging.getLogger("natsflow.worker")  # the name these lines had when the worker wrote them
 
 
 def one_line(text: str) -> str:
@@ -22,9 +48,9 @@ def one_line(text: str) -> str:
 def _kept_headers(headers: Mapping[str, str], notes: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in headers.items():
-        if k in (b.HDR_MSG_ID, b.HDR_ERROR, b.HDR_ERROR_VERTEX):
+        if k in (HDR_MSG_ID, HDR_ERROR, HDR_ERROR_VERTEX):
             continue  # set by the dead letter itself
-        if b.is_control_header(k):
+        if is_control_header(k):
             notes.append(f"control header {k!r} dropped")
             continue
         name = k
@@ -42,7 +68,7 @@ def _kept_headers(headers: Mapping[str, str], notes: list[str]) -> dict[str, str
 
 
 def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapping[str, str] | None,
-                        error: str, vertex: str, max_payload: int) -> b.OutMessage:
+                        error: str, vertex: str, max_payload: int) -> OutMessage:
     """The message for `subject` (a vertex's dead-letter subject): `payload` and `headers` as they
     came, `Nats-Msg-Id: msg_id`, `Nf-Error: error`, `Nf-Error-Vertex: vertex`, fitted to
     `max_payload` (the server's limit, headers included)."""
@@ -52,13 +78,13 @@ def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapp
     def encode(extra_notes: list[str], user: dict[str, str]) -> bytes:
         all_notes = notes + extra_notes
         text = error + ("; dead letter: " + ", ".join(all_notes) if all_notes else "")
-        return encode_headers({**user, b.HDR_MSG_ID: one_line(msg_id), b.HDR_ERROR: one_line(text),
-                               b.HDR_ERROR_VERTEX: vertex})
+        return encode_headers({**user, HDR_MSG_ID: one_line(msg_id), HDR_ERROR: one_line(text),
+                               HDR_ERROR_VERTEX: vertex})
 
     head = encode([], kept)
     if len(head) + len(payload) <= max_payload:
-        return b.OutMessage(subject, payload, head)
-    envelope = {k: v for k, v in kept.items() if k in b.RESERVED_HEADERS}
+        return OutMessage(subject, payload, head)
+    envelope = {k: v for k, v in kept.items() if k in RESERVED_HEADERS}
     for user in (kept, envelope):  # the headers alone may not fit: keep natsflow's envelope only
         dropped = [] if user is kept else [f"{len(kept) - len(envelope)} user headers dropped"]
         # The note's own length counts: size it with the longest number it can hold.
@@ -66,6 +92,61 @@ def dead_letter_message(subject: str, msg_id: str, payload: bytes, headers: Mapp
         room = max_payload - len(probe)
         if room >= 0:
             head = encode(dropped + [f"payload truncated from {len(payload)} to {room} bytes"], user)
-            return b.OutMessage(subject, payload[:room], head)
+            return OutMessage(subject, payload[:room], head)
     head = encode(["headers and payload dropped"], {})
-    return b.OutMessage(subject, b"", head)
+    return OutMessage(subject, b"", head)
+
+
+class DeadLetters:
+    """Writes one vertex's dead letters: inputs it cannot process, records a source cannot store.
+    Each is published until stored (the DLQ is provisioned with the buffers), then counted."""
+
+    def __init__(self, publisher: JetStreamPublisher, metrics: VertexMetrics, pipeline: str, vertex: str,
+                 stopping: asyncio.Event):
+        self._publisher = publisher
+        self._metrics = metrics
+        self._vertex = vertex
+        self._stopping = stopping
+        self.subject = names.dlq_subject(pipeline, vertex)
+        self.stream = names.dlq_stream_name(pipeline, vertex)
+
+    async def inputs(self, failed: list[tuple[Msg, str]], spans: dict[int, Span] | None = None) -> None:
+        """Each input as it came with its error; its span, if traced, fails with it."""
+        if not failed:
+            return
+        out = []
+        for m, error in failed:
+            VertexTracer.fail(spans, m, error)
+            msg_id = names.dlq_msg_id(self._vertex, origin(m))
+            out.append(dead_letter_message(self.subject, msg_id, m.data, m.headers, error, self._vertex,
+                                           self._publisher.max_payload))
+        await self._publish(out, failed[0][1])
+
+    async def records(self, bad: list[tuple[SourceRecord, str]]) -> None:
+        """Each record as it came (the payload cut to what fits), with `Nf-Error`; `Nats-Msg-Id`
+        `dlq:<vertex>:<offset>`, so a record re-read after a crash is dead-lettered once."""
+        out = []
+        for r, problem in bad:
+            headers = record_headers(r.id or r.offset, r.event_time_ms, r.keys, r.headers)
+            out.append(dead_letter_message(self.subject, names.dlq_msg_id(self._vertex, r.offset), r.value, headers,
+                                           f"UnstorableRecord: {problem}", self._vertex, self._publisher.max_payload))
+        await self._publish(out, bad[0][1])
+
+    async def _publish(self, out: list[OutMessage], first_error: str) -> None:
+        total = len(out)
+        delays = steady(0.5)
+        while True:
+            errors = await self._publisher.publish(out)
+            retry = [o for o, e in zip(out, errors) if e is not None]
+            if not retry:
+                break
+            first = next(e for e in errors if e)
+            if self._stopping.is_set():
+                # Leave the batch unacked: it is redelivered to a replica that can reach the DLQ.
+                raise nats_errors.Error(f"dead-letter publish failed while stopping: {first}")
+            log.warning("dead-letter publish failed for %d messages (%s); retrying", len(retry), first)
+            out = retry
+            await asyncio.sleep(next(delays))
+        self._metrics.dlq.inc(total)
+        log.warning("vertex %s: %d message(s) sent to dead-letter stream %s; first error: %s",
+                    self._vertex, total, self.stream, first_error)

@@ -34,14 +34,16 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
-from framework.spec import DEFAULT_BUFFERS, ResolvedBuffers
+from framework.spec import DEFAULT_BUFFERS, Pipeline, ResolvedBuffers
 from framework.watermark.marks import UNKNOWN
 
 log = logging.getLogger("natsflow.ownership")
@@ -52,7 +54,8 @@ _KEY_UNSAFE = re.compile(r"[^-/_=a-zA-Z0-9]")
 
 
 def bucket_name(pipeline: str) -> str:
-    return f"nf_{pipeline}_leases"
+    """The leases bucket of `pipeline` (named in isb/names.py)."""
+    return names.leases_bucket(pipeline)
 
 
 async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: ResolvedBuffers = DEFAULT_BUFFERS,
@@ -64,10 +67,12 @@ async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: Resolve
 
 
 def partition_key(vertex: str, partition: int | None) -> str:
+    """The KV key of one partition's lease."""
     return f"{vertex}.p.{partition or 0}"
 
 
 def member_key(vertex: str, replica: str) -> str:
+    """The KV key of one replica's heartbeat."""
     return f"{vertex}.m.{_KEY_UNSAFE.sub('-', replica)}"
 
 
@@ -93,7 +98,7 @@ class _Seen:
 
     rev: int
     since: float
-    value: dict = field(default_factory=dict)
+    value: dict[str, Any] = field(default_factory=dict)
 
 
 class PartitionLeases:
@@ -101,7 +106,7 @@ class PartitionLeases:
     marks for release. `changed` is set whenever the reduce has something to do: a partition
     acquired, to be released, or lost."""
 
-    def __init__(self, kv, vertex: str, partitions: list[int | None], ttl: float, replica: str):
+    def __init__(self, kv: KeyValue, vertex: str, partitions: list[int | None], ttl: float, replica: str):
         self._kv = kv
         self.vertex = vertex
         self.partitions = partitions
@@ -116,9 +121,9 @@ class PartitionLeases:
         self._member_key = member_key(vertex, replica)
         self._write = asyncio.Lock()  # one compare-and-set at a time per lease
         self._wake = asyncio.Event()
-        self._watch_task: asyncio.Task | None = None
-        self._task: asyncio.Task | None = None
-        self._watcher = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._ready = asyncio.Event()
         self.claiming = True  # off while the replica stops: it hands partitions back, takes none
         self._closing = False
@@ -130,8 +135,8 @@ class PartitionLeases:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, wait_ready: float = 5.0) -> None:
-        self._watcher = await self._kv.watch(f"{self.vertex}.>")
-        self._watch_task = asyncio.create_task(self._pump(self._watcher), name=f"leases-watch-{self.vertex}")
+        self._watcher = watcher = await self._kv.watch(f"{self.vertex}.>")
+        self._watch_task = asyncio.create_task(self._pump(watcher), name=f"leases-watch-{self.vertex}")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._ready.wait(), wait_ready)
         await self._beat()
@@ -151,7 +156,7 @@ class PartitionLeases:
             self._watch_task.cancel()
         with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
             if self._watcher is not None:
-                await self._watcher.stop()
+                await self._watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
             await self._kv.delete(self._member_key)
 
     # ---- what the reduce calls ---------------------------------------------------------------
@@ -177,7 +182,7 @@ class PartitionLeases:
                 await self._kv.update(partition_key(self.vertex, partition), self._lease_value("", lease), last=lease.rev)
             except KeyWrongLastSequenceError:
                 pass  # someone took it over already
-            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats_errors.Error) as exc:
                 log.warning("reduce %s: could not release partition %d (%s); it expires after %.0fs",
                             self.vertex, partition or 0, exc, self.ttl)
         self._wake.set()
@@ -196,12 +201,14 @@ class PartitionLeases:
 
     # ---- the background task -----------------------------------------------------------------
 
-    async def _pump(self, watcher) -> None:
+    async def _pump(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
             if entry is None:
                 self._ready.set()
                 continue
             gone = entry.operation in (KV_DEL, KV_PURGE) or not entry.value
+            table: dict[Any, _Seen]
+            name: Any
             if ".p." in entry.key:
                 if entry.key not in self._by_key:
                     continue  # a partition this pipeline no longer has
@@ -230,7 +237,7 @@ class PartitionLeases:
                 return
             try:
                 await self._step()
-            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats_errors.Error) as exc:
                 if time.monotonic() - self._warned > 5:
                     self._warned = time.monotonic()
                     log.warning("reduce %s: lease bookkeeping failed (%s: %s); retrying",
@@ -325,7 +332,7 @@ class PartitionLeases:
                 log.warning("reduce %s: the lease of partition %d was taken over", self.vertex, lease.partition or 0)
                 self.changed.set()
                 return
-            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats_errors.Error) as exc:
                 log.warning("reduce %s: renewing partition %d failed (%s); fenced in %.1fs unless a renewal "
                             "succeeds", self.vertex, lease.partition or 0, exc, max(0.0, lease.deadline - time.monotonic()))
                 return
@@ -335,7 +342,7 @@ class PartitionLeases:
         value = {"ts": int(time.time() * 1000), "owns": sorted(p or 0 for p in self.owned), **self.stats}
         try:
             await self._kv.put(self._member_key, json.dumps(value).encode())
-        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats_errors.Error) as exc:
             log.warning("reduce %s: member heartbeat failed (%s)", self.vertex, exc)
 
     def _lease_value(self, owner: str, lease: Lease) -> bytes:
@@ -351,7 +358,7 @@ class Holding:
     owners: dict[str, list[int]] = field(default_factory=dict)  # replica -> partitions it reads
 
 
-async def holdings(js: JetStreamContext, p) -> dict[str, Holding]:
+async def holdings(js: JetStreamContext, p: Pipeline) -> dict[str, Holding]:
     """Per reduce vertex of pipeline `p`, summed over the replicas whose heartbeat is younger than
     the vertex's lease ttl (`natsflow status`, the UI)."""
     ttls = {v.name: v.udf.reduce.lease_ttl for v in p.spec.vertices if v.udf is not None and v.udf.reduce is not None}
@@ -367,8 +374,8 @@ async def holdings(js: JetStreamContext, p) -> dict[str, Holding]:
         if kind != "m" or vertex not in ttls:
             continue
         try:
-            value = json.loads((await kv.get(key)).value)
-        except Exception:  # noqa: BLE001 - deleted between keys() and get(), or not ours
+            value = json.loads((await kv.get(key)).value or b"")
+        except Exception:  # noqa: BLE001, S112 - deleted between keys() and get(), or not ours
             continue
         if now - int(value.get("ts", 0)) > ttls[vertex] * 1000:
             continue

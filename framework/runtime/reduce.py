@@ -20,73 +20,97 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import inspect
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
+from nats.js.kv import KeyValue
 
-from framework.isb import buffer as b
-from framework.runtime.routing import Outgoing, as_bytes, describe, message_tags
-from framework.sdk import Datum, Message, Window
+from framework.isb import envelope, names
+from framework.isb.reader import BufferReader
+from framework.runtime.lifecycle import VertexIO, VertexRuntime
+from framework.runtime.ownership import (
+    Lease,
+    PartitionLeases,
+    bucket_name,
+    provision_bucket,
+)
+from framework.runtime.reduce_windows import Partition, WindowEmitter
+from framework.runtime.routing import Outgoing, describe
+from framework.sdk import Datum
 from framework.spec import load_handler
-from framework.runtime.bounded import HandlerTimeout, Threads, within
-from framework.runtime.udf import normalize
-from framework.watermark.marks import UNKNOWN, WatermarkFetcher, replica_id
-from framework.runtime.worker import ReadingWorker, backoff_delays, decode_datum
-from framework.windows import OpenWindow, add_to_sessions, assign
-from framework.runtime.ownership import Lease, PartitionLeases, bucket_name, provision_bucket
+from framework.spec.udf import Reduce
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import UNKNOWN, replica_id
 
 log = logging.getLogger("natsflow.reduce")
 
 QUIET_POLL_S = 0.1
 
 
-@dataclass
-class Partition:
-    index: int | None
-    lease: Lease
-    reader: b.BufferReader
-    fetcher: WatermarkFetcher
-    windows: dict[tuple, OpenWindow] = field(default_factory=dict)  # fixed and sliding
-    sessions: dict[tuple, list[OpenWindow]] = field(default_factory=dict)
-    refs: dict[int, list] = field(default_factory=dict)  # stream seq -> [open windows left, msg]
-    processed_seq: int = 0
-    wm: int = UNKNOWN
-    # Inputs previous owners held unacked when we took over (all with stream seq <= recover_to):
-    # until all are back (or recover_by passes), no window closes, so newer messages cannot make
-    # them look late; they were on time when first taken, so they are not judged late again.
-    recovering: int = 0
-    recover_to: int = 0
-    recover_by: float = 0.0
-    returned: set[int] = field(default_factory=set)
+class ReduceKind:
+    """The VertexKind of a reduce: claims partition leases, then reads what it owns (Reducer)."""
 
-    def open_windows(self) -> list[OpenWindow]:
-        return list(self.windows.values()) + [s for ss in self.sessions.values() for s in ss]
+    def __init__(self, rt: VertexRuntime, io: VertexIO):
+        self.rt = rt
+        self.io = io
+        self.reducer: Reducer | None = None  # once the leases are started
 
+    def on_stop(self) -> None:
+        if self.reducer is not None:
+            self.reducer.on_stop()
 
-class ReduceWorker(ReadingWorker):
+    def on_heartbeat(self) -> bool:
+        return False
+
+    def input_watermark(self) -> int | None:
+        return None
+
     async def serve(self) -> None:
-        cfg = self.v.udf.reduce
+        rt, js = self.rt, self.io.js
+        udf = rt.v.udf
+        assert udf is not None and udf.reduce is not None and self.io.kv is not None
+        cfg = udf.reduce
+        fn = load_handler(cfg.handler, rt.base_dir)
+        emitter = WindowEmitter(rt.v.name, fn, udf.retry, udf.timeout, rt.metrics, rt.tracer)
+        rt.loaded = True  # for /readyz
+        all_parts = names.partitions(rt.p, rt.v.name)
+        await provision_bucket(js, rt.p.name, rt.p.buffers_for(None))  # `provision` may not have run
+        leases = PartitionLeases(await js.key_value(bucket_name(rt.p.name)), rt.v.name, all_parts, cfg.lease_ttl,
+                                 replica_id())
+        await leases.start()
+        log.info("reduce %s: replica %s claims its share of %d partition(s) (lease ttl %gs)", rt.v.name,
+                 leases.replica, len(all_parts), cfg.lease_ttl)
+        self.reducer = Reducer(rt, self.io, self.io.kv, cfg, emitter, leases, all_parts)
+        await self.reducer.run()
+
+
+class Reducer:
+    """One replica's partitions of a reduce: follows the leases, reads each owned partition,
+    assigns inputs to windows, closes the windows the watermark passed, and acks their inputs."""
+
+    def __init__(self, rt: VertexRuntime, io: VertexIO, kv: KeyValue, cfg: Reduce, emitter: WindowEmitter,
+                 leases: PartitionLeases, all_parts: list[int | None]):
+        self.p, self.v, self.limits, self.metrics, self.stopping = rt.p, rt.v, rt.limits, rt.metrics, rt.stopping
+        self.rt = rt
+        self.nc, self.js, self.kv, self.router = io.nc, io.js, kv, io.router
+        self.dead_letters = io.dead_letters
         self.cfg = cfg
         self.lateness = int(cfg.allowed_lateness * 1000)
-        self.fn = load_handler(cfg.handler, self.base_dir)
-        self.threads = Threads("natsflow-reduce")
-        self.loaded = True  # for /readyz
-        self.dlq_subject = b.dlq_subject(self.p.name, self.v.name)
+        self.emitter = emitter
+        self.leases = leases
+        self.all_parts = all_parts
         self.parts: dict[int | None, Partition] = {}
-        self.all_parts = b.partitions(self.p, self.v.name)
-        await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))  # `provision` may not have run
-        self.leases = PartitionLeases(await self.js.key_value(bucket_name(self.p.name)), self.v.name,
-                                      self.all_parts, cfg.lease_ttl, replica_id())
-        await self.leases.start()
-        log.info("reduce %s: replica %s claims its share of %d partition(s) (lease ttl %gs)", self.v.name,
-                 self.leases.replica, len(self.all_parts), cfg.lease_ttl)
+
+    def on_stop(self) -> None:
+        for ps in self.parts.values():
+            ps.reader.interrupt()
+        self.leases.claiming = False
+        self.leases.changed.set()
+
+    async def run(self) -> None:
         try:
             while not self.stopping.is_set():
                 await self._follow_leases()
@@ -97,11 +121,14 @@ class ReduceWorker(ReadingWorker):
                     await self._read_round(self.limits.read_timeout / len(self.parts))
                 self._report()
                 await self._publish_watermark()
-                self.check_stuck()
+                self.rt.check_stuck()
         finally:
             for ps in list(self.parts.values()):
                 await self._hand_back(ps, "stopping")
             await self.leases.close()
+
+    async def dead_letter(self, failed: list[tuple[Msg, str]]) -> None:
+        await self.dead_letters.inputs(failed)
 
     async def _read_round(self, wait: float) -> None:
         for ps in list(self.parts.values()):
@@ -116,14 +143,6 @@ class ReduceWorker(ReadingWorker):
                 self.metrics.batch_size.observe(len(msgs))
                 await self._ingest(ps, msgs)
             await self._close_ready(ps)
-
-    def on_stop(self) -> None:
-        for ps in getattr(self, "parts", {}).values():
-            ps.reader.interrupt()
-        leases = getattr(self, "leases", None)
-        if leases is not None:
-            leases.claiming = False
-            leases.changed.set()
 
     # ---- ownership -----------------------------------------------------------------------
 
@@ -144,18 +163,18 @@ class ReduceWorker(ReadingWorker):
             elif not self.stopping.is_set():
                 try:
                     await self._open(part, lease)
-                except (nats_errors.Error, asyncio.TimeoutError) as exc:
+                except (TimeoutError, nats_errors.Error) as exc:
                     log.warning("reduce %s: cannot open partition %d yet (%s: %s)", self.v.name, part or 0,
                                 type(exc).__name__, exc)
         for ps in [ps for part, ps in self.parts.items() if self.leases.owned.get(part) is not ps.lease]:
             await self._fence(ps)
 
     async def _open(self, part: int | None, lease: Lease) -> None:
-        stream, consumer = b.stream_name(self.p.name, self.v.name, part), b.consumer_name(self.p.name, self.v.name, part)
+        stream, consumer = names.stream_name(self.p.name, self.v.name, part), names.consumer_name(self.p.name, self.v.name, part)
         info = await self._quiet_consumer(stream, consumer, lease)
         if info is None:
             return
-        reader = b.BufferReader(self.nc, stream, consumer, self.limits.read_batch_size, ack_wait=self.limits.ack_wait,
+        reader = BufferReader(self.nc, stream, consumer, self.limits.read_batch_size, ack_wait=self.limits.ack_wait,
                                 may_send=lease.valid)
         fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, self.p.spec.watermark.publisher_timeout)
         await fetcher.start(wait_ready=5.0)
@@ -163,8 +182,8 @@ class ReduceWorker(ReadingWorker):
         # JetStream redelivers a dead owner's inputs once their ack wait ends (a graceful one
         # nak'd them); by then every one of them has come back.
         recover_by = time.monotonic() + 2 * self.limits.ack_wait + self.cfg.lease_ttl
-        ps = Partition(part, lease, reader, fetcher, wm=lease.wm, recovering=info.num_ack_pending,
-                       recover_to=info.delivered.stream_seq, recover_by=recover_by)
+        ps = Partition(part, lease, reader, fetcher, wm=lease.wm, recovering=info.num_ack_pending or 0,
+                       recover_to=info.delivered.stream_seq if info.delivered else 0, recover_by=recover_by)
         self.parts[part] = ps
         log.info("reduce %s partition %d: reading (lease rev %d); waiting for %d input(s) previous owners held",
                  self.v.name, part or 0, lease.rev, ps.recovering)
@@ -178,7 +197,7 @@ class ReduceWorker(ReadingWorker):
         everything previous owners held. None: the lease ran out meanwhile."""
         warn_at = time.monotonic() + 10
         while lease.valid() and not self.stopping.is_set():
-            info = await self.js.consumer_info(stream, consumer)
+            info: ConsumerInfo = await self.js.consumer_info(stream, consumer)
             if not info.num_waiting:
                 return info
             if time.monotonic() > warn_at:
@@ -236,7 +255,7 @@ class ReduceWorker(ReadingWorker):
         bad: list[tuple[Msg, str]] = []
         spec = self.cfg.window
         for m in msgs:
-            seq = b.stream_sequence(m)
+            seq = envelope.stream_sequence(m)
             ps.processed_seq = max(ps.processed_seq, seq)
             if seq in ps.refs:
                 continue  # a redelivery of an input we already hold
@@ -250,29 +269,13 @@ class ReduceWorker(ReadingWorker):
             # against our watermark (from the start, the one the previous owner recorded).
             wm = UNKNOWN if taken_before else ps.wm
             try:
-                d = decode_datum(m)
+                d = envelope.decode_datum(m)
             except (ValueError, TypeError) as exc:
                 bad.append((m, f"bad envelope: {exc}"))
                 continue
             keys = tuple(d.keys) if self.cfg.keyed else ()
-            et = d.event_time_ms
-            if spec.session is not None:
-                timeout = int(spec.session.timeout * 1000)
-                open_sessions = ps.sessions.get(keys, [])
-                joins_open = any(s.start <= et + timeout and et <= s.end for s in open_sessions)
-                if et + timeout + self.lateness <= wm and not joins_open:
-                    late.append((m, d))
-                    continue
-                add_to_sessions(ps.sessions.setdefault(keys, []), keys, et, timeout, (d, m))
-                ps.refs[seq] = [1, m]
-                continue
-            wins = [(s, e) for s, e in assign(spec, et) if e + self.lateness > wm]
-            if not wins:
+            if not ps.place(spec, keys, d, m, seq, wm, self.lateness):
                 late.append((m, d))
-                continue
-            for s, e in wins:
-                ps.windows.setdefault((keys, s, e), OpenWindow(keys, s, e)).items.append((d, m))
-            ps.refs[seq] = [len(wins), m]
         await self.dead_letter(bad)
         await self._late(late)
         await ps.reader.ack([m for m, _ in bad] + [m for m, _ in late])
@@ -285,14 +288,14 @@ class ReduceWorker(ReadingWorker):
         if any(e.late for e in self.p.out_edges(self.v.name)):
             items, bad = [], []
             for m, d in late:
-                item = Outgoing(f"{self.v.name}:late:{b.origin(m)}", d.id, d.value, d.event_time_ms,
+                item = Outgoing(f"{self.v.name}:late:{envelope.origin(m)}", d.id, d.value, d.event_time_ms,
                                 d.keys, dict(d.headers) or None, frozenset(), late=True)
                 problem = self.router.prepare(item)
                 if problem is None:
                     items.append(item)
                 else:
                     bad.append((m, f"UnpublishableOutput: {describe('late output', problem)}"))
-            self.count_writes(await self.router.write(items))
+            self.rt.count_writes(await self.router.write(items))
             await self.dead_letter(bad)
         else:
             self.metrics.dropped("late", len(late))
@@ -318,26 +321,28 @@ class ReduceWorker(ReadingWorker):
             if not await self.leases.record(ps.index, ps.wm):
                 await self._fence(ps)
                 return
-            outgoing, failed = [], []
+            outgoing: list[Outgoing] = []
+            failed: list[tuple[Msg, str]] = []
             for w in ready:
                 try:
-                    results = await self._traced_emit(ps, w)
+                    results = await self.emitter.traced_emit(ps, w)
                     # A result the server cannot take: the window's inputs are dead letters. Checked
                     # once the results are final (tracing adds headers).
                     self.router.check_outputs(results)
                     outgoing.extend(results)
                 except Exception as exc:  # noqa: BLE001 - after retries: the window's inputs are dead letters
                     failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
-            self.count_writes(await self.router.write(outgoing))
+            self.rt.count_writes(await self.router.write(outgoing))
             await self.dead_letter(failed)
             if not ps.lease.valid():  # the next owner emits these windows again, under the same ids
                 await self._fence(ps)
                 return
             done: list[Msg] = []
+            session = self.cfg.window.session is not None
             for w in ready:
-                self._forget(ps, w)
+                ps.forget(session, w)
                 for _, m in w.items:
-                    seq = b.stream_sequence(m)
+                    seq = envelope.stream_sequence(m)
                     ref = ps.refs.get(seq)
                     if ref is not None:
                         ref[0] -= 1
@@ -364,64 +369,3 @@ class ReduceWorker(ReadingWorker):
                 return
             done.append(wm)
         await self.router.wm.update(min(done) - self.lateness)
-
-    def _forget(self, ps: Partition, w: OpenWindow) -> None:
-        if self.cfg.window.session is not None:
-            sessions = ps.sessions.get(w.keys, [])
-            if w in sessions:
-                sessions.remove(w)
-            if not sessions:
-                ps.sessions.pop(w.keys, None)
-        else:
-            ps.windows.pop((w.keys, w.start, w.end), None)
-
-    async def _traced_emit(self, ps: Partition, w: OpenWindow) -> list[Outgoing]:
-        """With tracing on, one span per window result, linked to its inputs' spans; the results
-        carry its context (docs/metrics.md)."""
-        if self.tracer is None:
-            return await self._emit(ps, w)
-        span, headers = self.tracer.start_window((d.headers for d, _ in w.items),
-                                                 f"{','.join(w.keys)}@{w.start}-{w.end}")
-        try:
-            out = await self._emit(ps, w)
-        except Exception as exc:
-            self.tracer.end([span] if span else [], f"{type(exc).__name__}: {exc}")
-            raise
-        for o in out:
-            o.headers = {**o.headers, **headers} if o.headers else headers
-        self.tracer.end([span] if span else [])
-        return out
-
-    async def _emit(self, ps: Partition, w: OpenWindow) -> list[Outgoing]:
-        window = Window.from_ms(w.start, w.end)
-        datums = [d for d, _ in w.items]
-        delays = backoff_delays(self.v.udf.retry)
-        while True:
-            try:
-                results = await within(self._call(list(w.keys), datums, window), self.v.udf.timeout)
-                break
-            except Exception as exc:
-                self.metrics.error.inc(1)
-                delay = next(delays, None)
-                if delay is None or isinstance(exc, HandlerTimeout):  # a hung call is not tried again
-                    raise
-                await asyncio.sleep(delay)
-        key_hash = hashlib.sha1("\x1f".join(w.keys).encode()).hexdigest()[:16]
-        base = f"{self.v.name}:{ps.index or 0}:{key_hash}:{w.start}:{w.end}"
-        data_id = f"{','.join(w.keys)}@{w.start}-{w.end}"
-        out = []
-        for i, msg in enumerate(results):
-            if msg.is_drop:
-                continue
-            out.append(Outgoing(f"{base}:{i}", data_id if i == 0 else f"{data_id}:{i}", as_bytes(msg.value),
-                                w.end, list(w.keys) if msg.keys is None else list(msg.keys),
-                                dict(msg.headers) if msg.headers else None, message_tags(msg)))
-        return out
-
-    async def _call(self, keys: list[str], datums: list[Datum], window: Window) -> list[Message]:
-        fn: Any = self.fn() if inspect.isclass(self.fn) else self.fn
-        if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):
-            return [m async for m in fn(keys, iter(datums), window)]
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
-            return normalize(await fn(keys, iter(datums), window))
-        return normalize(await self.threads.call(fn, keys, iter(datums), window))

@@ -4,22 +4,26 @@ partition of a keyed reduce, ids are derived, and the watermark publisher learns
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from framework.isb.buffer import BufferWriter, OutMessage, edge_subject, encode_envelope, partitions, stream_name
-from framework.transport.connection import HeaderError
+from framework.isb.envelope import encode_envelope
+from framework.isb.names import edge_subject, partitions, stream_name
+from framework.isb.writer import BufferWriter, JetStreamPublisher, OutMessage
 from framework.sdk import Message
 from framework.spec import Edge, OnFull, Pipeline
-from framework.watermark.marks import WatermarkPublisher
+from framework.transport.headers import HeaderError
+from framework.watermark.publisher import WatermarkPublisher
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One out-edge of a vertex: the subjects of its target's buffer partitions."""
     edge: Edge
     subjects: tuple[str, ...]  # one per partition of the target's buffer
     targets: tuple[str, ...]  # writer keys: "<to>" or "<to>#<partition>"
 
-    def pick(self, keys) -> int:
+    def pick(self, keys: Sequence[str] | None) -> int:
         if len(self.subjects) == 1:
             return 0
         # The same keys always land in the same partition, so a key's window lives in one place.
@@ -35,7 +39,7 @@ class Outgoing:
     value: bytes
     event_time_ms: int
     keys: list[str] | tuple[str, ...] | None
-    headers: dict[str, str] | None
+    headers: Mapping[str, str] | None
     tags: frozenset[str]
     late: bool = False
     wire: bytes | None = None  # the encoded envelope, once `Router.prepare` has checked it
@@ -48,6 +52,7 @@ class UnpublishableOutput(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class WriteReport:
+    """What a write did: per target (routed, dropped for a full buffer), and the unrouted count."""
     per_target: dict[str, tuple[int, int]]  # to-vertex -> (routed, discarded because full)
     unrouted: int  # messages whose tags matched no out-edge
 
@@ -58,13 +63,14 @@ def source_msg_id(vertex: str, offset: str) -> str:
 
 
 def target_key(to: str, partition: int | None) -> str:
+    """The writer's key of a target buffer partition: `<to>` or `<to>#<partition>`."""
     return to if partition is None else f"{to}#{partition}"
 
 
 class Router:
     """Routes a batch of outputs to the buffers of a vertex's out-edges and writes them."""
 
-    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter, publisher=None):
+    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter, publisher: JetStreamPublisher | None = None):
         self._writer = writer
         self._pub = publisher  # JetStreamPublisher: knows the last acked sequence per subject
         self._routes: list[Route] = []
@@ -154,6 +160,7 @@ def describe(what: str, problem: str) -> str:
 
 
 def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:
+    """A handler's output value as bytes (str is UTF-8); TypeError for anything else."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -164,4 +171,5 @@ def as_bytes(value: bytes | str | bytearray | memoryview) -> bytes:
 
 
 def message_tags(m: Message) -> frozenset[str]:
+    """The tags of a handler's Message, as the router matches them."""
     return frozenset(m.tags) if m.tags else frozenset()

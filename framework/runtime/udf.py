@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from framework.runtime.bounded import Threads, deadline, within
 from framework.sdk import Datum, Message
@@ -14,7 +15,7 @@ Result = list[Message] | BaseException
 
 
 class HandlerResultError(TypeError):
-    pass
+    """A handler returned something that is not a Message, a list of them or None."""
 
 
 def normalize(result: Any) -> list[Message]:
@@ -40,7 +41,7 @@ def normalize(result: Any) -> list[Message]:
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 - its kind
 
 
 class MapRunner:

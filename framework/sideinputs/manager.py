@@ -27,11 +27,20 @@ from typing import Any, Callable
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from framework.transport.connection import NatsSettings
+from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
 from framework.sideinputs.schedule import parse_schedule
-from framework.spec import DEFAULT_BUFFERS, HandlerError, Pipeline, ResolvedBuffers, SideInput, load_handler, load_pipeline
+from framework.spec import (
+    DEFAULT_BUFFERS,
+    HandlerError,
+    Pipeline,
+    ResolvedBuffers,
+    SideInput,
+    load_handler,
+    load_pipeline,
+)
+from framework.transport.settings import NatsSettings
 
 log = logging.getLogger("natsflow.sideinputs")
 
@@ -40,7 +49,7 @@ _DELETES = ("DEL", "PURGE")
 
 
 def bucket_name(pipeline: str) -> str:
-    return f"nf_{pipeline}_sideinputs"
+    return names.sideinputs_bucket(pipeline)
 
 
 async def provision_bucket(js: JetStreamContext, pipeline: str, buffers: ResolvedBuffers = DEFAULT_BUFFERS,

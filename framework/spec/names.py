@@ -5,12 +5,14 @@ Each check returns the reason a value is refused (with the rule), or None when i
 
 from __future__ import annotations
 
+from framework.isb import names as isb_names
+
 # JetStream's limit on stream and consumer names (each names a directory of the file store).
 MAX_NAME_LENGTH = 255
 # natsflow's buffers publish on nf.<pipeline>.<vertex>.<from>, its dead letters on
-# nfdlq.<pipeline>.<vertex>; its streams and KV buckets are named nf_<pipeline>_...
-RESERVED_SUBJECTS = ("nf.>", "nfdlq.>")
-RESERVED_STREAM_PREFIX = "nf_"
+# nfdlq.<pipeline>.<vertex>; its streams and KV buckets are named nf_<pipeline>_... (isb/names.py)
+RESERVED_SUBJECTS = isb_names.RESERVED_SUBJECTS
+RESERVED_STREAM_PREFIX = isb_names.RESERVED_PREFIX
 _NOT_IN_NAMES = ".*>/\\"
 
 

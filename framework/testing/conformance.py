@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from framework.isb import buffer as b
+from framework.isb import envelope, names, provision
 from framework.local import process
 from framework.local.embedded import EmbeddedNats
 from framework.local.replicas import vertex_command
@@ -198,7 +198,7 @@ class ConformanceKit:
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         p = load_pipeline(path, check_handlers=self.handler is not None)
-        await b.provision(nc.jetstream(), p)
+        await provision.provision(nc.jetstream(), p)
         cmd, extra = vertex_command(p, path, VUT)
         cwd = os.getcwd()
         env = {**os.environ, "NATS_URL": self.url, "PYTHONUNBUFFERED": "1",
@@ -211,16 +211,16 @@ class ConformanceKit:
     async def _feed(self, js: JetStreamContext, p: Pipeline, obs: Observation, start: int, count: int) -> None:
         """Publish inputs `start .. start+count-1` into the vertex's buffer, as an upstream vertex would:
         varied keys, event times, payloads, a user header, and now and then a bad message."""
-        subject = b.edge_subject(p.name, VUT, "feed")
+        subject = names.edge_subject(p.name, VUT, "feed")
         for chunk in range(start, start + count, 200):
             metas, sends = [], []
             for n in range(chunk, min(chunk + 200, start + count)):
                 event_ms = 1_700_000_000_000 + n * 10
-                headers = b.envelope_headers(f"feed:{n}", f"in-{n}", event_ms, [[], ["k1"], ["k1", "k2"]][n % 3],
+                headers = envelope.envelope_headers(f"feed:{n}", f"in-{n}", event_ms, [[], ["k1"], ["k1", "k2"]][n % 3],
                                              {HDR_PROBE: f"p{n}"})
                 bad = n % BAD_EVERY == BAD_EVERY - 1
                 if bad:
-                    headers[b.HDR_KEYS] = "not-json"
+                    headers[envelope.HDR_KEYS] = "not-json"
                 payload = [f"message {n}".encode(), json.dumps({"n": n, "text": "h\u00e9llo"}).encode(),
                            bytes([n % 256, 0, 255]), b""][n % 4]
                 metas.append({"msg_id": f"feed:{n}", "id": f"in-{n}", "event_time": str(event_ms),
@@ -231,10 +231,10 @@ class ConformanceKit:
                 obs.inputs[origin_of(meta.pop("msg_id"))] = meta
 
     async def _consumer(self, js: JetStreamContext, p: Pipeline) -> Any:
-        return await js.consumer_info(b.stream_name(p.name, VUT), b.consumer_name(p.name, VUT))
+        return await js.consumer_info(names.stream_name(p.name, VUT), names.consumer_name(p.name, VUT))
 
     async def _input_done(self, js: JetStreamContext, p: Pipeline) -> bool:
-        info = await js.stream_info(b.stream_name(p.name, VUT))
+        info = await js.stream_info(names.stream_name(p.name, VUT))
         return info.state.messages == 0
 
     async def _read_stream(self, js: JetStreamContext, stream: str, edge: str, into: list[Output]) -> int:
@@ -248,14 +248,14 @@ class ConformanceKit:
             except NotFoundError:
                 continue
             h = dict(raw.headers or {})
-            into.append(Output(edge, h.get(b.HDR_MSG_ID, ""), h.get(b.HDR_ID, ""), raw.data or b"", h))
+            into.append(Output(edge, h.get(envelope.HDR_MSG_ID, ""), h.get(envelope.HDR_ID, ""), raw.data or b"", h))
             count += 1
         return count
 
     async def _collect(self, js: JetStreamContext, p: Pipeline, obs: Observation) -> None:
         for edge in OUT_EDGES:
-            await self._read_stream(js, b.stream_name(p.name, edge), edge, obs.outputs)
-        await self._read_stream(js, b.dlq_stream_name(p.name, VUT), "dlq", obs.dead)
+            await self._read_stream(js, names.stream_name(p.name, edge), edge, obs.outputs)
+        await self._read_stream(js, names.dlq_stream_name(p.name, VUT), "dlq", obs.dead)
 
     def _record(self, rule: str, ok: bool | None, detail: str) -> None:
         self.results.append(RuleResult(rule, ok, detail))
@@ -370,11 +370,11 @@ class ConformanceKit:
         try:
             await until(lambda: self._pulling(js, p, vut), 20)
             await self._feed(js, p, obs, 0, self.messages)
-            all_stream = b.stream_name(p.name, "all")
+            all_stream = names.stream_name(p.name, "all")
             # Nobody reads `all`: the vertex must stop writing near the soft limit and wait.
             stalled = await self._stalls(js, all_stream)
             peak = (await js.stream_info(all_stream)).state.messages
-            pending = (await js.stream_info(b.stream_name(p.name, VUT))).state.messages
+            pending = (await js.stream_info(names.stream_name(p.name, VUT))).state.messages
             ok = stalled and peak <= soft + slack and pending > 0
             self._record("waits at a full buffer (soft limit) instead of overfilling it", ok,
                          f"`all` held {peak} (soft limit {soft}, one batch of slack {slack}); "
@@ -390,7 +390,7 @@ class ConformanceKit:
     # ---- helpers for scenarios ---------------------------------------------------------------
 
     async def _written(self, js: JetStreamContext, p: Pipeline, n: int) -> bool:
-        info = await js.stream_info(b.stream_name(p.name, "all"))
+        info = await js.stream_info(names.stream_name(p.name, "all"))
         return info.state.last_seq >= n
 
     async def _stalls(self, js: JetStreamContext, stream: str, quiet: float = 1.0,
@@ -410,7 +410,7 @@ class ConformanceKit:
     async def _drain_all(self, js: JetStreamContext, p: Pipeline, obs: Observation) -> bool:
         """Consume `all` through its durable consumer (acking, so room appears) until the input is
         done and `all` is empty; what was taken goes into obs.outputs."""
-        sub = await js.pull_subscribe_bind(b.consumer_name(p.name, "all"), b.stream_name(p.name, "all"))
+        sub = await js.pull_subscribe_bind(names.consumer_name(p.name, "all"), names.stream_name(p.name, "all"))
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline:
@@ -420,10 +420,10 @@ class ConformanceKit:
                     msgs = []
                 for m in msgs:
                     h = dict(m.headers or {})
-                    obs.outputs.append(Output("all", h.get(b.HDR_MSG_ID, ""), h.get(b.HDR_ID, ""), m.data, h))
+                    obs.outputs.append(Output("all", h.get(envelope.HDR_MSG_ID, ""), h.get(envelope.HDR_ID, ""), m.data, h))
                     await m.ack_sync()
                 if not msgs and await self._input_done(js, p):
-                    info = await js.stream_info(b.stream_name(p.name, "all"))
+                    info = await js.stream_info(names.stream_name(p.name, "all"))
                     if info.state.messages == 0:
                         return True
             return False
@@ -446,15 +446,15 @@ class ConformanceKit:
             want_id = src["id"] if i == 0 else o.msg_id
             if o.data_id != want_id:
                 problems.append(f"{o.msg_id}: Nf-Id {o.data_id!r}, expected {want_id!r}")
-            if o.headers.get(b.HDR_EVENT_TIME) != src["event_time"]:
-                problems.append(f"{o.msg_id}: Nf-Event-Time {o.headers.get(b.HDR_EVENT_TIME)!r}, "
+            if o.headers.get(envelope.HDR_EVENT_TIME) != src["event_time"]:
+                problems.append(f"{o.msg_id}: Nf-Event-Time {o.headers.get(envelope.HDR_EVENT_TIME)!r}, "
                                 f"expected the input's {src['event_time']}")
             if o.headers.get(HDR_PROBE) != src["probe"]:
                 problems.append(f"{o.msg_id}: user header {HDR_PROBE} not passed through")
-            keys = o.headers.get(b.HDR_KEYS)
+            keys = o.headers.get(envelope.HDR_KEYS)
             if keys is not None:
                 try:
-                    b.decode_keys(keys)
+                    envelope.decode_keys(keys)
                 except ValueError as exc:
                     problems.append(f"{o.msg_id}: {exc}")
         gaps = [s for s, idx in idx_by_origin.items() if sorted(idx) != list(range(len(idx)))]
@@ -484,8 +484,8 @@ class ConformanceKit:
         got = {}
         for d in obs.dead:
             m = re.fullmatch(rf"dlq:{VUT}:([0-9a-f]{{24}})", d.msg_id)
-            if m and d.headers.get(b.HDR_ERROR):
-                got[m.group(1)] = d.headers[b.HDR_ERROR]
+            if m and d.headers.get(envelope.HDR_ERROR):
+                got[m.group(1)] = d.headers[envelope.HDR_ERROR]
         leaked = {s for s in bad if any((parse_msg_id(o.msg_id) or ("", 0))[0] == s for o in obs.outputs)}
         ok = bad == set(got) and not leaked and bool(bad)
         sample = next(iter(got.values()), "")

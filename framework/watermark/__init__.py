@@ -1,1 +1,2 @@
-"""natsflow watermark."""
+"""Watermarks: marks (the protocol's names and constants), publisher (writers), fetcher
+(readers), proxy (for program vertices)."""

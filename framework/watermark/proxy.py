@@ -26,10 +26,12 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from framework.isb import buffer as b
-from framework.transport.connection import NatsSettings
+from framework.isb import names
 from framework.spec import Pipeline, load_pipeline
-from framework.watermark.marks import HEARTBEAT_S, WatermarkFetcher, WatermarkPublisher, bucket_name, provision_bucket
+from framework.transport.settings import NatsSettings
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import HEARTBEAT_S, bucket_name, provision_bucket
+from framework.watermark.publisher import WatermarkPublisher
 
 log = logging.getLogger("natsflow.watermark_proxy")
 
@@ -46,8 +48,8 @@ class WatermarkProxy:
         self.nc, self.p, self.vertex, self.interval = nc, p, vertex, interval
         self.js = nc.jetstream()
         # (vertex, partition) as the KV keys name it -> that buffer's stream
-        self.buffers = {(e.to, part or 0): b.stream_name(p.name, e.to, part)
-                        for e in p.out_edges(vertex) for part in b.partitions(p, e.to)}
+        self.buffers = {(e.to, part or 0): names.stream_name(p.name, e.to, part)
+                        for e in p.out_edges(vertex) for part in names.partitions(p, e.to)}
         self.targets = list(self.buffers)
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -64,7 +66,7 @@ class WatermarkProxy:
                 await self.step(fetcher, publisher)
                 try:
                     await asyncio.wait_for(stopping.wait(), self.interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await fetcher.close()
@@ -72,8 +74,8 @@ class WatermarkProxy:
 
     async def step(self, fetcher: WatermarkFetcher, publisher: WatermarkPublisher) -> None:
         try:
-            info = await self.js.consumer_info(b.stream_name(self.p.name, self.vertex),
-                                               b.consumer_name(self.p.name, self.vertex))
+            info = await self.js.consumer_info(names.stream_name(self.p.name, self.vertex),
+                                               names.consumer_name(self.p.name, self.vertex))
             floor = info.ack_floor.stream_seq  # first: see the module docstring
             for target, stream in self.buffers.items():
                 publisher.wrote(target, (await self.js.stream_info(stream)).state.last_seq)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from examples.polyglot.shout import shout
-from framework.sdk import Datum
 from framework.console.status import connection_counts
+from framework.sdk import Datum
 from tests.conftest import Collector, wait_for
 
 REPO = Path(__file__).resolve().parents[2]

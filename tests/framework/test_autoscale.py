@@ -9,8 +9,8 @@ from collections import Counter
 
 import yaml
 
-from framework.transport.connection import NatsSettings
 from framework.local.supervisor import Supervisor
+from framework.transport.settings import NatsSettings
 from tests.conftest import REPO, Collector, wait_for
 
 

@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 
-from framework.isb import buffer as b
+from framework.isb import envelope, names, provision
+from framework.isb.reader import BufferReader
 from framework.isb.reconcile import ProvisionError
+from framework.isb.writer import ERR_STREAM_FULL, BufferWriter, JetStreamPublisher, OutMessage, PublishError
 from framework.spec import OnFull, parse_pipeline
 
 
@@ -26,9 +28,9 @@ def pipeline(name: str, max_len: int = 1000, usage: int = 80, buffers: dict | No
     }, check_handlers=False)
 
 
-def out_msg(p, i: int) -> b.OutMessage:
-    return b.OutMessage(b.edge_subject(p.name, "out", "in"), f"m{i}".encode(),
-                        b.envelope_headers(f"in:{i}", f"id{i}", 1_700_000_000_000 + i, ["k"]))
+def out_msg(p, i: int) -> OutMessage:
+    return OutMessage(names.edge_subject(p.name, "out", "in"), f"m{i}".encode(),
+                        envelope.envelope_headers(f"in:{i}", f"id{i}", 1_700_000_000_000 + i, ["k"]))
 
 
 @pytest.fixture
@@ -37,24 +39,24 @@ def name() -> str:
 
 
 async def test_names_are_deterministic_and_documented():
-    assert b.stream_name("sentiment", "classify") == "nf_sentiment_classify"
-    assert b.consumer_name("sentiment", "classify") == "nf_sentiment_classify"
-    assert b.edge_subject("sentiment", "classify", "in") == "nf.sentiment.classify.in"
-    assert b.dlq_stream_name("sentiment", "classify") == "nf_sentiment_classify_dlq"
+    assert names.stream_name("sentiment", "classify") == "nf_sentiment_classify"
+    assert names.consumer_name("sentiment", "classify") == "nf_sentiment_classify"
+    assert names.edge_subject("sentiment", "classify", "in") == "nf.sentiment.classify.in"
+    assert names.dlq_stream_name("sentiment", "classify") == "nf_sentiment_classify_dlq"
 
 
 async def test_provision_is_idempotent_and_updates(nc, name):
     js = nc.jetstream()
     p = pipeline(name)
-    first = dict(await b.provision(js, p))
+    first = dict(await provision.provision(js, p))
     assert set(first.values()) == {"created"}  # streams, consumers and the watermark bucket
-    again = dict(await b.provision(js, p))
+    again = dict(await provision.provision(js, p))
     assert set(again.values()) == {"unchanged"}
-    bigger = dict(await b.provision(js, pipeline(name, max_len=5000)))
+    bigger = dict(await provision.provision(js, pipeline(name, max_len=5000)))
     assert bigger[f"stream nf_{name}_out"] == "updated (max_msgs 1000 -> 5000)"  # what changed, never silently
     info = await js.stream_info(f"nf_{name}_out")
     assert info.config.max_msgs == 5000 and info.config.retention == "workqueue"
-    assert info.config.duplicate_window == b.DUPLICATE_WINDOW_S
+    assert info.config.duplicate_window == provision.DUPLICATE_WINDOW_S
     cinfo = await js.consumer_info(f"nf_{name}_out", f"nf_{name}_out")
     assert cinfo.config.ack_policy == "explicit" and cinfo.config.ack_wait == 5
 
@@ -62,15 +64,15 @@ async def test_provision_is_idempotent_and_updates(nc, name):
 async def test_publisher_deduplicates_by_msg_id_and_reader_batches(nc, name):
     js = nc.jetstream()
     p = pipeline(name)
-    await b.provision(js, p)
-    pub = b.JetStreamPublisher(nc)
+    await provision.provision(js, p)
+    pub = JetStreamPublisher(nc)
     await pub.start()
     msgs = [out_msg(p, i) for i in range(120)]
     assert await pub.publish(msgs) == [None] * 120
     assert await pub.publish(msgs[:60]) == [None] * 60  # duplicates are not errors
     assert (await js.stream_info(f"nf_{name}_out")).state.messages == 120
 
-    reader = b.BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=50)
+    reader = BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=50)
     await reader.start()
     got = []
     while len(got) < 120:
@@ -79,7 +81,7 @@ async def test_publisher_deduplicates_by_msg_id_and_reader_batches(nc, name):
         assert len(batch) <= 50
         got.extend(batch)
     assert [m.data for m in got] == [f"m{i}".encode() for i in range(120)]
-    assert [b.stream_sequence(m) for m in got] == list(range(1, 121))
+    assert [envelope.stream_sequence(m) for m in got] == list(range(1, 121))
     assert await reader.fetch(0.2) == []
     for m in got:
         await m.ack()
@@ -88,23 +90,23 @@ async def test_publisher_deduplicates_by_msg_id_and_reader_batches(nc, name):
 
 
 async def test_publish_to_missing_stream_reports_no_responders(nc):
-    pub = b.JetStreamPublisher(nc, ack_timeout=2)
+    pub = JetStreamPublisher(nc, ack_timeout=2)
     await pub.start()
-    [err] = await pub.publish([b.OutMessage("nowhere." + uuid.uuid4().hex, b"x", {})])
-    assert isinstance(err, b.PublishError) and err.code == 503
+    [err] = await pub.publish([OutMessage("nowhere." + uuid.uuid4().hex, b"x", {})])
+    assert isinstance(err, PublishError) and err.code == 503
     await pub.close()
 
 
 async def test_writer_waits_at_usage_limit_until_reader_drains(nc, name):
     js = nc.jetstream()
     p = pipeline(name, max_len=100, usage=50)
-    await b.provision(js, p)
-    pub = b.JetStreamPublisher(nc)
+    await provision.provision(js, p)
+    pub = JetStreamPublisher(nc)
     await pub.start()
-    writer = b.BufferWriter(js, pub)
+    writer = BufferWriter(js, pub)
     writer.add_target("out", f"nf_{name}_out", 50)
     task = asyncio.create_task(writer.write({"out": (OnFull.retry_until_success, [out_msg(p, i) for i in range(80)])}))
-    reader = b.BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=10)
+    reader = BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=10)
     await reader.start()
     seen: list[int] = []
     while len(seen) < 80:
@@ -124,10 +126,10 @@ async def test_writer_waits_at_usage_limit_until_reader_drains(nc, name):
 async def test_writer_discard_latest_drops_and_counts(nc, name):
     js = nc.jetstream()
     p = pipeline(name, max_len=100, usage=30)
-    await b.provision(js, p)
-    pub = b.JetStreamPublisher(nc)
+    await provision.provision(js, p)
+    pub = JetStreamPublisher(nc)
     await pub.start()
-    writer = b.BufferWriter(js, pub)
+    writer = BufferWriter(js, pub)
     writer.add_target("out", f"nf_{name}_out", 30)
     dropped = await writer.write({"out": (OnFull.discard_latest, [out_msg(p, i) for i in range(50)])})
     assert dropped == {"out": 20}
@@ -139,12 +141,12 @@ async def test_hard_limit_rejects_with_stream_full_code(nc, name):
     """max_msgs with discard=new is the backstop when several writers race past the soft limit."""
     js = nc.jetstream()
     p = pipeline(name, max_len=10)
-    await b.provision(js, p)
-    pub = b.JetStreamPublisher(nc)
+    await provision.provision(js, p)
+    pub = JetStreamPublisher(nc)
     await pub.start()
     errors = await pub.publish([out_msg(p, i) for i in range(12)])
     assert errors[:10] == [None] * 10
-    assert all(isinstance(e, b.PublishError) and e.code == b.ERR_STREAM_FULL for e in errors[10:])
+    assert all(isinstance(e, PublishError) and e.code == ERR_STREAM_FULL for e in errors[10:])
     await pub.close()
 
 
@@ -156,7 +158,7 @@ async def test_buffers_settings_reach_every_stream_and_bucket(nc, name):
     over the pipeline's); the KV bucket gets the pipeline-wide storage and never an age limit."""
     js = nc.jetstream()
     p = pipeline(name, buffers={"storage": "memory", "maxAge": "1h"}, out_buffers={"maxBytes": "2MiB"})
-    await b.provision(js, p)
+    await provision.provision(js, p)
     for stream in (f"nf_{name}_out", f"nf_{name}_out_dlq"):
         cfg = (await js.stream_info(stream)).config
         assert (cfg.storage, cfg.max_age, cfg.max_bytes, cfg.num_replicas) == ("memory", 3600.0, 2 << 20, 1), stream
@@ -166,12 +168,12 @@ async def test_buffers_settings_reach_every_stream_and_bucket(nc, name):
 
 async def test_limits_change_is_printed_and_storage_change_is_refused(nc, name):
     js = nc.jetstream()
-    await b.provision(js, pipeline(name))
-    changed = dict(await b.provision(js, pipeline(name, out_buffers={"maxAge": "10m", "maxBytes": "1MiB"})))
+    await provision.provision(js, pipeline(name))
+    changed = dict(await provision.provision(js, pipeline(name, out_buffers={"maxAge": "10m", "maxBytes": "1MiB"})))
     assert changed[f"stream nf_{name}_out"] == "updated (max_bytes unlimited -> 1048576, max_age unlimited -> 600s)"
     assert (await js.stream_info(f"nf_{name}_out")).config.max_age == 600.0
     with pytest.raises(ProvisionError) as refused:
-        await b.provision(js, pipeline(name, out_buffers={"storage": "memory"}))
+        await provision.provision(js, pipeline(name, out_buffers={"storage": "memory"}))
     assert str(refused.value).startswith(
         f"spec.vertices[1].buffers.storage: stream nf_{name}_out is stored in file on the server and JetStream "
         "cannot change a stream's storage in place; to move it to memory, drain the pipeline")
@@ -185,21 +187,21 @@ async def test_max_bytes_full_is_back_pressure(nc, name):
     for the reader as at any full buffer, and nothing is lost or dropped."""
     js = nc.jetstream()
     p = pipeline(name, max_len=10_000, buffers={"maxBytes": "1MiB"})
-    await b.provision(js, p)
-    pub = b.JetStreamPublisher(nc)
+    await provision.provision(js, p)
+    pub = JetStreamPublisher(nc)
     await pub.start()
-    big = [b.OutMessage(m.subject, bytes(100_000), m.headers) for m in (out_msg(p, i) for i in range(30))]
+    big = [OutMessage(m.subject, bytes(100_000), m.headers) for m in (out_msg(p, i) for i in range(30))]
     errors = await pub.publish(big[:12])
     refused = [e for e in errors if e is not None]
-    assert refused and all(isinstance(e, b.PublishError) and e.code == b.ERR_STREAM_FULL
+    assert refused and all(isinstance(e, PublishError) and e.code == ERR_STREAM_FULL
                            and "maximum bytes exceeded" in str(e) for e in refused), errors
     stored = (await js.stream_info(f"nf_{name}_out")).state.messages
     assert stored == 12 - len(refused) and stored <= 10
 
-    writer = b.BufferWriter(js, pub)
+    writer = BufferWriter(js, pub)
     writer.add_target("out", f"nf_{name}_out", p.limits_for("out").buffer_soft_limit)
     task = asyncio.create_task(writer.write({"out": (OnFull.retry_until_success, big)}))
-    reader = b.BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=5)
+    reader = BufferReader(nc, f"nf_{name}_out", f"nf_{name}_out", batch_size=5)
     await reader.start()
     seen: set[str] = set()
     while len(seen) < 30:
@@ -208,7 +210,7 @@ async def test_max_bytes_full_is_back_pressure(nc, name):
         batch = await reader.fetch(5.0)
         assert batch, f"stalled after {len(seen)} messages"
         for m in batch:
-            seen.add(m.headers[b.HDR_ID])
+            seen.add(m.headers[envelope.HDR_ID])
             await m.ack()
     assert await task == {"out": 0}
     assert seen == {f"id{i}" for i in range(30)}

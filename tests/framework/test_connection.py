@@ -7,7 +7,6 @@ server closes exits 4; a reconnect is one log line per state change."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -22,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.transport.connection import EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, NatsSettings, mask_url
 from framework.local.embedded import EmbeddedNats, free_port
+from framework.transport.settings import EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, NatsSettings, mask_url
 from tests.conftest import REPO, wait_for
 from tests.vertices.test_http_source import apost, ready
 

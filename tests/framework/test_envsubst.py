@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.spec.envsubst import EnvRef, substitute
 from framework.spec import SpecError, load_pipeline, parse_pipeline
+from framework.spec.envsubst import EnvRef, substitute
 
 REPO = Path(__file__).resolve().parents[2]
 

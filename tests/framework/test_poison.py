@@ -4,9 +4,9 @@ that never returns each go to the dead-letter stream alone, while the rest of th
 from __future__ import annotations
 
 import json
-import os
 
-from framework.transport.connection import NatsSettings, publish_many
+from framework.transport.client import publish_many
+from framework.transport.settings import NatsSettings
 from tests.conftest import Collector, wait_for
 from tests.framework.test_worker import gen, out, udf
 
@@ -257,14 +257,14 @@ async def _count_is(runner, nc, stream: str, n: int) -> bool:
 
 
 def test_dead_letter_always_fits_and_says_what_changed():
-    from framework.transport.connection import _parse_header_lines  # noqa: PLC0415
     from framework.runtime.deadletter import dead_letter_message  # noqa: PLC0415
+    from framework.transport.headers import parse_header_lines  # noqa: PLC0415
 
     headers = {"Nats-Msg-Id": "feed:1", "Nf-Id": "in-1", "Nats-Expected-Stream": "s", "X(bad)": "1",
                "X-Raw": "caf\udce9", "X-Big": "h" * 2000}
     m = dead_letter_message("nfdlq.p.v", "dlq:v:1", b"p" * 5000, headers, "ValueError: boom\nline 2", "v", 4000)
     assert len(m.headers) + len(m.payload) <= 4000
-    got = _parse_header_lines(m.headers[len(b"NATS/1.0\r\n"):])
+    got = parse_header_lines(m.headers[len(b"NATS/1.0\r\n"):])
     assert got["Nf-Error"] == (
         "ValueError: boom | line 2; dead letter: control header 'Nats-Expected-Stream' dropped, header 'X(bad)' "
         f"renamed 'X_bad_', value of header 'X-Raw' escaped, payload truncated from 5000 to {len(m.payload)} bytes")
@@ -272,7 +272,7 @@ def test_dead_letter_always_fits_and_says_what_changed():
     assert got["X_bad_"] == "1" and "Nats-Expected-Stream" not in got and m.payload == b"p" * len(m.payload)
     # The headers alone do not fit: only natsflow's envelope stays.
     m = dead_letter_message("nfdlq.p.v", "dlq:v:1", b"p" * 5000, headers, "ValueError: boom", "v", 1000)
-    got = _parse_header_lines(m.headers[len(b"NATS/1.0\r\n"):])
+    got = parse_header_lines(m.headers[len(b"NATS/1.0\r\n"):])
     assert len(m.headers) + len(m.payload) <= 1000 and "X-Big" not in got and got["Nf-Id"] == "in-1"
     assert "3 user headers dropped, payload truncated from 5000 to" in got["Nf-Error"]
 

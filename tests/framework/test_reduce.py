@@ -12,8 +12,8 @@ from datetime import datetime
 import pytest
 import yaml
 
-from framework.transport.connection import NatsSettings
 from framework.local.supervisor import Supervisor
+from framework.transport.settings import NatsSettings
 from tests.conftest import REPO, Collector, wait_for
 
 T0 = 1_704_067_200  # seconds
@@ -344,7 +344,7 @@ async def test_async_generator_and_class_handlers(runner, nc, handler):
 
 
 def test_watermark_fetcher_keeps_the_entry_in_force_and_waits_for_silent_writers():
-    from framework.watermark.marks import WatermarkFetcher
+    from framework.watermark.fetcher import WatermarkFetcher
 
     f = WatermarkFetcher(kv=None, to_vertex="agg", partition=0, timeout=10)
     import time as _t

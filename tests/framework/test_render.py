@@ -19,12 +19,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from framework.isb.buffer import buffer_stream_config, dlq_stream_config
+from framework.isb.provision import buffer_stream_config, dlq_stream_config
 from framework.k8s.render import RenderError, RenderOptions, inline_credentials, render_pipeline
 from framework.local.scaling import desired_replicas
-from framework.spec.secrets import env_name
-from framework.spec import Scale, SecretRef, SpecError, load_pipeline, parse_pipeline
 from framework.local.supervisor import vertex_command
+from framework.spec import Scale, SecretRef, SpecError, load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "tests" / "data" / "crds"

@@ -20,8 +20,8 @@ import yaml
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.local.embedded import running_server
 from framework.console.status import collect, connection_counts
+from framework.local.embedded import running_server
 from tests.conftest import REPO, PipelineRunner, StatusTables, wait_for
 from tests.framework.test_supervisor import children
 from tests.framework.test_worker import gen, udf

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from framework.connector import load_connector
-from framework.spec.secrets import SecretMissing, check_pipeline, env_name, resolved
-from framework.spec import SecretRef, SpecError, parse_pipeline
 from framework.local.supervisor import vertex_command
+from framework.spec import SecretRef, SpecError, parse_pipeline
+from framework.spec.secrets import SecretMissing, check_pipeline, env_name, resolved
 
 REPO = Path(__file__).resolve().parents[2]
 

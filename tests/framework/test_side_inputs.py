@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from framework import side_input, side_input_json
-from framework.sideinputs import manager as si
-from framework.transport.connection import NatsSettings
+from framework.k8s.render import RenderOptions, render_pipeline
 from framework.local import process
 from framework.local.embedded import free_port
-from framework.k8s.render import RenderOptions, render_pipeline
 from framework.local.replicas import side_input_manager_command
+from framework.sideinputs import manager as si
 from framework.spec import SpecError, load_pipeline, parse_pipeline
+from framework.transport.settings import NatsSettings
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
 
 H = "tests.framework.side_input_handlers"
@@ -377,8 +377,8 @@ class Lines:
 
 async def test_supervisor_runs_the_manager_and_restarts_it_when_side_inputs_change(tmp_path, nc, nats_url,
                                                                                     monkeypatch):
-    from framework.transport.connection import NatsSettings
     from framework.local.supervisor import Supervisor
+    from framework.transport.settings import NatsSettings
 
     value_file = tmp_path / "mode.txt"
     value_file.write_text("v1")

@@ -338,7 +338,7 @@ async def test_largest_accepted_values_provision_on_a_real_server(nats_url):
     """The bounds are values JetStream takes: provision a pipeline with numbers at their limits."""
     import nats
 
-    from framework.isb.buffer import provision
+    from framework.isb.provision import provision
 
     name = "p" * 44  # the longest pipeline name
     raw = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name}, "spec": {
@@ -488,7 +488,7 @@ def test_another_pipelines_dead_letters_can_be_read():
 
 
 def test_longest_names_fit_kubernetes_and_jetstream():
-    from framework.isb import buffer as b
+    from framework.isb import names
     from framework.k8s.render import object_name
 
     raw = copy.deepcopy(BASE)
@@ -500,7 +500,7 @@ def test_longest_names_fit_kubernetes_and_jetstream():
     p = parse_pipeline(raw)
     assert len(object_name(p, "c" * 18)) == 63 and len(object_name(p, "sideinputs-manager")) == 63
     # the longest vertex name any valid pipeline can have is 63 - 2; its partitioned dead letters still fit
-    assert len(b.dlq_stream_name("p", "v" * 61) + "_p255") < 255
+    assert len(names.dlq_stream_name("p", "v" * 61) + "_p255") < 255
 
 
 # ---- YAML: duplicate keys, merge keys, dates -------------------------------------------------

@@ -285,13 +285,13 @@ def test_damaged_pipeline_gives_only_spec_errors(data):
 
 def _assert_runnable_numbers(p: Pipeline) -> None:
     """What the checks promise: every number that reaches JetStream fits an int64 and is finite."""
-    from framework.isb import buffer as b
+    from framework.isb import provision
     configs = []
     for v in p.reading_vertices():
         parts = v.udf.reduce.partitions if v.udf is not None and v.udf.reduce is not None else None
         for part in range(parts) if parts else [None]:
-            configs += [b.buffer_stream_config(p, v.name, part), b.buffer_consumer_config(p, v.name, part)]
-        configs.append(b.dlq_stream_config(p, v.name))
+            configs += [provision.buffer_stream_config(p, v.name, part), provision.buffer_consumer_config(p, v.name, part)]
+        configs.append(provision.dlq_stream_config(p, v.name))
     for cfg in configs:
         for value in cfg.as_dict().values():
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
-from framework.local.embedded import EmbeddedNats, free_port, running_server
-from framework.spec import Pipeline
 from framework.console.ui.layout import layout
 from framework.console.ui.server import redact, vertex_detail
+from framework.local.embedded import EmbeddedNats, free_port, running_server
+from framework.spec import Pipeline
 from tests.conftest import REPO, wait_for
 
 CHROMIUM = "/usr/bin/chromium"

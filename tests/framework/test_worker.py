@@ -6,7 +6,6 @@ import json
 import sys
 from collections import Counter
 
-
 from tests.conftest import Collector, wait_for
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from framework.isb.buffer import consumer_name
+from framework.isb.names import consumer_name
 from framework.local.embedded import free_port
 from tests.conftest import Collector, wait_for
 from tests.vertices.conftest import TcpProxy, arrives_exactly_once, backlog_while_full, numbers, scrape_gauge

@@ -13,7 +13,8 @@ import aio_pika
 import aiomqtt
 import redis.asyncio as aioredis
 
-from framework.transport.connection import NatsSettings, publish_many
+from framework.transport.client import publish_many
+from framework.transport.settings import NatsSettings
 from tests.conftest import Collector, wait_for
 
 MAX_PAYLOAD = 1024 * 1024  # the test server's (nats-server's default)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from framework.connector import ConnectorContext, Emit, StreamReader, record_from_msg, stream_sequence
+from framework.connector import (
+    ConnectorContext,
+    Emit,
+    StreamReader,
+    record_from_msg,
+    source_consumer_name,
+    stream_sequence,
+)
 from vertices.jetstream.config import JetStreamSourceConfig as Config
 
 BATCH = 500
@@ -17,7 +24,7 @@ class JetStreamSource:
         self.cfg = config
 
     def consumer_name(self, ctx: ConnectorContext) -> str:
-        return self.cfg.consumer or f"nf_{ctx.pipeline}_{ctx.vertex}_src"
+        return self.cfg.consumer or source_consumer_name(ctx.pipeline, ctx.vertex)
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         nc = await ctx.connect(self.cfg.url)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from framework.connector import ConnectorContext, DatumsRejected, PartialWrite
+from framework.isb.envelope import HDR_ID
 from framework.sdk import Datum
 from vertices.kafka.client import client_options
 from vertices.kafka.config import KafkaSinkConfig as Config
@@ -52,7 +53,7 @@ class KafkaSink:
         pending: dict[int, asyncio.Future] = {}
         refused: dict[int, str] = {}
         for i, d in enumerate(datums):
-            headers = [(k, v.encode()) for k, v in (d.headers or {}).items()] + [("Nf-Id", d.id.encode())]
+            headers = [(k, v.encode()) for k, v in (d.headers or {}).items()] + [(HDR_ID, d.id.encode())]
             try:
                 # send() only queues the record; the futures settle when the brokers acknowledge.
                 pending[i] = await producer.send(self.cfg.topic, d.value, key=self.key(d), headers=headers,

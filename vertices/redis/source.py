@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from framework.connector import ConnectorContext, Emit, SourceRecord
+from framework.connector import ConnectorContext, Emit, SourceRecord, is_natsflow_header
 from vertices.redis.config import RedisStreamsConfig as Config
 
 log = logging.getLogger("natsflow.redis_streams")
@@ -61,7 +61,7 @@ class RedisStreamsSource:
                        for k, v in fields.items() if k not in (value_field, key_field)}
             # natsflow's own envelope headers are set from the entry itself, never from a field
             headers = {k: v for k, v in headers.items()
-                       if HEADER_NAME.match(k) and not k.startswith(("Nats-", "Nf-"))} or None
+                       if HEADER_NAME.match(k) and not is_natsflow_header(k)} or None
         else:
             value = json.dumps({k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                                 for k, v in fields.items()}, separators=(",", ":")).encode()

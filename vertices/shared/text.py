@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-from framework.connector import header_name
+from framework.connector import header_name, is_natsflow_header_any_case
 
 MAX_ID = 200
 
@@ -22,7 +22,7 @@ def header_value(raw: object) -> str:
 def upstream_headers(items) -> dict[str, str] | None:
     """`(name, value)` pairs as user headers; natsflow's own (`Nats-*`, `Nf-*`) are not taken."""
     # Header names are case-insensitive to NATS: `nats-msg-id` would set the dedup id.
-    out = {header_name(k): header_value(v) for k, v in items if not k.lower().startswith(("nats-", "nf-"))}
+    out = {header_name(k): header_value(v) for k, v in items if not is_natsflow_header_any_case(k)}
     return out or None
 
 

@@ -26,8 +26,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from framework.connector import (BufferFull, ConnectorConfigError, ConnectorContext, Emit, RecordRejected, SourceRecord,
-                                 encode_envelope, source_msg_id)
+from framework.connector import (
+    BufferFull,
+    ConnectorConfigError,
+    ConnectorContext,
+    Emit,
+    RecordRejected,
+    SourceRecord,
+    encode_envelope,
+    source_msg_id,
+)
 from framework.observability.http import BodyTooLarge, json_response, read_body, serve_until
 from framework.observability.http import server as http_server
 from vertices.http.config import HttpSourceConfig as Config

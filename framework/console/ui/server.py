@@ -27,14 +27,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from framework.isb import buffer as b
-from framework.transport.connection import NatsSettings
-from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.console.status import Rates, Sample, VertexStatus, connection_counts, rates
 from framework.console.ui.layout import layout
+from framework.isb import envelope, names
 from framework.local.watch import FileWatch
 from framework.observability.http import json_response, plain
 from framework.observability.http import server as http_server
+from framework.spec import Pipeline, SpecError, load_pipeline
+from framework.transport.settings import NatsSettings
 
 log = logging.getLogger("natsflow.ui")
 
@@ -178,7 +178,7 @@ async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEA
     """The newest `n` messages of the vertex's dead-letter stream with their `Nf-Error` header:
     what the page calls the vertex's recent errors."""
     js = nc.jetstream()
-    stream = b.dlq_stream_name(p.name, vertex)
+    stream = names.dlq_stream_name(p.name, vertex)
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
@@ -195,8 +195,8 @@ async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEA
         headers = msg.headers or {}
         found.append({
             "seq": msg.seq, "time": msg.time.isoformat() if msg.time else None,
-            "error": headers.get(b.HDR_ERROR), "vertex": headers.get(b.HDR_ERROR_VERTEX),
-            "id": headers.get(b.HDR_ID), "keys": headers.get(b.HDR_KEYS),  # raw: a broken envelope lands here too
+            "error": headers.get(envelope.HDR_ERROR), "vertex": headers.get(envelope.HDR_ERROR_VERTEX),
+            "id": headers.get(envelope.HDR_ID), "keys": headers.get(envelope.HDR_KEYS),  # raw: a broken envelope lands here too
             "value": (msg.data or b"")[:500].decode("utf-8", "replace"),
         })
         seq -= 1
@@ -212,8 +212,8 @@ def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
         "in": [e.from_ for e in p.in_edges(name)],
         "out": [e.to for e in p.out_edges(name)],
         # A keyed reduce with partitions has one buffer stream per partition.
-        "buffer": None if v.kind == "source" else ", ".join(b.stream_name(p.name, name, part)
-                                                             for part in b.partitions(p, name)),
+        "buffer": None if v.kind == "source" else ", ".join(names.stream_name(p.name, name, part)
+                                                             for part in names.partitions(p, name)),
     }
 
 

@@ -7,16 +7,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import ssl
 import sys
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from nats import errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from framework.transport.client import FastClient
 
 log = logging.getLogger("natsflow.connection")
 
@@ -25,186 +25,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 # Exit codes of a natsflow process (docs: README, "CLI").
 EXIT_NO_CONNECTION = 3  # the first connection failed (or a credential/TLS file is missing)
 EXIT_CONNECTION_LOST = 4  # the connection was closed for good while running
-_WHITESPACE = re.compile(r"\s")
-
-
-def _parse_header_lines(raw: bytes) -> dict[str, str]:
-    """Same result as nats-py's parser for `Name: Value` lines, without its per-character scan
-    of every name, which cost ~45 us per received message with natsflow's four envelope headers.
-    Values that are not UTF-8 keep their bytes as lone surrogates (`surrogateescape`), so a reader
-    can tell them from text and refuse them (header_problem) instead of passing on U+FFFD."""
-    out: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if not key or _WHITESPACE.search(key):
-            continue
-        out[key] = value.strip().decode("utf-8", "surrogateescape")
-    return out
-
-
-_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
-
-
-def unfold(value: str) -> str:
-    """A header value on one line: CR/LF become spaces, the ends are stripped. (str.translate
-    walks a dict per character: the check first keeps the usual clean value at ~0.1 us.)"""
-    if "\n" in value or "\r" in value:
-        value = value.translate(_NEWLINES)
-    return value.strip()
-
-# subject, reply ('' for none), payload, headers (a dict, or bytes already in wire form)
-Publish = tuple[str, str, bytes, "dict[str, str] | bytes | None"]
-
-
-class HeaderError(ValueError):
-    """A header that cannot be written faithfully: a property of the message, not of the
-    connection (nats-py's BadHeaderError is a nats.errors.Error, which callers take for an outage)."""
-
-
-def header_problem(name: object, value: object) -> str | None:
-    """Why `name: value` cannot be written as a NATS header, or None. Names must be HTTP tokens
-    (RFC 9110; what nats-py and most other clients accept), values text that encodes as UTF-8."""
-    if not isinstance(name, str) or not _HEADER_KEY.fullmatch(name):
-        return f"header name {name!r} is not an HTTP token"
-    if not isinstance(value, str):
-        return f"header {name!r} value is {type(value).__name__}, not str"
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return f"header {name!r} value is not UTF-8"
-    return None
-
-
-_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
-
-
-def escape_header_name(name: str) -> str:
-    """`name` with every character outside the token set replaced by `_`."""
-    return _NOT_TOKEN.sub("_", name) or "_"
-
-
-def escape_header_value(value: str) -> str:
-    """`value` as UTF-8 text: bytes that were not UTF-8 (kept as lone surrogates by the parser)
-    become `\\xNN`, any other lone surrogate `\\uDNNN`."""
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode()
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def encode_headers(headers: dict[str, str]) -> bytes:
-    """Wire form of `headers`; raises HeaderError naming the first header it cannot write.
-    Line breaks in values become spaces (a header is one line)."""
-    parts = ["NATS/1.0\r\n"]
-    for k, v in headers.items():
-        problem = header_problem(k, v)
-        if problem is not None:
-            raise HeaderError(problem)
-        parts.append(f"{k}: {unfold(v)}\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode()
-
-
-class FastClient(Client):
-    """nats-py's client plus two hot-path shortcuts: a faster header parser, and `publish_many`,
-    which queues a whole batch of PUB/HPUB commands as one write (nats-py's publish() costs a
-    coroutine, a regex per header and a buffer append per message)."""
-
-    _parse_header_lines = staticmethod(_parse_header_lines)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._direct: dict[int, Callable[[Msg], None]] = {}
-        self.closing = False  # close()/drain() was called: the end of the connection is ours
-
-    async def close(self) -> None:
-        self.closing = True
-        await super().close()
-
-    async def drain(self) -> None:
-        self.closing = True
-        await super().drain()
-
-    async def subscribe_direct(self, subject: str, handler: Callable[[Msg], None]) -> Subscription:
-        """Like subscribe(cb=...), but the plain function `handler` runs inside the read loop:
-        no queue and no task switch per message. Only for handlers that never block."""
-
-        async def unused(msg: Msg) -> None:  # pragma: no cover - direct dispatch bypasses it
-            handler(msg)
-
-        sub = await self.subscribe(subject, cb=unused)
-        self._direct[sub._id] = handler
-        return sub
-
-    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        handler = self._direct.get(sid)
-        if handler is None or sid not in self._subs:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
-        hdr = await self._process_headers(headers) if headers else None
-        handler(self.msg_class(_client=self, subject=subject.decode(), reply=reply.decode(), data=data,
-                               headers=hdr, _sid=sid))
-
-    async def publish_many(self, items: list[Publish]) -> None:
-        if self.is_closed:
-            raise errors.ConnectionClosedError
-        if self.is_draining_pubs:
-            raise errors.ConnectionDrainingError
-        limit = self._max_payload
-        parts: list[bytes] = []
-        for subject, reply, payload, headers in items:
-            hdr = (headers if isinstance(headers, bytes) else encode_headers(headers)) if headers else b""
-            if len(payload) + len(hdr) > limit:
-                # The server counts headers too, and closes the connection on a violation.
-                raise errors.MaxPayloadError
-            if hdr:
-                parts.append(f"HPUB {subject} {reply} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode())
-                parts.append(hdr)
-            else:
-                parts.append(f"PUB {subject} {reply} {len(payload)}\r\n".encode())
-            parts.append(payload)
-            parts.append(b"\r\n")
-        if not parts:
-            return
-        await self._send_command(b"".join(parts))
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
-
-
-async def publish_many(nc: Client, items: list[Publish]) -> None:
-    """Batch publish on a FastClient; a plain nats-py client gets one publish() per item."""
-    if isinstance(nc, FastClient):
-        await nc.publish_many(items)
-        return
-    for subject, reply, payload, headers in items:
-        if isinstance(headers, bytes):
-            headers = _parse_header_lines(headers[len(b"NATS/1.0\r\n"):])
-        await nc.publish(subject, payload, reply=reply, headers=headers)
-
-
-async def subscribe_fast(nc: Client, subject: str, handler: Callable[[Msg], None]) -> Subscription:
-    """Direct dispatch on a FastClient; a plain nats-py client gets an ordinary callback."""
-    if isinstance(nc, FastClient):
-        return await nc.subscribe_direct(subject, handler)
-
-    async def cb(msg: Msg) -> None:
-        handler(msg)
-
-    return await nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
-
-
-async def reply_all(nc: Client, msgs: list, token: bytes) -> None:
-    """Send one JetStream ack token (+ACK, -NAK, +WPI) to each message's reply subject."""
-    await publish_many(nc, [(m.reply, "", token, None) for m in msgs])
 
 
 class ConnectError(Exception):
@@ -304,7 +124,7 @@ class ConnectionWatch:
     state change (disconnected, reconnected) instead of nats-py's traceback per attempt, and a
     close nobody asked for goes to `on_closed`."""
 
-    def __init__(self, client: "FastClient", shown_url: str, on_closed: Callable[[str], None] | None,
+    def __init__(self, client: FastClient, shown_url: str, on_closed: Callable[[str], None] | None,
                  on_disconnected: Callable[[], None] | None = None):
         self.client = client
         self.shown_url = shown_url
@@ -373,7 +193,7 @@ class NatsSettings(BaseModel):
     # already running reconnects for as long as it takes).
     connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=24 * 3600)
 
-    def __repr_args__(self):  # a logged or printed settings object shows no credentials
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:  # a logged or printed settings object shows no credentials
         for name, value in super().__repr_args__():
             yield name, mask_url(value) if name == "url" and value else value
 
@@ -382,9 +202,9 @@ class NatsSettings(BaseModel):
         return _ENV_NAMES.get(field, ENV_PREFIX + field.upper())
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "NatsSettings":
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NatsSettings:
         env = dict(os.environ if env is None else env)
-        values = {f: env.get(cls.env_name(f)) for f in cls.model_fields}
+        values: dict[str, Any] = {f: env.get(cls.env_name(f)) for f in cls.model_fields}
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})
@@ -397,7 +217,7 @@ class NatsSettings(BaseModel):
         """The environment that hands these settings to a child process."""
         return {self.env_name(k): str(v) for k, v in self.model_dump().items() if v is not None}
 
-    def with_url(self, url: str | None) -> "NatsSettings":
+    def with_url(self, url: str | None) -> NatsSettings:
         return self if url is None else self.model_copy(update={"url": url})
 
     @property
@@ -428,7 +248,7 @@ class NatsSettings(BaseModel):
 
     def _options(self, name: str, watch: ConnectionWatch) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "servers": [u.strip() for u in self.url.split(",")],
+            "servers": [u.strip() for u in (self.url or "").split(",")],  # connect() checked it is set
             "name": name,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,

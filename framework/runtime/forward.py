@@ -1,0 +1,162 @@
+"""The forward loop of a vertex that reads a buffer: read a batch → process it (a map, a batch
+map, a map stream or a sink: a BatchProcessor) → route and write → ack.
+
+Inputs are acknowledged only after every output's publish ack, so delivery is at-least-once;
+outputs carry deterministic msg ids (`<vertex>:<digest of the input's msg id>:<output index>`),
+so a redelivered or re-stored input produces no duplicate downstream within the duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from nats import errors as nats_errors
+from nats.aio.msg import Msg
+from opentelemetry.trace import Span
+
+from framework.isb import envelope, names
+from framework.isb.reader import BufferReader
+from framework.runtime.lifecycle import VertexIO, VertexRuntime
+from framework.sdk import Datum
+from framework.watermark.fetcher import WatermarkFetcher
+from framework.watermark.marks import bucket_name
+
+log = logging.getLogger("natsflow.worker")
+
+
+class BatchProcessor(Protocol):
+    """What a reading vertex does with each batch."""
+
+    async def read(self, reader: BufferReader) -> list[Msg]:
+        """The next batch (empty: nothing came within the read timeout)."""
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        """Handle a batch; True when every input may be acked, False when they were nak'ed."""
+
+    async def close(self) -> None:
+        """Release the handler or connector."""
+
+
+ProcessorFactory = Callable[["ForwardLoop"], Awaitable[BatchProcessor]]
+
+
+class ForwardLoop:
+    """The VertexKind of maps, batch maps, map streams and sinks: it owns the reader, the input
+    watermark and the current batch's spans; `open` makes the BatchProcessor once the vertex
+    may start (side inputs ready)."""
+
+    def __init__(self, rt: VertexRuntime, io: VertexIO, open_processor: ProcessorFactory):
+        self.rt = rt
+        self.io = io
+        p, v = rt.p, rt.v
+        self.reader = BufferReader(io.nc, names.stream_name(p.name, v.name), names.consumer_name(p.name, v.name),
+                                   rt.limits.read_batch_size, ack_wait=rt.limits.ack_wait)
+        self.processed_seq = 0
+        self.wm_in: WatermarkFetcher | None = None
+        self.spans: dict[int, Span] | None = None  # the current batch's spans by id(msg), when tracing
+        self._open = open_processor
+
+    def on_stop(self) -> None:
+        self.reader.interrupt()
+
+    def on_heartbeat(self) -> bool:
+        return False
+
+    def input_watermark(self) -> int | None:
+        return self.wm_in.wm if self.wm_in is not None else None
+
+    async def _start_watermark(self) -> None:
+        rt, io = self.rt, self.io
+        timeout = rt.p.spec.watermark.publisher_timeout
+        if io.router.wm is not None:  # a vertex that writes on passes the watermark along
+            assert io.kv is not None
+            self.wm_in = WatermarkFetcher(io.kv, rt.v.name, 0, timeout)
+            await self.wm_in.start()
+        elif rt.v.sink is not None:  # a sink only reports its watermark (forwarder_watermark_ms)
+            with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):  # no bucket: no watermark
+                kv = await io.js.key_value(bucket_name(rt.p.name))
+                self.wm_in = WatermarkFetcher(kv, rt.v.name, 0, timeout)
+                await self.wm_in.start()
+
+    async def serve(self) -> None:
+        rt, reader, metrics, tracer = self.rt, self.reader, self.rt.metrics, self.rt.tracer
+        await self._start_watermark()
+        processor = await self._open(self)
+        rt.loaded = True
+        await reader.start()
+        try:
+            while not rt.stopping.is_set():
+                msgs = await processor.read(reader)
+                if not msgs:
+                    await self._idle_watermark()
+                    continue
+                started = time.perf_counter()
+                metrics.read.inc(len(msgs))
+                metrics.batch_size.observe(len(msgs))
+                # Spans start before decoding: each input's traceparent becomes this vertex's span.
+                self.spans = tracer.start_messages(msgs) if tracer is not None else None
+                try:
+                    handled = await processor.process(msgs)
+                except (TimeoutError, nats_errors.Error) as exc:
+                    # A NATS outage mid-batch: hand the inputs back (or, if even that fails, let
+                    # their ack wait run out); the msg ids drop whatever was already written.
+                    log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
+                                rt.v.name, len(msgs), type(exc).__name__, exc)
+                    with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+                        await reader.nak(msgs)
+                    metrics.platform_error(type(exc).__name__)
+                    if self.spans and tracer is not None:
+                        tracer.end(self.spans.values(), f"not acked ({type(exc).__name__}); redelivered later")
+                    continue
+                if handled:
+                    await reader.ack(msgs)
+                    metrics.ack.inc(len(msgs))
+                    await self._pass_watermark(max(envelope.stream_sequence(m) for m in msgs))
+                if self.spans and tracer is not None:
+                    tracer.end(self.spans.values(), None if handled else "handed back while stopping")
+                metrics.observe_batch(time.perf_counter() - started)
+                rt.check_stuck()
+        finally:
+            await reader.close()
+            if self.wm_in is not None:
+                await self.wm_in.close()
+            await processor.close()
+
+    async def _pass_watermark(self, seq: int) -> None:
+        """Our output watermark is our input watermark at what this replica has processed."""
+        if self.wm_in is None:
+            return
+        self.processed_seq = max(self.processed_seq, seq)
+        wm = self.wm_in.compute(self.processed_seq)
+        if self.io.router.wm is not None:
+            await self.io.router.wm.update(wm)
+
+    async def _idle_watermark(self) -> None:
+        """Nothing to read: everything up to the consumer's ack floor is processed by some replica
+        (whose own watermark covers what it still holds), so ours may move up to there."""
+        if self.wm_in is None:
+            return
+        try:
+            info = await self.io.js.consumer_info(self.reader.stream, self.reader.consumer)
+        except (TimeoutError, nats_errors.Error):
+            return
+        await self._pass_watermark(info.ack_floor.stream_seq)
+
+    def decode(self, msgs: list[Msg]) -> tuple[list[tuple[Msg, Datum]], list[tuple[Msg, str]]]:
+        """The batch's datums; an input whose envelope is bad is paired with why."""
+        good, bad = [], []
+        for m in msgs:
+            try:
+                good.append((m, envelope.decode_datum(m)))
+            except (ValueError, TypeError) as exc:
+                bad.append((m, f"bad envelope: {exc}"))
+        return good, bad
+
+    async def dead_letter(self, failed: list[tuple[Msg, str]]) -> None:
+        """Each input with its error to the dead-letter stream (its span failed)."""
+        await self.io.dead_letters.inputs(failed, self.spans)
