@@ -66,13 +66,13 @@ if TYPE_CHECKING:
     from framework.spec.model import SinkBlock, SourceBlock
 
 __all__ = [
+    "HDR_MSG_ID",
     "BufferFull",
     "ConnectorConfigError",
     "ConnectorContext",
     "ConnectorInfo",
     "DatumsRejected",
     "Emit",
-    "HDR_MSG_ID",
     "HeaderError",
     "JetStreamPublisher",
     "OutMessage",

@@ -33,12 +33,12 @@ class BufferPlacement:
     not_current: list[str] = field(default_factory=list)  # e.g. "n3 (offline)", "n2 (lag 120)"
 
     @classmethod
-    def of(cls, info: api.StreamInfo) -> "BufferPlacement":
-        cluster = info.cluster
-        clustered = cluster is not None and cluster.name is not None
-        peers = (cluster.replicas or []) if clustered else []
-        return cls(info.config.name, info.config.num_replicas or 1, cluster.leader if clustered else None,
-                   [f"{p.name} ({_peer_state(p)})" for p in peers if p.offline or not p.current])
+    def of(cls, info: api.StreamInfo) -> BufferPlacement:
+        cluster, name, replicas = info.cluster, info.config.name or "", info.config.num_replicas or 1
+        if cluster is None or cluster.name is None:
+            return cls(name, replicas)
+        return cls(name, replicas, cluster.leader,
+                   [f"{p.name} ({_peer_state(p)})" for p in cluster.replicas or [] if p.offline or not p.current])
 
 
 def _peer_state(peer: api.PeerInfo) -> str:
@@ -88,7 +88,8 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
             st.capacity = p.limits_for(v.name).buffer_max_length * len(names.partitions(p, v.name))
             for part in names.partitions(p, v.name):
                 try:
-                    ci = await js.consumer_info(names.stream_name(p.name, v.name, part), names.consumer_name(p.name, v.name, part))
+                    ci = await js.consumer_info(names.stream_name(p.name, v.name, part),
+                                                 names.consumer_name(p.name, v.name, part))
                     si = await js.stream_info(names.stream_name(p.name, v.name, part))
                 except NotFoundError:
                     st.pending = None  # not provisioned
@@ -124,7 +125,7 @@ async def _writers(js: JetStreamContext, p: Pipeline) -> _Writers:
     try:
         kv = await js.key_value(bucket_name(p.name))
         keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - no bucket or no keys yet
+    except Exception:
         return found
     now = int(time.time() * 1000)
     for key in keys:
@@ -136,6 +137,8 @@ async def _writers(js: JetStreamContext, p: Pipeline) -> _Writers:
         if len(parts) != 4:
             continue  # not a writer's key
         src, replica = parts[0], parts[3]
+        if entry.value is None:
+            continue  # a deleted key
         value = json.loads(entry.value)
         age_ms = now - value["ts"]
         # Heartbeats come every second; three missed ones mean the replica is gone.
@@ -155,7 +158,7 @@ class Sample:
     rows: dict[str, VertexStatus]
 
     @classmethod
-    async def take(cls, js: JetStreamContext, p: Pipeline) -> "Sample":
+    async def take(cls, js: JetStreamContext, p: Pipeline) -> Sample:
         return cls(time.monotonic(), {r.name: r for r in await collect(js, p)})
 
 
@@ -172,7 +175,8 @@ def rates(p: Pipeline, before: Sample | None, now: Sample) -> dict[str, Rates]:
     out: dict[str, Rates] = {}
     for name, r in now.rows.items():
         b = before.rows.get(name) if before is not None else None
-        if b is None or dt <= 0 or r.processed is None or b.processed is None:
+        if (b is None or dt <= 0 or r.processed is None or b.processed is None
+                or r.appended is None or b.appended is None):
             out[name] = Rates()
             continue
         # Totals only grow; a smaller one means the buffer was re-created: count from zero.
@@ -180,7 +184,8 @@ def rates(p: Pipeline, before: Sample | None, now: Sample) -> dict[str, Rates]:
     for v in p.spec.vertices:
         if v.kind == "source" and v.name in out:
             fed = [out[e.to].into if e.to in out and len(p.in_edges(e.to)) == 1 else None for e in p.out_edges(v.name)]
-            out[v.name] = Rates(None, None if not fed or None in fed else sum(fed))
+            known = [f for f in fed if f is not None]
+            out[v.name] = Rates(None, sum(known) if fed and len(known) == len(fed) else None)
     return out
 
 
@@ -249,7 +254,8 @@ def render_buffers(placed: list[BufferPlacement]) -> str:
     head = f"{'buffer':<{width}}{'replicas':>8}  {'leader':<10}  not current"
     lines = [head, "-" * len(head)]
     for bp in placed:
-        lines.append(f"{bp.stream:<{width}}{bp.replicas:>8}  {bp.leader or '-':<10}  {', '.join(bp.not_current) or '-'}")
+        behind = ", ".join(bp.not_current) or "-"
+        lines.append(f"{bp.stream:<{width}}{bp.replicas:>8}  {bp.leader or '-':<10}  {behind}")
     return "\n".join(lines)
 
 
@@ -263,7 +269,7 @@ async def show(js: JetStreamContext, p: Pipeline, watch: float | None = None, mo
     while True:
         try:
             now = await Sample.take(js, p)
-        except (nats_errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats_errors.Error) as exc:
             if not watch:
                 raise
             # A cluster electing a new leader answers nothing for a few seconds: keep watching.

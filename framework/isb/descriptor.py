@@ -24,7 +24,8 @@ def _output(p: Pipeline, vertex: str, to: str, e: Any) -> dict[str, Any]:
         # A partitioned reduce has no unpartitioned buffer: a writer that ignores `partitions`
         # must fail at once rather than publish where no stream listens.
         out["subject"] = out["stream"] = None
-        out["partitions"] = [{"subject": names.edge_subject(p.name, to, vertex, i), "stream": names.stream_name(p.name, to, i)}
+        out["partitions"] = [{"subject": names.edge_subject(p.name, to, vertex, i),
+                              "stream": names.stream_name(p.name, to, i)}
                              for i in parts]
     return out
 
@@ -44,7 +45,8 @@ def vertex_descriptor(p: Pipeline, vertex: str) -> dict[str, Any]:
             "ackWaitMs": int(limits.ack_wait * 1000),
         },
         "outputs": [_output(p, vertex, e.to, e) for e in p.out_edges(vertex)],
-        "headers": {"msgId": envelope.HDR_MSG_ID, "id": envelope.HDR_ID, "keys": envelope.HDR_KEYS, "eventTime": envelope.HDR_EVENT_TIME,
+        "headers": {"msgId": envelope.HDR_MSG_ID, "id": envelope.HDR_ID, "keys": envelope.HDR_KEYS,
+                    "eventTime": envelope.HDR_EVENT_TIME,
                     "error": envelope.HDR_ERROR},
     }
     if v.kind != "source":

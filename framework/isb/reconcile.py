@@ -76,7 +76,7 @@ async def patiently(call: Callable[..., Awaitable[Any]], *args: Any, what: str,
             await asyncio.sleep(0.5)
 
 
-async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, paths: SpecPaths = SpecPaths()) -> str:  # noqa: B008 - frozen
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, paths: SpecPaths = SpecPaths()) -> str:
     """Create the stream, or bring it to `config`: 'created', 'unchanged' or 'updated (<what>)'."""
     try:
         info = await patiently(js.stream_info, config.name, what=f"stream {config.name}")
@@ -134,7 +134,7 @@ async def replicas_current(js: JetStreamContext, streams: list[str],
     their configured number of peers, all current: a rescaled stream is not yet safe until then
     (and refuses writes for a moment while it moves). Returns the streams that did not get there."""
     async def one(stream: str) -> None:
-        while not await _current(js, stream):
+        while not await _current(js, stream):  # noqa: ASYNC110 - polls the servers, no local event
             await asyncio.sleep(0.2)
 
     tasks = {stream: asyncio.create_task(one(stream)) for stream in streams}

@@ -75,7 +75,7 @@ class JetStreamPublisher:
         Messages whose ack did not come are retried with the same msg id (dedup makes it safe)."""
         results: list[Exception | None] = [None] * len(msgs)
         todo = self._writable(msgs, results)
-        for attempt in range(3):
+        for _attempt in range(3):
             if not todo:
                 break
             loop = asyncio.get_running_loop()

@@ -23,9 +23,11 @@ HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "natsflow envelope headers (docs/protocol.md §3); any other header is the user's and passes through",
     "properties": {
-        envelope.HDR_MSG_ID: {"type": "string", "description": "deduplication id: <vertex>:<input seq>:<i>, sources <vertex>:<offset>"},
+        envelope.HDR_MSG_ID: {"type": "string",
+                              "description": "deduplication id: <vertex>:<input seq>:<i>, sources <vertex>:<offset>"},
         envelope.HDR_ID: {"type": "string", "description": "data id, kept end to end by maps"},
-        envelope.HDR_EVENT_TIME: {"type": "string", "pattern": "^-?[0-9]+$", "description": "event time, epoch milliseconds"},
+        envelope.HDR_EVENT_TIME: {"type": "string", "pattern": "^-?[0-9]+$",
+                                  "description": "event time, epoch milliseconds"},
         envelope.HDR_KEYS: {"type": "string", "contentMediaType": "application/json",
                      "description": "keys: a JSON array of strings; absent = no keys"},
         "traceparent": {"type": "string", "description": "W3C trace context of the writing span, when tracing is on"},
@@ -58,7 +60,8 @@ def build_asyncapi(p: Pipeline, servers: str = "nats://localhost:4222", schema_v
     for e in p.spec.edges:
         for part in plan(p, e.to).partitions:
             subject = names.edge_subject(p.name, e.to, e.from_, part)
-            when = f" when tags match {e.conditions.tags.model_dump(mode='json')}" if e.conditions and e.conditions.tags else ""
+            tags = e.conditions.tags if e.conditions else None
+            when = f" when tags match {tags.model_dump(mode='json')}" if tags else ""
             broker.publisher(subject, title=f"{e.from_} writes to {e.to}" + ("" if part is None else f" p{part}"),
                              description=f"edge {e.from_} -> {e.to}{when}{' (late messages)' if e.late else ''}. "
                                          f"{ENVELOPE}", schema=Envelope)

@@ -81,7 +81,7 @@ class EmbeddedNats:
     it is one node of an `EmbeddedCluster` (server name, route port and the routes to its peers)."""
 
     def __init__(self, store_dir: str | Path, port: int | None = None, monitor_port: int | None = None,
-                 log_file: str | Path | None = None, cluster: "ClusterNode | None" = None,
+                 log_file: str | Path | None = None, cluster: ClusterNode | None = None,
                  config: str | Path | None = None):
         self.store_dir = Path(store_dir)
         self.config = config  # a server config file (auth, TLS); the flags above take precedence
@@ -99,7 +99,7 @@ class EmbeddedNats:
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedNats":
+    def start(self, timeout: float = 15.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         cmd = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
                "-js", "-sd", str(self.store_dir), "-l", str(self.log_file)]
@@ -192,7 +192,7 @@ class EmbeddedCluster:
     def node(self, name: str) -> EmbeddedNats:
         return next(n for n in self.nodes if n.cluster is not None and n.cluster.name == name)
 
-    def start(self, timeout: float = 30.0) -> "EmbeddedCluster":
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
         try:
             for n in self.nodes:
                 n.start(timeout)
@@ -231,7 +231,7 @@ class EmbeddedCluster:
             n.stop(timeout)
 
 
-def start_embedded(store_dir: str | Path, size: int = 1) -> "EmbeddedNats | EmbeddedCluster":
+def start_embedded(store_dir: str | Path, size: int = 1) -> EmbeddedNats | EmbeddedCluster:
     """What `natsflow run` starts without a URL: one server, or a loopback cluster of `size`
     nodes when the pipeline's buffers have replicas > 1 (so they are replicated locally as they
     would be in production). The two keep separate stores in `store_dir`: switching between them

@@ -16,10 +16,11 @@ import os
 import signal
 import subprocess
 import time
-from typing import IO, Any, Awaitable, Callable, Mapping, Sequence, Union
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import IO, Any
 
-AnyProcess = Union[subprocess.Popen, asyncio.subprocess.Process]
-Output = Union[int, IO[Any], None]
+AnyProcess = subprocess.Popen | asyncio.subprocess.Process
+Output = int | IO[Any] | None
 
 
 def _die_with_parent() -> None:
@@ -28,7 +29,7 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort only
+    except Exception:
         pass
 
 
@@ -110,7 +111,7 @@ async def aterminate(proc: asyncio.subprocess.Process, grace: float) -> int | No
     interrupt(proc)
     try:
         return await asyncio.wait_for(proc.wait(), grace)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         kill(proc)
         await proc.wait()
         return None

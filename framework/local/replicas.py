@@ -85,7 +85,7 @@ class VertexProcess:
             try:
                 await asyncio.wait_for(self._logged_ready.wait(), timeout)
                 return True
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         port = int(self.env["NATSFLOW_METRICS_PORT"])
 

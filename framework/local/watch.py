@@ -6,8 +6,8 @@ timestamp resolution is still seen."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 
 class FileWatch:

@@ -10,7 +10,8 @@ import contextlib
 import json
 import socket
 import threading
-from typing import Any, Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app

@@ -6,7 +6,7 @@ import asyncio
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
@@ -154,12 +154,12 @@ class BufferProbe:
             try:
                 info = await self._js.consumer_info(stream, stream)
                 self._metrics.buffer_state(stream, info.num_pending, info.num_ack_pending)
-            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats_errors.Error) as exc:
                 missing.append(_buffer_problem(stream, exc))
         for stream in self._out:
             try:
                 await self._js.stream_info(stream)
-            except (nats_errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats_errors.Error) as exc:
                 missing.append(_buffer_problem(stream, exc))
         self.missing = missing
 

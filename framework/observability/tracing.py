@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -49,7 +49,7 @@ def make_exporters(env: Mapping[str, str] = os.environ) -> list[SpanExporter]:
     for name in names:
         if name == "otlp":
             # Imported here: only tracing processes pay for loading protobuf and requests.
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             out.append(OTLPSpanExporter())  # endpoint, headers, timeout from OTEL_EXPORTER_OTLP_*
         elif name == "console":

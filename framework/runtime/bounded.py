@@ -171,7 +171,7 @@ class Threads:
         def job() -> None:
             try:
                 result = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            except BaseException as exc:
                 _deliver(loop, fut, None, exc)
             else:
                 _deliver(loop, fut, result, None)
@@ -225,7 +225,7 @@ class Threads:
                 progress.current = (i, time.monotonic())
                 try:
                     out.append(fn(item))
-                except Exception as exc:  # noqa: BLE001 - a handler error is data for the dead-letter path
+                except Exception as exc:
                     out.append(exc)
             progress.current = None
             _deliver(loop, fut, out, None)

@@ -86,7 +86,7 @@ class MapStreamProcessor:
                 return exc
             except (TimeoutError, nats_errors.Error):
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 metrics.error.inc(1)
                 delay = next(delays, None)
                 if delay is None or self.rt.stopping.is_set():

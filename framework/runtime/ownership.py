@@ -179,7 +179,8 @@ class PartitionLeases:
             return
         async with self._write:
             try:
-                await self._kv.update(partition_key(self.vertex, partition), self._lease_value("", lease), last=lease.rev)
+                await self._kv.update(partition_key(self.vertex, partition), self._lease_value("", lease),
+                                      last=lease.rev)
             except KeyWrongLastSequenceError:
                 pass  # someone took it over already
             except (TimeoutError, nats_errors.Error) as exc:
@@ -315,7 +316,8 @@ class PartitionLeases:
         self.owned[partition] = lease
         previous = "never owned" if seen is None else f"expired lease of {seen.value['owner']}" \
             if seen.value.get("owner") else "released"
-        log.info("reduce %s: acquired partition %d (lease rev %d; %s)", self.vertex, partition or 0, lease.rev, previous)
+        log.info("reduce %s: acquired partition %d (lease rev %d; %s)", self.vertex, partition or 0, lease.rev,
+                 previous)
         self.changed.set()
         return True
 
@@ -334,7 +336,8 @@ class PartitionLeases:
                 return
             except (TimeoutError, nats_errors.Error) as exc:
                 log.warning("reduce %s: renewing partition %d failed (%s); fenced in %.1fs unless a renewal "
-                            "succeeds", self.vertex, lease.partition or 0, exc, max(0.0, lease.deadline - time.monotonic()))
+                            "succeeds", self.vertex, lease.partition or 0, exc,
+                            max(0.0, lease.deadline - time.monotonic()))
                 return
             lease.deadline = max(lease.deadline, sent + self.ttl * FENCE_FRACTION)
 
@@ -366,7 +369,7 @@ async def holdings(js: JetStreamContext, p: Pipeline) -> dict[str, Holding]:
     try:
         kv = await js.key_value(bucket_name(p.name))
         keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - no bucket or no keys yet: nothing held
+    except Exception:
         return out
     now = int(time.time() * 1000)
     for key in keys:
@@ -375,7 +378,7 @@ async def holdings(js: JetStreamContext, p: Pipeline) -> dict[str, Holding]:
             continue
         try:
             value = json.loads((await kv.get(key)).value or b"")
-        except Exception:  # noqa: BLE001, S112 - deleted between keys() and get(), or not ours
+        except Exception:
             continue
         if now - int(value.get("ts", 0)) > ttls[vertex] * 1000:
             continue

@@ -170,7 +170,8 @@ class Reducer:
             await self._fence(ps)
 
     async def _open(self, part: int | None, lease: Lease) -> None:
-        stream, consumer = names.stream_name(self.p.name, self.v.name, part), names.consumer_name(self.p.name, self.v.name, part)
+        stream = names.stream_name(self.p.name, self.v.name, part)
+        consumer = names.consumer_name(self.p.name, self.v.name, part)
         info = await self._quiet_consumer(stream, consumer, lease)
         if info is None:
             return
@@ -330,7 +331,7 @@ class Reducer:
                     # once the results are final (tracing adds headers).
                     self.router.check_outputs(results)
                     outgoing.extend(results)
-                except Exception as exc:  # noqa: BLE001 - after retries: the window's inputs are dead letters
+                except Exception as exc:
                     failed.extend((m, f"{type(exc).__name__}: {exc}") for _, m in w.items)
             self.rt.count_writes(await self.router.write(outgoing))
             await self.dead_letter(failed)

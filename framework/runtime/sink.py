@@ -102,7 +102,7 @@ class SinkProcessor:
                 metrics.written("sink", len(pending) - len(exc.failed))
                 pending = [pending[i] for i in sorted(exc.failed)]
                 errors = [exc.failed[i] for i in sorted(exc.failed)]
-            except Exception as exc:  # noqa: BLE001 - a failing sink backs the pipeline up, never loses data
+            except Exception as exc:
                 metrics.error.inc(1)
                 errors = [f"{type(exc).__name__}: {exc}"] * len(pending)
                 rt.check_stuck()  # a hung sink's threads: past the limit, hand the batch back and exit

@@ -81,7 +81,7 @@ class SourceKind:
                 t = fn(r.keys or [], Datum(r.keys or [], r.value, headers=r.headers, id=r.id or r.offset,
                                            event_time_ms=r.event_time_ms))
                 r.event_time_ms = int(t.timestamp() * 1000) if isinstance(t, datetime) else int(t)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.rt.metrics.error.inc(1)
                 log.warning("vertex %s: eventTime extractor failed for %s (%s: %s); kept the source's time",
                             self.rt.v.name, r.offset, type(exc).__name__, exc)

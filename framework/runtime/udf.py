@@ -64,7 +64,7 @@ class MapRunner:
         try:
             async with deadline(self._timeout):
                 return normalize(await self._fn(d.keys, d))
-        except Exception as exc:  # noqa: BLE001 - a UDF error is data for the dead-letter path
+        except Exception as exc:
             return exc
 
     def _one_sync(self, d: Datum) -> list[Message]:
@@ -96,7 +96,7 @@ class BatchMapRunner:
                 call = self._fn(chunk) if self._async else self._threads.call(self._fn, chunk)
                 raw = await within(call, self._timeout)
                 out.extend(self.align(chunk, raw))
-            except Exception as exc:  # noqa: BLE001 - the whole chunk failed
+            except Exception as exc:
                 out.extend([exc] * len(chunk))
         return out
 

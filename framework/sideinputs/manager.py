@@ -21,8 +21,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nats.js import JetStreamContext
 from prometheus_client import Counter
@@ -122,7 +123,7 @@ class SideInputWatcher:
 
     @classmethod
     async def start_for(cls, js: JetStreamContext, pipeline: str, names: list[str],
-                        buffers: ResolvedBuffers = DEFAULT_BUFFERS) -> "SideInputWatcher":
+                        buffers: ResolvedBuffers = DEFAULT_BUFFERS) -> SideInputWatcher:
         await provision_bucket(js, pipeline, buffers)  # the manager may not have started yet
         watcher = cls(await js.key_value(bucket_name(pipeline)), names)
         await watcher.start()
@@ -258,12 +259,12 @@ class SideInputManager:
         try:
             result = await asyncio.wait_for(self._call(si, fn), si.trigger.timeout)
             value = encode_value(result)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             count.inc()
             log.warning("side input %s: handler %s gave no result within %gs; keeping the previous value",
                         si.name, si.handler, si.trigger.timeout)
             return stored
-        except Exception as exc:  # noqa: BLE001 - a bad run must not stop the schedule
+        except Exception as exc:
             count.inc()
             log.warning("side input %s: handler %s failed (%s: %s); keeping the previous value",
                         si.name, si.handler, type(exc).__name__, exc)
@@ -274,7 +275,7 @@ class SideInputManager:
             return stored
         try:
             revision = await self.kv.put(si.name, value)
-        except Exception as exc:  # noqa: BLE001 - NATS away: try again on the next run
+        except Exception as exc:
             count.inc()
             log.warning("side input %s: storing the new value failed (%s: %s); will retry", si.name,
                         type(exc).__name__, exc)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from cronsim import CronSim, CronSimError
@@ -57,7 +57,7 @@ class Cron:
 
     def next_after(self, t: float) -> float:
         # cronsim starts strictly after the (whole-second) time it is given.
-        return next(CronSim(self.expr, datetime.fromtimestamp(t, tz=timezone.utc))).timestamp()
+        return next(CronSim(self.expr, datetime.fromtimestamp(t, tz=UTC))).timestamp()
 
 
 def parse_duration(text: str) -> float:
@@ -73,7 +73,8 @@ def _check_value(token: str, name: str, low: int, high: int, names: list[str] | 
     if names and token.lower() in names:
         return names.index(token.lower()) + low
     if not token.isdigit():
-        raise ValueError(f"cron {name} field: {token!r} is not a number" + (f" or a name ({', '.join(names)})" if names else ""))
+        named = f" or a name ({', '.join(names)})" if names else ""
+        raise ValueError(f"cron {name} field: {token!r} is not a number{named}")
     n = int(token)
     if not low <= n <= high:
         raise ValueError(f"cron {name} field: {n} is out of range {low}-{high}")

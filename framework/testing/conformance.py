@@ -93,7 +93,7 @@ def origin_of(msg_id: str) -> str:
 def conformance_pipeline(name: str, udf: dict[str, Any], tag: str, *, out_limits: dict | None = None,
                          read_batch: int = 50, ack_wait: float = 5.0) -> dict[str, Any]:
     """The pipeline around the vertex under test. Only `vut` runs; the kit plays every other vertex."""
-    sink = {"sink": {"blackhole": {}}}
+    sink: dict[str, Any] = {"sink": {"blackhole": {}}}
     return {
         "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name},
         "spec": {
@@ -228,7 +228,7 @@ class ConformanceKit:
                 sends.append(js.publish(subject, payload, headers=headers))
             await asyncio.gather(*sends)
             for meta in metas:
-                obs.inputs[origin_of(meta.pop("msg_id"))] = meta
+                obs.inputs[origin_of(str(meta.pop("msg_id")))] = meta
 
     async def _consumer(self, js: JetStreamContext, p: Pipeline) -> Any:
         return await js.consumer_info(names.stream_name(p.name, VUT), names.consumer_name(p.name, VUT))
@@ -321,6 +321,7 @@ class ConformanceKit:
         self.progress("scenario 2: SIGKILL mid-stream, then restart")
 
         async def kill(vut: VertexUnderTest, in_flight: int) -> str:
+            assert vut.proc is not None, "killed before it started"
             await process.akill(vut.proc)
             return f"killed with {in_flight} inputs unacked"
 
@@ -434,7 +435,9 @@ class ConformanceKit:
 
     def _check_envelope(self, obs: Observation) -> None:
         good = {s: i for s, i in obs.inputs.items() if not i["bad"]}
-        bad_ids, idx_by_origin, problems = [], {}, []
+        bad_ids: list[str] = []
+        idx_by_origin: dict[str, list[int]] = {}
+        problems: list[str] = []
         for o in (o for o in obs.outputs if o.edge == "all"):
             parsed = parse_msg_id(o.msg_id)
             if parsed is None or parsed[0] not in obs.inputs:

@@ -193,7 +193,8 @@ class NatsSettings(BaseModel):
     # already running reconnects for as long as it takes).
     connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=24 * 3600)
 
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:  # a logged or printed settings object shows no credentials
+    # a logged or printed settings object shows no credentials
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, mask_url(value) if name == "url" and value else value
 
@@ -244,7 +245,8 @@ class NatsSettings(BaseModel):
         return ctx
 
     def _tls_files(self) -> str:
-        return ", ".join(f"{_FILES[f][1]} {getattr(self, f)}" for f in ("tls_ca", "tls_cert", "tls_key") if getattr(self, f))
+        files = ("tls_ca", "tls_cert", "tls_key")
+        return ", ".join(f"{_FILES[f][1]} {getattr(self, f)}" for f in files if getattr(self, f))
 
     def _options(self, name: str, watch: ConnectionWatch) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -50,7 +50,7 @@ class WatermarkPublisher:
             value = json.dumps({"wm": self.wm, "seq": self._seq[target], "ts": now}).encode()
             try:
                 await self._kv.put(key, value)
-            except Exception as exc:  # noqa: BLE001 - a missed heartbeat only delays windows
+            except Exception as exc:
                 log.warning("watermark put %s failed: %s", key, exc)
 
     def start_heartbeat(self, on_idle: Callable[[], bool | Awaitable[bool]] | None = None) -> None:

@@ -56,7 +56,7 @@ class HttpSink:
             async with self.limit, self.session.request(method, self.cfg.url, data=d.value,
                                                         headers=self.headers(d)) as resp:
                 body = await resp.text(errors="replace")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"{method} {self.shown_url}: no answer within {self.cfg.timeout}s") from None
         if not 200 <= resp.status < 300:
             raise HttpStatusError(method, self.shown_url, resp.status, body)

@@ -92,7 +92,8 @@ def _order(p: Pipeline, layer: dict[str, int]) -> list[list[str]]:
     position: dict[str, float] = {n: i for i, n in enumerate(columns[0])}
     for col in columns[1:]:
         def key(name: str) -> float:
-            preds = [position[e.from_] for e in p.in_edges(name) if e.from_ in position and layer[e.from_] < layer[name]]
+            preds = [position[e.from_] for e in p.in_edges(name)
+                     if e.from_ in position and layer[e.from_] < layer[name]]
             return sum(preds) / len(preds) if preds else 0.0
 
         col.sort(key=key)  # stable: ties keep file order

@@ -13,9 +13,10 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -115,7 +116,7 @@ class StatusPoller:
     async def poll_safely(self) -> None:
         try:
             await self.poll()
-        except Exception as exc:  # noqa: BLE001 - the page shows the error and keeps the last numbers
+        except Exception as exc:
             log.warning("status poll failed: %s", exc)
             self.latest = {**self.latest, "error": f"cannot read JetStream: {exc or type(exc).__name__}"}
 
@@ -143,7 +144,7 @@ class StatusPoller:
             return None, None
         try:
             return await asyncio.to_thread(connection_counts, self.options.monitor_url, self.p.name), None
-        except Exception as exc:  # noqa: BLE001 - fall back to heartbeats, say why
+        except Exception as exc:
             return None, f"cannot read {self.options.monitor_url}/connz: {exc}"
 
     def _vertex(self, r: VertexStatus, conns: Counter[str] | None, rate: Rates) -> dict[str, Any]:
@@ -196,7 +197,8 @@ async def recent_dead_letters(nc: Client, p: Pipeline, vertex: str, n: int = DEA
         found.append({
             "seq": msg.seq, "time": msg.time.isoformat() if msg.time else None,
             "error": headers.get(envelope.HDR_ERROR), "vertex": headers.get(envelope.HDR_ERROR_VERTEX),
-            "id": headers.get(envelope.HDR_ID), "keys": headers.get(envelope.HDR_KEYS),  # raw: a broken envelope lands here too
+            # keys raw: a broken envelope lands here too
+            "id": headers.get(envelope.HDR_ID), "keys": headers.get(envelope.HDR_KEYS),
             "value": (msg.data or b"")[:500].decode("utf-8", "replace"),
         })
         seq -= 1
@@ -290,7 +292,7 @@ class UiApp:
             return _json(404, {"error": str(exc.args[0])})
         try:
             detail["deadLetters"] = await recent_dead_letters(self.nc, p, name)
-        except Exception as exc:  # noqa: BLE001 - show the spec even when JetStream is unreachable
+        except Exception as exc:
             detail["deadLetters"] = {"error": f"cannot read dead letters: {exc}", "messages": []}
         return _json(200, detail)
 
