@@ -11,16 +11,13 @@ The function must therefore be deterministic for the kit's inputs, which exactly
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,59 +32,19 @@ from framework.local import process
 from framework.local.embedded import EmbeddedNats
 from framework.local.replicas import vertex_command
 from framework.spec import Pipeline, load_pipeline
+from framework.testing.rules import (
+    BAD_EVERY,
+    HDR_PROBE,
+    OUT_EDGES,
+    VUT,
+    Observation,
+    Output,
+    RuleBook,
+    RuleResult,
+    origin_of,
+)
+from framework.testing.vut import VertexUnderTest
 from framework.watermark.marks import bucket_name
-
-VUT = "vut"
-OUT_EDGES = ("all", "tagged", "untagged")
-BAD_EVERY = 997  # every 997th input carries an invalid Nf-Keys header: it must be dead-lettered
-HDR_PROBE = "X-Conformance"
-
-
-@dataclass
-class RuleResult:
-    rule: str
-    ok: bool | None  # None: not applicable / optional and not met (does not fail the run)
-    detail: str
-
-
-@dataclass
-class Output:
-    edge: str
-    msg_id: str
-    data_id: str
-    data: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class Observation:
-    """What one scenario saw: inputs by origin (docs/protocol.md §5), every output, every dead letter."""
-
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # origin -> {id, event_time, probe, bad}
-    outputs: list[Output] = field(default_factory=list)
-    dead: list[Output] = field(default_factory=list)
-
-    def by_input(self) -> dict[str, list[tuple[int, bytes, str]]]:
-        """input data id -> sorted (output index, payload, edge); the comparison key across runs."""
-        result: dict[str, list[tuple[int, bytes, str]]] = {}
-        origin_to_id = {s: i["id"] for s, i in self.inputs.items()}
-        for o in self.outputs:
-            parsed = parse_msg_id(o.msg_id)
-            if parsed is None or parsed[0] not in origin_to_id:
-                continue
-            result.setdefault(origin_to_id[parsed[0]], []).append((parsed[1], o.data, o.edge))
-        return {k: sorted(v) for k, v in result.items()}
-
-
-def parse_msg_id(msg_id: str) -> tuple[str, int] | None:
-    """(input origin, output index) from `<vertex>:<origin>:<index>`."""
-    m = re.fullmatch(rf"{VUT}:([0-9a-f]{{24}}):(\d+)", msg_id)
-    return (m.group(1), int(m.group(2))) if m else None
-
-
-def origin_of(msg_id: str) -> str:
-    """The origin of an input with this `Nats-Msg-Id` (docs/protocol.md §5)."""
-    return hashlib.sha256(msg_id.encode()).hexdigest()[:24]
 
 
 def conformance_pipeline(name: str, udf: dict[str, Any], tag: str, *, out_limits: dict | None = None,
@@ -115,51 +72,6 @@ def conformance_pipeline(name: str, udf: dict[str, Any], tag: str, *, out_limits
     }
 
 
-class VertexUnderTest:
-    """The program being checked, started the way `natsflow run` starts a vertex."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
-        self.cmd, self.env, self.log_path = cmd, env, log_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns the descriptor
-        log.write(f"--- start #{self.starts}: {' '.join(self.cmd)}\n".encode())
-        log.flush()
-        try:
-            self.proc = await process.spawn(self.cmd, env=self.env, stdout=log, stderr=log)
-        finally:
-            log.close()
-
-    def alive(self) -> bool:
-        return process.running(self.proc)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            process.kill(self.proc)
-
-    async def terminate(self, grace: float) -> tuple[int | None, float]:
-        """SIGTERM; the exit code (None if it outlived `grace` and had to be killed) and seconds taken."""
-        assert self.proc is not None
-        began = time.monotonic()
-        code = await process.aterminate(self.proc, grace)
-        return code, time.monotonic() - began
-
-    async def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            await process.akill(self.proc)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text[-lines:])
-
-
 async def until(cond: Callable[[], Awaitable[Any]], timeout: float, interval: float = 0.02) -> Any:
     """Poll `cond` until truthy; its last value (falsy) on timeout."""
     deadline = time.monotonic() + timeout
@@ -183,7 +95,7 @@ class ConformanceKit:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natsflow-conformance-"))
         self.extra_env = env or {}
         self.progress = progress or (lambda _msg: None)
-        self.results: list[RuleResult] = []
+        self.rules = RuleBook(tag, self.progress)
         self._scenario = 0
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -257,11 +169,6 @@ class ConformanceKit:
             await self._read_stream(js, names.stream_name(p.name, edge), edge, obs.outputs)
         await self._read_stream(js, names.dlq_stream_name(p.name, VUT), "dlq", obs.dead)
 
-    def _record(self, rule: str, ok: bool | None, detail: str) -> None:
-        self.results.append(RuleResult(rule, ok, detail))
-        mark = {True: "pass", False: "FAIL", None: "skip"}[ok]
-        self.progress(f"  {mark}: {rule}")
-
     # ---- scenarios ---------------------------------------------------------------------------
 
     async def run(self) -> list[RuleResult]:
@@ -279,7 +186,7 @@ class ConformanceKit:
                 await self._nc.close()
         finally:
             server.stop()
-        return self.results
+        return self.rules.results
 
     async def _reference(self) -> Observation | None:
         self.progress("scenario 1: reference run")
@@ -289,23 +196,23 @@ class ConformanceKit:
         await vut.start()
         try:
             info = await until(lambda: self._pulling(js, p, vut), 20)
-            self._record("starts from NATSFLOW_DESCRIPTOR and pulls its consumer", bool(info),
+            self.rules.record("starts from NATSFLOW_DESCRIPTOR and pulls its consumer", bool(info),
                          "pull requests seen on the durable consumer" if info
                          else f"no pull request within 20 s; log:\n{vut.log_tail()}")
             if not info:
                 return None
             await self._feed(js, p, obs, 0, self.messages)
             done = await until(lambda: self._input_done(js, p), 60)
-            self._record("acks every input (after processing it)", done,
+            self.rules.record("acks every input (after processing it)", done,
                          f"{len(obs.inputs)} inputs acked" if done else
                          f"input buffer not empty after 60 s; log:\n{vut.log_tail()}")
             code, took = await vut.terminate(self.grace)
-            self._record("exits 0 on SIGTERM when idle, within the grace period", code == 0,
+            self.rules.record("exits 0 on SIGTERM when idle, within the grace period", code == 0,
                          f"exit code {code} after {took:.2f}s (grace {self.grace:.0f}s)")
             await self._collect(js, p, obs)
-            self._check_envelope(obs)
-            self._check_routing(obs)
-            self._check_dead_letters(obs)
+            self.rules.check_envelope(obs)
+            self.rules.check_routing(obs)
+            self.rules.check_dead_letters(obs)
             await self._check_watermarks(js, p)
             return obs
         finally:
@@ -332,7 +239,7 @@ class ConformanceKit:
 
         async def terminate(vut: VertexUnderTest, in_flight: int) -> str:
             code, took = await vut.terminate(self.grace)
-            self._record("exits 0 on SIGTERM mid-stream, within the grace period", code == 0,
+            self.rules.record("exits 0 on SIGTERM mid-stream, within the grace period", code == 0,
                          f"exit code {code} after {took:.2f}s with {in_flight} inputs unacked at the signal")
             return ""
 
@@ -355,7 +262,7 @@ class ConformanceKit:
             done = await until(lambda: self._input_done(js, p), 60)
             await vut.terminate(self.grace)
             await self._collect(js, p, obs)
-            self._compare(rule, ref, obs, done, context)
+            self.rules.compare(rule, ref, obs, done, context)
         finally:
             await vut.stop()
 
@@ -377,14 +284,14 @@ class ConformanceKit:
             peak = (await js.stream_info(all_stream)).state.messages
             pending = (await js.stream_info(names.stream_name(p.name, VUT))).state.messages
             ok = stalled and peak <= soft + slack and pending > 0
-            self._record("waits at a full buffer (soft limit) instead of overfilling it", ok,
+            self.rules.record("waits at a full buffer (soft limit) instead of overfilling it", ok,
                          f"`all` held {peak} (soft limit {soft}, one batch of slack {slack}); "
                          f"{pending} inputs still waiting upstream")
             # Now play the downstream reader: take and ack what arrives until the input is done.
             done = await self._drain_all(js, p, obs)
             await vut.terminate(self.grace)
             await self._collect(js, p, obs)
-            self._compare("full buffer released: no loss, no duplicates", ref, obs, done, "")
+            self.rules.compare("full buffer released: no loss, no duplicates", ref, obs, done, "")
         finally:
             await vut.stop()
 
@@ -421,7 +328,8 @@ class ConformanceKit:
                     msgs = []
                 for m in msgs:
                     h = dict(m.headers or {})
-                    obs.outputs.append(Output("all", h.get(envelope.HDR_MSG_ID, ""), h.get(envelope.HDR_ID, ""), m.data, h))
+                    msg_id, data_id = h.get(envelope.HDR_MSG_ID, ""), h.get(envelope.HDR_ID, "")
+                    obs.outputs.append(Output("all", msg_id, data_id, m.data, h))
                     await m.ack_sync()
                 if not msgs and await self._input_done(js, p):
                     info = await js.stream_info(names.stream_name(p.name, "all"))
@@ -433,112 +341,22 @@ class ConformanceKit:
 
     # ---- checks ------------------------------------------------------------------------------
 
-    def _check_envelope(self, obs: Observation) -> None:
-        good = {s: i for s, i in obs.inputs.items() if not i["bad"]}
-        bad_ids: list[str] = []
-        idx_by_origin: dict[str, list[int]] = {}
-        problems: list[str] = []
-        for o in (o for o in obs.outputs if o.edge == "all"):
-            parsed = parse_msg_id(o.msg_id)
-            if parsed is None or parsed[0] not in obs.inputs:
-                bad_ids.append(o.msg_id)
-                continue
-            origin, i = parsed
-            idx_by_origin.setdefault(origin, []).append(i)
-            src = obs.inputs[origin]
-            want_id = src["id"] if i == 0 else o.msg_id
-            if o.data_id != want_id:
-                problems.append(f"{o.msg_id}: Nf-Id {o.data_id!r}, expected {want_id!r}")
-            if o.headers.get(envelope.HDR_EVENT_TIME) != src["event_time"]:
-                problems.append(f"{o.msg_id}: Nf-Event-Time {o.headers.get(envelope.HDR_EVENT_TIME)!r}, "
-                                f"expected the input's {src['event_time']}")
-            if o.headers.get(HDR_PROBE) != src["probe"]:
-                problems.append(f"{o.msg_id}: user header {HDR_PROBE} not passed through")
-            keys = o.headers.get(envelope.HDR_KEYS)
-            if keys is not None:
-                try:
-                    envelope.decode_keys(keys)
-                except ValueError as exc:
-                    problems.append(f"{o.msg_id}: {exc}")
-        gaps = [s for s, idx in idx_by_origin.items() if sorted(idx) != list(range(len(idx)))]
-        outs = sum(len(v) for v in idx_by_origin.values())
-        self._record("Nats-Msg-Id is <vertex>:<input origin>:<output index>",
-                     not bad_ids and not gaps and outs > 0,
-                     f"{outs} outputs for {len(good)} inputs" if not bad_ids and not gaps and outs
-                     else f"{len(bad_ids)} ids not of the form (e.g. {bad_ids[:3]}), "
-                          f"{len(gaps)} inputs with non-contiguous indexes, {outs} outputs")
-        self._record("envelope: Nf-Id, Nf-Event-Time, Nf-Keys and user headers carried",
-                     not problems and outs > 0,
-                     f"{outs} outputs checked" if not problems else f"{len(problems)} problems, e.g. {problems[:3]}")
-
-    def _check_routing(self, obs: Observation) -> None:
-        ids = {e: [o.msg_id for o in obs.outputs if o.edge == e] for e in OUT_EDGES}
-        every, tagged, untagged = (set(ids[e]) for e in OUT_EDGES)
-        dup = {e: len(v) - len(set(v)) for e, v in ids.items()}
-        ok = tagged | untagged == every and not (tagged & untagged) and not any(dup.values())
-        self._record(f"routing by tags: `or [{self.tag}]` and `not [{self.tag}]` split the unconditional edge",
-                     ok, f"all {len(every)}, tagged {len(tagged)}, untagged {len(untagged)}, duplicates {dup}")
-        if ok and not tagged:
-            self._record(f"some output carries the tag {self.tag!r}", None,
-                         f"no output was tagged {self.tag!r}: pass --tag with a tag your function sets")
-
-    def _check_dead_letters(self, obs: Observation) -> None:
-        bad = {s for s, i in obs.inputs.items() if i["bad"]}
-        got = {}
-        for d in obs.dead:
-            m = re.fullmatch(rf"dlq:{VUT}:([0-9a-f]{{24}})", d.msg_id)
-            if m and d.headers.get(envelope.HDR_ERROR):
-                got[m.group(1)] = d.headers[envelope.HDR_ERROR]
-        leaked = {s for s in bad if any((parse_msg_id(o.msg_id) or ("", 0))[0] == s for o in obs.outputs)}
-        ok = bad == set(got) and not leaked and bool(bad)
-        sample = next(iter(got.values()), "")
-        self._record("a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked", ok,
-                     f"{len(got)}/{len(bad)} dead-lettered, e.g. Nf-Error {sample[:80]!r}" if ok
-                     else f"expected dlq:{VUT}:<origin> for {sorted(bad)[:5]}, got {sorted(got)[:5]}; "
-                          f"{len(leaked)} produced outputs")
-
     async def _check_watermarks(self, js: JetStreamContext, p: Pipeline) -> None:
         try:
             kv = await js.key_value(bucket_name(p.name))
             keys = await kv.keys()
-        except Exception:  # noqa: BLE001 - no bucket or no keys: the rule is optional
+        except Exception:
             keys = []
         mine = [k for k in keys if k.startswith(f"{VUT}.")]
-        self._record("publishes watermarks (SHOULD; needed only upstream of a reduce)",
+        self.rules.record("publishes watermarks (SHOULD; needed only upstream of a reduce)",
                      True if mine else None, f"{len(mine)} KV entries" if mine else "none published")
-
-    def _compare(self, rule: str, ref: Observation, obs: Observation, done: bool, context: str) -> None:
-        want, got = ref.by_input(), obs.by_input()
-        missing = [k for k in want if k not in got or not set(want[k]) <= set(got[k])]
-        extra = [k for k in got if k in want and len(got[k]) > len(want[k])]
-        unknown = [k for k in got if k not in want]
-        ok = done and not missing and not extra and not unknown
-        outputs = sum(1 for v in got.values() for o in v if o[2] == "all")
-        detail = (f"{outputs} outputs identical to the reference run"
-                  if ok else f"input done: {done}; {len(missing)} inputs lost outputs (e.g. {missing[:3]}), "
-                             f"{len(extra)} duplicated, {len(unknown)} unexpected")
-        self._record(rule, ok, f"{context}; {detail}" if context else detail)
-
-
-def format_table(results: list[RuleResult]) -> str:
-    width = max(len(r.rule) for r in results) if results else 10
-    lines = [f"{'rule':<{width}}  result  detail", f"{'-' * width}  ------  ------"]
-    for r in results:
-        mark = {True: "pass", False: "FAIL", None: "skip"}[r.ok]
-        detail = r.detail.replace("\n", "\n" + " " * (width + 10))
-        lines.append(f"{r.rule:<{width}}  {mark:<6}  {detail}")
-    failed = sum(1 for r in results if r.ok is False)
-    lines.append(f"\n{len(results)} rules: {sum(1 for r in results if r.ok)} passed, {failed} failed, "
-                 f"{sum(1 for r in results if r.ok is None)} skipped")
-    return "\n".join(lines)
-
 
 def run_conformance(**kwargs: Any) -> tuple[list[RuleResult], bool]:
     kit = ConformanceKit(**kwargs)
     try:
         results = asyncio.run(kit.run())
     finally:
-        if kwargs.get("workdir") is None and not any(r.ok is False for r in kit.results):
+        if kwargs.get("workdir") is None and not any(r.ok is False for r in kit.rules.results):
             shutil.rmtree(kit.workdir, ignore_errors=True)
     passed = bool(results) and not any(r.ok is False for r in results)
     return results, passed
