@@ -23,11 +23,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from framework.isb.envelope import HDR_MSG_ID
 from framework.isb.writer import OutMessage
 from framework.spec import OnFull
 from framework.transport.headers import encode_headers, parse_header_lines
+
+if TYPE_CHECKING:
+    from framework.isb.ports import Publishes, Writes
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
 
@@ -155,7 +159,7 @@ class MemoryReader:
         """Messages handed out and not yet acked or nak'd."""
         return len(self._s.in_flight)
 
-    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:
+    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:  # noqa: ASYNC109 - the interface's
         return self._s.fetch(self._batch)
 
     async def ack(self, msgs: list[MemoryMsg]) -> None:
@@ -243,3 +247,11 @@ class MemoryWriter:
 def stored_headers(msg: OutMessage) -> dict[str, str]:
     """The headers of an OutMessage as a reader would get them (for inspecting dead letters)."""
     return parse_headers(msg.headers if isinstance(msg.headers, bytes) else encode_headers(msg.headers))
+
+
+if TYPE_CHECKING:
+    def _offers_the_buffer_interface(isb: MemoryISB) -> tuple[Writes, Publishes]:
+        """mypy checks that the writer and publisher here are what the runtime writes through.
+        (MemoryReader does what `Reads` says, over MemoryMsg: shaped like the nats Msg the
+        runtime reads, not one.)"""
+        return MemoryWriter(isb), MemoryPublisher(isb)
