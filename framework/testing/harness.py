@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -85,6 +85,7 @@ class DeadLetter:
 
 
 InputItem = bytes | str | Datum | Message | Watermark
+Step = Callable[[], Awaitable[None]]  # one batch emitted, or one watermark moved
 
 
 class PipelineOutput(Mapping[str, list[bytes]]):
@@ -228,7 +229,7 @@ class _Run:
             await source.advance(END_OF_TIME)
         await self.drain()
 
-    def _steps(self, name: str, items: list[InputItem]):
+    def _steps(self, name: str, items: list[InputItem]) -> Iterator[Step]:
         source = self.vertices[name]
         assert isinstance(source, MemorySource)
         size = self.p.limits_for(name).read_batch_size
@@ -272,11 +273,11 @@ class _Run:
         return PipelineOutput(sinks, dead)
 
 
-def _emitting(source: MemorySource, batch: list[SourceRecord]):
+def _emitting(source: MemorySource, batch: list[SourceRecord]) -> Step:
     return lambda: source.emit(batch)
 
 
-def _advancing(source: MemorySource, wm: int):
+def _advancing(source: MemorySource, wm: int) -> Step:
     return lambda: source.advance(wm)
 
 

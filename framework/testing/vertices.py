@@ -200,7 +200,8 @@ class MemoryReading(MemoryVertex):
         super().__init__(p, vertex, isb, base_dir, input_watermark)
         self.recorder: Recorder | None = Recorder() if self.rt.v.sink is not None else None
         self.call_sink = call_sink
-        reader = MemoryReader(isb, names.stream_name(p.name, vertex), self.rt.limits.read_batch_size)
+        # isb.ports.Reads over MemoryMsg, which is shaped like the nats Msg the runtime is typed with
+        reader: Any = MemoryReader(isb, names.stream_name(p.name, vertex), self.rt.limits.read_batch_size)
         self.loop = ForwardLoop(self.rt, self.io, self._open, reader)
         self.processor: BatchProcessor | None = None
 
@@ -264,7 +265,8 @@ class MemoryReduce(MemoryVertex):
         all_parts = names.partitions(self.p, self.name)
         # kv, leases, lease and fetcher: stand-ins for the NATS-backed ones the runtime is typed with
         stand_in: Any = SoleLeases()
-        reducer = Reducer(rt, io, io.kv, cfg, emitter, stand_in, all_parts)
+        stand_in_kv: Any = None  # asked only by the lease and watermark classes replaced here
+        reducer = Reducer(rt, io, stand_in_kv, cfg, emitter, stand_in, all_parts)
         for part in all_parts:
             reader = MemoryReader(self.isb, names.stream_name(self.p.name, self.name, part),
                                   rt.limits.read_batch_size)
