@@ -5,7 +5,7 @@
     assert out["positive"] == [b"I love it"]
 
 How a run goes:
-- Every vertex is the runtime's own worker over an in-memory ISB (framework/testing/vertices.py,
+- Every vertex is the runtime's own vertex kind over an in-memory ISB (framework/testing/vertices.py,
   framework/isb/memory.py): the same handler calls, retries, routing by tags, fan-out, keyed
   partitions, reduce windows, dead-letter rules and message ids as a deployed pipeline.
 - Sources are replaced: `inputs={"<source>": [...]}` feeds a source vertex (one not named gets
