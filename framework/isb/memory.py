@@ -10,11 +10,11 @@ same names as on NATS). A stream keeps what JetStream keeps for a work-queue buf
   puts them back at the front with their delivery count raised.
 - A fetched message is a `MemoryMsg`: `data`, `headers` (a dict, parsed from the wire form as a
   NATS client would) and a JetStream ack subject in `reply`, so every helper that reads a delivered
-  message (`isb.buffer.stream_sequence`, `origin`, `delivery_count`, `stream_timestamp_ms`) works
+  message (`isb.envelope.stream_sequence`, `origin`, `delivery_count`, `stream_timestamp_ms`) works
   on it unchanged.
 
-The adapters at the bottom give the worker-facing interfaces of `isb.buffer` (`BufferReader`'s
-fetch/ack/nak, `BufferWriter`'s add_target/room/write, `JetStreamPublisher`'s publish/max_payload)
+The adapters at the bottom implement the buffer interface of `isb.ports` (`Reads`: what
+`reader.BufferReader` does; `Writes`: `writer.BufferWriter`; `Publishes`: `writer.JetStreamPublisher`)
 over a `MemoryISB`. Nothing here waits: an empty fetch returns at once, a full buffer refuses.
 """
 
@@ -23,13 +23,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from framework.isb.buffer import HDR_MSG_ID, OutMessage
+from framework.isb.envelope import HDR_MSG_ID
+from framework.isb.writer import OutMessage
 from framework.spec import OnFull
-from framework.transport.connection import _parse_header_lines, encode_headers
+from framework.transport.headers import encode_headers, parse_header_lines
+
+if TYPE_CHECKING:
+    from framework.isb.ports import Publishes, Writes
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
-ERR_STREAM_FULL = 10077
 
 
 class MemoryFull(Exception):
@@ -57,7 +61,7 @@ class MemoryMsg:
 def parse_headers(head: dict[str, str] | bytes) -> dict[str, str]:
     """Headers as a reader sees them: a dict, or the wire form (`NATS/1.0\\r\\n...`) parsed."""
     if isinstance(head, bytes):
-        return _parse_header_lines(head.partition(b"\r\n")[2])
+        return parse_header_lines(head.partition(b"\r\n")[2])
     return dict(head)
 
 
@@ -138,7 +142,8 @@ class MemoryISB:
 
 
 class MemoryReader:
-    """`BufferReader`'s interface over one stream: fetch returns what is there, at once."""
+    """`isb.ports.Reads` (what `BufferReader` does) over one stream: fetch returns what is there,
+    at once, never waiting out its timeout."""
 
     def __init__(self, isb: MemoryISB, stream: str, batch_size: int):
         self.stream = stream
@@ -146,7 +151,15 @@ class MemoryReader:
         self._s = isb.streams[stream]
         self._batch = batch_size
 
-    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:
+    async def start(self) -> None:
+        pass
+
+    @property
+    def held(self) -> int:
+        """Messages handed out and not yet acked or nak'd."""
+        return len(self._s.in_flight)
+
+    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:  # noqa: ASYNC109 - the interface's
         return self._s.fetch(self._batch)
 
     async def ack(self, msgs: list[MemoryMsg]) -> None:
@@ -163,7 +176,7 @@ class MemoryReader:
 
 
 class MemoryPublisher:
-    """`JetStreamPublisher.publish` over a MemoryISB: one result per message, None = stored
+    """`isb.ports.Publishes` (what `JetStreamPublisher` does) over a MemoryISB: one result per message, None = stored
     (a duplicate counts as stored, as the server acks it)."""
 
     def __init__(self, isb: MemoryISB):
@@ -187,9 +200,12 @@ class MemoryPublisher:
             out.append(None)
         return out
 
+    async def close(self) -> None:
+        pass
+
 
 class MemoryWriter:
-    """`BufferWriter`'s interface over a MemoryISB. `discardLatest` drops what does not fit;
+    """`isb.ports.Writes` (what `BufferWriter` does) over a MemoryISB. `discardLatest` drops what does not fit;
     `retryUntilSuccess` cannot wait in one process (nobody would drain the buffer meanwhile), so
     a full buffer raises MemoryFull: raise the buffer's limits, or feed less at once."""
 
@@ -231,3 +247,11 @@ class MemoryWriter:
 def stored_headers(msg: OutMessage) -> dict[str, str]:
     """The headers of an OutMessage as a reader would get them (for inspecting dead letters)."""
     return parse_headers(msg.headers if isinstance(msg.headers, bytes) else encode_headers(msg.headers))
+
+
+if TYPE_CHECKING:
+    def _offers_the_buffer_interface(isb: MemoryISB) -> tuple[Writes, Publishes]:
+        """mypy checks that the writer and publisher here are what the runtime writes through.
+        (MemoryReader does what `Reads` says, over MemoryMsg: shaped like the nats Msg the
+        runtime reads, not one.)"""
+        return MemoryWriter(isb), MemoryPublisher(isb)

@@ -26,7 +26,8 @@ from framework.isb.envelope import (
     origin,
     record_headers,
 )
-from framework.isb.writer import JetStreamPublisher, OutMessage
+from framework.isb.ports import Publishes
+from framework.isb.writer import OutMessage
 from framework.observability.metrics import VertexMetrics
 from framework.observability.tracing import VertexTracer
 from framework.runtime.retry import steady
@@ -101,7 +102,7 @@ class DeadLetters:
     """Writes one vertex's dead letters: inputs it cannot process, records a source cannot store.
     Each is published until stored (the DLQ is provisioned with the buffers), then counted."""
 
-    def __init__(self, publisher: JetStreamPublisher, metrics: VertexMetrics, pipeline: str, vertex: str,
+    def __init__(self, publisher: Publishes, metrics: VertexMetrics, pipeline: str, vertex: str,
                  stopping: asyncio.Event):
         self._publisher = publisher
         self._metrics = metrics

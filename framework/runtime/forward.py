@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import Span
 
 from framework.isb import envelope, names
+from framework.isb.ports import Reads
 from framework.isb.reader import BufferReader
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.sdk import Datum
@@ -32,7 +33,7 @@ log = logging.getLogger("natsflow.worker")
 class BatchProcessor(Protocol):
     """What a reading vertex does with each batch."""
 
-    async def read(self, reader: BufferReader) -> list[Msg]:
+    async def read(self, reader: Reads) -> list[Msg]:
         """The next batch (empty: nothing came within the read timeout)."""
 
     async def process(self, msgs: list[Msg]) -> bool:
@@ -48,14 +49,17 @@ ProcessorFactory = Callable[["ForwardLoop"], Awaitable[BatchProcessor]]
 class ForwardLoop:
     """The VertexKind of maps, batch maps, map streams and sinks: it owns the reader, the input
     watermark and the current batch's spans; `open` makes the BatchProcessor once the vertex
-    may start (side inputs ready)."""
+    may start (side inputs ready). `reader`: another buffer's reader (the in-memory harness's);
+    by default the vertex's JetStream consumer."""
 
-    def __init__(self, rt: VertexRuntime, io: VertexIO, open_processor: ProcessorFactory):
+    def __init__(self, rt: VertexRuntime, io: VertexIO, open_processor: ProcessorFactory,
+                 reader: Reads | None = None):
         self.rt = rt
         self.io = io
         p, v = rt.p, rt.v
-        self.reader = BufferReader(io.nc, names.stream_name(p.name, v.name), names.consumer_name(p.name, v.name),
-                                   rt.limits.read_batch_size, ack_wait=rt.limits.ack_wait)
+        self.reader: Reads = reader if reader is not None else BufferReader(
+            io.nc, names.stream_name(p.name, v.name), names.consumer_name(p.name, v.name),
+            rt.limits.read_batch_size, ack_wait=rt.limits.ack_wait)
         self.processed_seq = 0
         self.wm_in: WatermarkFetcher | None = None
         self.spans: dict[int, Span] | None = None  # the current batch's spans by id(msg), when tracing

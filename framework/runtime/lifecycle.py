@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from framework.isb import names
+from framework.isb.ports import Publishes
 from framework.isb.writer import BufferWriter, JetStreamPublisher
 from framework.observability.metrics import BufferProbe, VertexMetrics
 from framework.observability.tracing import VertexTracer
@@ -44,7 +45,7 @@ class VertexIO:
 
     nc: Client
     js: JetStreamContext
-    publisher: JetStreamPublisher
+    publisher: Publishes
     router: Router
     dead_letters: DeadLetters
     kv: KeyValue | None  # the watermark bucket, for a vertex that writes on (None: a sink)

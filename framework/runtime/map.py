@@ -8,8 +8,8 @@ import asyncio
 from nats.aio.msg import Msg
 
 from framework.isb import envelope
-from framework.isb.reader import BufferReader
-from framework.runtime.bounded import HandlerTimeout
+from framework.isb.ports import Reads
+from framework.runtime.bounded import HandlerTimeout, Threads
 from framework.runtime.forward import ForwardLoop
 from framework.runtime.retry import udf_delays
 from framework.runtime.routing import (
@@ -54,13 +54,14 @@ class MapProcessor:
         self.prefix = self.rt.v.name + ":"
 
     @classmethod
-    async def open(cls, loop: ForwardLoop) -> MapProcessor:
+    async def open(cls, loop: ForwardLoop, threads: Threads | None = None) -> MapProcessor:
+        """`threads`: where plain handlers run (default: a lane of the vertex's own)."""
         udf = loop.rt.v.udf
         assert udf is not None and udf.handler is not None
         fn = load_handler(udf.handler.handler, loop.rt.base_dir)
-        return cls(loop, udf, MapRunner(fn, udf.timeout))
+        return cls(loop, udf, MapRunner(fn, udf.timeout, threads))
 
-    async def read(self, reader: BufferReader) -> list[Msg]:
+    async def read(self, reader: Reads) -> list[Msg]:
         return await reader.fetch(self.rt.limits.read_timeout)
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from nats import errors as nats_errors
 from nats.aio.msg import Msg
 
 from framework.isb import envelope
-from framework.isb.reader import BufferReader
+from framework.isb.ports import Reads
 from framework.runtime.bounded import HandlerTimeout, deadline
 from framework.runtime.forward import ForwardLoop
 from framework.runtime.map import map_output
@@ -42,7 +42,7 @@ class MapStreamProcessor:
                             "function (async def ... yield Message(...))")
         return cls(loop, udf, fn)
 
-    async def read(self, reader: BufferReader) -> list[Msg]:
+    async def read(self, reader: Reads) -> list[Msg]:
         return await reader.fetch(self.rt.limits.read_timeout)
 
     async def close(self) -> None:

@@ -118,9 +118,9 @@ class Reducer:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self.leases.changed.wait(), self.limits.read_timeout)
                 else:
-                    await self._read_round(self.limits.read_timeout / len(self.parts))
+                    await self.read_round(self.limits.read_timeout / len(self.parts))
                 self._report()
-                await self._publish_watermark()
+                await self.publish_watermark()
                 self.rt.check_stuck()
         finally:
             for ps in list(self.parts.values()):
@@ -130,7 +130,9 @@ class Reducer:
     async def dead_letter(self, failed: list[tuple[Msg, str]]) -> None:
         await self.dead_letters.inputs(failed)
 
-    async def _read_round(self, wait: float) -> None:
+    async def read_round(self, wait: float) -> None:
+        """One read of each partition owned (waiting up to `wait` for each): ingest what came,
+        then close the windows the partition's watermark has passed."""
         for ps in list(self.parts.values()):
             if self.stopping.is_set() or self.leases.changed.is_set():
                 return  # a partition acquired, to hand back or lost: see to it first
@@ -354,7 +356,7 @@ class Reducer:
         ps.lease.wm = max(ps.lease.wm, ps.wm)
         ps.lease.done = max(ps.lease.done, ps.wm)  # every window up to here is emitted
 
-    async def _publish_watermark(self) -> None:
+    async def publish_watermark(self) -> None:
         """A result emitted from now on, by us or by whoever owns its partition next, ends after
         (the lowest partition watermark up to which windows are emitted - lateness); for the
         partitions we do not own we take what their leases last showed. Nothing is promised

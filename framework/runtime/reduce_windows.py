@@ -12,7 +12,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from framework.isb.reader import BufferReader
+from framework.isb.ports import Reads
 from framework.observability.metrics import VertexMetrics
 from framework.observability.tracing import VertexTracer
 from framework.runtime.bounded import HandlerTimeout, Threads, within
@@ -34,7 +34,7 @@ class Partition:
     """One reduce partition this replica reads: its lease, reader, watermark and open windows."""
     index: int | None
     lease: Lease
-    reader: BufferReader
+    reader: Reads
     fetcher: WatermarkFetcher
     windows: dict[WindowKey, OpenWindow] = field(default_factory=dict)  # fixed and sliding
     sessions: dict[tuple[str, ...], list[OpenWindow]] = field(default_factory=dict)

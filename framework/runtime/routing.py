@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from framework.isb.envelope import encode_envelope
 from framework.isb.names import edge_subject, partitions, stream_name
-from framework.isb.writer import BufferWriter, JetStreamPublisher, OutMessage
+from framework.isb.ports import Publishes, Writes
+from framework.isb.writer import OutMessage
 from framework.sdk import Message
 from framework.spec import Edge, OnFull, Pipeline
 from framework.transport.headers import HeaderError
@@ -70,9 +71,9 @@ def target_key(to: str, partition: int | None) -> str:
 class Router:
     """Routes a batch of outputs to the buffers of a vertex's out-edges and writes them."""
 
-    def __init__(self, p: Pipeline, vertex: str, writer: BufferWriter, publisher: JetStreamPublisher | None = None):
+    def __init__(self, p: Pipeline, vertex: str, writer: Writes, publisher: Publishes | None = None):
         self._writer = writer
-        self._pub = publisher  # JetStreamPublisher: knows the last acked sequence per subject
+        self._pub = publisher  # knows the last acked sequence per subject
         self._routes: list[Route] = []
         for e in p.out_edges(vertex):
             parts = partitions(p, e.to)

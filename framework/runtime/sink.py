@@ -18,7 +18,7 @@ from framework.connector import (
     load_connector,
 )
 from framework.isb import envelope
-from framework.isb.reader import BufferReader
+from framework.isb.ports import Reads
 from framework.runtime.bounded import within
 from framework.runtime.forward import ForwardLoop
 from framework.runtime.retry import pause, sink_delays
@@ -57,7 +57,7 @@ class SinkProcessor:
             await fallback.start(ctx)
         return cls(loop, cfg, sink, fallback)
 
-    async def read(self, reader: BufferReader) -> list[Msg]:
+    async def read(self, reader: Reads) -> list[Msg]:
         return await reader.fetch(self.rt.limits.read_timeout)
 
     async def close(self) -> None:

@@ -5,7 +5,7 @@
     assert out["positive"] == [b"I love it"]
 
 How a run goes:
-- Every vertex is the runtime's own worker over an in-memory ISB (framework/testing/vertices.py,
+- Every vertex is the runtime's own vertex kind over an in-memory ISB (framework/testing/vertices.py,
   framework/isb/memory.py): the same handler calls, retries, routing by tags, fan-out, keyed
   partitions, reduce windows, dead-letter rules and message ids as a deployed pipeline.
 - Sources are replaced: `inputs={"<source>": [...]}` feeds a source vertex (one not named gets
@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from framework.connector import SourceRecord
-from framework.isb import buffer as b
+from framework.isb import envelope, names
 from framework.isb.memory import MemoryISB, MemoryMsg
 from framework.sdk import Datum, Message
 from framework.sideinputs.manager import SideInputWatcher, encode_value
@@ -54,7 +54,7 @@ from framework.testing.vertices import (
 )
 from framework.watermark.marks import UNKNOWN
 
-END_OF_TIME = b.EVENT_TIME_RANGE[1]  # the watermark of a source whose inputs have ended
+END_OF_TIME = envelope.EVENT_TIME_RANGE[1]  # the watermark of a source whose inputs have ended
 DEFAULT_MAX_ROUNDS = 10_000
 
 
@@ -85,6 +85,7 @@ class DeadLetter:
 
 
 InputItem = bytes | str | Datum | Message | Watermark
+Step = Callable[[], Awaitable[None]]  # one batch emitted, or one watermark moved
 
 
 class PipelineOutput(Mapping[str, list[bytes]]):
@@ -175,12 +176,12 @@ class _Run:
         self.isb = MemoryISB()
         for v in p.reading_vertices():
             limits = p.limits_for(v.name)
-            for part in b.partitions(p, v.name):
-                self.isb.add_stream(b.stream_name(p.name, v.name, part),
-                                    [b.edge_subject(p.name, v.name, e.from_, part) for e in p.in_edges(v.name)],
+            for part in names.partitions(p, v.name):
+                self.isb.add_stream(names.stream_name(p.name, v.name, part),
+                                    [names.edge_subject(p.name, v.name, e.from_, part) for e in p.in_edges(v.name)],
                                     limits.buffer_max_length)
         for v in p.spec.vertices:  # every vertex may dead-letter (a source: records it cannot store)
-            self.isb.add_stream(b.dlq_stream_name(p.name, v.name), [b.dlq_subject(p.name, v.name)])
+            self.isb.add_stream(names.dlq_stream_name(p.name, v.name), [names.dlq_subject(p.name, v.name)])
         self.order, self.back_edges = _order(p)
         self.vertices: dict[str, MemoryVertex] = {
             name: memory_vertex(p, name, self.isb, base_dir, self._input_watermark(name), name in call_sinks)
@@ -218,7 +219,7 @@ class _Run:
         steps = {name: list(self._steps(name, items)) for name, items in inputs.items()}
         # Round robin over the sources, one batch (or watermark) each, draining after each one.
         while any(steps.values()):
-            for name, todo in steps.items():
+            for todo in steps.values():
                 if todo:
                     await todo.pop(0)()
                     await self.drain()
@@ -228,7 +229,7 @@ class _Run:
             await source.advance(END_OF_TIME)
         await self.drain()
 
-    def _steps(self, name: str, items: list[InputItem]):
+    def _steps(self, name: str, items: list[InputItem]) -> Iterator[Step]:
         source = self.vertices[name]
         assert isinstance(source, MemorySource)
         size = self.p.limits_for(name).read_batch_size
@@ -267,16 +268,16 @@ class _Run:
         for name, vx in self.vertices.items():
             if isinstance(vx, MemoryReading) and vx.recorder is not None:
                 sinks[name] = vx.recorder.datums
-        dead = {v.name: [_dead_letter(m) for m in self.isb.streams[b.dlq_stream_name(self.p.name, v.name)].pending]
+        dead = {v.name: [_dead_letter(m) for m in self.isb.streams[names.dlq_stream_name(self.p.name, v.name)].pending]
                 for v in self.p.spec.vertices}
         return PipelineOutput(sinks, dead)
 
 
-def _emitting(source: MemorySource, batch: list[SourceRecord]):
+def _emitting(source: MemorySource, batch: list[SourceRecord]) -> Step:
     return lambda: source.emit(batch)
 
 
-def _advancing(source: MemorySource, wm: int):
+def _advancing(source: MemorySource, wm: int) -> Step:
     return lambda: source.advance(wm)
 
 
@@ -308,11 +309,11 @@ def _now_ms() -> int:
 def _dead_letter(m: MemoryMsg) -> DeadLetter:
     h = m.headers
     try:
-        keys = b.decode_keys(h.get(b.HDR_KEYS))
+        keys = envelope.decode_keys(h.get(envelope.HDR_KEYS))
     except ValueError:
         keys = []
-    own = b.RESERVED_HEADERS | {b.HDR_ERROR, b.HDR_ERROR_VERTEX}
-    return DeadLetter(m.data, h.get(b.HDR_ERROR, ""), keys, {k: v for k, v in h.items() if k not in own})
+    own = envelope.RESERVED_HEADERS | {envelope.HDR_ERROR, envelope.HDR_ERROR_VERTEX}
+    return DeadLetter(m.data, h.get(envelope.HDR_ERROR, ""), keys, {k: v for k, v in h.items() if k not in own})
 
 
 def _order(p: Pipeline) -> tuple[list[str], set[tuple[str, str]]]:

@@ -1,12 +1,14 @@
-"""The runtime's own vertex workers, run over an in-memory ISB instead of NATS.
+"""The runtime's own vertex kinds, run over an in-memory ISB instead of NATS.
 
-Each adapter builds the worker a real vertex process would run (`runtime.worker.worker_for`) and
-plugs in what `run()`/`serve()` would have connected: a `MemoryReader` for the vertex's buffer, a
-`Router` (the real one) over a `MemoryWriter`, a `MemoryPublisher` for dead letters, and an
-in-memory watermark. It then calls the worker's own per-batch code: `SourceWorker.emit` for
-records fed in, `process` for map, flatmap, batchMap, mapStream and sinks, `_ingest` /
-`_close_ready` / `_publish_watermark` for reduce. So handler calls, retries, ids, tag routing,
-drop and dead-letter decisions are the runtime's, not a copy of them.
+Each adapter builds the `VertexRuntime` a real vertex process would run (`runtime.worker.worker_for`)
+and hands its kind the `VertexIO` that `VertexRuntime._wire` would have connected, made of the
+in-memory ISB (`isb.memory`, implementing `isb.ports`): the real `Router` over a `MemoryWriter`,
+the real `DeadLetters` over a `MemoryPublisher`, and an in-memory watermark. Then it drives the
+kind's own per-batch code: `SourceKind.emit` for records fed in; a `ForwardLoop` over a
+`MemoryReader` with the vertex's `BatchProcessor` (`process`, then the ack) for map, flatmap,
+batchMap, mapStream and sinks; a `Reducer` owning every partition (`read_round`,
+`publish_watermark`) for reduce. So handler calls, retries, ids, tag routing, drop and
+dead-letter decisions are the runtime's, not a copy of them.
 
 What is replaced, and why: NATS connections, KV watermarks and partition leases (one process owns
 every partition; its watermark comes from the harness's clock, see harness.py), side-input watches
@@ -16,24 +18,31 @@ the sinks a call names in `call_sinks`, after the real connector took it).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from framework.connector import SourceRecord
-from framework.isb import buffer as b
+from framework.isb import names
 from framework.isb.memory import MemoryISB, MemoryPublisher, MemoryReader, MemoryWriter
+from framework.runtime.batch_map import BatchMapProcessor
 from framework.runtime.bounded import Threads
-from framework.runtime.reduce import Partition
+from framework.runtime.deadletter import DeadLetters
+from framework.runtime.forward import BatchProcessor, ForwardLoop
+from framework.runtime.lifecycle import VertexIO, VertexRuntime
+from framework.runtime.map import MapProcessor
+from framework.runtime.map_stream import MapStreamProcessor
+from framework.runtime.reduce import Reducer
+from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Router
-from framework.runtime.udf import BatchMapRunner, MapRunner
-from framework.runtime.worker import (
-    worker_for,
-)
+from framework.runtime.sink import SinkProcessor
+from framework.runtime.source import SourceKind
+from framework.runtime.worker import worker_for
 from framework.sdk import Datum
 from framework.spec import Pipeline, load_handler
-from framework.transport.connection import NatsSettings
+from framework.transport.settings import NatsSettings
 from framework.watermark.marks import UNKNOWN
 
 # Plain handlers of every in-memory run in this process share one thread lane (replaced after a
@@ -85,7 +94,12 @@ class SoleLease:
 
 
 class SoleLeases:
-    """Stands in for `PartitionLeases`: recording how far windows closed always succeeds."""
+    """Stands in for `PartitionLeases`: recording how far windows closed always succeeds, and
+    ownership never changes."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()  # never set
+        self.stats: dict[str, int] = {}
 
     async def record(self, part: int | None, wm: int) -> bool:
         return True
@@ -105,39 +119,43 @@ class Recorder:
         self.datums.extend(datums)
 
     async def close(self) -> None:
-        pass
+        if self.inner is not None:
+            await self.inner.close()
 
 
-def build_worker(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None) -> Any:
-    """The vertex's real worker, wired to `isb` in place of NATS (no connection is made). Typed
-    Any: its attributes are declared with the NATS classes, ours are stand-ins with the same
-    methods (until isb/ gives reader, writer and publisher one Protocol each)."""
-    w: Any = worker_for(p, vertex, NatsSettings(), base_dir)
-    w.tracer = None  # spans belong to a deployment, not to a unit test
+def wire(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None) -> tuple[VertexRuntime, VertexIO]:
+    """The vertex's real runtime and the IO `VertexRuntime._wire` would connect, over `isb` (no
+    connection is made: `nc` and `js` stay None, and no kind driven here asks for them). Typed
+    Any where the runtime declares the NATS-backed watermark and lease classes; ours are
+    stand-ins with the same methods."""
+    rt = worker_for(p, vertex, NatsSettings(), base_dir)
+    rt.tracer = None  # spans belong to a deployment, not to a unit test
     publisher = MemoryPublisher(isb)
-    w.publisher = publisher
-    writer: Any = MemoryWriter(isb)  # BufferWriter's methods, over memory
-    w.router = Router(p, vertex, writer, None)
-    w.router.wm = MemoryWatermark()
-    w.dlq_subject = b.dlq_subject(p.name, vertex)
-    w.loaded = True
-    return w
+    router = Router(p, vertex, MemoryWriter(isb), publisher)
+    wm: Any = MemoryWatermark()
+    router.wm = wm
+    dead_letters = DeadLetters(publisher, rt.metrics, p.name, vertex, rt.stopping)
+    none: Any = None
+    io = VertexIO(none, none, publisher, router, dead_letters, none)
+    rt.io = io
+    rt.loaded = True
+    return rt, io
 
 
 class MemoryVertex:
-    """One vertex of the in-memory run: its worker and how to make it take a step."""
+    """One vertex of the in-memory run: its runtime and how to make it take a step."""
 
     def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
                  input_watermark: Callable[[], int]):
         self.name = vertex
         self.p = p
-        self.worker: Any = build_worker(p, vertex, isb, base_dir)
+        self.rt, self.io = wire(p, vertex, isb, base_dir)
         self.isb = isb
         self.input_watermark = input_watermark
 
     @property
     def output_watermark(self) -> int:
-        wm = self.worker.router.wm
+        wm = self.io.router.wm
         return wm.wm if wm is not None else UNKNOWN
 
     async def setup(self) -> None:
@@ -152,109 +170,121 @@ class MemoryVertex:
 
 
 class MemorySource(MemoryVertex):
-    """A source whose records come from the call: `SourceWorker.emit` stores them (its event-time
+    """A source whose records come from the call: `SourceKind.emit` stores them (its event-time
     extractor, envelope checks, dead letters, routing and watermark update included)."""
 
+    def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
+                 input_watermark: Callable[[], int]):
+        super().__init__(p, vertex, isb, base_dir, input_watermark)
+        self.kind = SourceKind(self.rt, self.io)
+
     async def setup(self) -> None:
-        w = self.worker
-        cfg = w.v.source
-        w.event_time_fn = load_handler(cfg.event_time.handler, w.base_dir) if cfg.event_time else None
+        cfg = self.kind.cfg
+        # SourceKind.serve's first step; the connector it would then run is replaced by the call
+        self.kind.event_time_fn = load_handler(cfg.event_time.handler, self.rt.base_dir) if cfg.event_time else None
 
     async def emit(self, records: list[SourceRecord]) -> None:
-        await self.worker.emit(records)
+        await self.kind.emit(records)
 
     async def advance(self, wm: int) -> None:
         """Move the source's watermark on (never back), as an idle rule would."""
-        await self.worker.router.wm.update(wm)
+        await self.kind.wm.update(wm)
 
 
 class MemoryReading(MemoryVertex):
-    """map, flatmap, batchMap, mapStream and sinks: the worker's `process` over one read batch,
-    then the ack, as `ReadingWorker.serve` does."""
+    """map, flatmap, batchMap, mapStream and sinks: a `ForwardLoop` over the vertex's buffer in
+    memory; each step is one turn of `ForwardLoop.serve`: read a batch, `process` it, ack it."""
 
     def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
                  input_watermark: Callable[[], int], call_sink: bool = False):
         super().__init__(p, vertex, isb, base_dir, input_watermark)
-        w = self.worker
-        self.recorder: Recorder | None = None
+        self.recorder: Recorder | None = Recorder() if self.rt.v.sink is not None else None
         self.call_sink = call_sink
-        stream = b.stream_name(self.p.name, self.name)
-        w.reader = MemoryReader(self.isb, stream, w.limits.read_batch_size)
-        if w.v.sink is not None:
-            self.recorder = Recorder()
-            w.sink = self.recorder
-            w.fallback = None
+        # isb.ports.Reads over MemoryMsg, which is shaped like the nats Msg the runtime is typed with
+        reader: Any = MemoryReader(isb, names.stream_name(p.name, vertex), self.rt.limits.read_batch_size)
+        self.loop = ForwardLoop(self.rt, self.io, self._open, reader)
+        self.processor: BatchProcessor | None = None
+
+    async def _open(self, loop: ForwardLoop) -> BatchProcessor:
+        """The vertex's processor as `runtime.worker.kind_for` picks it; plain handlers on the
+        harness's shared lane; a sink writing to the recorder (after its real connector, when
+        called)."""
+        v = self.rt.v
+        if self.recorder is not None:
+            assert v.sink is not None
+            if not self.call_sink:
+                return SinkProcessor(loop, v.sink, self.recorder, None)
+            processor = await SinkProcessor.open(loop)  # the sink's connector (and fallback) started, no NATS
+            self.recorder.inner = processor.sink
+            processor.sink = self.recorder
+            return processor
+        if v.udf is not None and v.udf.kind == "mapStream":
+            return await MapStreamProcessor.open(loop)  # its handler is async: no thread
+        if v.udf is not None and v.udf.batch_map is not None:
+            return await BatchMapProcessor.open(loop, UDF_THREADS)
+        return await MapProcessor.open(loop, UDF_THREADS)
 
     async def setup(self) -> None:
-        w = self.worker
-        if w.v.udf is not None and w.v.udf.kind in ("map", "flatmap", "batchMap"):
-            # UdfWorker.setup, on the shared lane
-            udf = w.v.udf
-            fn = load_handler(udf.handler.handler, w.base_dir)
-            bm = udf.batch_map
-            w.runner = (BatchMapRunner(fn, bm.max_batch_size, udf.timeout, UDF_THREADS) if bm
-                        else MapRunner(fn, udf.timeout, UDF_THREADS))
-        elif self.recorder is None:
-            await w.setup()  # mapStream: its handler is async, no thread
-        elif self.call_sink:
-            await w.setup()  # SinkWorker.setup: the sink's connector (and fallback) started, no NATS
-            self.recorder.inner = w.sink
-            w.sink = self.recorder
+        self.processor = await self._open(self.loop)
 
     async def step(self) -> bool:
-        w = self.worker
-        msgs = await w.reader.fetch()
+        # The reader's fetch rather than the processor's `read`: a batchMap's read waits up to
+        # maxWait for more, and in one process nothing more comes meanwhile.
+        assert self.processor is not None
+        reader = self.loop.reader
+        msgs = await reader.fetch(0.0)
         if not msgs:
             return False
-        if await w.process(msgs):
-            await w.reader.ack(msgs)
+        if await self.processor.process(msgs):
+            await reader.ack(msgs)
         return True
 
     async def teardown(self) -> None:
-        if self.recorder is None:
-            await self.worker.teardown()
-        elif self.call_sink:
-            self.worker.sink = self.recorder.inner
-            await self.worker.teardown()
+        if self.processor is not None:
+            await self.processor.close()
 
 
 class MemoryReduce(MemoryVertex):
-    """A reduce owning all its partitions: `_ingest` each read batch, then close the windows the
-    input watermark has passed (`_close_ready`) and publish the output watermark."""
+    """A reduce whose one `Reducer` owns every partition for good: each step is one round of
+    `Reducer.run` (read and ingest each partition, close the windows its input watermark has
+    passed, publish the output watermark)."""
+
+    def __init__(self, p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,
+                 input_watermark: Callable[[], int]):
+        super().__init__(p, vertex, isb, base_dir, input_watermark)
+        self.reducer: Reducer | None = None
 
     async def setup(self) -> None:
-        w = self.worker
-        cfg = w.v.udf.reduce
-        w.cfg = cfg
-        w.lateness = int(cfg.allowed_lateness * 1000)
-        w.fn = load_handler(cfg.handler, w.base_dir)
-        w.threads = REDUCE_THREADS
-        w.all_parts = b.partitions(self.p, self.name)
-        w.leases = SoleLeases()
-        w.parts = {}
-        for part in w.all_parts:
-            # lease, reader, fetcher: stand-ins for the NATS-backed ones the dataclass is typed with
-            reader = MemoryReader(self.isb, b.stream_name(self.p.name, self.name, part), w.limits.read_batch_size)
+        rt, io = self.rt, self.io
+        udf = rt.v.udf
+        assert udf is not None and udf.reduce is not None
+        cfg = udf.reduce
+        emitter = WindowEmitter(rt.v.name, load_handler(cfg.handler, rt.base_dir), udf.retry, udf.timeout,
+                                rt.metrics, rt.tracer)
+        emitter.threads = REDUCE_THREADS
+        all_parts = names.partitions(self.p, self.name)
+        # kv, leases, lease and fetcher: stand-ins for the NATS-backed ones the runtime is typed with
+        stand_in: Any = SoleLeases()
+        stand_in_kv: Any = None  # asked only by the lease and watermark classes replaced here
+        reducer = Reducer(rt, io, stand_in_kv, cfg, emitter, stand_in, all_parts)
+        for part in all_parts:
+            reader = MemoryReader(self.isb, names.stream_name(self.p.name, self.name, part),
+                                  rt.limits.read_batch_size)
             stand_ins: tuple[Any, ...] = (SoleLease(), reader, WatermarkFeed(self.input_watermark))
-            w.parts[part] = Partition(part, *stand_ins)
+            reducer.parts[part] = Partition(part, *stand_ins)
+        self.reducer = reducer
 
     async def step(self) -> bool:
-        w = self.worker
-        moved = False
-        for ps in w.parts.values():
-            msgs = await ps.reader.fetch()
-            if msgs:
-                moved = True
-                await w._ingest(ps, msgs)
-            before = len(ps.open_windows())
-            await w._close_ready(ps)
-            moved = moved or len(ps.open_windows()) != before
-        await w._publish_watermark()
-        return moved
+        assert self.reducer is not None
+        streams = [self.isb.streams[names.stream_name(self.p.name, self.name, part)] for part in self.reducer.parts]
+        before = (sum(len(s.pending) for s in streams), self.open_windows())
+        await self.reducer.read_round(0.0)
+        await self.reducer.publish_watermark()
+        return (sum(len(s.pending) for s in streams), self.open_windows()) != before
 
     def open_windows(self) -> int:
-        w = self.worker
-        return sum(len(ps.open_windows()) for ps in w.parts.values())
+        assert self.reducer is not None
+        return sum(len(ps.open_windows()) for ps in self.reducer.parts.values())
 
 
 def memory_vertex(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None,

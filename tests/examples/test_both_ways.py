@@ -18,7 +18,7 @@ import yaml
 from examples.fraud.demo import transactions
 from examples.fraud.udf import load_thresholds
 from framework import Datum
-from framework.isb import buffer as b
+from framework.isb import envelope, names
 from framework.spec import load_pipeline
 from framework.testing import arun_pipeline
 from tests.conftest import REPO, Collector, PipelineRunner, wait_for
@@ -63,9 +63,9 @@ async def real_run(runner: PipelineRunner, nc, example: str, inputs: dict[str, l
         stream = f"src_{runner.name}_{source}"
         await js.add_stream(name=stream, subjects=[f"{runner.name}.in.{source}"])
         for d in items:
-            headers = {b.HDR_EVENT_TIME: str(d.event_time_ms), **dict(d.headers)}
+            headers = {envelope.HDR_EVENT_TIME: str(d.event_time_ms), **dict(d.headers)}
             if d.keys:
-                headers[b.HDR_KEYS] = b.encode_keys(d.keys)
+                headers[envelope.HDR_KEYS] = envelope.encode_keys(d.keys)
             await js.publish(f"{runner.name}.in.{source}", d.value, headers=headers)
     sinks = {v.name: await Collector().start(nc, f"{runner.name}.{v.name}")
              for v in runner.pipeline.spec.vertices if v.kind == "sink"}
@@ -76,7 +76,8 @@ async def real_run(runner: PipelineRunner, nc, example: str, inputs: dict[str, l
         await collector.wait_count(sum(expected.get(sink, Counter()).values()), timeout=90)
     await wait_for(lambda: drained(runner, js), 60, "buffers to drain")
     await asyncio.sleep(0.5)  # a duplicate would arrive meanwhile
-    got: Result = {sink: Counter((tuple(b.decode_keys(m.headers.get(b.HDR_KEYS))), m.data) for m in c.msgs)
+    got: Result = {sink: Counter((tuple(envelope.decode_keys(m.headers.get(envelope.HDR_KEYS))), m.data)
+                                 for m in c.msgs)
                    for sink, c in sinks.items()}
     for v in runner.pipeline.spec.vertices:
         letters = await dead_letters(js, runner.name, v.name)
@@ -89,20 +90,20 @@ async def drained(runner: PipelineRunner, js) -> bool:
     """Every buffer (each partition of a reduce's) is empty: all inputs acked, all windows closed."""
     p = runner.pipeline
     for v in p.reading_vertices():
-        for part in b.partitions(p, v.name):
-            if (await js.stream_info(b.stream_name(p.name, v.name, part))).state.messages:
+        for part in names.partitions(p, v.name):
+            if (await js.stream_info(names.stream_name(p.name, v.name, part))).state.messages:
                 return False
     return True
 
 
 async def dead_letters(js, pipeline: str, vertex: str) -> Counter:
-    stream = b.dlq_stream_name(pipeline, vertex)
+    stream = names.dlq_stream_name(pipeline, vertex)
     info = await js.stream_info(stream)
     out: Counter = Counter()
     for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
         m = await js.get_msg(stream, seq)
         h = m.headers or {}
-        out[(tuple(b.decode_keys(h.get(b.HDR_KEYS))), m.data, h.get(b.HDR_ERROR))] += 1
+        out[(tuple(envelope.decode_keys(h.get(envelope.HDR_KEYS))), m.data, h.get(envelope.HDR_ERROR))] += 1
     return out
 
 
