@@ -195,7 +195,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from framework.testing.conformance import format_table, run_conformance
+    from framework.testing.conformance import run_conformance
+    from framework.testing.rules import format_table
 
     command = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     if bool(command) == bool(args.handler):

@@ -159,7 +159,7 @@ class MemoryReader:
         """Messages handed out and not yet acked or nak'd."""
         return len(self._s.in_flight)
 
-    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:  # noqa: ASYNC109 - the interface's
+    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:
         return self._s.fetch(self._batch)
 
     async def ack(self, msgs: list[MemoryMsg]) -> None:

@@ -22,7 +22,7 @@ class Reads(Protocol):
     async def start(self) -> None:
         """Begin pulling."""
 
-    async def fetch(self, timeout: float) -> list[Msg]:  # noqa: ASYNC109 - a read timeout, not a cancel scope
+    async def fetch(self, timeout: float) -> list[Msg]:
         """Up to a batch of messages; waits at most `timeout` for the first one."""
 
     async def ack(self, msgs: list[Msg]) -> None:
