@@ -12,7 +12,7 @@ import urllib.request
 
 from framework.local.embedded import free_port
 from tests.conftest import REPO, Collector, wait_for
-from vertices.sources.http import ENVELOPE_RESERVE
+from vertices.http.source import ENVELOPE_RESERVE
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:

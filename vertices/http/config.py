@@ -18,7 +18,7 @@ class HttpSourceConfig(Model):
     port: Annotated[WholeNumber, within(0, 65535, "a TCP port; 0 picks a free one")] = 8080
     host: str = "0.0.0.0"
     auth: HttpAuth | None = None
-    # None: as large as the server's max_payload allows (vertices/sources/http.py: body_limit).
+    # None: as large as the server's max_payload allows (vertices/http/source.py: body_limit).
     max_body_size: Annotated[WholeNumber, within(1, 64 << 20, "64 MiB, the largest max_payload a NATS server "
                                                  "accepts")] | None = None
 
