@@ -25,10 +25,14 @@ async def mqtt_session():
         pass  # connecting with a clean session discards the stored one
 
 
-async def publish(topic: str, start: int, count: int, qos: int = 1) -> None:
+async def publish(topic: str, start: int, count: int, qos: int = 1, pace: float = 0.0) -> None:
+    """Publish `count` numbered messages; `pace` seconds apart when set (traffic shaping, so that a
+    fault lands while messages are still flowing, however loaded the machine is)."""
     async with aiomqtt.Client("127.0.0.1", 1883) as client:
         for n in range(start, start + count):
             await client.publish(topic, json.dumps({"n": n}).encode(), qos=qos)
+            if pace:
+                await asyncio.sleep(pace)
 
 
 def pipeline(runner, url: str, topic: str, client_id: str, qos: int = 1) -> None:
@@ -70,12 +74,13 @@ async def test_mqtt_source_sigkill_restart_loses_and_duplicates_nothing(mqtt_ses
         await publish(topic, sent, 200)
         sent += 200
         await sink.wait_count(sent - 100, timeout=30)
-    # Kill while the third chunk is still being published: a quarter of it through, the rest not
-    # yet sent, so the kill lands mid-stream however fast the machine is.
-    publishing = asyncio.create_task(publish(topic, sent, 200))
+    # Kill while the third chunk is still being published, paced over ~2 s: 50 of it through, the
+    # rest not yet sent, so the kill lands mid-stream however fast or loaded the machine is (unpaced,
+    # a loaded machine once had all of it through before the kill).
+    publishing = asyncio.create_task(publish(topic, sent, 400, pace=0.005))
     await sink.wait_count(sent + 50, timeout=30)
     runner.kill("in")
-    sent += 200
+    sent += 400
     await publishing
     assert len(sink.msgs) < sent, "the kill came too late to test anything"
     await publish(topic, sent, 500)  # kept by the broker for the session while the source is down
