@@ -1,5 +1,5 @@
 """The pipeline-wide and per-vertex settings of a spec: limits, buffer storage, scaling, sink
-retries, watermarks and side inputs (each merged from the pipeline's defaults and the vertex's
+retries, watermarks, side inputs and the lifecycle (each merged from the pipeline's defaults and the vertex's
 overrides where both exist)."""
 
 from __future__ import annotations
@@ -240,3 +240,14 @@ class SideInput(Handler):
 
     name: Name
     trigger: SideInputTrigger
+
+
+class Lifecycle(Model):
+    """`spec.lifecycle`: whether the pipeline's sources read (Running) or not (Paused; the other
+    vertices drain their buffers). Written into the pipeline's lifecycle KV bucket by `provision`
+    when the spec sets it, so that it wins over an earlier `natsflow pause/resume`; workers follow
+    the bucket (framework/runtime/phase.py)."""
+
+    desired_phase: Literal["Running", "Paused"] = "Running"
+    pause_grace_period: Annotated[Duration, within_seconds(0, DAY)] = Field(
+        30.0, description="how long `natsflow pause` waits for the buffers to drain")

@@ -40,6 +40,7 @@ class JetStreamSource:
         await reader.start()
         try:
             while not ctx.stopping.is_set():
+                await ctx.until_running()  # paused: fetch nothing, the stream keeps it
                 msgs = await reader.fetch(1.0)
                 if not msgs:
                     continue
