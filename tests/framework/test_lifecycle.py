@@ -168,8 +168,7 @@ def test_render_paused_gives_zero_replicas_and_running_restores_them():
     for obj in paused:
         validate(obj)
     scaled = {o["spec"]["scaleTargetRef"]["name"]: o for o in paused if o["kind"] == "ScaledObject"}
-    vertex_deployments = [o for o in paused if o["kind"] == "Deployment" and not o["metadata"]["name"].endswith(
-        "sideinputs")]
+    vertex_deployments = [o for o in paused if o["kind"] == "Deployment" and "sideinputs" not in o["metadata"]["name"]]
     assert len(vertex_deployments) == len(CREDENTIALS["spec"]["vertices"])
     for d in vertex_deployments:
         name = d["metadata"]["name"]
