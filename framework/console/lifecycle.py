@@ -24,7 +24,7 @@ from framework.runtime.phase import PAUSED, RUNNING, PhaseState, read_phase, who
 from framework.spec import Pipeline, load_pipeline
 from framework.transport.settings import NatsSettings
 
-EXIT_NOT_DRAINED = 3
+EXIT_NOT_DRAINED = 5  # 3 and 4 are the connection exits (framework/transport/settings.py)
 DRAIN_TIMEOUT_S = 300.0
 # A source stops within a KV round trip and one read batch: buffers empty over this long (two
 # polls) mean nothing is on its way any more.
@@ -132,7 +132,7 @@ def add_parsers(sub: Any, file_arg: Callable[[argparse.ArgumentParser], None],
     file_arg(p)
     p.add_argument("--no-wait", action="store_true", help="return once the phase is set, without waiting")
     p.add_argument("--timeout", type=float, help="seconds to wait for the drain (default: "
-                   "spec.lifecycle.pauseGracePeriod, 30s); exit 3 if not drained by then (still paused)")
+                   "spec.lifecycle.pauseGracePeriod, 30s); exit 5 if not drained by then (still paused)")
     running_flags(p)
     p.set_defaults(func=lambda a: cmd_pause(a, resolve))
 
@@ -144,6 +144,6 @@ def add_parsers(sub: Any, file_arg: Callable[[argparse.ArgumentParser], None],
     p = sub.add_parser("drain", help="wait until every buffer of the pipeline is empty, printing progress")
     file_arg(p)
     p.add_argument("--timeout", type=float, default=DRAIN_TIMEOUT_S,
-                   help=f"give up (exit 3) after this many seconds (default {DRAIN_TIMEOUT_S:g})")
+                   help=f"give up (exit 5) after this many seconds (default {DRAIN_TIMEOUT_S:g})")
     running_flags(p)
     p.set_defaults(func=lambda a: cmd_drain(a, resolve))

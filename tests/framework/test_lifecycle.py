@@ -127,7 +127,7 @@ async def test_drain_reports_progress_and_fails_on_timeout(runner, nc):
     for i in range(5):  # nobody reads them: no worker runs
         await js.publish(f"nf.{runner.name}.out.in", b"x", headers={"Nats-Msg-Id": f"m{i}"})
     stuck = _cli(runner, "drain", "--timeout", "1")
-    assert stuck.returncode == 3, (stuck.stdout, stuck.stderr)
+    assert stuck.returncode == 5, (stuck.stdout, stuck.stderr)
     assert "5 pending (out 5)" in stuck.stdout and "not drained after 1s" in stuck.stdout, stuck.stdout
     await js.purge_stream(f"nf_{runner.name}_out")
     done = _cli(runner, "drain", "--timeout", "10")
