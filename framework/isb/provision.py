@@ -21,7 +21,7 @@ from framework.isb.reconcile import (
     replicas_current,
     rescaled,
 )
-from framework.runtime import ownership, phase
+from framework.runtime import ownership, phase, ratelimit
 from framework.sideinputs import manager as sideinputs
 from framework.spec import Pipeline
 from framework.watermark import marks
@@ -130,6 +130,8 @@ async def provision(js: JetStreamContext, p: Pipeline,
                (names.lifecycle_bucket(p.name), phase.provision_bucket)]
     if any(v.udf is not None and v.udf.reduce is not None for v in p.spec.vertices):
         buckets.append((names.leases_bucket(p.name), ownership.provision_bucket))
+    if ratelimit.limited(p):
+        buckets.append((names.ratelimit_bucket(p.name), ratelimit.provision_bucket))
     if p.spec.side_inputs:
         buckets.append((names.sideinputs_bucket(p.name), sideinputs.provision_bucket))
     for bucket, ensure in buckets:

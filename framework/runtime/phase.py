@@ -129,6 +129,7 @@ class PhaseWatch:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.resumes = 0  # Paused -> Running transitions seen (a rate limit ramps up again)
 
     async def start(self, js: JetStreamContext, wait_ready: float = 5.0) -> None:
         """Watch the key; returns once the current value is known (or after `wait_ready`)."""
@@ -154,6 +155,8 @@ class PhaseWatch:
             self.running.set()
         else:
             self.running.clear()
+        if changed and state.running:
+            self.resumes += 1
         if changed:
             log.info("vertex %s: pipeline %s (by %s at %s)", self.vertex,
                      "resumed" if state.running else "paused", state.by or "?", state.at or "?")

@@ -93,6 +93,8 @@ class SourceKind:
             # upstream until the pipeline resumes; on a stop meanwhile they are stored now, as
             # the drain of a stopping source stores what it holds.
             await self.rt.phase.wait_running(self.rt.stopping)
+        if self.rt.rate is not None:  # limits.rateLimit, shared with the other replicas
+            await self.rt.rate.acquire(len(records))
         metrics = self.rt.metrics
         metrics.read.inc(len(records))
         metrics.batch_size.observe(len(records))

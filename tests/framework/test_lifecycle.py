@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 
 import pytest
+import yaml
 
 from framework.isb.provision import provision
 from framework.runtime.phase import PAUSED, RUNNING, read_phase, write_phase
@@ -143,7 +144,7 @@ async def test_the_spec_phase_is_applied_at_provision_and_wins_over_an_earlier_p
     await write_phase(js, runner.pipeline, PAUSED, "someone@host")
     await runner.provision()  # a spec without lifecycle leaves the stored phase alone
     assert (await read_phase(js, runner.pipeline)).by == "someone@host"
-    doc = runner.pipeline.model_dump(by_alias=True, exclude_unset=True)
+    doc = yaml.safe_load(runner.file.read_text())
     doc["spec"]["lifecycle"] = {"desiredPhase": "Running"}
     p = parse_pipeline(doc, file="p.yaml", check_handlers=False)
     done = await provision(js, p)
