@@ -26,9 +26,9 @@ from framework.transport.settings import NatsSettings
 
 EXIT_NOT_DRAINED = 5  # 3 and 4 are the connection exits (framework/transport/settings.py)
 DRAIN_TIMEOUT_S = 300.0
-# A source stops within a KV round trip and one read batch: buffers empty over this long (two
-# polls) mean nothing is on its way any more.
-QUIET_POLLS = 2
+# A paused source stops within a KV round trip and one read batch (measured: well under a second):
+# buffers empty on every poll for this long mean nothing is on its way any more.
+QUIET_S = 1.0
 
 Resolver = Callable[[argparse.Namespace, Pipeline], tuple[NatsSettings, Any]]
 
@@ -57,20 +57,25 @@ def _line(left: dict[str, int]) -> str:
 
 async def drain(js: JetStreamContext, p: Pipeline, timeout: float, interval: float = 0.5,
                 out: Callable[[str], None] = print) -> bool:
-    """Wait until every buffer is empty on `QUIET_POLLS` polls in a row, printing a progress line
+    """Wait until every buffer is empty on every poll for `QUIET_S`, printing a progress line
     whenever the count changes. False after `timeout` seconds."""
     started = time.monotonic()
-    quiet, last = 0, ""
+    quiet_since: float | None = None
+    last = ""
     while True:
         left = await backlog(js, p)
-        elapsed = time.monotonic() - started
+        now = time.monotonic()
+        elapsed = now - started
         line = _line(left)
         if line != last:
             out(f"drain {p.name}: {line} after {elapsed:.1f}s")
             last = line
-        quiet = quiet + 1 if not any(left.values()) else 0
-        if quiet >= QUIET_POLLS:
-            out(f"drained {p.name} in {elapsed:.1f}s")
+        if any(left.values()):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        if quiet_since is not None and now - quiet_since >= QUIET_S:
+            out(f"drained {p.name} in {quiet_since - started:.1f}s")
             return True
         if elapsed >= timeout:
             out(f"not drained after {timeout:g}s: {line}")

@@ -36,6 +36,13 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _logged_at(log: str, text: str) -> float:
+    """Epoch seconds of the first log line containing `text` (the CLI's format: local time, ms)."""
+    line = next(ln for ln in log.splitlines() if text in ln)
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return time.mktime(stamp.timetuple()) + stamp.microsecond / 1e6
+
+
 async def _appended(js, stream: str) -> int:
     try:
         return (await js.stream_info(stream)).state.last_seq
@@ -67,13 +74,13 @@ def _stopped_at(samples: list[tuple[float, int]]) -> float:
 async def test_pause_stops_sources_within_a_second_and_resume_delivers_the_rest_exactly_once(runner, nc):
     total = 16_000
     out_stream = f"OUT_{runner.name}"
-    runner.write([gen("in", total, rpu=200, duration="100ms"), udf("map", "identity"),
+    runner.write([gen("in", total, rpu=200, duration="100ms"), udf("map", "slow_identity"),
                   {"name": "out", "sink": {"jetstream": {"stream": out_stream, "subject": f"{runner.name}.done"}}}],
                  [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}], limits={"ackWait": "5s"})
-    await runner.start_all()
+    await runner.start_all(SLOW_MAP_SECONDS="0.001")  # the map falls behind: its buffer has a backlog to drain
     js = nc.jetstream()
     first_buffer = f"nf_{runner.name}_map"  # what the source writes: its output count
-    await wait_for(lambda: _at_least(js, out_stream, 2000), 60, "2000 messages at the sink")
+    await wait_for(lambda: _at_least(js, out_stream, 1000), 60, "1000 messages at the sink")
 
     pause = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "framework.cli", "pause", str(runner.file), "--nats-url", runner.url, "--timeout", "60",
@@ -88,7 +95,9 @@ async def test_pause_stops_sources_within_a_second_and_resume_delivers_the_rest_
     stop_s = _stopped_at(samples) - paused_at
     drain_s = float(re.search(r"drained \S+ in ([\d.]+)s", text).group(1))
     written = samples[-1][1]
+    seen_s = _logged_at(runner.log("in"), "vertex in: pipeline paused") - paused_at
     assert 0 < written < total, written  # mid-stream
+    assert seen_s < 1.0, f"the source saw the pause {seen_s:.2f}s after it was written"
     assert stop_s < 1.0, f"source still wrote {stop_s:.2f}s after the pause"
     assert "pending (" in text, text  # a progress line naming the busy buffers
     assert await runner.drained(nc)
@@ -110,7 +119,8 @@ async def test_pause_stops_sources_within_a_second_and_resume_delivers_the_rest_
     seqs = sorted(json.loads(p)["seq"] for p in payloads)
     lost = total - len(set(seqs))
     duplicated = len(seqs) - len(set(seqs))
-    print(f"\npause -> source stopped {stop_s * 1000:.0f} ms (wrote {written}/{total}); drained in {drain_s:.1f}s; "
+    print(f"\npause -> seen by the source {seen_s * 1000:.0f} ms, its last write {stop_s * 1000:.0f} ms "
+          f"(wrote {written}/{total}); drained in {drain_s:.1f}s; "
           f"resume -> source writing again within {resume_s * 1000:.0f} ms; lost {lost}, duplicated {duplicated}")
     assert seqs == list(range(total))
     for v in ("in", "map", "out"):
