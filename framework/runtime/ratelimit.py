@@ -3,9 +3,10 @@ token store: no Redis.
 
 The bucket `nf_<pipeline>_ratelimit` holds one key per limited vertex, whose value is the current
 one-second window: `{"w": <epoch second>, "used": <tokens taken in it>, "ramp": <epoch seconds the
-ramp started>}`. A replica takes tokens for each batch it read by a compare-and-set on that entry
-(a new second starts at 0); when the window is spent it waits for the next second. So the replicas
-together take at most the limit in each second, whichever of them reads.
+ramp started>, "prev": <tokens taken in the second before>}`. A replica takes tokens for each batch
+it read by a compare-and-set on that entry (a new second starts at 0); when the window is spent it
+waits for the next second. So the replicas together take at most the limit in each second, whichever
+of them reads.
 
 The ramp restarts from `min` when the vertex starts (no window written for `QUIET_S`) and when the
 pipeline resumes after a pause. One KV round trip or two per read batch; nothing per message.
@@ -43,15 +44,17 @@ class Window:
     second: int
     used: int
     ramp: float
+    prev: int = 0  # tokens taken in the second before (what the autoscaler looks at early in a second)
 
     def encode(self) -> bytes:
-        return json.dumps({"w": self.second, "used": self.used, "ramp": self.ramp}, separators=(",", ":")).encode()
+        doc = {"w": self.second, "used": self.used, "ramp": self.ramp, "prev": self.prev}
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Window | None:
         try:
             doc = json.loads(raw or b"")
-            return cls(int(doc["w"]), int(doc["used"]), float(doc["ramp"]))
+            return cls(int(doc["w"]), int(doc["used"]), float(doc["ramp"]), int(doc.get("prev", 0)))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -80,7 +83,8 @@ async def at_limit(js: JetStreamContext, p: Pipeline, vertex: str, now: float | 
         return False
     if window is None or window.second < math.floor(now) - 1:
         return False
-    return window.used >= AT_LIMIT * cfg.at(window.second - window.ramp)
+    limit = cfg.at(window.second - window.ramp)
+    return max(window.used, window.prev) >= AT_LIMIT * limit
 
 
 class RateLimiter:
@@ -123,12 +127,15 @@ class RateLimiter:
             now = time.time()
             second = math.floor(now)
             ramp = self._ramp(current, now)
-            used = current.used if current is not None and current.second == second and ramp == current.ramp else 0
+            same = current is not None and current.second == second and ramp == current.ramp
+            used = current.used if same and current is not None else 0
+            prev = current.prev if same and current is not None else (
+                current.used if current is not None and current.second == second - 1 else 0)
             take = min(n, self.cfg.at(now - ramp) - used)
             if take <= 0:
                 await self._sleep(second + 1 - now)
                 continue
-            window = Window(second, used + take, ramp)
+            window = Window(second, used + take, ramp, prev)
             try:
                 if revision is None:
                     await self.kv.create(self.vertex, window.encode())

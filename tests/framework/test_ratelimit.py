@@ -19,7 +19,7 @@ async def _appended(js, stream: str) -> int:
 
 async def test_three_replicas_share_one_limit_of_300_per_second(runner, nc):
     runner.write([gen("in", 30_000, rpu=1000, duration="100ms"),
-                  udf("map", "identity", limits={"rateLimit": {"max": 300}}),
+                  {**udf("map", "identity"), "limits": {"rateLimit": {"max": 300}}},
                   {"name": "out", "sink": {"blackhole": {}}}],
                  [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
     await runner.start_all()
@@ -30,7 +30,7 @@ async def test_three_replicas_share_one_limit_of_300_per_second(runner, nc):
     await wait_for(lambda: _at_least(js, out_buffer, 600), 60, "the map to run")
     await wait_for(lambda: _at_least(js, f"nf_{runner.name}_map", 9000), 60, "a backlog before the map")
     n0, t0 = await _appended(js, out_buffer), time.monotonic()
-    assert await at_limit(js, runner.pipeline, "map")
+    assert await at_limit(js, runner.pipeline, "map")  # what keeps `natsflow up` from adding replicas
     await wait_for(lambda: time.monotonic() - t0 >= 20, 25, "20 s")
     n1, t1 = await _appended(js, out_buffer), time.monotonic()
     rate = (n1 - n0) / (t1 - t0)
