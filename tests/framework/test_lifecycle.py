@@ -94,6 +94,7 @@ async def test_pause_stops_sources_within_a_second_and_resume_delivers_the_rest_
     paused_at = _epoch(m.group(1))
     stop_s = _stopped_at(samples) - paused_at
     drain_s = float(re.search(r"drained \S+ in ([\d.]+)s", text).group(1))
+    backlog = int(re.search(r"drain \S+: (\d+) pending", text).group(1))  # at the pause
     written = samples[-1][1]
     seen_s = _logged_at(runner.log("in"), "vertex in: pipeline paused") - paused_at
     assert 0 < written < total, written  # mid-stream
@@ -120,7 +121,7 @@ async def test_pause_stops_sources_within_a_second_and_resume_delivers_the_rest_
     lost = total - len(set(seqs))
     duplicated = len(seqs) - len(set(seqs))
     print(f"\npause -> seen by the source {seen_s * 1000:.0f} ms, its last write {stop_s * 1000:.0f} ms "
-          f"(wrote {written}/{total}); drained in {drain_s:.1f}s; "
+          f"(wrote {written}/{total}); {backlog} in the buffers drained in {drain_s:.1f}s; "
           f"resume -> source writing again within {resume_s * 1000:.0f} ms; lost {lost}, duplicated {duplicated}")
     assert seqs == list(range(total))
     for v in ("in", "map", "out"):

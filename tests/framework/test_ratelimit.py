@@ -41,6 +41,31 @@ async def test_three_replicas_share_one_limit_of_300_per_second(runner, nc):
         assert runner.procs[name].poll() is None, runner.log(name)[-2000:]
 
 
+async def test_the_limit_ramps_up_from_min_after_start(runner, nc):
+    runner.write([gen("in", 20_000, rpu=1000, duration="100ms"),
+                  {**udf("map", "identity"), "limits": {"rateLimit": {"max": 400, "min": 50, "rampUp": "4s"}}},
+                  {"name": "out", "sink": {"blackhole": {}}}],
+                 [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
+    await runner.provision()
+    runner.start("in")  # a backlog first: the map then reads as fast as its limit lets it
+    js = nc.jetstream()
+    await wait_for(lambda: _at_least(js, f"nf_{runner.name}_map", 8000), 60, "a backlog before the map")
+    runner.start("map")
+    runner.start("out")
+    out_buffer = f"nf_{runner.name}_out"
+    await wait_for(lambda: _at_least(js, out_buffer, 1), 60, "the map to start")
+    t0 = time.monotonic()
+    counts = []
+    for second in range(1, 9):
+        await wait_for(lambda s=second: time.monotonic() - t0 >= s, 5, f"second {second}")
+        counts.append(await _appended(js, out_buffer))
+    per_second = [b - a for a, b in zip([0, *counts], counts)]
+    print(f"\nrateLimit {{max: 400, min: 50, rampUp: 4s}}: per second after start {per_second}")
+    assert counts[1] < 0.6 * 2 * 400  # the first two seconds well under the max
+    steady = (counts[7] - counts[4]) / 3
+    assert 360 <= steady <= 440, per_second
+
+
 async def _at_least(js, stream: str, n: int) -> bool:
     try:
         return await _appended(js, stream) >= n
