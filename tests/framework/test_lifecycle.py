@@ -206,3 +206,20 @@ def _scaling(objs: list[dict]) -> dict[str, object]:
         elif o["kind"] == "ScaledObject":
             out["so/" + o["metadata"]["name"]] = (o["metadata"], o["spec"])
     return out
+
+
+async def test_an_http_source_answers_503_while_paused(runner, nc):
+    from tests.vertices.test_http_source import apost, start_http
+
+    url, out = await start_http(runner, nc)
+    assert (await apost(url, b"before", {"X-Natsflow-Id": "a"}))[0] == 200
+    assert _cli(runner, "pause", "--no-wait").returncode == 0
+    seen = "vertex in: pipeline paused"
+    await wait_for(lambda: seen in runner.log("in"), 10, "the source to see the pause")
+    status, body = await apost(url, b"during", {"X-Natsflow-Id": "b"})
+    assert status == 503 and body["retry"] is True and "paused" in body["error"], body
+    assert _cli(runner, "resume").returncode == 0
+    await wait_for(lambda: "vertex in: pipeline resumed" in runner.log("in"), 10, "the source to see the resume")
+    assert (await apost(url, b"after", {"X-Natsflow-Id": "c"}))[0] == 200
+    await out.wait_count(2)
+    assert sorted(m.data for m in out.msgs) == [b"after", b"before"]
