@@ -223,3 +223,30 @@ async def test_an_http_source_answers_503_while_paused(runner, nc):
     assert (await apost(url, b"after", {"X-Natsflow-Id": "c"}))[0] == 200
     await out.wait_count(2)
     assert sorted(m.data for m in out.msgs) == [b"after", b"before"]
+
+
+async def test_a_paused_jetstream_source_leaves_the_rest_upstream(runner, nc):
+    total, upstream, out_stream = 6000, f"UP_{runner.name}", f"OUT_{runner.name}"
+    js = nc.jetstream()
+    await js.add_stream(name=upstream, subjects=[f"{runner.name}.up"])
+    for i in range(total):
+        await js.publish(f"{runner.name}.up", json.dumps({"seq": i}).encode())
+    runner.write([{"name": "in", "source": {"jetstream": {"stream": upstream}}}, udf("map", "slow_identity"),
+                  {"name": "out", "sink": {"jetstream": {"stream": out_stream, "subject": f"{runner.name}.done"}}}],
+                 [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}],
+                 limits={"readBatchSize": 100, "bufferMaxLength": 1000, "bufferUsageLimit": 100})
+    await runner.start_all(SLOW_MAP_SECONDS="0.001")
+    await wait_for(lambda: _at_least(js, out_stream, 500), 60, "500 messages at the sink")
+    pause = _cli(runner, "pause", "--timeout", "60")
+    assert pause.returncode == 0, pause.stdout + pause.stderr
+    written = await _appended(js, f"nf_{runner.name}_map")
+    assert written < total and await runner.drained(nc)
+    still = await _watch_until_still(js, f"nf_{runner.name}_map", still=1.5, limit=10)
+    assert still[-1][1] == written
+    consumer = await js.consumer_info(upstream, f"nf_{runner.name}_in_src")
+    assert consumer.num_pending + consumer.num_ack_pending == total - written  # the rest is still upstream
+    assert _cli(runner, "resume").returncode == 0
+    await wait_for(lambda: _at_least(js, out_stream, total), 120, f"{total} at the sink")
+    await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
+    _, payloads = await _read_all(js, out_stream, f"{runner.name}.done")
+    assert sorted(json.loads(p)["seq"] for p in payloads) == list(range(total))
