@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from framework.connector import server_problems
+from framework.console import lifecycle
 from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
 from framework.spec import SpecError, load_pipeline
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grace", type=float, default=30.0, help="seconds a vertex may take to drain on stop")
         _nats_flags(p)
         p.set_defaults(func=func)
+
+    lifecycle.add_parsers(sub, _file_arg, _running_flags, _running_pipeline)
 
     p = sub.add_parser("render", help="write Kubernetes Deployments + KEDA ScaledObjects for a pipeline")
     _file_arg(p)

@@ -8,13 +8,14 @@ with every `secretRef` already replaced by the secret's value. It imports natsfl
 stay put while the framework's insides change.
 
 **A source** (`SourceConnector.run`) reads until `ctx.stopping` is set and hands records to `emit`
-(or `try_emit`). It acknowledges (commits, acks, XACKs) upstream only after that call returned:
-then the records are stored in the first buffer, or, for one the server can never take, in the
-source's dead-letter stream. A record's `offset` must be the same each time the same upstream
-record is read, because it becomes the message's dedup id: a re-read after a crash (read, stored,
-not yet acknowledged upstream) is then dropped by JetStream. Exceptions other than a clean return
-end the worker (it is restarted); retry transient upstream errors yourself, waiting on
-`ctx.stopping`.
+(or `try_emit`); before each upstream read it awaits `ctx.until_running()`, which waits while the
+pipeline is paused (`emit` waits too, `try_emit` refuses with BufferFull). It acknowledges (commits,
+acks, XACKs) upstream only after that call returned: then the records are stored in the first
+buffer, or, for one the server can never take, in the source's dead-letter stream. A record's
+`offset` must be the same each time the same upstream record is read, because it becomes the
+message's dedup id: a re-read after a crash (read, stored, not yet acknowledged upstream) is then
+dropped by JetStream. Exceptions other than a clean return end the worker (it is restarted); retry
+transient upstream errors yourself, waiting on `ctx.stopping`.
 
 **A sink** (`SinkConnector`) writes a batch or raises. Any exception fails the whole batch, which
 the worker retries under the vertex's `retryStrategy`, so a write must be safe to repeat (the data
@@ -234,6 +235,21 @@ class ConnectorContext:
     stopping: asyncio.Event
     base_dir: Path | None = None  # the pipeline file's directory: user code a connector names imports from it
     metrics: SourceMetrics | None = None  # set for sources
+    running: asyncio.Event | None = None  # set while the pipeline runs, clear while paused (sources)
+
+    async def until_running(self) -> None:
+        """Wait while the pipeline is paused (`natsflow pause`); return at once when it runs or
+        the source is stopping. A source calls it before each upstream read, so a pause stops
+        its reads rather than holding a read batch in `emit` (which also waits while paused)."""
+        running = self.running
+        if running is None or running.is_set() or self.stopping.is_set():
+            return
+        waits = [asyncio.ensure_future(running.wait()), asyncio.ensure_future(self.stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def connect(self, url: str | None) -> Client:
         """The pipeline's own connection when `url` is unset, else a new one to `url`."""

@@ -4,7 +4,8 @@ Names (documented in docs/protocol.md):
   stream and durable consumer  nf_<pipeline>_<vertex>          (a reduce partition i: ..._p<i>)
   subjects                     nf.<pipeline>.<vertex>.<from-vertex>
   dead-letter stream           nf_<pipeline>_<vertex>_dlq      (subject nfdlq.<pipeline>.<vertex>)
-  KV buckets                   nf_<pipeline>_wm, nf_<pipeline>_sideinputs, nf_<pipeline>_leases
+  KV buckets                   nf_<pipeline>_wm, nf_<pipeline>_sideinputs, nf_<pipeline>_leases,
+                               nf_<pipeline>_lifecycle (key `phase`), nf_<pipeline>_ratelimit
   jetstream source consumer    nf_<pipeline>_<vertex>_src      (unless the spec names one)
 
 `_` cannot appear in vertex names, so no two vertices can produce the same stream name. Nothing
@@ -83,6 +84,19 @@ def sideinputs_bucket(pipeline: str) -> str:
 def leases_bucket(pipeline: str) -> str:
     """The KV bucket of reduce partition leases."""
     return f"nf_{pipeline}_leases"
+
+
+def lifecycle_bucket(pipeline: str) -> str:
+    """The KV bucket of the pipeline's desired phase (Running or Paused), under `LIFECYCLE_KEY`."""
+    return f"nf_{pipeline}_lifecycle"
+
+
+LIFECYCLE_KEY = "phase"
+
+
+def ratelimit_bucket(pipeline: str) -> str:
+    """The KV bucket of the rate-limited vertices' token windows (one key per vertex)."""
+    return f"nf_{pipeline}_ratelimit"
 
 
 def kv_stream_name(bucket: str) -> str:

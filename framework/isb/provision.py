@@ -1,6 +1,6 @@
 """Provisioning: every buffer stream, its durable consumer, each vertex's dead-letter stream and
 the pipeline's KV buckets, created or brought to the spec's limits and `buffers` settings.
-The KV buckets belong to their packages (watermark, side inputs, reduce leases); this module
+The KV buckets belong to their packages (watermark, side inputs, reduce leases, lifecycle phase); this module
 only asks each to reconcile its own."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from framework.isb.reconcile import (
     replicas_current,
     rescaled,
 )
-from framework.runtime import ownership
+from framework.runtime import ownership, phase, ratelimit
 from framework.sideinputs import manager as sideinputs
 from framework.spec import Pipeline
 from framework.watermark import marks
@@ -126,13 +126,22 @@ async def provision(js: JetStreamContext, p: Pipeline,
         dcfg = dlq_stream_config(p, v.name)
         record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)), dcfg.name)
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
-    buckets = [(names.watermark_bucket(p.name), marks.provision_bucket)]
+    buckets = [(names.watermark_bucket(p.name), marks.provision_bucket),
+               (names.lifecycle_bucket(p.name), phase.provision_bucket)]
     if any(v.udf is not None and v.udf.reduce is not None for v in p.spec.vertices):
         buckets.append((names.leases_bucket(p.name), ownership.provision_bucket))
+    if ratelimit.limited(p):
+        buckets.append((names.ratelimit_bucket(p.name), ratelimit.provision_bucket))
     if p.spec.side_inputs:
         buckets.append((names.sideinputs_bucket(p.name), sideinputs.provision_bucket))
     for bucket, ensure in buckets:
         record(f"kv {bucket}", await ensure(js, p.name, shared, update=True), names.kv_stream_name(bucket))
+    if "desired_phase" in p.spec.lifecycle.model_fields_set:  # the spec's phase wins over an earlier pause/resume
+        state = await phase.read_phase(js, p)
+        wanted = p.spec.lifecycle.desired_phase
+        if state.phase != wanted or state.by != "spec":
+            await phase.write_phase(js, p, wanted, "spec")
+            record(f"phase {names.lifecycle_bucket(p.name)}", f"updated ({state.phase} -> {wanted})")
     for stream in await replicas_current(js, moved):
         log.warning("stream %s: new replicas not current after %.0fs; it may refuse writes until they are",
                     stream, REPLICAS_CURRENT_TIMEOUT_S)

@@ -86,6 +86,9 @@ def report(p: Pipeline, file: str, opts: RenderOptions) -> list[str]:
                      "envFrom, optional; render used the defaults):")
         lines += [f"  {r.name}  ({r.path}{'' if r.default is None else f', default {r.default!r}'})"
                   for r in p.env_refs]
+    if p.spec.lifecycle.desired_phase == "Paused":
+        lines.append("spec.lifecycle.desiredPhase is Paused: every vertex at 0 replicas (KEDA: paused-replicas \"0\"); "
+                     "re-render with Running to resume")
     return lines
 
 

@@ -47,6 +47,7 @@ from framework.k8s.objects import (
 from framework.k8s.output import check_env_names, inline_credentials, report, write_rendered
 from framework.k8s.scaling import (
     keda_scaled,
+    paused,
     render_pdb,
     render_scaled_object,
     render_source_scaling,
@@ -149,7 +150,8 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
         _as_program(container, p, v)
     # KEDA owns the replica count of a scaled vertex: a `replicas` in the manifest would reset it
     # on every re-apply (Kubernetes' advice for HPA targets), so only unscaled ones state it.
-    replicas = {} if keda_scaled(v) else {"replicas": min_replicas(v)}
+    # Paused (spec.lifecycle): 0 here, and KEDA's paused-replicas annotation on a scaled vertex.
+    replicas = {} if keda_scaled(v) else {"replicas": 0 if paused(p) else min_replicas(v)}
     serves_metrics = not (v.udf is not None and v.udf.is_program)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": object_meta(p, object_name(p, v.name), opts, v),

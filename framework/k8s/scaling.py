@@ -14,6 +14,8 @@ from framework.spec import Pipeline, Vertex, min_replicas
 from framework.spec.plan import partitions, upstream_scaled
 from framework.spec.secrets import vertex_path
 
+PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
+
 
 def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     s = v.scale
@@ -33,9 +35,12 @@ def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[st
             meta["natsServerMonitoringEndpoint"] = opts.monitoring_endpoint
             meta["account"] = opts.account
         triggers.append(trigger)
+    so_meta: dict[str, Any] = object_meta(p, object_name(p, v.name), opts, v)
+    if paused(p):  # KEDA scales the Deployment to 0 and stops scaling it until the annotation goes
+        so_meta["annotations"] = {PAUSED_REPLICAS: "0"}
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-        "metadata": object_meta(p, object_name(p, v.name), opts, v),
+        "metadata": so_meta,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(p, v.name)},
             "minReplicaCount": min_replicas(v),
@@ -100,6 +105,12 @@ def render_pdb(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(p, v)},
                  "unhealthyPodEvictionPolicy": "AlwaysAllow"},
     }
+
+
+def paused(p: Pipeline) -> bool:
+    """`spec.lifecycle.desiredPhase: Paused`: every vertex is rendered at 0 replicas (re-rendering
+    with Running brings back the spec's counts, and KEDA its own)."""
+    return p.spec.lifecycle.desired_phase == "Paused"
 
 
 def keda_scaled(v: Vertex) -> bool:

@@ -19,8 +19,9 @@ from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
 from framework.local.embedded import EmbeddedCluster, EmbeddedNats, start_embedded
 from framework.local.replicas import VertexGroup, is_program, side_input_manager_command, vertex_command
-from framework.local.scaling import LagReader, desired_replicas, effective_cooldown
+from framework.local.scaling import LagReader, ScaleDecision, desired_replicas, effective_cooldown
 from framework.local.watch import FileWatch
+from framework.runtime.ratelimit import at_limit
 from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.spec.secrets import check_pipeline
 from framework.transport.settings import NatsSettings
@@ -230,6 +231,9 @@ class Supervisor:
                     continue  # removed by an update while we read its lag
                 since = now - last_active[v.name] if v.name in last_active else None
                 d = desired_replicas(lag, len(group), v.scale, since, cooldown=effective_cooldown(p, v.name))
+                if d.desired > len(group) > 0 and await at_limit(self.client.jetstream(), p, v.name):
+                    # Numaflow's rule: more replicas of a vertex at its rate limit would not read more
+                    d = ScaleDecision(len(group), d.active, f"{d.reason}; held: at its rate limit")
                 if d.active:
                     last_active[v.name] = now
                 if d.desired != len(group):

@@ -8,4 +8,5 @@ routing        outputs to out-edges and buffer partitions
 retry          the one retry policy; deadletter: dead-letter messages and their writer
 udf, bounded   calling user handlers, with timeouts and bounded threads
 ownership      reduce partition leases
+phase          the pipeline's lifecycle phase (Running/Paused) from JetStream KV
 """

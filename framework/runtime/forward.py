@@ -46,6 +46,14 @@ class BatchProcessor(Protocol):
 ProcessorFactory = Callable[["ForwardLoop"], Awaitable[BatchProcessor]]
 
 
+def read_batch(rt: VertexRuntime) -> int:
+    """readBatchSize; under a rate limit at most a tenth of a second's tokens, so that the
+    replicas share each second's tokens in small steps and hold few messages while waiting."""
+    rate = rt.limits.rate_limit
+    batch = rt.limits.read_batch_size
+    return batch if rate is None else max(1, min(batch, rate.max // 10))
+
+
 class ForwardLoop:
     """The VertexKind of maps, batch maps, map streams and sinks: it owns the reader, the input
     watermark and the current batch's spans; `open` makes the BatchProcessor once the vertex
@@ -59,7 +67,7 @@ class ForwardLoop:
         p, v = rt.p, rt.v
         self.reader: Reads = reader if reader is not None else BufferReader(
             io.nc, names.stream_name(p.name, v.name), names.consumer_name(p.name, v.name),
-            rt.limits.read_batch_size, ack_wait=rt.limits.ack_wait)
+            read_batch(rt), ack_wait=rt.limits.ack_wait)
         self.processed_seq = 0
         self.wm_in: WatermarkFetcher | None = None
         self.spans: dict[int, Span] | None = None  # the current batch's spans by id(msg), when tracing
@@ -99,6 +107,8 @@ class ForwardLoop:
                 if not msgs:
                     await self._idle_watermark()
                     continue
+                if rt.rate is not None:  # limits.rateLimit: tokens for the batch, shared by the replicas
+                    await rt.rate.acquire(len(msgs))
                 started = time.perf_counter()
                 metrics.read.inc(len(msgs))
                 metrics.batch_size.observe(len(msgs))

@@ -27,6 +27,8 @@ from framework.observability.metrics import BufferProbe, VertexMetrics
 from framework.observability.tracing import VertexTracer
 from framework.runtime.bounded import too_many_stuck
 from framework.runtime.deadletter import DeadLetters
+from framework.runtime.phase import PhaseWatch
+from framework.runtime.ratelimit import RateLimiter
 from framework.runtime.routing import Router, WriteReport
 from framework.sideinputs.manager import SideInputWatcher
 from framework.spec import Pipeline
@@ -93,6 +95,8 @@ class VertexRuntime:
         self.kind: VertexKind | None = None
         self.probe: BufferProbe | None = None
         self.side_inputs: SideInputWatcher | None = None
+        self.phase = PhaseWatch(p, vertex)  # Running or Paused (framework/runtime/phase.py)
+        self.rate: RateLimiter | None = None  # limits.rateLimit, shared with the other replicas
         self.loaded = False  # the handler / connector is imported and started
         self.failure: str | None = None  # why the process must exit non-zero once stopped
         self._make_kind = make_kind
@@ -105,6 +109,8 @@ class VertexRuntime:
                                               on_disconnected=self._nats_down)
         io = await self._wire(self.nc)
         self.io = io
+        await self.phase.start(io.js)
+        self.rate = await RateLimiter.start(io.js, self.p, self.v.name, self.stopping, self.phase)
         kind = self._make_kind(self, io)
         self.kind = kind
         if io.router.wm is not None:
@@ -206,6 +212,7 @@ class VertexRuntime:
         self.metrics.dropped("no_route", report.unrouted)
 
     async def _shutdown(self, io: VertexIO) -> None:
+        await self.phase.close()
         if self.probe is not None:
             await self.probe.close()
         if io.router.wm is not None:

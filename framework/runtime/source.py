@@ -1,6 +1,7 @@
 """The source vertex: a connector reads from outside and emits records; each is written into the
 first buffer(s) before the connector acks it upstream. The source's watermark follows its
-records' event times, and moves on by the idle rule when no data comes."""
+records' event times, and moves on by the idle rule when no data comes. While the pipeline is
+paused (framework/runtime/phase.py) `emit` stores nothing and `try_emit` refuses."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class SourceKind:
         self.event_time_fn = load_handler(cfg.event_time.handler, rt.base_dir) if cfg.event_time else None
         connector = load_connector("source", cfg.kind, cfg.config)
         ctx = ConnectorContext(rt.p.name, rt.v.name, rt.settings, self.io.nc, rt.stopping,
-                               base_dir=rt.base_dir, metrics=rt.metrics)
+                               base_dir=rt.base_dir, metrics=rt.metrics, running=rt.phase.running)
         self.idle = rt.p.spec.watermark.idle_rule(cfg.kind)
         self._last_emit = time.monotonic()  # idle from now on, not since the epoch
         await self._resume_watermark()
@@ -87,6 +88,13 @@ class SourceKind:
                             self.rt.v.name, r.offset, type(exc).__name__, exc)
 
     async def emit(self, records: list[SourceRecord]) -> None:
+        if not self.rt.phase.running.is_set():
+            # Paused: store nothing more (one flag per batch). The records stay unacknowledged
+            # upstream until the pipeline resumes; on a stop meanwhile they are stored now, as
+            # the drain of a stopping source stores what it holds.
+            await self.rt.phase.wait_running(self.rt.stopping)
+        if self.rt.rate is not None:  # limits.rateLimit, shared with the other replicas
+            await self.rt.rate.acquire(len(records))
         metrics = self.rt.metrics
         metrics.read.inc(len(records))
         metrics.batch_size.observe(len(records))
@@ -174,6 +182,9 @@ class SourceKind:
         return True
 
     async def try_emit(self, records: list[SourceRecord]) -> None:
+        if not self.rt.phase.running.is_set():  # the caller answers its client at once: refuse, it retries later
+            self.rt.metrics.dropped("paused_rejected", len(records))
+            raise BufferFull(f"pipeline {self.rt.p.name!r} is paused")
         for r in records:  # the caller answers its client at once (HTTP): refuse rather than dead-letter
             problem = self.router.prepare(self._outgoing([r])[0])
             if problem is not None:

@@ -17,6 +17,7 @@ from framework.spec.envsubst import EnvRef
 from framework.spec.registry import ConnectorInfo, sinks, sources
 from framework.spec.settings import (
     Buffers,
+    Lifecycle,
     Limits,
     OnFailure,
     ResolvedBuffers,
@@ -226,6 +227,7 @@ class PipelineSpec(Model):
     buffers: Buffers = Field(default_factory=Buffers)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
     side_inputs: list[SideInput] = Field(default_factory=list, max_length=100)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     vertices: list[Vertex] = Field(min_length=2, max_length=MAX_VERTICES)
     edges: list[Edge] = Field(min_length=1, max_length=10 * MAX_VERTICES)
 

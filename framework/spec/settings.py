@@ -1,5 +1,5 @@
 """The pipeline-wide and per-vertex settings of a spec: limits, buffer storage, scaling, sink
-retries, watermarks and side inputs (each merged from the pipeline's defaults and the vertex's
+retries, watermarks, side inputs and the lifecycle (each merged from the pipeline's defaults and the vertex's
 overrides where both exist)."""
 
 from __future__ import annotations
@@ -32,6 +32,30 @@ from framework.spec.types import (
 )
 
 
+class RateLimit(Model):
+    """`limits.rateLimit`: messages per second a vertex reads, **shared by all its replicas**
+    (their tokens come from one JetStream KV entry, framework/runtime/ratelimit.py). After a start,
+    a resume or a quiet spell the limit ramps linearly from `min` to `max` over `rampUp`."""
+
+    max: Annotated[WholeNumber, within(1, 10_000_000, "messages per second")]
+    min: Annotated[WholeNumber, within(1, 10_000_000, "messages per second")] | None = Field(
+        None, description="where the ramp starts (default: max, no ramp)")
+    ramp_up: Annotated[Duration, within_seconds(0, DAY)] = Field(0.0, description="from min to max")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> RateLimit:
+        if self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+    def at(self, since_ramp: float) -> int:
+        """The limit `since_ramp` seconds after the ramp (re)started."""
+        low = self.max if self.min is None else self.min
+        if self.ramp_up <= 0 or since_ramp >= self.ramp_up:
+            return self.max
+        return max(1, int(low + (self.max - low) * max(0.0, since_ramp) / self.ramp_up))
+
+
 class Limits(Model):
     read_batch_size: Annotated[WholeNumber, within(1, 10_000, "a batch is held in memory and acknowledged "
                                                    "together")] | None = None
@@ -41,6 +65,7 @@ class Limits(Model):
                                                      "spin")] | None = None
     ack_wait: Annotated[Duration, within_seconds(1.0, DAY, low_why="JetStream would redeliver messages still "
                                                  "being processed")] | None = None
+    rate_limit: RateLimit | None = None
 
     def merged(self, override: Limits | None) -> ResolvedLimits:
         values = {k: v for k, v in DEFAULT_LIMITS.model_dump().items()}
@@ -60,6 +85,7 @@ class ResolvedLimits(BaseModel):
     buffer_usage_limit: int = 80
     read_timeout: float = 1.0
     ack_wait: float = 30.0
+    rate_limit: RateLimit | None = None
 
     @property
     def buffer_soft_limit(self) -> int:
@@ -240,3 +266,14 @@ class SideInput(Handler):
 
     name: Name
     trigger: SideInputTrigger
+
+
+class Lifecycle(Model):
+    """`spec.lifecycle`: whether the pipeline's sources read (Running) or not (Paused; the other
+    vertices drain their buffers). Written into the pipeline's lifecycle KV bucket by `provision`
+    when the spec sets it, so that it wins over an earlier `natsflow pause/resume`; workers follow
+    the bucket (framework/runtime/phase.py)."""
+
+    desired_phase: Literal["Running", "Paused"] = "Running"
+    pause_grace_period: Annotated[Duration, within_seconds(0, DAY)] = Field(
+        30.0, description="how long `natsflow pause` waits for the buffers to drain")

@@ -25,11 +25,12 @@ def test_provision_prints_each_object_and_a_summary(runner):
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [f"stream nf_{n}_out: created", f"consumer nf_{n}_out/nf_{n}_out: created",
                                          f"stream nf_{n}_in_dlq: created",  # a source's: records it cannot store
-                                         f"stream nf_{n}_out_dlq: created", f"kv nf_{n}_wm: created"]
+                                         f"stream nf_{n}_out_dlq: created", f"kv nf_{n}_wm: created",
+                                         f"kv nf_{n}_lifecycle: created"]
     assert f"provisioning pipeline {n} on {runner.url}..." in first.stderr
-    assert re.search(r"provisioned 5 objects in \d+\.\d\ds \(5 created\)", first.stderr), first.stderr
+    assert re.search(r"provisioned 6 objects in \d+\.\d\ds \(6 created\)", first.stderr), first.stderr
     again = _cli("provision", str(runner.file), "--nats-url", runner.url, env=runner.env())
-    assert re.search(r"provisioned 5 objects in \d+\.\d\ds \(5 unchanged\)", again.stderr), again.stderr
+    assert re.search(r"provisioned 6 objects in \d+\.\d\ds \(6 unchanged\)", again.stderr), again.stderr
 
 
 async def test_run_prints_draining_progress_on_stop(runner, tmp_path: Path):

@@ -48,6 +48,9 @@ class GeneratorSource:
             # A fixed timeline: oversleeping one period does not lower the long-run rate.
             period_end = max(period_end + cfg.duration, time.monotonic() - cfg.duration)
             sent = 0
+            if ctx.running is not None and not ctx.running.is_set():
+                await ctx.until_running()  # paused: generate nothing; the timeline restarts on resume
+                period_end = time.monotonic() + cfg.duration
             while sent < cfg.rpu and not ctx.stopping.is_set():
                 k = min(CHUNK, cfg.rpu - sent, (total - n) if total is not None else CHUNK)
                 if k <= 0:

@@ -40,6 +40,9 @@ class JetStreamSource:
         await reader.start()
         try:
             while not ctx.stopping.is_set():
+                await ctx.until_running()  # paused: fetch nothing, the stream keeps it
+                if ctx.stopping.is_set():
+                    break
                 msgs = await reader.fetch(1.0)
                 if not msgs:
                     continue
