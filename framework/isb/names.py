@@ -4,7 +4,8 @@ Names (documented in docs/protocol.md):
   stream and durable consumer  nf_<pipeline>_<vertex>          (a reduce partition i: ..._p<i>)
   subjects                     nf.<pipeline>.<vertex>.<from-vertex>
   dead-letter stream           nf_<pipeline>_<vertex>_dlq      (subject nfdlq.<pipeline>.<vertex>)
-  KV buckets                   nf_<pipeline>_wm, nf_<pipeline>_sideinputs, nf_<pipeline>_leases
+  KV buckets                   nf_<pipeline>_wm, nf_<pipeline>_sideinputs, nf_<pipeline>_leases,
+                               nf_<pipeline>_requests (serving: results by request id)
   jetstream source consumer    nf_<pipeline>_<vertex>_src      (unless the spec names one)
 
 `_` cannot appear in vertex names, so no two vertices can produce the same stream name. Nothing
@@ -83,6 +84,11 @@ def sideinputs_bucket(pipeline: str) -> str:
 def leases_bucket(pipeline: str) -> str:
     """The KV bucket of reduce partition leases."""
     return f"nf_{pipeline}_leases"
+
+
+def requests_bucket(pipeline: str) -> str:
+    """The KV bucket of a serving pipeline's requests: results, splits and errors by request id."""
+    return f"nf_{pipeline}_requests"
 
 
 def kv_stream_name(bucket: str) -> str:

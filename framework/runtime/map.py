@@ -4,10 +4,11 @@ datum; failed calls are retried with the UDF's `retry`, what still fails is dead
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from nats.aio.msg import Msg
 
-from framework.isb import envelope
+from framework.isb import envelope, requests
 from framework.isb.ports import Reads
 from framework.runtime.bounded import HandlerTimeout, Threads
 from framework.runtime.forward import ForwardLoop
@@ -42,6 +43,19 @@ def map_output(prefix: str, origin: str, i: int, d: Datum, out: Message) -> Outg
     )
 
 
+def split_request(d: Datum, outputs: list[Outgoing], splits: list[tuple[Mapping[str, str], int]]) -> None:
+    """An input of a serving request that gives k != 1 outputs: each output becomes its own part
+    of the request, and the split is noted for the ledger (framework/isb/requests.py)."""
+    if len(outputs) == 1 or envelope.HDR_REQUEST_ID not in d.headers:
+        return
+    parts = requests.split_parts(d.headers, len(outputs))
+    if parts is None:
+        return
+    for out, headers in zip(outputs, parts):
+        out.headers = headers
+    splits.append((d.headers, len(outputs)))
+
+
 class MapProcessor:
     """map and flatmap (and, with a batch runner, batchMap: runtime/batch_map.py)."""
 
@@ -74,6 +88,7 @@ class MapProcessor:
             results = await self.runner.run([d for _, d in good])
         results = await self._retry(good, results)
         outgoing: list[Outgoing] = []
+        splits: list[tuple[Mapping[str, str], int]] = []  # requests' inputs that did not give one output
         prefix = self.prefix
         tag_dropped = filtered = 0
         for (m, d), res in zip(good, results):
@@ -82,11 +97,14 @@ class MapProcessor:
                 continue
             if not res:
                 filtered += 1
+                if envelope.HDR_REQUEST_ID in d.headers:
+                    splits.append((d.headers, 0))
                 continue
             origin = envelope.origin(m)
             kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
                 mine = [map_output(prefix, origin, i, d, res[i]) for i in kept]
+                split_request(d, mine, splits)
                 self.router.check_outputs(mine, kept)
             except (TypeError, UnpublishableOutput) as exc:  # e.g. a value that is not bytes: the input fails
                 failed.append((m, f"{type(exc).__name__}: {exc}"))
@@ -94,6 +112,8 @@ class MapProcessor:
             tag_dropped += len(res) - len(mine)
             outgoing.extend(mine)
         self.rt.count_writes(await self.router.write(outgoing))
+        if splits and self.loop.io.requests is not None:  # after the outputs are stored
+            await self.loop.io.requests.splits(splits)
         metrics.dropped("drop_tag", tag_dropped)
         metrics.dropped("filtered", filtered)
         await loop.dead_letter(failed)
