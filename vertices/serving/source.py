@@ -23,6 +23,8 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -61,6 +63,8 @@ from vertices.serving.config import ServingSourceConfig as Config
 log = logging.getLogger("natsflow.serving")
 
 PREFIX = "/v1/process"
+# Which replica answered (a response header): replicas share a port and any may answer.
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def text(value: bytes) -> str:
@@ -79,6 +83,21 @@ def answer(rid: str, state: RequestState) -> dict[str, object]:
 def sse_event(event: str, data: str) -> bytes:
     lines = "".join(f"data: {line}\n" for line in data.split("\n"))
     return f"event: {event}\n{lines}\n".encode()
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound with SO_REUSEPORT: replicas on one machine (`natsflow run`
+    with scale > 1) share the port and the kernel spreads connections over them; any of them
+    can answer any request, since answers come through the requests bucket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 class Follow:
@@ -179,15 +198,17 @@ class ServingSource:
 
         async def guarded(request: Request, handle: object) -> Response:
             try:
-                return await handle(request)  # type: ignore[operator, no-any-return]
+                response: Response = await handle(request)  # type: ignore[operator]
             except BodyTooLarge as exc:
-                return json_response(413, {"error": str(exc)})
+                response = json_response(413, {"error": str(exc)})
             except HttpError as exc:
-                return json_response(exc.status, {"error": exc.reason})
+                response = json_response(exc.status, {"error": exc.reason})
             except RecordRejected as exc:
-                return json_response(400, {"error": str(exc)})
+                response = json_response(400, {"error": str(exc)})
             except BufferFull as exc:
-                return json_response(503, {"error": str(exc), "retry": True})
+                response = json_response(503, {"error": str(exc), "retry": True})
+            response.headers["X-Natsflow-Replica"] = REPLICA
+            return response
 
         async def sync(request: Request) -> Response:
             rid = await self.accept(request, try_emit)
@@ -277,8 +298,12 @@ class ServingSource:
         self.max_payload = ctx.nc.max_payload
         self.max_body = body_limit(self.cfg, self.max_payload)  # type: ignore[arg-type]
         self.kv = await self.open_bucket(ctx)
+        sock = shared_socket(self.cfg.host, self.cfg.port)
         server = http_server(self.app(try_emit), self.cfg.host, self.cfg.port)
         log.info("serving source %s on %s:%d: requestTimeout %gs", ctx.vertex, self.cfg.host, self.cfg.port,
                  self.cfg.request_timeout)
-        await serve_until(server, ctx.stopping)
+        try:
+            await serve_until(server, ctx.stopping, [sock])
+        finally:
+            sock.close()
         log.info("serving source %s on port %d closed", ctx.vertex, self.cfg.port)
