@@ -56,6 +56,11 @@ def direct_app():  # the baseline: the model function in a plain Starlette handl
     return Starlette(routes=[Route("/classify", handle, methods=["POST"])])
 
 
+def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return process.popen(cmd, env=env, stdout=out)
+
+
 def pipeline(port: int) -> dict:
     return {
         "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "servebench"},
@@ -119,9 +124,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="natsflow-serving-"))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     port = free_port()
-    with open(root / "direct.log", "wb") as out:
-        direct = process.popen([sys.executable, str(Path(__file__).resolve()), "--direct-server", str(port)],
-                               env=env, stdout=out)
+    direct = spawn([sys.executable, __file__, "--direct-server", str(port)], env, root / "direct.log")
     try:
         direct_res = await measure(f"http://127.0.0.1:{port}/classify", args)
     finally:
@@ -136,9 +139,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         await provision(nc.jetstream(), load_pipeline(f))
         await nc.close()
         for v in ("out", "classify", "in"):
-            with open(root / f"{v}.log", "wb") as out:
-                procs.append(process.popen([sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(f),
-                                            "--vertex", v], env={**env, "NATS_URL": srv.url}, stdout=out))
+            procs.append(spawn([sys.executable, "-m", "framework.cli", "vertex", "--pipeline", str(f), "--vertex", v],
+                               {**env, "NATS_URL": srv.url}, root / f"{v}.log"))
         pipe_res = await measure(f"http://127.0.0.1:{port}/v1/process/sync", args)
     finally:
         process.terminate_all(procs, 30)

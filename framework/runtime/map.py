@@ -43,17 +43,17 @@ def map_output(prefix: str, origin: str, i: int, d: Datum, out: Message) -> Outg
     )
 
 
-def split_request(d: Datum, outputs: list[Outgoing], splits: list[tuple[Mapping[str, str], int]]) -> None:
+def split_request(d: Datum, outputs: list[Outgoing]) -> int | None:
     """An input of a serving request that gives k != 1 outputs: each output becomes its own part
-    of the request, and the split is noted for the ledger (framework/isb/requests.py)."""
+    of the request; returns k for the ledger's split record (framework/isb/requests.py)."""
     if len(outputs) == 1 or envelope.HDR_REQUEST_ID not in d.headers:
-        return
+        return None
     parts = requests.split_parts(d.headers, len(outputs))
     if parts is None:
-        return
+        return None
     for out, headers in zip(outputs, parts):
         out.headers = headers
-    splits.append((d.headers, len(outputs)))
+    return len(outputs)
 
 
 class MapProcessor:
@@ -104,13 +104,15 @@ class MapProcessor:
             kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
                 mine = [map_output(prefix, origin, i, d, res[i]) for i in kept]
-                split_request(d, mine, splits)
+                split = split_request(d, mine)
                 self.router.check_outputs(mine, kept)
             except (TypeError, UnpublishableOutput) as exc:  # e.g. a value that is not bytes: the input fails
                 failed.append((m, f"{type(exc).__name__}: {exc}"))
                 continue
             tag_dropped += len(res) - len(mine)
             outgoing.extend(mine)
+            if split is not None:
+                splits.append((d.headers, split))
         self.rt.count_writes(await self.router.write(outgoing))
         if splits and self.loop.io.requests is not None:  # after the outputs are stored
             await self.loop.io.requests.splits(splits)

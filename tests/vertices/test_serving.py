@@ -166,7 +166,7 @@ async def test_two_replicas_of_the_source_both_answer(runner):
     assert [(s, d["results"]) for s, d, _ in replies] == [(200, [f"R{i}"]) for i in range(len(replies))]
     assert len({r[2] for r in replies}) == 2
     # An async request taken by one replica is fetched from whichever answers.
-    status, doc, _ = await acall("POST", f"{base}/v1/process/async", b"words p q")
+    doc = (await acall("POST", f"{base}/v1/process/async", b"words p q"))[1]
     rid = doc["id"]
 
     async def complete() -> set[str] | None:

@@ -110,7 +110,7 @@ class Follow:
         self.caught_up = False  # the keys that existed when the watch started are all in
 
     async def __aenter__(self) -> Follow:
-        self.watcher = await self.kv.watch(watch_keys(self.rid), ignore_deletes=True)
+        self.watcher = await self.kv.watch(watch_keys(self.rid), ignore_deletes=True, inactive_threshold=5.0)
         return self
 
     async def __aexit__(self, *_: object) -> None:
