@@ -91,6 +91,11 @@ def requests_bucket(pipeline: str) -> str:
     return f"nf_{pipeline}_requests"
 
 
+def kv_subjects(bucket: str) -> str:
+    """Every key's subject in a KV bucket's stream (a subscription there sees each write)."""
+    return f"$KV.{bucket}.>"
+
+
 def kv_stream_name(bucket: str) -> str:
     """The stream JetStream keeps a KV bucket in."""
     return f"KV_{bucket}"

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+from framework.isb.requests import RequestState
 from framework.local.embedded import free_port
 from tests.conftest import wait_for
 
@@ -85,6 +86,25 @@ async def start_serving(runner, handler: str, kind: str = "map", timeout: str = 
         runner.start("in", replica=str(i))
     await wait_for(lambda: ready(port), 30, "the serving source to listen")
     return f"http://127.0.0.1:{port}"
+
+
+def test_completion_rule_closes_parts_through_splits_results_and_errors():
+    state = RequestState()
+    state.apply("r1.q", b"")
+    assert state.accepted and not state.complete
+    state.apply("r1.s.0", b"2")  # a flatmap: two parts
+    state.apply("r1.r.0.1", b"b")
+    assert not state.complete
+    state.apply("r1.s.0.0", b"0")  # the first part dropped further on
+    assert state.complete and state.ordered_results() == [b"b"] and state.error() is None
+    failed = RequestState()
+    failed.apply("r2.e.0", b'{"error": "ValueError: x", "vertex": "work"}')
+    assert failed.complete and failed.error() == {"error": "ValueError: x", "vertex": "work"}
+    stream = RequestState()
+    for i in (2, 0, 10, 1):
+        stream.apply(f"r3.r.0.{i}", str(i).encode())
+    stream.apply("r3.s.0", b"11")
+    assert not stream.complete and stream.ordered_results() == [b"0", b"1", b"2", b"10"]
 
 
 async def test_sync_map_flatmap_drop_filter_error_and_auth(runner):

@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from nats import errors as nats_errors
 from nats.js.errors import NotFoundError
@@ -59,6 +59,7 @@ from framework.observability.http import server as http_server
 from framework.spec import DEFAULT_BUFFERS
 from vertices.http.source import HttpError, RequestHeaders, body_limit, trace_headers
 from vertices.serving.config import ServingSourceConfig as Config
+from vertices.serving.hub import Hub
 
 log = logging.getLogger("natsflow.serving")
 
@@ -78,6 +79,15 @@ def answer(rid: str, state: RequestState) -> dict[str, object]:
     if error is not None:
         doc.update(error)
     return doc
+
+
+async def expired(wait: Awaitable[None]) -> bool:
+    """Whether `wait` ended by its deadline (TimeoutError) rather than by completing."""
+    try:
+        await wait
+    except TimeoutError:
+        return True
+    return False
 
 
 def sse_event(event: str, data: str) -> bytes:
@@ -149,6 +159,7 @@ class ServingSource:
         self.max_body = config.max_body_size or 0  # set from the server's max_payload in run()
         self.max_payload = 0
         self.kv: KeyValue | None = None
+        self.hub: Hub | None = None
 
     def authorize(self, headers: RequestHeaders) -> None:
         if self.cfg.auth is None:
@@ -157,30 +168,59 @@ class ServingSource:
         if not hmac.compare_digest(supplied, f"Bearer {self.cfg.auth.token}".encode()):
             raise HttpError(401, "missing or wrong bearer token")
 
-    def request_id(self, headers: RequestHeaders) -> tuple[str, str]:
-        """(request id, data id): new ones, or derived from the client's `msgIdHeader` value so a
-        retried request is the same request (and its message stored once)."""
+    def request_id(self, headers: RequestHeaders) -> tuple[str, str, bool]:
+        """(request id, data id, whether the client named it): new ones, or derived from the
+        client's `msgIdHeader` value so a retried request is the same request (and its message
+        stored once)."""
         if self.cfg.msg_id_header is not None:
             given = headers.text(self.cfg.msg_id_header)
             if given:
                 if len(given) > 256 or not given.isprintable():
                     raise HttpError(400, f"{self.cfg.msg_id_header} must be at most 256 printable characters")
-                return hashlib.sha256(given.encode()).hexdigest()[:32], given
+                return hashlib.sha256(given.encode()).hexdigest()[:32], given, True
         rid = uuid.uuid4().hex
-        return rid, rid
+        return rid, rid, False
 
-    async def accept(self, request: Request, try_emit: Emit) -> str:
-        """Check, read and store one request's message; its id."""
+    async def read(self, request: Request) -> tuple[str, SourceRecord, bool]:
+        """Check and read one request: (its id, its message, whether the client named the id)."""
         headers = RequestHeaders(request.headers.raw)
         self.authorize(headers)  # before reading a body nobody may send
         body = await read_body(request, self.max_body)
-        rid, data_id = self.request_id(headers)
+        rid, data_id, keyed = self.request_id(headers)
         user = {**(trace_headers(headers) or {}), **request_headers(rid)}
-        record = SourceRecord(body, rid, int(time.time() * 1000), None, user, data_id)
+        return rid, SourceRecord(body, rid, int(time.time() * 1000), None, user, data_id), keyed
+
+    async def store(self, record: SourceRecord, try_emit: Emit) -> None:
         assert self.kv is not None
-        await self.kv.put(accepted_key(rid), b"")  # before the message: fetch knows the id at once
+        await self.kv.put(accepted_key(record.offset), b"")  # before the message: fetch knows the id at once
         await try_emit([record])
-        return rid
+
+    async def wait(self, rid: str, record: SourceRecord, keyed: bool, try_emit: Emit) -> Response:
+        """Store the request and answer once it is complete (504 at requestTimeout). A new id
+        waits through the hub; a client-named one may be a retry whose results already exist,
+        so it reads them with its own watch."""
+        timeout = self.cfg.request_timeout
+        deadline = time.monotonic() + timeout
+        if keyed or self.hub is None:
+            await self.store(record, try_emit)
+            assert self.kv is not None
+            async with Follow(self.kv, rid) as follow:
+                state = follow.state
+                timed_out = await expired(follow.until_complete(deadline))
+        else:
+            waiter = self.hub.register(rid)
+            state = waiter.state
+            try:
+                await self.store(record, try_emit)
+                timed_out = await expired(waiter.until_complete(deadline))
+            finally:
+                self.hub.release(rid)
+        if timed_out:
+            doc = answer(rid, state)
+            doc["error"] = f"no complete result within requestTimeout ({timeout:g}s)"
+            return json_response(504, doc)
+        doc = answer(rid, state)
+        return json_response(500 if "error" in doc else 200, doc)
 
     def query_id(self, request: Request) -> str:
         rid = request.query_params.get("id", "")
@@ -211,20 +251,12 @@ class ServingSource:
             return response
 
         async def sync(request: Request) -> Response:
-            rid = await self.accept(request, try_emit)
-            assert self.kv is not None
-            async with Follow(self.kv, rid) as follow:
-                try:
-                    await follow.until_complete(time.monotonic() + timeout)
-                except TimeoutError:
-                    doc = answer(rid, follow.state)
-                    doc["error"] = f"no complete result within requestTimeout ({timeout:g}s)"
-                    return json_response(504, doc)
-            doc = answer(rid, follow.state)
-            return json_response(500 if "error" in doc else 200, doc)
+            rid, record, keyed = await self.read(request)
+            return await self.wait(rid, record, keyed, try_emit)
 
         async def async_(request: Request) -> Response:
-            rid = await self.accept(request, try_emit)
+            rid, record, _ = await self.read(request)
+            await self.store(record, try_emit)
             return json_response(202, {"id": rid})
 
         async def fetch(request: Request) -> Response:
@@ -298,6 +330,8 @@ class ServingSource:
         self.max_payload = ctx.nc.max_payload
         self.max_body = body_limit(self.cfg, self.max_payload)  # type: ignore[arg-type]
         self.kv = await self.open_bucket(ctx)
+        self.hub = Hub(ctx.nc.jetstream(), ctx.pipeline)
+        await self.hub.start()
         sock = shared_socket(self.cfg.host, self.cfg.port)
         server = http_server(self.app(try_emit), self.cfg.host, self.cfg.port)
         log.info("serving source %s on %s:%d: requestTimeout %gs", ctx.vertex, self.cfg.host, self.cfg.port,
@@ -306,4 +340,5 @@ class ServingSource:
             await serve_until(server, ctx.stopping, [sock])
         finally:
             sock.close()
+            await self.hub.close()
         log.info("serving source %s on port %d closed", ctx.vertex, self.cfg.port)
