@@ -14,6 +14,6 @@ def _fits_server(config: Any, max_payload: int) -> None:
     body_limit(config, max_payload)
 
 
-SOURCE = ConnectorInfo(ServingSourceConfig, "vertices.serving.source:ServingSource", live=True, rank=3,
+SOURCE = ConnectorInfo(ServingSourceConfig, "vertices.serving.source:ServingSource", live=True, rank=9,
                        port=lambda config: config.port, server_check=_fits_server)
 SINK = ConnectorInfo(ServeSinkConfig, "vertices.serving.sink:ServeSink", rank=20)
