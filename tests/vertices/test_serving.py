@@ -150,6 +150,13 @@ async def test_async_fetch_retry_key_and_timeout(runner, nc):
     assert first[:2] == second[:2] and first[:2][0] == 200 and first[1]["results"] == ["AGAIN"]
     stored = (await nc.jetstream().stream_info(f"nf_{runner.name}_work")).state.last_seq
     assert stored == 2  # "words x y" and "again" once
+    # The middle vertex down when a request comes, then started again: the request completes.
+    runner.kill("work")
+    doc = (await acall("POST", f"{base}/v1/process/async", b"words after restart"))[1]
+    rid = doc["id"]
+    runner.start("work")
+    assert await wait_for(fetched, 30, "the request to complete after the restart") == {
+        "id": rid, "complete": True, "results": ["after", "restart"]}
     # Slower than requestTimeout: 504 with what came so far (nothing).
     started = time.monotonic()
     status, doc = await sync(base, b"slow")
