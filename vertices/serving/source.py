@@ -49,6 +49,7 @@ from framework.isb.requests import (
     MIN_TTL_S,
     RequestState,
     accepted_key,
+    part_order,
     provision_bucket,
     request_headers,
     valid_id,
@@ -297,7 +298,7 @@ class ServingSource:
         deadline = time.monotonic() + timeout
         try:
             sent: set[str] = set()
-            for part in sorted(follow.state.results, key=lambda p: tuple(int(x) for x in p.split("."))):
+            for part in sorted(follow.state.results, key=part_order):
                 sent.add(part)
                 yield sse_event("result", text(follow.state.results[part]))
             while not follow.state.complete:
@@ -334,11 +335,12 @@ class ServingSource:
         await self.hub.start()
         sock = shared_socket(self.cfg.host, self.cfg.port)
         server = http_server(self.app(try_emit), self.cfg.host, self.cfg.port)
-        log.info("serving source %s on %s:%d: requestTimeout %gs", ctx.vertex, self.cfg.host, self.cfg.port,
+        port = sock.getsockname()[1]
+        log.info("serving source %s on %s:%d: requestTimeout %gs", ctx.vertex, self.cfg.host, port,
                  self.cfg.request_timeout)
         try:
             await serve_until(server, ctx.stopping, [sock])
         finally:
             sock.close()
             await self.hub.close()
-        log.info("serving source %s on port %d closed", ctx.vertex, self.cfg.port)
+        log.info("serving source %s on port %d closed", ctx.vertex, port)
