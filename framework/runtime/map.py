@@ -15,6 +15,7 @@ from framework.runtime.forward import ForwardLoop
 from framework.runtime.retry import udf_delays
 from framework.runtime.routing import (
     Outgoing,
+    Router,
     UnpublishableOutput,
     as_bytes,
     message_tags,
@@ -43,17 +44,19 @@ def map_output(prefix: str, origin: str, i: int, d: Datum, out: Message) -> Outg
     )
 
 
-def split_request(d: Datum, outputs: list[Outgoing]) -> int | None:
-    """An input of a serving request that gives k != 1 outputs: each output becomes its own part
-    of the request; returns k for the ledger's split record (framework/isb/requests.py)."""
-    if len(outputs) == 1 or envelope.HDR_REQUEST_ID not in d.headers:
+def split_request(d: Datum, outputs: list[Outgoing], router: Router) -> int | None:
+    """An input of a serving request that gives k != 1 outputs an edge takes (an output whose tags
+    match no edge goes nowhere, so it is not a part): each becomes its own part of the request;
+    returns k for the ledger's split record (framework/isb/requests.py)."""
+    if envelope.HDR_REQUEST_ID not in d.headers:
         return None
-    parts = requests.split_parts(d.headers, len(outputs))
+    routed = [out for out in outputs if router.targets(out.tags, out.late)]
+    parts = requests.split_parts(d.headers, len(routed))
     if parts is None:
         return None
-    for out, headers in zip(outputs, parts):
+    for out, headers in zip(routed, parts):
         out.headers = headers
-    return len(outputs)
+    return len(routed)
 
 
 class MapProcessor:
@@ -104,7 +107,7 @@ class MapProcessor:
             kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
                 mine = [map_output(prefix, origin, i, d, res[i]) for i in kept]
-                split = split_request(d, mine)
+                split = split_request(d, mine, self.router)
                 self.router.check_outputs(mine, kept)
             except (TypeError, UnpublishableOutput) as exc:  # e.g. a value that is not bytes: the input fails
                 failed.append((m, f"{type(exc).__name__}: {exc}"))

@@ -78,11 +78,13 @@ class MapStreamProcessor:
                     else:
                         # Ids depend only on (input, position): a retried stream rewrites the same ids.
                         item = map_output(prefix, origin, i, d, out)
-                        if request is not None:  # a stream's length is unknown: each output is a part
+                        # A stream's length is unknown: each output an edge takes is a part.
+                        part = request is not None and bool(self.router.targets(item.tags, item.late))
+                        if part and request is not None:
                             item.headers = requests.with_part(item.headers, f"{request[1]}.{written}")
                         self.router.check_outputs([item], [i])
                         self.rt.count_writes(await self.router.write([item]))
-                        written += 1
+                        written += part
                     i += 1
                 if request is not None and self.loop.io.requests is not None:
                     await self.loop.io.requests.splits([(d.headers, written)])

@@ -9,11 +9,11 @@ from framework import Datum, Message
 
 
 def answer(keys: list[str], datum: Datum) -> list[Message]:
-    """`words a b c` → one output per word (flatmap); `drop` → Message.drop(); `filter` → no
+    """`words a b c` → one output per word (flatmap; `-x` tagged `lost`); `drop` → Message.drop(); `filter` → no
     output; `fail ...` raises; `slow` sleeps 2 s; anything else → the body in upper case."""
     text = datum.value.decode()
-    if text.startswith("words "):
-        return [Message(w.encode()) for w in text.split()[1:]]
+    if text.startswith("words "):  # a word starting with "-" is tagged `lost`: no edge takes it
+        return [Message(w.encode(), tags=["lost"] if w[0] == "-" else None) for w in text.split()[1:]]
     if text == "drop":
         return [Message.drop()]
     if text == "filter":

@@ -80,7 +80,8 @@ async def start_serving(runner, handler: str, kind: str = "map", timeout: str = 
     runner.write([{"name": "in", "source": {"serving": serving}},
                   {"name": "work", "udf": {kind: {"handler": handler}, "retry": {"attempts": 1}}},
                   {"name": "out", "sink": {"serve": {}}}],
-                 [{"from": "in", "to": "work"}, {"from": "work", "to": "out"}])
+                 [{"from": "in", "to": "work"},
+                  {"from": "work", "to": "out", "conditions": {"tags": {"operator": "not", "values": ["lost"]}}}])
     await runner.start_all()
     for i in range(1, replicas):
         runner.start("in", replica=str(i))
@@ -111,6 +112,10 @@ async def test_sync_map_flatmap_drop_filter_error_and_auth(runner):
     base = await start_serving(runner, "tests.vertices.serving_udfs:answer")
     assert await sync(base, b"hello") == (200, {"complete": True, "results": ["HELLO"]})
     assert await sync(base, b"words a bb ccc") == (200, {"complete": True, "results": ["a", "bb", "ccc"]})
+    # Outputs no edge takes are no part of the answer (and do not keep it waiting).
+    assert await sync(base, b"words -x a -y") == (200, {"complete": True, "results": ["a"]})
+    assert await sync(base, b"words -x -y") == (200, {"complete": True, "results": []})
+    assert await sync(base, b"words z -y") == (200, {"complete": True, "results": ["z"]})
     started = time.monotonic()
     assert await sync(base, b"drop") == (200, {"complete": True, "results": []})
     assert await sync(base, b"filter") == (200, {"complete": True, "results": []})
