@@ -11,8 +11,11 @@ import time
 import urllib.error
 import urllib.request
 
-from framework.isb.requests import RequestState
+import pytest
+
+from framework.isb.requests import RequestState, bucket_ttl, serving_pipeline
 from framework.local.embedded import free_port
+from framework.spec import SpecError, parse_pipeline
 from tests.conftest import wait_for
 
 AUTH = {"Authorization": "Bearer s3cret"}
@@ -87,6 +90,26 @@ async def start_serving(runner, handler: str, kind: str = "map", timeout: str = 
         runner.start("in", replica=str(i))
     await wait_for(lambda: ready(port), 30, "the serving source to listen")
     return f"http://127.0.0.1:{port}"
+
+
+def spec(serving: dict) -> dict:
+    return {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+            "spec": {"vertices": [{"name": "in", "source": {"serving": serving}},
+                                  {"name": "out", "sink": {"serve": {}}}],
+                     "edges": [{"from": "in", "to": "out"}]}}
+
+
+def test_serving_config_defaults_and_checks():
+    p = parse_pipeline(spec({"auth": {"token": {"secretRef": {"name": "s", "key": "token"}}}}), check_handlers=False)
+    cfg = p.vertex("in").source.config
+    assert (cfg.port, cfg.request_timeout, cfg.msg_id_header) == (8080, 30.0, None)
+    assert serving_pipeline(p) and bucket_ttl(p) == 300.0
+    p = parse_pipeline(spec({"requestTimeout": "10m", "msgIdHeader": "X-Request-Key"}), check_handlers=False)
+    assert p.vertex("in").source.config.request_timeout == 600.0 and bucket_ttl(p) == 1200.0
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(spec({"msgIdHeader": "X Key", "requestTimeout": "2h"}), check_handlers=False)
+    assert [path for path, _ in err.value.problems] == ["spec.vertices[0].source.serving.requestTimeout",
+                                                        "spec.vertices[0].source.serving.msgIdHeader"]
 
 
 def test_completion_rule_closes_parts_through_splits_results_and_errors():
