@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 ROOT = "0"
 SERVING_SOURCE = "serving"  # the source kind whose pipelines get the requests bucket
 MIN_TTL_S = 300.0  # results stay fetchable at least this long
+MAX_RESULTS = 10_000  # result values one answer holds; later ones only count (`truncated`)
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PART = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){0,31}")
 
@@ -99,6 +100,7 @@ class RequestState:
     results: dict[str, bytes] = field(default_factory=dict)
     splits: dict[str, int] = field(default_factory=dict)
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    truncated: set[str] = field(default_factory=set)  # result parts over MAX_RESULTS: closed, value not kept
 
     def apply(self, key: str, value: bytes | None) -> str | None:
         """Take one KV entry; returns the part when it was a result."""
@@ -110,6 +112,9 @@ class RequestState:
             return None
         kind, part = tokens[1], ".".join(tokens[2:])
         if kind == "r":
+            if len(self.results) >= MAX_RESULTS and part not in self.results:
+                self.truncated.add(part)  # the answer stays bounded however much a request fans out
+                return None
             self.results[part] = value
             return part
         if kind == "s":
@@ -122,7 +127,7 @@ class RequestState:
         return None
 
     def closed(self, part: str = ROOT) -> bool:
-        if part in self.results or part in self.errors:
+        if part in self.results or part in self.errors or part in self.truncated:
             return True
         k = self.splits.get(part)
         return k is not None and all(self.closed(f"{part}.{j}") for j in range(k))

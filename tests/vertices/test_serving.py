@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from framework.isb.requests import RequestState, bucket_ttl, serving_pipeline
+from framework.isb.requests import MAX_RESULTS, RequestState, bucket_ttl, serving_pipeline
 from framework.local.embedded import free_port
 from framework.spec import SpecError, parse_pipeline
 from tests.conftest import wait_for
@@ -129,6 +129,11 @@ def test_completion_rule_closes_parts_through_splits_results_and_errors():
         stream.apply(f"r3.r.0.{i}", str(i).encode())
     stream.apply("r3.s.0", b"11")
     assert not stream.complete and stream.ordered_results() == [b"0", b"1", b"2", b"10"]
+    big = RequestState()  # an answer keeps at most MAX_RESULTS values; the rest still close their parts
+    big.apply("r4.s.0", str(MAX_RESULTS + 5).encode())
+    for i in range(MAX_RESULTS + 5):
+        big.apply(f"r4.r.0.{i}", b"x")
+    assert big.complete and len(big.ordered_results()) == MAX_RESULTS and len(big.truncated) == 5
 
 
 async def test_sync_map_flatmap_drop_filter_error_and_auth(runner):

@@ -76,6 +76,8 @@ def text(value: bytes) -> str:
 def answer(rid: str, state: RequestState) -> dict[str, object]:
     doc: dict[str, object] = {"id": rid, "complete": state.complete,
                               "results": [text(r) for r in state.ordered_results()]}
+    if state.truncated:
+        doc["truncated"] = len(state.truncated)
     error = state.error()
     if error is not None:
         doc.update(error)
