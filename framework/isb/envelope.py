@@ -8,6 +8,8 @@ Header names:
   Nf-Event-Time    event time, integer epoch milliseconds
   Nf-Keys          the keys, a JSON array of strings (absent: no keys)
   Nf-Error, Nf-Error-Vertex   why and where a message was dead-lettered or sent to a fallback sink
+  Nf-Request-Id, Nf-Request-Part   a serving request's id and part (framework/isb/requests.py):
+                   not reserved, so maps pass them on like any user header of their input
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ HDR_EVENT_TIME = "Nf-Event-Time"
 HDR_ERROR = "Nf-Error"
 HDR_ERROR_VERTEX = "Nf-Error-Vertex"
 HDR_ATTEMPTS = "Nf-Attempts"
+HDR_REQUEST_ID = "Nf-Request-Id"
+HDR_REQUEST_PART = "Nf-Request-Part"
 RESERVED_HEADERS = frozenset({HDR_MSG_ID, HDR_ID, HDR_KEYS, HDR_EVENT_TIME})
 # Headers of a pull consumer's status messages (not deliveries).
 HDR_STATUS = "Status"

@@ -5,7 +5,8 @@ Names (documented in docs/protocol.md):
   subjects                     nf.<pipeline>.<vertex>.<from-vertex>
   dead-letter stream           nf_<pipeline>_<vertex>_dlq      (subject nfdlq.<pipeline>.<vertex>)
   KV buckets                   nf_<pipeline>_wm, nf_<pipeline>_sideinputs, nf_<pipeline>_leases,
-                               nf_<pipeline>_lifecycle (key `phase`), nf_<pipeline>_ratelimit
+                               nf_<pipeline>_lifecycle (key `phase`), nf_<pipeline>_ratelimit,
+                               nf_<pipeline>_requests (serving: results by request id)
   jetstream source consumer    nf_<pipeline>_<vertex>_src      (unless the spec names one)
 
 `_` cannot appear in vertex names, so no two vertices can produce the same stream name. Nothing
@@ -97,6 +98,16 @@ LIFECYCLE_KEY = "phase"
 def ratelimit_bucket(pipeline: str) -> str:
     """The KV bucket of the rate-limited vertices' token windows (one key per vertex)."""
     return f"nf_{pipeline}_ratelimit"
+
+
+def requests_bucket(pipeline: str) -> str:
+    """The KV bucket of a serving pipeline's requests: results, splits and errors by request id."""
+    return f"nf_{pipeline}_requests"
+
+
+def kv_subjects(bucket: str) -> str:
+    """Every key's subject in a KV bucket's stream (a subscription there sees each write)."""
+    return f"$KV.{bucket}.>"
 
 
 def kv_stream_name(bucket: str) -> str:

@@ -5,13 +5,14 @@ only asks each to reconcile its own."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from framework.isb import names
+from framework.isb import names, requests
 from framework.isb.reconcile import (
     REPLICAS_CURRENT_TIMEOUT_S,
     SpecPaths,
@@ -134,6 +135,9 @@ async def provision(js: JetStreamContext, p: Pipeline,
         buckets.append((names.ratelimit_bucket(p.name), ratelimit.provision_bucket))
     if p.spec.side_inputs:
         buckets.append((names.sideinputs_bucket(p.name), sideinputs.provision_bucket))
+    if requests.serving_pipeline(p):  # results by request id, kept bucket_ttl seconds
+        buckets.append((names.requests_bucket(p.name),
+                        functools.partial(requests.provision_bucket, ttl=requests.bucket_ttl(p))))
     for bucket, ensure in buckets:
         record(f"kv {bucket}", await ensure(js, p.name, shared, update=True), names.kv_stream_name(bucket))
     if "desired_phase" in p.spec.lifecycle.model_fields_set:  # the spec's phase wins over an earlier pause/resume

@@ -121,10 +121,11 @@ class BackgroundServer:
         self._sock.close()
 
 
-async def serve_until(srv: uvicorn.Server, stopping: asyncio.Event) -> None:
+async def serve_until(srv: uvicorn.Server, stopping: asyncio.Event,
+                      sockets: list[socket.socket] | None = None) -> None:
     """Serve until `stopping` (an asyncio.Event) is set, then finish in-flight requests. The
-    server ending by itself (e.g. its port is taken) raises."""
-    task = asyncio.create_task(srv.serve())
+    server ending by itself (e.g. its port is taken) raises. `sockets`: already bound ones."""
+    task = asyncio.create_task(srv.serve(sockets=sockets))
     stop = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

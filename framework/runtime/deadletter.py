@@ -21,12 +21,14 @@ from framework.isb.envelope import (
     HDR_ERROR,
     HDR_ERROR_VERTEX,
     HDR_MSG_ID,
+    HDR_REQUEST_ID,
     RESERVED_HEADERS,
     is_control_header,
     origin,
     record_headers,
 )
 from framework.isb.ports import Publishes
+from framework.isb.requests import RequestLedger
 from framework.isb.writer import OutMessage
 from framework.observability.metrics import VertexMetrics
 from framework.observability.tracing import VertexTracer
@@ -110,6 +112,7 @@ class DeadLetters:
         self._stopping = stopping
         self.subject = names.dlq_subject(pipeline, vertex)
         self.stream = names.dlq_stream_name(pipeline, vertex)
+        self.requests: RequestLedger | None = None  # a serving pipeline: requests learn their errors
 
     async def inputs(self, failed: list[tuple[Msg, str]], spans: dict[int, Span] | None = None) -> None:
         """Each input as it came with its error; its span, if traced, fails with it."""
@@ -122,6 +125,9 @@ class DeadLetters:
             out.append(dead_letter_message(self.subject, msg_id, m.data, m.headers, error, self._vertex,
                                            self._publisher.max_payload))
         await self._publish(out, failed[0][1])
+        if self.requests is not None:  # after the dead letter is stored: the request then ends with the error
+            await self.requests.errors([(m.headers, error) for m, error in failed
+                                        if m.headers and HDR_REQUEST_ID in m.headers], self._vertex)
 
     async def records(self, bad: list[tuple[SourceRecord, str]]) -> None:
         """Each record as it came (the payload cut to what fits), with `Nf-Error`; `Nats-Msg-Id`

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from framework.isb import names
 from framework.isb.ports import Publishes
+from framework.isb.requests import RequestLedger, serving_pipeline
 from framework.isb.writer import BufferWriter, JetStreamPublisher
 from framework.observability.metrics import BufferProbe, VertexMetrics
 from framework.observability.tracing import VertexTracer
@@ -51,6 +52,7 @@ class VertexIO:
     router: Router
     dead_letters: DeadLetters
     kv: KeyValue | None  # the watermark bucket, for a vertex that writes on (None: a sink)
+    requests: RequestLedger | None = None  # a serving pipeline's request ledger
 
 
 class VertexKind(Protocol):
@@ -142,7 +144,9 @@ class VertexRuntime:
             kv = await js.key_value(bucket_name(self.p.name))
             router.wm = WatermarkPublisher(kv, self.v.name, router.watermark_targets)
         dead_letters = DeadLetters(publisher, self.metrics, self.p.name, self.v.name, self.stopping)
-        return VertexIO(nc, js, publisher, router, dead_letters, kv)
+        ledger = RequestLedger(js, self.p.name) if serving_pipeline(self.p) else None
+        dead_letters.requests = ledger
+        return VertexIO(nc, js, publisher, router, dead_letters, kv, ledger)
 
     def readiness(self) -> list[str]:
         """What keeps /readyz from answering 200 (runs in the metrics thread: reads state only)."""

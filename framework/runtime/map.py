@@ -4,16 +4,18 @@ datum; failed calls are retried with the UDF's `retry`, what still fails is dead
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from nats.aio.msg import Msg
 
-from framework.isb import envelope
+from framework.isb import envelope, requests
 from framework.isb.ports import Reads
 from framework.runtime.bounded import HandlerTimeout, Threads
 from framework.runtime.forward import ForwardLoop
 from framework.runtime.retry import udf_delays
 from framework.runtime.routing import (
     Outgoing,
+    Router,
     UnpublishableOutput,
     as_bytes,
     message_tags,
@@ -40,6 +42,21 @@ def map_output(prefix: str, origin: str, i: int, d: Datum, out: Message) -> Outg
         headers=headers,
         tags=message_tags(out),
     )
+
+
+def split_request(d: Datum, outputs: list[Outgoing], router: Router) -> int | None:
+    """An input of a serving request that gives k != 1 outputs an edge takes (an output whose tags
+    match no edge goes nowhere, so it is not a part): each becomes its own part of the request;
+    returns k for the ledger's split record (framework/isb/requests.py)."""
+    if envelope.HDR_REQUEST_ID not in d.headers:
+        return None
+    routed = [out for out in outputs if router.targets(out.tags, out.late)]
+    parts = requests.split_parts(d.headers, len(routed))
+    if parts is None:
+        return None
+    for out, headers in zip(routed, parts):
+        out.headers = headers
+    return len(routed)
 
 
 class MapProcessor:
@@ -74,6 +91,7 @@ class MapProcessor:
             results = await self.runner.run([d for _, d in good])
         results = await self._retry(good, results)
         outgoing: list[Outgoing] = []
+        splits: list[tuple[Mapping[str, str], int]] = []  # requests' inputs that did not give one output
         prefix = self.prefix
         tag_dropped = filtered = 0
         for (m, d), res in zip(good, results):
@@ -82,18 +100,25 @@ class MapProcessor:
                 continue
             if not res:
                 filtered += 1
+                if envelope.HDR_REQUEST_ID in d.headers:
+                    splits.append((d.headers, 0))
                 continue
             origin = envelope.origin(m)
             kept = [i for i, out in enumerate(res) if not out.is_drop]
             try:
                 mine = [map_output(prefix, origin, i, d, res[i]) for i in kept]
+                split = split_request(d, mine, self.router)
                 self.router.check_outputs(mine, kept)
             except (TypeError, UnpublishableOutput) as exc:  # e.g. a value that is not bytes: the input fails
                 failed.append((m, f"{type(exc).__name__}: {exc}"))
                 continue
             tag_dropped += len(res) - len(mine)
             outgoing.extend(mine)
+            if split is not None:
+                splits.append((d.headers, split))
         self.rt.count_writes(await self.router.write(outgoing))
+        if splits and self.loop.io.requests is not None:  # after the outputs are stored
+            await self.loop.io.requests.splits(splits)
         metrics.dropped("drop_tag", tag_dropped)
         metrics.dropped("filtered", filtered)
         await loop.dead_letter(failed)

@@ -11,7 +11,7 @@ from typing import Any
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
 
-from framework.isb import envelope
+from framework.isb import envelope, requests
 from framework.isb.ports import Reads
 from framework.runtime.bounded import HandlerTimeout, deadline
 from framework.runtime.forward import ForwardLoop
@@ -60,9 +60,10 @@ class MapStreamProcessor:
         prefix, origin = self.rt.v.name + ":", envelope.origin(m)
         metrics = self.rt.metrics
         delays = udf_delays(self.udf.retry)
+        request = requests.request_of(d.headers) if envelope.HDR_REQUEST_ID in d.headers else None
         while True:
             try:
-                i = 0
+                i = written = 0
                 stream = self.fn(d.keys, d)
                 while True:
                     try:
@@ -77,9 +78,16 @@ class MapStreamProcessor:
                     else:
                         # Ids depend only on (input, position): a retried stream rewrites the same ids.
                         item = map_output(prefix, origin, i, d, out)
+                        # A stream's length is unknown: each output an edge takes is a part.
+                        part = request is not None and bool(self.router.targets(item.tags, item.late))
+                        if part and request is not None:
+                            item.headers = requests.with_part(item.headers, f"{request[1]}.{written}")
                         self.router.check_outputs([item], [i])
                         self.rt.count_writes(await self.router.write([item]))
+                        written += part
                     i += 1
+                if request is not None and self.loop.io.requests is not None:
+                    await self.loop.io.requests.splits([(d.headers, written)])
                 return None
             except (HandlerTimeout, UnpublishableOutput) as exc:  # final: retrying would fail the same way
                 metrics.error.inc(1)

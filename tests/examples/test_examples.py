@@ -13,7 +13,7 @@ from framework.spec import load_pipeline
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["sentiment", "anomaly", "clicks"])
+@pytest.mark.parametrize("name", ["sentiment", "anomaly", "clicks", "serving"])
 def test_example_pipeline_validates(name):
     p = load_pipeline(EXAMPLES / name / "pipeline.yaml")
     assert p.name == name
