@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any, Literal
 
 DROP = "__drop__"
 """The tag that drops a message; `Message.drop()` sets it."""
@@ -83,3 +85,20 @@ class Window:
     @classmethod
     def from_ms(cls, start_ms: int, end_ms: int) -> Window:
         return cls(datetime_from_ms(start_ms), datetime_from_ms(end_ms))
+
+
+HandlerKind = Literal["sync", "async", "async_generator", "generator"]
+
+
+def handler_kind(fn: Callable[..., Any]) -> HandlerKind:
+    """How natsflow calls a user's handler: a coroutine function is awaited, an async generator
+    iterated, a plain function run on a worker thread. An object whose `__call__` is one of these
+    counts as that kind. The one place every vertex kind, the udsink and side inputs decide it."""
+    for f in (fn, getattr(fn, "__call__", None)):  # noqa: B004 - the kind of __call__, not callability
+        if inspect.isasyncgenfunction(f):
+            return "async_generator"
+        if inspect.iscoroutinefunction(f):
+            return "async"
+        if inspect.isgeneratorfunction(f):
+            return "generator"
+    return "sync"

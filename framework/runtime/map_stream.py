@@ -4,7 +4,6 @@ produced (in order per input), and the input is acked after its last output is s
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,7 +18,7 @@ from framework.runtime.map import map_output
 from framework.runtime.retry import udf_delays
 from framework.runtime.routing import UnpublishableOutput
 from framework.runtime.udf import HandlerResultError
-from framework.sdk import Datum, Message
+from framework.sdk import Datum, Message, handler_kind
 from framework.spec import Udf, load_handler
 
 
@@ -37,7 +36,7 @@ class MapStreamProcessor:
         udf = loop.rt.v.udf
         assert udf is not None and udf.map_stream is not None
         fn = load_handler(udf.map_stream.handler, loop.rt.base_dir)
-        if not inspect.isasyncgenfunction(fn):
+        if handler_kind(fn) != "async_generator":
             raise TypeError(f"mapStream handler {udf.map_stream.handler!r} must be an async generator "
                             "function (async def ... yield Message(...))")
         return cls(loop, udf, fn)

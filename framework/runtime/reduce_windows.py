@@ -20,7 +20,7 @@ from framework.runtime.ownership import Lease
 from framework.runtime.retry import udf_delays
 from framework.runtime.routing import Outgoing, as_bytes, message_tags
 from framework.runtime.udf import normalize
-from framework.sdk import Datum, Message, Window
+from framework.sdk import Datum, Message, Window, handler_kind
 from framework.spec import Retry, WindowSpec
 from framework.watermark.fetcher import WatermarkFetcher
 from framework.watermark.marks import UNKNOWN
@@ -144,8 +144,9 @@ class WindowEmitter:
 
     async def _call(self, keys: list[str], datums: list[Datum], window: Window) -> list[Message]:
         fn: Any = self.fn() if inspect.isclass(self.fn) else self.fn
-        if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):  # noqa: B004 - its kind
+        kind = handler_kind(fn)
+        if kind == "async_generator":
             return [m async for m in fn(keys, iter(datums), window)]
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004 - its kind
+        if kind == "async":
             return normalize(await fn(keys, iter(datums), window))
         return normalize(await self.threads.call(fn, keys, iter(datums), window))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from framework.runtime.bounded import Threads, deadline, within
-from framework.sdk import Datum, Message
+from framework.sdk import Datum, Message, handler_kind
 
 DEFAULT_TIMEOUT = 300.0  # udf.timeout
 Result = list[Message] | BaseException
@@ -40,17 +39,13 @@ def normalize(result: Any) -> list[Message]:
     return list(out)
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 - its kind
-
-
 class MapRunner:
     """Runs `fn(keys, datum)` for every datum in a batch, isolating each call's exception; a call
     longer than `timeout` s gets HandlerTimeout (framework/runtime/bounded.py)."""
 
     def __init__(self, fn: Callable[..., Any], timeout: float = DEFAULT_TIMEOUT, threads: Threads | None = None):
         self._fn = fn
-        self._async = _is_async(fn)
+        self._async = handler_kind(fn) == "async"
         self._timeout = timeout
         self._threads = threads or Threads()
 
@@ -84,7 +79,7 @@ class BatchMapRunner:
                  threads: Threads | None = None):
         self._fn = fn
         self._size = max_batch_size
-        self._async = _is_async(fn)
+        self._async = handler_kind(fn) == "async"
         self._timeout = timeout
         self._threads = threads or Threads()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from prometheus_client import Counter
 from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
+from framework.sdk import handler_kind
 from framework.sideinputs.schedule import parse_schedule
 from framework.spec import (
     DEFAULT_BUFFERS,
@@ -244,7 +244,7 @@ class SideInputManager:
     async def _call(self, si: SideInput, fn: Callable[[], Any]) -> Any:
         """The handler's result. A plain function runs in a thread, which a timeout cannot stop:
         while one is still running, no second one starts (hung runs must not pile up)."""
-        if inspect.iscoroutinefunction(fn):
+        if handler_kind(fn) == "async":
             return await fn()
         running = self._threads.get(si.name)
         if running is not None and not running.done():

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import inspect
-
 from framework.connector import ConnectorContext, Threads, load_handler
-from framework.sdk import Datum
+from framework.sdk import Datum, handler_kind
 from framework.spec.types import Handler
 
 
@@ -16,7 +14,7 @@ class UserSink:
 
     async def start(self, ctx: ConnectorContext) -> None:
         self.fn = load_handler(self.cfg.handler, ctx.base_dir)
-        self.is_async = inspect.iscoroutinefunction(self.fn)
+        self.is_async = handler_kind(self.fn) == "async"
         self.threads = Threads("natsflow-sink")  # a write cancelled at sink.timeout leaves its thread
 
     async def write(self, datums: list[Datum]) -> None:
