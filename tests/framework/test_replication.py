@@ -56,7 +56,7 @@ async def test_provision_scales_replicas_up_and_down_and_prints_each_change(tmp_
     runner = PipelineRunner(tmp_path, nats_cluster.url)
     n = runner.name
     streams = [f"nf_{n}_map", f"nf_{n}_out", f"nf_{n}_in_dlq", f"nf_{n}_map_dlq", f"nf_{n}_out_dlq"]
-    kv = [f"nf_{n}_wm", f"nf_{n}_sideinputs"]
+    kv = [f"nf_{n}_wm", f"nf_{n}_lifecycle", f"nf_{n}_sideinputs"]
 
     def expected(result: str) -> list[str]:
         lines = []
@@ -79,8 +79,8 @@ async def test_provision_scales_replicas_up_and_down_and_prints_each_change(tmp_
         up = cli("provision", str(runner.file), "--nats-url", runner.url)
         assert up.returncode == 0, up.stderr
         assert up.stdout.splitlines() == expected("updated (replicas 1 -> 3)"), up.stdout
-        assert "(7 updated, 2 unchanged)" in up.stderr
-        print(f"provision R1 -> R3 of 7 streams took {time.monotonic() - began:.1f}s")
+        assert "(8 updated, 2 unchanged)" in up.stderr
+        print(f"provision R1 -> R3 of 8 streams took {time.monotonic() - began:.1f}s")
         # provision returned after the new peers were current: nothing to wait for here.
         for stream in streams + [f"KV_{b}" for b in kv]:
             replicas, followers = await peers(js, stream)
@@ -90,7 +90,7 @@ async def test_provision_scales_replicas_up_and_down_and_prints_each_change(tmp_
             assert len(ci.cluster.replicas or []) == 2 and all(p.current for p in ci.cluster.replicas), ci.cluster
 
         again = cli("provision", str(runner.file), "--nats-url", runner.url)
-        assert "(9 unchanged)" in again.stderr, again.stderr
+        assert "(10 unchanged)" in again.stderr, again.stderr
 
         small_pipeline(runner, {"replicas": 1})
         down = cli("provision", str(runner.file), "--nats-url", runner.url)
