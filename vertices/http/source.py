@@ -38,6 +38,7 @@ from framework.connector import (
 )
 from framework.observability.http import BodyTooLarge, json_response, read_body, serve_until
 from framework.observability.http import server as http_server
+from vertices.http.config import HttpAuth
 from vertices.http.config import HttpSourceConfig as Config
 
 log = logging.getLogger("natsflow.http")
@@ -108,6 +109,16 @@ def trace_headers(headers: RequestHeaders) -> dict[str, str] | None:
     return {k: v for k, v in found.items() if v is not None}
 
 
+def authorize(auth: HttpAuth | None, headers: RequestHeaders) -> None:
+    """401 unless the request carries `Authorization: Bearer <auth.token>` (compared in constant
+    time); no check when `auth` is None. Shared by the http and serving sources."""
+    if auth is None:
+        return
+    supplied = headers.raw.get("authorization", b"")
+    if not hmac.compare_digest(supplied, f"Bearer {auth.token}".encode()):
+        raise HttpError(401, "missing or wrong bearer token")
+
+
 class HttpSource:
     def __init__(self, config: Config):
         self.cfg = config
@@ -115,11 +126,7 @@ class HttpSource:
         self.max_payload = 0
 
     def authorize(self, headers: RequestHeaders) -> None:
-        if self.cfg.auth is None:
-            return
-        supplied = headers.raw.get("authorization", b"")
-        if not hmac.compare_digest(supplied, f"Bearer {self.cfg.auth.token}".encode()):
-            raise HttpError(401, "missing or wrong bearer token")
+        authorize(self.cfg.auth, headers)
 
     def record(self, headers: RequestHeaders, body: bytes) -> SourceRecord:
         raw_et = headers.text(EVENT_TIME)

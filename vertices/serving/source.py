@@ -20,7 +20,6 @@ auth, body limits, 400/401/413/503 as the `http` source (vertices/http/source.py
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -58,7 +57,7 @@ from framework.isb.requests import (
 from framework.observability.http import BodyTooLarge, json_response, read_body, serve_until
 from framework.observability.http import server as http_server
 from framework.spec import DEFAULT_BUFFERS
-from vertices.http.source import HttpError, RequestHeaders, body_limit, trace_headers
+from vertices.http.source import HttpError, RequestHeaders, authorize, body_limit, trace_headers
 from vertices.serving.config import ServingSourceConfig as Config
 from vertices.serving.hub import Hub
 
@@ -165,11 +164,7 @@ class ServingSource:
         self.hub: Hub | None = None
 
     def authorize(self, headers: RequestHeaders) -> None:
-        if self.cfg.auth is None:
-            return
-        supplied = headers.raw.get("authorization", b"")
-        if not hmac.compare_digest(supplied, f"Bearer {self.cfg.auth.token}".encode()):
-            raise HttpError(401, "missing or wrong bearer token")
+        authorize(self.cfg.auth, headers)
 
     def request_id(self, headers: RequestHeaders) -> tuple[str, str, bool]:
         """(request id, data id, whether the client named it): new ones, or derived from the
