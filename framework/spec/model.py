@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, create_model, model_validator
 
@@ -51,17 +51,18 @@ def _connector_fields(infos: dict[str, ConnectorInfo]) -> dict[str, Any]:
 # ---- sources ---------------------------------------------------------------------------------
 
 
-class SourceBlock(Model):
-    """A vertex's `source:`: exactly one registered source kind, and an optional eventTime handler."""
+class ConnectorBlock(Model):
+    """What a `source:` and a `sink:` block share: one registered connector key is set."""
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SourceBlock:
-        exactly_one_of(self, "source", fields=tuple(sources()))
-        return self
+    role: ClassVar[Literal["source", "sink"]]
+
+    def kinds(self) -> dict[str, ConnectorInfo]:
+        """The registered connectors of this block's role, by spec key."""
+        return sources() if self.role == "source" else sinks()
 
     @property
     def kind(self) -> str:
-        return chosen(self, fields=tuple(sources()))
+        return chosen(self, fields=tuple(self.kinds()))
 
     @property
     def config(self) -> BaseModel:
@@ -71,7 +72,19 @@ class SourceBlock(Model):
 
     @property
     def connector(self) -> ConnectorInfo:
-        return sources()[self.kind]
+        return self.kinds()[self.kind]
+
+
+class SourceBlock(ConnectorBlock):
+    """A vertex's `source:`: exactly one registered source kind, and an optional eventTime handler."""
+
+    role = "source"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceBlock:
+        exactly_one_of(self, self.role, fields=tuple(self.kinds()))
+        return self
+
 
 
 if TYPE_CHECKING:
@@ -89,8 +102,10 @@ else:
 # ---- sinks -----------------------------------------------------------------------------------
 
 
-class SinkBlock(Model):
+class SinkBlock(ConnectorBlock):
     """A vertex's `sink:` (or a fallback sink): exactly one registered sink kind, with its retries."""
+
+    role = "sink"
 
     if TYPE_CHECKING:  # the fields `Sink` adds after the connector keys (field order is error order)
         retry_strategy: RetryStrategy
@@ -99,26 +114,13 @@ class SinkBlock(Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SinkBlock:
-        exactly_one_of(self, "sink", fields=tuple(sinks()))
+        exactly_one_of(self, self.role, fields=tuple(self.kinds()))
         if self.retry_strategy.on_failure is OnFailure.fallback and self.fallback is None:
             raise ValueError("retryStrategy.onFailure is fallback, so a fallback sink is required")
         if self.fallback is not None and self.fallback.fallback is not None:
             raise ValueError("a fallback sink cannot have a fallback of its own")
         return self
 
-    @property
-    def kind(self) -> str:
-        return chosen(self, fields=tuple(sinks()))
-
-    @property
-    def config(self) -> BaseModel:
-        """The chosen connector's config."""
-        config: BaseModel = dict(self)[self.kind]
-        return config
-
-    @property
-    def connector(self) -> ConnectorInfo:
-        return sinks()[self.kind]
 
 
 if TYPE_CHECKING:

@@ -39,8 +39,10 @@ DISTRIBUTION = "natsflow"
 Role = Literal["source", "sink"]
 
 # Fields of the spec's `source:` / `sink:` blocks beside the connector keys.
-_TAKEN = {"source": {"eventTime", "event_time", "kind"},
-          "sink": {"retryStrategy", "retry_strategy", "timeout", "fallback", "kind"}}
+# The block's own names (framework/spec/model.py ConnectorBlock) are taken too.
+_BLOCK = {"kind", "config", "connector", "kinds", "role"}
+_TAKEN = {"source": {"eventTime", "event_time"} | _BLOCK,
+          "sink": {"retryStrategy", "retry_strategy", "timeout", "fallback"} | _BLOCK}
 
 # (field path, reason): a problem in the pipeline file.
 Problem = tuple[str, str]
