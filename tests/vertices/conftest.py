@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -179,8 +180,6 @@ def mqtt_url() -> str:
 
 def scrape_gauge(port: int, name: str, **labels: str) -> float | None:
     """The value of one sample on a worker's /metrics (None while absent or unreachable)."""
-    import urllib.request  # noqa: PLC0415
-
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             body = r.read().decode()
@@ -221,3 +220,14 @@ async def backlog_while_full(runner, nc, port: int, total: int, what: str) -> fl
     backed_up = await wait_for(positive, 30, f"{what} while the buffer is full")
     assert 0 < backed_up <= total  # what is not read yet waits upstream
     return backed_up
+
+
+async def ready(port: int) -> bool:
+    """A worker on 127.0.0.1:`port` answers 200 on /readyz."""
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    return await asyncio.to_thread(probe)

@@ -12,6 +12,7 @@ import urllib.request
 
 from framework.local.embedded import free_port
 from tests.conftest import REPO, Collector, wait_for
+from tests.vertices.conftest import ready
 from vertices.http.source import ENVELOPE_RESERVE
 
 
@@ -26,16 +27,6 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[
 
 async def apost(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     return await asyncio.to_thread(post, url, body, headers)
-
-
-async def ready(port: int) -> bool:
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-    return await asyncio.to_thread(probe)
 
 
 async def start_http(runner, nc, sink_limits=None, auth=None, max_body_size: int | None = 1024):

@@ -17,6 +17,7 @@ from framework.isb.requests import MAX_RESULTS, RequestState, bucket_ttl, servin
 from framework.local.embedded import free_port
 from framework.spec import SpecError, parse_pipeline
 from tests.conftest import wait_for
+from tests.vertices.conftest import ready
 
 AUTH = {"Authorization": "Bearer s3cret"}
 
@@ -63,16 +64,6 @@ def read_sse(url: str) -> list[tuple[float, str, str]]:
             event, data = "", []
     conn.close()
     return events
-
-
-async def ready(port: int) -> bool:
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-    return await asyncio.to_thread(probe)
 
 
 async def start_serving(runner, handler: str, kind: str = "map", timeout: str = "10s",
