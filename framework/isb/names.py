@@ -52,7 +52,7 @@ def buffer_subjects(pipeline: str, vertex: str, partition: int | None = None) ->
 def partitions(p: Pipeline, vertex: str) -> list[int | None]:
     """Partition indexes of a vertex's buffer: [None] unless it is a reduce with partitions > 1."""
     v = p.vertex(vertex)
-    n = v.udf.reduce.partitions if v.udf is not None and v.udf.reduce is not None else 1
+    n = v.udf.windowing.partitions if v.udf is not None and v.udf.windowing is not None else 1
     return [None] if n == 1 else list(range(n))
 
 

@@ -53,7 +53,7 @@ def buffer_consumer_config(p: Pipeline, vertex: str, partition: int | None = Non
     replicas = max(1, p.vertex(vertex).scale.max)
     v = p.vertex(vertex)
     # A reduce holds every input of its open windows unacked until they are emitted.
-    held = limits.buffer_max_length if v.udf is not None and v.udf.reduce is not None else 0
+    held = limits.buffer_max_length if v.udf is not None and v.udf.windowing is not None else 0
     return api.ConsumerConfig(
         durable_name=names.consumer_name(p.name, vertex, partition),
         ack_policy=api.AckPolicy.EXPLICIT,
@@ -129,7 +129,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
     buckets = [(names.watermark_bucket(p.name), marks.provision_bucket),
                (names.lifecycle_bucket(p.name), phase.provision_bucket)]
-    if any(v.udf is not None and v.udf.reduce is not None for v in p.spec.vertices):
+    if any(v.udf is not None and v.udf.windowing is not None for v in p.spec.vertices):
         buckets.append((names.leases_bucket(p.name), ownership.provision_bucket))
     if ratelimit.limited(p):
         buckets.append((names.ratelimit_bucket(p.name), ratelimit.provision_bucket))

@@ -364,7 +364,8 @@ class Holding:
 async def holdings(js: JetStreamContext, p: Pipeline) -> dict[str, Holding]:
     """Per reduce vertex of pipeline `p`, summed over the replicas whose heartbeat is younger than
     the vertex's lease ttl (`natsflow status`, the UI)."""
-    ttls = {v.name: v.udf.reduce.lease_ttl for v in p.spec.vertices if v.udf is not None and v.udf.reduce is not None}
+    ttls = {v.name: v.udf.windowing.lease_ttl for v in p.spec.vertices
+            if v.udf is not None and v.udf.windowing is not None}
     out = {name: Holding() for name in ttls}
     try:
         kv = await js.key_value(bucket_name(p.name))

@@ -26,6 +26,8 @@ def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
         return SourceKind(rt, io)
     if v.udf is not None and v.udf.kind == "reduce":
         return ReduceKind(rt, io)
+    if v.udf is not None and v.udf.kind == "numaflow":
+        raise SpecError(f"vertex {v.name!r}: udf.numaflow is not supported by this natsflow yet")
     open_processor: ProcessorFactory
     if v.kind == "sink":
         open_processor = SinkProcessor.open

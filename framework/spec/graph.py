@@ -32,7 +32,7 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if e.to in index and vertices[index[e.to]].kind == "source":
             problems.append((f"{where}.to", f"{e.to!r} is a source; sources have no in-edges"))
         src = vertices[index[e.from_]] if e.from_ in index else None
-        if e.late and not (src is not None and src.udf is not None and src.udf.reduce is not None):
+        if e.late and not (src is not None and src.udf is not None and src.udf.windowing is not None):
             problems.append((f"{where}.late", "only edges from a reduce vertex can take late messages"))
         if e.conditions is not None and e.from_ in index and vertices[index[e.from_]].kind == "source":
             problems.append((f"{where}.conditions", "sources set no tags, so conditions on an edge "

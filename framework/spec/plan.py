@@ -19,7 +19,7 @@ MANAGER_SUFFIX = "sideinputs-manager"
 
 def partitions(v: Vertex) -> list[int | None]:
     """Partition indexes of a vertex's buffer: [None] unless it is a reduce with partitions > 1."""
-    n = v.udf.reduce.partitions if v.udf is not None and v.udf.reduce is not None else 1
+    n = v.udf.windowing.partitions if v.udf is not None and v.udf.windowing is not None else 1
     return [None] if n == 1 else list(range(n))
 
 

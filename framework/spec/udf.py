@@ -73,7 +73,10 @@ class WindowSpec(Model):
         return chosen(self)
 
 
-class Reduce(Handler):
+class ReduceOptions(Model):
+    """How a reduce vertex groups its input: the window, keys and partitions (a Python `reduce`
+    handler or a Numaflow SDK reducer, `udf.numaflow.reduce`)."""
+
     window: WindowSpec
     keyed: Flag = True
     allowed_lateness: Annotated[Duration, within_seconds(0, WEEK, WINDOW_WHY)] = 0.0
@@ -84,7 +87,12 @@ class Reduce(Handler):
                                             "takes the partition over (docs/watermarks.md)")
 
 
-UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "command")  # "command": command and/or container
+class Reduce(ReduceOptions, Handler):
+    """`udf.reduce`: a Python handler called once per window and key."""
+
+
+# "command": a natsflow-protocol program (command and/or container); "numaflow": a Numaflow SDK program
+UDF_KINDS = ("map", "flatmap", "batchMap", "mapStream", "reduce", "numaflow", "command")
 
 
 class Container(Model):
@@ -95,12 +103,39 @@ class Container(Model):
     args: list[str] | None = None
 
 
+class NumaflowProgram(Model):
+    """A program written with a Numaflow SDK (pynumaflow, numaflow-go, -java, -rs), run unmodified:
+    natsflow plays Numaflow's data plane and speaks the SDK's gRPC service over a Unix socket
+    (docs/numaflow.md). `command` runs it locally (`natsflow run`/`up`); `container` renders it as
+    a sidecar of the vertex pod sharing the socket folder."""
+
+    command: list[str] | None = Field(None, min_length=1, description="how `natsflow run` starts the program")
+    container: Container | None = Field(None, description="the program's image, for `natsflow render`")
+    env: dict[str, Secret] = Field(default_factory=dict)
+    startup_timeout: Annotated[Duration, within_seconds(1, 10 * MINUTE, "the SDK writes its server-info file "
+                                                        "when its gRPC server is up")] = 60.0
+
+    @model_validator(mode="after")
+    def _runnable(self) -> NumaflowProgram:
+        if not self.command and self.container is None:
+            raise ValueError("a numaflow program needs a command (local runs), a container (render), or both")
+        return self
+
+
+class NumaflowUdf(NumaflowProgram):
+    """`udf.numaflow`: a Numaflow map, batch map or map stream (which one the SDK's server-info file
+    says), or with `reduce:` a reducer / reduce streamer over natsflow's windows."""
+
+    reduce: ReduceOptions | None = None
+
+
 class Udf(Model):
     map: Handler | None = None
     flatmap: Handler | None = None
     batch_map: BatchMap | None = None
     map_stream: Handler | None = None
     reduce: Reduce | None = None
+    numaflow: NumaflowUdf | None = None
     command: list[str] | None = Field(None, min_length=1)
     container: Container | None = None
     env: dict[str, Secret] = Field(default_factory=dict)
@@ -111,7 +146,7 @@ class Udf(Model):
     @model_validator(mode="after")
     def _exactly_one(self) -> Udf:
         # `command` (run locally) and `container` (rendered) may both describe one foreign program.
-        chosen = [k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program)]
+        chosen = [k for k in UDF_KINDS if self._sets(k)]
         if len(chosen) != 1:
             raise ValueError(f"a udf must set exactly one of: {', '.join(UDF_KINDS)} (found {len(chosen)})")
         return self
@@ -121,13 +156,25 @@ class Udf(Model):
                 "mapStream": self.map_stream, "reduce": self.reduce}.get(kind)
 
     @property
+    def windowing(self) -> ReduceOptions | None:
+        """The reduce options of a reducing vertex (a Python reduce or a Numaflow reducer), else None."""
+        if self.reduce is not None:
+            return self.reduce
+        return self.numaflow.reduce if self.numaflow is not None else None
+
+    @property
     def is_program(self) -> bool:
         """A program of its own (any language) rather than a Python handler run by the worker."""
         return bool(self.command) or self.container is not None
 
     @property
     def kind(self) -> str:
-        return next(k for k in UDF_KINDS if self.handler_of(k) is not None or (k == "command" and self.is_program))
+        return next(k for k in UDF_KINDS if self._sets(k))
+
+    def _sets(self, kind: str) -> bool:
+        if kind == "numaflow":
+            return self.numaflow is not None
+        return self.handler_of(kind) is not None or (kind == "command" and self.is_program)
 
     @property
     def handler(self) -> Handler | None:

@@ -95,7 +95,7 @@ def test_vertex_buffers_override_the_pipelines_field_by_field():
         (lambda r: r["spec"]["vertices"][2].update({"buffers": {"replicas": 4}}),
          "spec.vertices[2].buffers.replicas", "1, 3 or 5"),
         (lambda r: r["spec"]["vertices"][1]["udf"].update({"flatmap": {"handler": "a:b"}}),
-         "spec.vertices[1].udf", "a udf must set exactly one of: map, flatmap, batchMap, mapStream, reduce, command (found 2)"),
+         "spec.vertices[1].udf", "a udf must set exactly one of: map, flatmap, batchMap, mapStream, reduce, numaflow, command (found 2)"),
         (lambda r: r["spec"]["vertices"][2].update({"udf": {"map": {"handler": "a:b"}}}),
          "spec.vertices[2]", "a vertex is exactly one of source, udf or sink (found: udf, sink)"),
         (lambda r: r["spec"]["vertices"][0].update({"name": "In_1"}),
@@ -112,6 +112,11 @@ def test_vertex_buffers_override_the_pipelines_field_by_field():
          "spec.edges[1].conditions.tags.operator", "'or', 'and' or 'not'"),
         (lambda r: r["spec"]["vertices"][1].update({"scale": {"min": 3, "max": 2}}),
          "spec.vertices[1].scale", "min (3) must not exceed max (2)"),
+        (lambda r: r["spec"]["vertices"][1].update({"udf": {"numaflow": {"env": {"A": "b"}}}}),
+         "spec.vertices[1].udf.numaflow", "a numaflow program needs a command (local runs), a container"),
+        (lambda r: r["spec"]["vertices"][1].update({"udf": {"numaflow": {
+            "command": ["python", "r.py"], "reduce": {"window": {"fixed": {"length": "0s"}}}}}}),
+         "spec.vertices[1].udf.numaflow.reduce.window.fixed.length", "must be"),
         (lambda r: r.update({"apiVersion": "numaflow.numaproj.io/v1alpha1"}),
          "apiVersion", "natsflow.io/v1"),
     ],
@@ -147,6 +152,16 @@ def test_field_errors_name_the_path(mutate, path, reason):
 )
 def test_graph_and_handler_errors(mutate, expected):
     assert expected in problems(mutate)
+
+
+def test_a_numaflow_reducer_is_partitioned_like_a_python_reduce():
+    raw = copy.deepcopy(BASE)
+    raw["spec"]["vertices"][1]["udf"] = {"numaflow": {"command": ["python", "reduce.py"], "reduce": {
+        "window": {"fixed": {"length": "10s"}}, "partitions": 3}}}
+    p = parse_pipeline(raw, file="p.yaml")
+    from framework.spec import partitions
+    assert p.vertex("classify").udf.kind == "numaflow"
+    assert partitions(p.vertex("classify")) == [0, 1, 2]
 
 
 def test_cycles_are_allowed():

@@ -113,7 +113,7 @@ def layout(p: Pipeline) -> Layout:
         top = (height - used) // 2  # centre each column vertically
         for j, name in enumerate(col):
             v = p.vertex(name)
-            reduce = v.udf is not None and v.udf.reduce is not None
+            reduce = v.udf is not None and v.udf.windowing is not None
             h = 34 + 15 * ROWS["reduce" if reduce else v.kind]
             boxes.append(Box(name=name, kind=v.kind, reduce=reduce, layer=i, x=MARGIN + i * (NODE_W + GAP_X),
                              y=top + j * (NODE_H + GAP_Y) + (NODE_H - h) // 2, h=h))
