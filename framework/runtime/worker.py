@@ -27,7 +27,7 @@ def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
     if v.udf is not None and v.udf.kind == "reduce":
         return ReduceKind(rt, io)
     if v.udf is not None and v.udf.kind == "numaflow":
-        raise SpecError(f"vertex {v.name!r}: udf.numaflow is not supported by this natsflow yet")
+        raise NotImplementedError(f"vertex {v.name!r}: udf.numaflow is not supported by this natsflow yet")
     open_processor: ProcessorFactory
     if v.kind == "sink":
         open_processor = SinkProcessor.open
