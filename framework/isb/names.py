@@ -50,9 +50,8 @@ def buffer_subjects(pipeline: str, vertex: str, partition: int | None = None) ->
 
 
 def partitions(p: Pipeline, vertex: str) -> list[int | None]:
-    """Partition indexes of a vertex's buffer: [None] unless it is a reduce with partitions > 1."""
-    v = p.vertex(vertex)
-    n = v.udf.reduce.partitions if v.udf is not None and v.udf.reduce is not None else 1
+    """Partition indexes of a vertex's buffer: [None] unless it has more than one (Pipeline.partition_count)."""
+    n = p.partition_count(vertex)
     return [None] if n == 1 else list(range(n))
 
 
