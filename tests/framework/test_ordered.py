@@ -8,10 +8,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from framework.isb import names
-from framework.spec import load_pipeline
+from framework.spec import SpecError, load_pipeline, parse_pipeline, plan
 from tests.conftest import wait_for
 
 KEYS, PER_KEY = 100, 100  # 10,000 messages: key k<i> carries 0..99 in order
@@ -126,3 +127,59 @@ async def _drained(nc, runner) -> bool:
             if await runner.stream_messages(nc, names.stream_name(p.name, v.name, part)):
                 return False
     return True
+
+
+def _spec(**spec) -> dict:
+    return {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "ord"},
+            "spec": {"vertices": [{"name": "in", "source": {"http": {"port": 8080}}},
+                                  {"name": "m", "udf": {"map": {"handler": "tests.udfs:identity"}},
+                                   "scale": {"max": 3}},
+                                  {"name": "out", "sink": {"log": {}}}],
+                     "edges": [{"from": "in", "to": "m"}, {"from": "m", "to": "out"}], **spec}}
+
+
+def _problems(raw: dict) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(raw, file="p.yaml")
+    assert str(err.value).startswith("p.yaml: ")
+    return err.value.problems
+
+
+def test_ordered_spec_partitions_every_map_and_sink_buffer():
+    p = parse_pipeline(_spec(ordered=True), file="p.yaml")
+    # default: each vertex's scale.max; a source has no buffer
+    assert [plan(p, v).partitions for v in ("in", "m", "out")] == [[None], [0, 1, 2], [None]]
+    p = parse_pipeline(_spec(ordered="true", ordering={"partitions": 4, "leaseTtl": "3s"}), file="p.yaml")
+    assert names.partitions(p, "m") == names.partitions(p, "out") == [0, 1, 2, 3]
+    assert p.spec.ordering.lease_ttl == 3.0
+    assert [plan(p, v).partitions for v in ("m",)] == [[0, 1, 2, 3]]
+    assert names.partitions(parse_pipeline(_spec(), file="p.yaml"), "m") == [None]  # not ordered: one buffer
+
+
+@pytest.mark.parametrize(("mutate", "path", "reason"), [
+    (lambda r: r["spec"]["vertices"][1]["udf"].update(map=None, mapStream={"handler": "tests.udfs:stream_three"}),
+     "spec.vertices[1].udf.mapStream", "not supported with spec.ordered: a mapStream handles a batch's inputs "
+     "concurrently, so their outputs interleave; use map, flatmap or batchMap"),
+    (lambda r: r["spec"]["vertices"][1]["udf"].update(map=None, reduce={
+        "handler": "tests.udfs:window_sum", "window": {"fixed": {"length": "1s"}}}),
+     "spec.vertices[1].udf.reduce", "not supported with spec.ordered: a reduce orders by windows, not by arrival; "
+     "ordered mode keeps the order of maps and sinks"),
+    (lambda r: r["spec"]["vertices"][1]["udf"].update(map=None, command=["./prog"]),
+     "spec.vertices[1].udf.command", "not supported with spec.ordered: a program of its own reads its buffer "
+     "itself; ordered mode needs the worker's partition leases"),
+    (lambda r: r["spec"].update(ordering={"partitions": 257}), "spec.ordering.partitions",
+     "must be at most 256 (each partition is a buffer stream of its own)"),
+    (lambda r: r["spec"].update(ordering={"leaseTtl": "500ms"}), "spec.ordering.leaseTtl",
+     "must be at least 1s (renewals every ttl/4 must get through)"),
+    (lambda r: r["spec"].update(ordered="sometimes"), "spec.ordered", "expected true or false, got the text "
+     "'sometimes'"),
+])
+def test_ordered_spec_errors_name_the_field(mutate, path, reason):
+    raw = _spec(ordered=True)
+    mutate(raw)
+    assert (path, reason) in _problems(raw)
+
+
+def test_ordering_without_ordered_is_refused():
+    assert _problems(_spec(ordering={"partitions": 2})) == [
+        ("spec.ordering", "has no effect unless spec.ordered is true")]
