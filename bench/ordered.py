@@ -82,7 +82,7 @@ async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeo
                                      f"{stream} to be read", procs)
             first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
-            def seen(_msg: object) -> None:
+            async def seen(_msg: object) -> None:
                 if not first.done():
                     first.set_result(time.monotonic())
 
