@@ -66,10 +66,12 @@ def order_report(lines: list[str]) -> tuple[int, int, int, set[tuple[str, int]]]
     return len(lines), len(seen), violations, seen
 
 
-async def test_per_key_order_survives_a_sigkilled_map_replica(runner, nc, tmp_path: Path):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+async def test_per_key_order_survives_a_stopped_map_replica(runner, nc, tmp_path: Path, stop: str):
     """10,000 messages, 100 keys x seq 0..99, through a map of 2 replicas on 4 partitions; one
-    replica is SIGKILLed while it holds messages; the other takes its partitions over after the
-    2 s lease. The sink gets each message exactly once and every key's seqs in order."""
+    replica is SIGKILLed while it holds messages (the other takes its partitions over after the
+    2 s lease, then waits for what it held) or stopped with SIGTERM (it hands its partitions back).
+    The sink gets each message exactly once and every key's seqs in order."""
     began = time.monotonic()
     sink_file = tmp_path / "arrivals.txt"
     js = nc.jetstream()
@@ -101,23 +103,29 @@ async def test_per_key_order_survives_a_sigkilled_map_replica(runner, nc, tmp_pa
         return held
 
     held = await wait_for(b_holds, 20, "B to hold messages")
-    runner.kill("echo#B")
+    if stop == "SIGKILL":
+        runner.kill("echo#B")
+    else:
+        assert await runner.terminate("echo#B") == 0
     killed_at, at_kill = time.monotonic(), arrived()
     await wait_for(lambda: _all_owned_by(nc, runner.name, "A"), 30, "A to take B's partitions over")
     takeover = time.monotonic() - killed_at
     await wait_for(lambda: arrived() >= KEYS * PER_KEY, 120, "10,000 arrivals")
     await wait_for(lambda: _drained(nc, runner), 30, "every buffer partition to drain")
     total, distinct, violations, seen = order_report(sink_file.read_text().splitlines())
-    print(f"ordered: {total} arrivals, {distinct} distinct, {violations} per-key order violations; B held {held} "
-          f"at its kill ({at_kill} arrived before); "
-          f"A owned B's partitions {takeover:.1f}s after the kill; {time.monotonic() - began:.1f}s")
+    print(f"ordered, {stop}: {total} arrivals, {distinct} distinct, {violations} per-key order violations; "
+          f"B held {held} at its stop ({at_kill} arrived before); "
+          f"A owned B's partitions {takeover:.1f}s after it; {time.monotonic() - began:.1f}s")
     assert seen == {(f"k{k}", s) for k in range(KEYS) for s in range(PER_KEY)}  # none lost
     assert (total, distinct, violations) == (KEYS * PER_KEY, KEYS * PER_KEY, 0)
     log_a = runner.log("echo#A")
-    assert "expired lease of B" in log_a
-    # A took B's partitions over and waited for what B held before handing out newer messages
-    waited = [int(n) for n in re.findall(r"(\d+) message\(s\) a previous owner held come first", log_a)]
-    assert sum(waited) > 0, waited
+    if stop == "SIGKILL":
+        assert "expired lease of B" in log_a
+        # A took B's partitions over and waited for what B held before handing out newer messages
+        waited = [int(n) for n in re.findall(r"(\d+) message\(s\) a previous owner held come first", log_a)]
+        assert sum(waited) > 0, waited
+    else:
+        assert "stopped reading (stopping); handed back" in runner.log("echo#B")
 
 
 async def test_per_key_order_survives_a_nats_server_crash(runner, nc, nats_server, tmp_path: Path):
