@@ -7,7 +7,9 @@ blackhole sink, each vertex its own process on a private nats-server, with and w
 Variants: `plain` (one buffer per vertex, one map replica), `ordered-1` (ordered, 2 partitions,
 one map replica owning both), `ordered-2` (ordered, 2 partitions, two map replicas, one each).
 Throughput = N / (first message stored in a map buffer → every sink partition acked its share,
-all N in total). Helpers (server, processes, waits) are bench/throughput.py's.
+all N in total); CPU = what the source, map and sink processes used in that time, per message
+(less sensitive than the rate to other work on the machine). Helpers (server, processes, waits)
+are bench/throughput.py's.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def write_pipeline(d: Path, name: str, n: int, ordered: bool, batch: int) -> Pat
     return path
 
 
-async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeout: float) -> float:
+async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeout: float) -> tuple[float, float]:
+    """(messages per second, CPU ms of all natsflow processes per 1,000 messages)."""
     ordered, replicas = VARIANTS[variant]
     d = root / name
     d.mkdir()
@@ -80,11 +83,11 @@ async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeo
                     consumer = consumer_name(name, v, part)
                     await wait_until(lambda s=stream, c=consumer: consumer_waiting(srv.js, s, c), 30,
                                      f"{stream} to be read", procs)
-            first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            first: asyncio.Future[tuple[float, dict[str, float]]] = asyncio.get_running_loop().create_future()
 
             async def seen(_msg: object) -> None:
                 if not first.done():
-                    first.set_result(time.monotonic())
+                    first.set_result((time.monotonic(), procs.cpu(srv.embedded)))
 
             subs = [await srv.nc.subscribe(edge_subject(name, "map", "gen", part), cb=seen)
                     for part in partitions(p, "map")]
@@ -96,27 +99,32 @@ async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeo
                 return sum(s.last_seq for s in states) >= n and all(s.messages == 0 for s in states)
 
             await wait_until(done, timeout, f"{variant} to deliver {n}", procs)
-            t_done = time.monotonic()
+            t_done, cpu = time.monotonic(), procs.cpu(srv.embedded)
             for s in subs:
                 await s.unsubscribe()
-            return n / (t_done - first.result())
+            t_first, cpu_first = first.result()
+            workers = sum(cpu[r] - cpu_first.get(r, 0.0) for r in cpu if r not in ("server", "machine"))
+            return n / (t_done - t_first), 1e6 * workers / n
         finally:
             procs.stop_all()
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu_ms: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="nf-ordered-bench-") as tmp:
         root = Path(tmp)
         for r in range(args.rounds):
             for variant in VARIANTS:  # interleaved, so other work on the machine spreads over all
                 await wait_for_quiet(30)
-                eps = await run_one(root, f"ob{r}{variant.replace('-', '')}", variant, args.messages, args.batch,
+                eps, ms = await run_one(root, f"ob{r}{variant.replace('-', '')}", variant, args.messages, args.batch,
                                     args.timeout)
                 rates[variant].append(eps)
-                print(f"round {r + 1} {variant:10s} {eps:8,.0f} msg/s", flush=True)
+                cpu_ms[variant].append(ms)
+                print(f"round {r + 1} {variant:10s} {eps:8,.0f} msg/s  {ms:6.0f} CPU ms / 1000 msgs", flush=True)
     for variant, xs in rates.items():
-        print(f"{variant:10s} median {statistics.median(xs):8,.0f} msg/s over {len(xs)} run(s)")
+        print(f"{variant:10s} median {statistics.median(xs):8,.0f} msg/s  {statistics.median(cpu_ms[variant]):6.0f} "
+              f"CPU ms / 1000 msgs over {len(xs)} run(s)")
     return rates
 
 

@@ -95,7 +95,7 @@ class OrderedReader:
     async def start(self) -> None:
         await provision_bucket(self.js, self.p.name, self.p.buffers_for(None))  # `provision` may not have run
         kv = await self.js.key_value(bucket_name(self.p.name))
-        self.leases = PartitionLeases(kv, self.vertex, self.all_parts, self.ttl, replica_id())
+        self.leases = PartitionLeases(kv, self.vertex, self.all_parts, self.ttl, replica_id(), role="ordered")
         await self.leases.start()
         log.info("ordered %s: replica %s claims its share of %d partition(s) (lease ttl %gs)", self.vertex,
                  self.leases.replica, len(self.all_parts), self.ttl)

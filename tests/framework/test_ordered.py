@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from framework.isb import names
 from framework.spec import SpecError, load_pipeline, parse_pipeline, plan
 from tests.conftest import wait_for
+from tests.framework.test_reduce import assert_one_reader_at_a_time, reading_intervals
 
 KEYS, PER_KEY = 100, 100  # 10,000 messages: key k<i> carries 0..99 in order
 
@@ -105,8 +107,10 @@ async def test_per_key_order_survives_a_stopped_map_replica(runner, nc, tmp_path
     held = await wait_for(b_holds, 20, "B to hold messages")
     if stop == "SIGKILL":
         runner.kill("echo#B")
+        killed = {"B": datetime.now()}
     else:
         assert await runner.terminate("echo#B") == 0
+        killed = {}
     killed_at, at_kill = time.monotonic(), arrived()
     await wait_for(lambda: _all_owned_by(nc, runner.name, "A"), 30, "A to take B's partitions over")
     takeover = time.monotonic() - killed_at
@@ -118,6 +122,8 @@ async def test_per_key_order_survives_a_stopped_map_replica(runner, nc, tmp_path
           f"A owned B's partitions {takeover:.1f}s after it; {time.monotonic() - began:.1f}s")
     assert seen == {(f"k{k}", s) for k in range(KEYS) for s in range(PER_KEY)}  # none lost
     assert (total, distinct, violations) == (KEYS * PER_KEY, KEYS * PER_KEY, 0)
+    # each partition was read by one replica at a time (from the replicas' logs)
+    assert_one_reader_at_a_time(reading_intervals(runner, ["A", "B"], killed, vertex="echo"))
     log_a = runner.log("echo#A")
     if stop == "SIGKILL":
         assert "expired lease of B" in log_a
