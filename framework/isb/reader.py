@@ -51,9 +51,11 @@ class BufferReader:
     """
 
     def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0,
-                 ack_wait: float = 30.0, may_send: Callable[[], bool] | None = None):
+                 ack_wait: float = 30.0, may_send: Callable[[], bool] | None = None,
+                 arrivals: asyncio.Event | None = None):
         self._nc = nc
         self._may_send = may_send
+        self._arrivals = arrivals  # set on each delivery: one event shared by several readers
         self._batch = batch_size
         self._expires = expires
         self._ack_wait = ack_wait
@@ -81,6 +83,11 @@ class BufferReader:
         """Messages delivered to this reader and not yet acked or nak'd."""
         return len(self._held)
 
+    @property
+    def buffered(self) -> int:
+        """Messages delivered and not handed out yet: a fetch(0) returns some of them."""
+        return len(self._buf)
+
     def _on_msg(self, msg: Msg) -> None:
         self._last_response = time.monotonic()
         if msg.reply:
@@ -88,6 +95,8 @@ class BufferReader:
             self._buf.append(msg)
             self._held[stream_sequence(msg)] = msg
             self._arrived.set()
+            if self._arrivals is not None:
+                self._arrivals.set()
             return
         hdrs = msg.headers or {}
         status = hdrs.get(HDR_STATUS)

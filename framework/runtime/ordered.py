@@ -90,6 +90,7 @@ class OrderedReader:
         self.leases: PartitionLeases | None = None
         self._handed: dict[int, OrderedPartition] = {}  # id(message) -> its partition, until acked or nak'd
         self._turn = 0
+        self._arrived = asyncio.Event()  # set by every owned partition's reader on a delivery
         self._closed = False
 
     async def start(self) -> None:
@@ -108,38 +109,47 @@ class OrderedReader:
     # ---- Reads -------------------------------------------------------------------------------
 
     async def fetch(self, timeout: float) -> list[Msg]:
+        """The next batch of one owned partition; waits at most `timeout` for one."""
         assert self.leases is not None
         deadline = time.monotonic() + timeout
         while not self._closed:
             await self._follow_leases()
-            left = deadline - time.monotonic()
             if not self.parts:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.leases.changed.wait(), max(0.0, left))
-                if time.monotonic() >= deadline:
-                    return []
-                continue
-            order = list(self.parts.values())
-            for k in range(len(order)):
-                ps = order[(self._turn + k) % len(order)]
-                if not ps.lease.valid():
-                    await self._fence(ps)
-                    continue
-                batch = await self._read(ps, max(0.0, left) / len(order))
+                    await asyncio.wait_for(self.leases.changed.wait(), max(0.0, deadline - time.monotonic()))
+            else:
+                self._arrived.clear()  # before looking: a delivery from here on wakes the wait below
+                batch = await self._next_ready()
                 if batch:
-                    self._turn = (self._turn + k + 1) % len(order)
-                    for m in batch:
-                        self._handed[id(m)] = ps
                     return batch
+                if not any(ps.reader.buffered for ps in self.parts.values()):
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), max(0.0, deadline - time.monotonic()))
             if time.monotonic() >= deadline:
                 return []
         return []
 
-    async def _read(self, ps: OrderedPartition, wait: float) -> list[Msg]:
+    async def _next_ready(self) -> list[Msg]:
+        """A batch of the first owned partition (round robin) that has one now, without waiting."""
+        order = list(self.parts.values())
+        for k in range(len(order)):
+            ps = order[(self._turn + k) % len(order)]
+            if not ps.lease.valid():
+                await self._fence(ps)
+                continue
+            batch = await self._read(ps)
+            if batch:
+                self._turn = (self._turn + k + 1) % len(order)
+                for m in batch:
+                    self._handed[id(m)] = ps
+                return batch
+        return []
+
+    async def _read(self, ps: OrderedPartition) -> list[Msg]:
         batch = ps.next_batch(self.batch_size)
         if batch:
             return batch
-        done = ps.take(await ps.reader.fetch(wait))
+        done = ps.take(await ps.reader.fetch(0.0))
         if done:
             await ps.reader.ack(done)
         return ps.next_batch(self.batch_size)
@@ -163,6 +173,7 @@ class OrderedReader:
 
     def interrupt(self) -> None:
         self._closed = True
+        self._arrived.set()
         for ps in self.parts.values():
             ps.reader.interrupt()
         if self.leases is not None:
@@ -214,7 +225,7 @@ class OrderedReader:
         if info is None:
             return
         reader = BufferReader(self.nc, stream, consumer, self.batch_size, ack_wait=self.ack_wait,
-                              may_send=lease.valid)
+                              may_send=lease.valid, arrivals=self._arrived)
         await reader.start()
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         delivered = info.delivered.stream_seq if info.delivered else 0
