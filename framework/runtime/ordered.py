@@ -8,11 +8,12 @@ process. A batch is never nak'd while the partition is ours (forward.py retries 
 a redelivery cannot let a later message overtake an earlier one.
 
 Taking a partition over (its owner was killed, or handed it back): the new owner first waits until
-no pull request of the previous owner is left on the consumer, then notes how many messages the
-consumer still counts as delivered and unacked. Until every one of those has come back (after
-the ack wait, or at once if they were nak'd) it holds whatever newer message arrives; then it hands
-them all out in stream order. Outputs of a message the previous owner had already processed keep
-their deterministic msg ids, so JetStream drops them as duplicates.
+no pull request of the previous owner is left on the consumer, then reads the consumer's ack floor
+and delivered sequence: every message between the two is still to be processed (owners ack in
+order). Until all of those have come back (after the ack wait, or at once if they were nak'd) it
+holds whatever newer message arrives; then it hands them all out in stream order. Outputs of a
+message the previous owner had already processed keep their deterministic msg ids, so JetStream
+drops them as duplicates.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class OrderedPartition:
         if self.recovering:
             if time.monotonic() < self.recover_by:
                 return []
-            log.warning("partition %d: %d message(s) a previous owner held did not come back within %.0fs; "
-                        "going on without them", self.index or 0, self.recovering, self.recover_by)
+            log.warning("partition %d: %d message(s) a previous owner held did not come back in time; "
+                        "going on without them", self.index or 0, self.recovering)
             self.recovering = 0
         out = [self.waiting.pop(seq) for seq in sorted(self.waiting)[:size]]
         return out
