@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nats.aio.msg import Msg
 
-from framework.isb import names
+from framework.isb import envelope, names
+from framework.runtime.ordered import OrderedPartition
+from framework.runtime.ownership import Lease
 from framework.spec import SpecError, load_pipeline, parse_pipeline, plan
 from tests.conftest import wait_for
 from tests.framework.test_reduce import assert_one_reader_at_a_time, reading_intervals
@@ -243,3 +246,37 @@ def test_ordered_spec_errors_name_the_field(mutate, path, reason):
 def test_ordering_without_ordered_is_refused():
     assert _problems(_spec(ordering={"partitions": 2})) == [
         ("spec.ordering", "has no effect unless spec.ordered is true")]
+
+
+def _delivery(seq: int) -> Msg:
+    """A delivered message of stream sequence `seq` as a pull consumer hands it out (only the
+    reply subject matters here: it carries the sequence)."""
+    return Msg(None, subject="nf.x", reply=f"$JS.ACK.S.C.1.{seq}.{seq}.0.0")  # type: ignore[arg-type]
+
+
+def _seqs(msgs: list[Msg]) -> list[int]:
+    return [envelope.stream_sequence(m) for m in msgs]
+
+
+def test_a_new_owner_holds_newer_messages_until_what_the_old_one_held_is_back():
+    """Ack floor 10, delivered 13 at the takeover: 11..13 were the dead owner's. 14 and 15 arrive
+    first and wait; a redelivery of 9 (acked already) is handed back as done; once 11..13 are all
+    back the batch is 11..15 in stream order."""
+    now = time.monotonic()
+    ps = OrderedPartition(0, Lease(0, 1, now + 60), reader=None, recovering=3, recover_to=13,  # type: ignore[arg-type]
+                          recover_by=now + 60, acked_to=10)
+    assert _seqs(ps.take([_delivery(15), _delivery(14), _delivery(9)])) == [9]
+    assert ps.next_batch(10) == []
+    ps.take([_delivery(12), _delivery(11), _delivery(12)])  # 12 twice: counted once
+    assert ps.next_batch(10) == [] and ps.recovering == 1
+    ps.take([_delivery(13)])
+    assert _seqs(ps.next_batch(3)) == [11, 12, 13]
+    assert _seqs(ps.next_batch(3)) == [14, 15]
+
+
+def test_a_new_owner_stops_waiting_for_held_messages_at_its_deadline():
+    now = time.monotonic()
+    ps = OrderedPartition(0, Lease(0, 1, now + 60), reader=None, recovering=1, recover_to=5,  # type: ignore[arg-type]
+                          recover_by=now - 1, acked_to=4)
+    ps.take([_delivery(7), _delivery(6)])
+    assert _seqs(ps.next_batch(10)) == [6, 7] and ps.recovering == 0
