@@ -82,7 +82,7 @@ def sideinputs_bucket(pipeline: str) -> str:
 
 
 def leases_bucket(pipeline: str) -> str:
-    """The KV bucket of reduce partition leases."""
+    """The KV bucket of partition leases (a reduce's, and every map's and sink's in ordered mode)."""
     return f"nf_{pipeline}_leases"
 
 

@@ -1,7 +1,9 @@
-"""Who reads which partition of a reduce: leases in the pipeline's KV bucket `nf_<pipeline>_leases`.
+"""Who reads which partition of a reduce (or of an ordered map or sink, runtime/ordered.py):
+leases in the pipeline's KV bucket `nf_<pipeline>_leases`.
 
-A window's inputs must all reach one reader, so each partition of a reduce has at most one owner
-at a time. The keys (`<vertex>` is the reduce's name, `<i>` the partition, 0 when unpartitioned):
+A window's inputs must all reach one reader, and a key's messages in order through one reader,
+so each partition has at most one owner at a time. The keys (`<vertex>` is the vertex's name,
+`<i>` the partition, 0 when unpartitioned):
 
   <vertex>.p.<i>     {"owner": <replica id, "" when released>, "wm": ms, "done": ms, "ts": ms}
   <vertex>.m.<id>    {"ts": ms, "owns": [i, ...], "held": n, "windows": n}   a live replica
