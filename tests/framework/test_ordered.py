@@ -15,6 +15,7 @@ import yaml
 from nats.aio.msg import Msg
 
 from framework.isb import envelope, names
+from framework.k8s.render import RenderOptions, render_pipeline
 from framework.runtime.ordered import OrderedPartition
 from framework.runtime.ownership import Lease
 from framework.spec import SpecError, load_pipeline, parse_pipeline, plan
@@ -280,3 +281,14 @@ def test_a_new_owner_stops_waiting_for_held_messages_at_its_deadline():
                           recover_by=now - 1, acked_to=4)
     ps.take([_delivery(7), _delivery(6)])
     assert _seqs(ps.next_batch(10)) == [6, 7] and ps.recovering == 0
+
+
+def test_rendered_ordered_vertices_scale_on_every_partition():
+    """`natsflow render`: KEDA gets one lag trigger per partition of an ordered map and sink."""
+    raw = _spec(ordered=True, ordering={"partitions": 3})
+    p = parse_pipeline(raw, file="p.yaml")
+    files = render_pipeline(p, yaml.safe_dump(raw), RenderOptions(image="i:1"))
+    for vertex in ("m", "out"):
+        scaled = next(o for o in files[f"{vertex}.yaml"] if o["kind"] == "ScaledObject")
+        assert [t["metadata"]["stream"] for t in scaled["spec"]["triggers"]] == [
+            f"nf_ord_{vertex}_p{i}" for i in range(3)]
