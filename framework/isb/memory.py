@@ -175,6 +175,52 @@ class MemoryReader:
         pass
 
 
+class MemoryPartitionsReader:
+    """`isb.ports.Reads` over a partitioned buffer (an ordered vertex's): each batch from the first
+    partition that has messages, in its stream order, as `runtime/ordered.py` hands them out."""
+
+    def __init__(self, isb: MemoryISB, streams: list[str], batch_size: int):
+        self.stream = self.consumer = streams[0]
+        self._readers = [MemoryReader(isb, stream, batch_size) for stream in streams]
+        self._handed: dict[int, MemoryReader] = {}  # id(message) -> its partition's reader
+
+    async def start(self) -> None:
+        pass
+
+    @property
+    def held(self) -> int:
+        return sum(r.held for r in self._readers)
+
+    async def fetch(self, timeout: float = 0.0) -> list[MemoryMsg]:
+        for reader in self._readers:
+            batch = await reader.fetch()
+            if batch:
+                self._handed.update((id(m), reader) for m in batch)
+                return batch
+        return []
+
+    async def ack(self, msgs: list[MemoryMsg]) -> None:
+        for reader, part in self._split(msgs):
+            await reader.ack(part)
+
+    async def nak(self, msgs: list[MemoryMsg]) -> None:
+        for reader, part in self._split(msgs):
+            await reader.nak(part)
+
+    def _split(self, msgs: list[MemoryMsg]) -> list[tuple[MemoryReader, list[MemoryMsg]]]:
+        by_reader: dict[int, tuple[MemoryReader, list[MemoryMsg]]] = {}
+        for m in msgs:
+            reader = self._handed.pop(id(m))
+            by_reader.setdefault(id(reader), (reader, []))[1].append(m)
+        return list(by_reader.values())
+
+    def interrupt(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
 class MemoryPublisher:
     """`isb.ports.Publishes` (what `JetStreamPublisher` does) over a MemoryISB: one result per message, None = stored
     (a duplicate counts as stored, as the server acks it)."""

@@ -50,9 +50,8 @@ def buffer_subjects(pipeline: str, vertex: str, partition: int | None = None) ->
 
 
 def partitions(p: Pipeline, vertex: str) -> list[int | None]:
-    """Partition indexes of a vertex's buffer: [None] unless it is a reduce with partitions > 1."""
-    v = p.vertex(vertex)
-    n = v.udf.windowing.partitions if v.udf is not None and v.udf.windowing is not None else 1
+    """Partition indexes of a vertex's buffer: [None] unless it has more than one (Pipeline.partition_count)."""
+    n = p.partition_count(vertex)
     return [None] if n == 1 else list(range(n))
 
 
@@ -83,7 +82,7 @@ def sideinputs_bucket(pipeline: str) -> str:
 
 
 def leases_bucket(pipeline: str) -> str:
-    """The KV bucket of reduce partition leases."""
+    """The KV bucket of partition leases (a reduce's, and every map's and sink's in ordered mode)."""
     return f"nf_{pipeline}_leases"
 
 

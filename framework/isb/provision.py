@@ -129,7 +129,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
     buckets = [(names.watermark_bucket(p.name), marks.provision_bucket),
                (names.lifecycle_bucket(p.name), phase.provision_bucket)]
-    if any(v.udf is not None and v.udf.windowing is not None for v in p.spec.vertices):
+    if p.spec.ordered or any(v.udf is not None and v.udf.windowing is not None for v in p.spec.vertices):
         buckets.append((names.leases_bucket(p.name), ownership.provision_bucket))
     if ratelimit.limited(p):
         buckets.append((names.ratelimit_bucket(p.name), ratelimit.provision_bucket))

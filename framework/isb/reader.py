@@ -18,12 +18,16 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 
 from framework.isb import names
 from framework.isb.envelope import HDR_PENDING_MESSAGES, HDR_STATUS, stream_sequence
 from framework.transport.client import reply_all, subscribe_fast
 
 log = logging.getLogger("natsflow.buffer")
+
+QUIET_POLL_S = 0.1
 
 # JetStream acknowledgement tokens, sent to a delivered message's reply subject.
 ACK, NAK, ACK_IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
@@ -47,9 +51,11 @@ class BufferReader:
     """
 
     def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0,
-                 ack_wait: float = 30.0, may_send: Callable[[], bool] | None = None):
+                 ack_wait: float = 30.0, may_send: Callable[[], bool] | None = None,
+                 arrivals: asyncio.Event | None = None):
         self._nc = nc
         self._may_send = may_send
+        self._arrivals = arrivals  # set on each delivery: one event shared by several readers
         self._batch = batch_size
         self._expires = expires
         self._ack_wait = ack_wait
@@ -77,6 +83,11 @@ class BufferReader:
         """Messages delivered to this reader and not yet acked or nak'd."""
         return len(self._held)
 
+    @property
+    def buffered(self) -> int:
+        """Messages delivered and not handed out yet: a fetch(0) returns some of them."""
+        return len(self._buf)
+
     def _on_msg(self, msg: Msg) -> None:
         self._last_response = time.monotonic()
         if msg.reply:
@@ -84,6 +95,8 @@ class BufferReader:
             self._buf.append(msg)
             self._held[stream_sequence(msg)] = msg
             self._arrived.set()
+            if self._arrivals is not None:
+                self._arrivals.set()
             return
         hdrs = msg.headers or {}
         status = hdrs.get(HDR_STATUS)
@@ -189,3 +202,22 @@ class BufferReader:
         unread = list(self._buf)
         self._buf.clear()
         await self.nak(unread)
+
+
+async def quiet_consumer(js: JetStreamContext, stream: str, consumer: str, go_on: Callable[[], bool],
+                         who: str) -> ConsumerInfo | None:
+    """Wait until no pull request of a previous reader waits on the consumer: the server drops
+    requests whose reader unsubscribed or died, and a stuck one expires with its pull expiry.
+    From then on only the caller receives the consumer's messages, and its ack-pending count is
+    everything previous readers held. None: `go_on` said stop first (e.g. the lease ran out)."""
+    warn_at = time.monotonic() + 10
+    while go_on():
+        info: ConsumerInfo = await js.consumer_info(stream, consumer)
+        if not info.num_waiting:
+            return info
+        if time.monotonic() > warn_at:
+            warn_at = time.monotonic() + 10
+            log.warning("%s: %d pull request(s) of another reader still wait on %s; not reading it yet",
+                        who, info.num_waiting, consumer)
+        await asyncio.sleep(QUIET_POLL_S)
+    return None

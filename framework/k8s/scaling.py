@@ -20,7 +20,7 @@ PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     s = v.scale
     triggers = []
-    for part in partitions(v):
+    for part in partitions(p, v.name):
         meta = {
             "stream": names.stream_name(p.name, v.name, part),
             "consumer": names.consumer_name(p.name, v.name, part),

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 from nats import errors as nats_errors
@@ -23,7 +23,10 @@ from framework.isb import envelope, names
 from framework.isb.ports import Reads
 from framework.isb.reader import BufferReader
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
+from framework.runtime.ordered import OrderedReader
+from framework.runtime.retry import exponential, pause
 from framework.sdk import Datum
+from framework.spec.ordering import is_ordered
 from framework.watermark.fetcher import WatermarkFetcher
 from framework.watermark.marks import bucket_name
 
@@ -65,7 +68,10 @@ class ForwardLoop:
         self.rt = rt
         self.io = io
         p, v = rt.p, rt.v
-        self.reader: Reads = reader if reader is not None else BufferReader(
+        # spec.ordered: partitions read one replica at a time, in stream order (runtime/ordered.py)
+        self.ordered = OrderedReader(p, v.name, io.nc, io.js, read_batch(rt), rt.limits.ack_wait, rt.stopping) \
+            if reader is None and is_ordered(p, v) else None
+        self.reader: Reads = reader if reader is not None else self.ordered or BufferReader(
             io.nc, names.stream_name(p.name, v.name), names.consumer_name(p.name, v.name),
             read_batch(rt), ack_wait=rt.limits.ack_wait)
         self.processed_seq = 0
@@ -85,6 +91,8 @@ class ForwardLoop:
     async def _start_watermark(self) -> None:
         rt, io = self.rt, self.io
         timeout = rt.p.spec.watermark.publisher_timeout
+        if self.ordered is not None:
+            return  # ordered pipelines carry no watermark (no reduce needs one: docs/ordering.md)
         if io.router.wm is not None:  # a vertex that writes on passes the watermark along
             assert io.kv is not None
             self.wm_in = WatermarkFetcher(io.kv, rt.v.name, 0, timeout)
@@ -114,18 +122,8 @@ class ForwardLoop:
                 metrics.batch_size.observe(len(msgs))
                 # Spans start before decoding: each input's traceparent becomes this vertex's span.
                 self.spans = tracer.start_messages(msgs) if tracer is not None else None
-                try:
-                    handled = await processor.process(msgs)
-                except (TimeoutError, nats_errors.Error) as exc:
-                    # A NATS outage mid-batch: hand the inputs back (or, if even that fails, let
-                    # their ack wait run out); the msg ids drop whatever was already written.
-                    log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
-                                rt.v.name, len(msgs), type(exc).__name__, exc)
-                    with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
-                        await reader.nak(msgs)
-                    metrics.platform_error(type(exc).__name__)
-                    if self.spans and tracer is not None:
-                        tracer.end(self.spans.values(), f"not acked ({type(exc).__name__}); redelivered later")
+                handled = await self._process(processor, msgs)
+                if handled is None:
                     continue
                 if handled:
                     await reader.ack(msgs)
@@ -140,6 +138,34 @@ class ForwardLoop:
             if self.wm_in is not None:
                 await self.wm_in.close()
             await processor.close()
+
+    async def _process(self, processor: BatchProcessor, msgs: list[Msg]) -> bool | None:
+        """processor.process; None when a NATS outage mid-batch left the inputs unhandled."""
+        rt, tracer = self.rt, self.rt.tracer
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                return await processor.process(msgs)
+            except (TimeoutError, nats_errors.Error) as exc:
+                rt.metrics.platform_error(type(exc).__name__)
+                if self.ordered is not None and self.ordered.holds(msgs) and not rt.stopping.is_set():
+                    # Ordered: the same batch again, in place; a nak would let the partition's next
+                    # messages overtake it. The msg ids drop whatever was already written.
+                    delays = delays or exponential(0.05, 2.0, 5.0)
+                    delay = next(delays)
+                    log.warning("vertex %s: batch of %d failed (%s: %s); retrying it in %.2fs to keep its order",
+                                rt.v.name, len(msgs), type(exc).__name__, exc, delay)
+                    await pause(delay, rt.stopping)
+                    continue
+                # Hand the inputs back (or, if even that fails, let their ack wait run out); the
+                # msg ids drop whatever was already written.
+                log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
+                            rt.v.name, len(msgs), type(exc).__name__, exc)
+                with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+                    await self.reader.nak(msgs)
+                if self.spans and tracer is not None:
+                    tracer.end(self.spans.values(), f"not acked ({type(exc).__name__}); redelivered later")
+                return None
 
     async def _pass_watermark(self, seq: int) -> None:
         """Our output watermark is our input watermark at what this replica has processed."""

@@ -1,7 +1,9 @@
-"""Who reads which partition of a reduce: leases in the pipeline's KV bucket `nf_<pipeline>_leases`.
+"""Who reads which partition of a reduce (or of an ordered map or sink, runtime/ordered.py):
+leases in the pipeline's KV bucket `nf_<pipeline>_leases`.
 
-A window's inputs must all reach one reader, so each partition of a reduce has at most one owner
-at a time. The keys (`<vertex>` is the reduce's name, `<i>` the partition, 0 when unpartitioned):
+A window's inputs must all reach one reader, and a key's messages in order through one reader,
+so each partition has at most one owner at a time. The keys (`<vertex>` is the vertex's name,
+`<i>` the partition, 0 when unpartitioned):
 
   <vertex>.p.<i>     {"owner": <replica id, "" when released>, "wm": ms, "done": ms, "ts": ms}
   <vertex>.m.<id>    {"ts": ms, "owns": [i, ...], "held": n, "windows": n}   a live replica
@@ -106,9 +108,11 @@ class PartitionLeases:
     marks for release. `changed` is set whenever the reduce has something to do: a partition
     acquired, to be released, or lost."""
 
-    def __init__(self, kv: KeyValue, vertex: str, partitions: list[int | None], ttl: float, replica: str):
+    def __init__(self, kv: KeyValue, vertex: str, partitions: list[int | None], ttl: float, replica: str,
+                 role: str = "reduce"):
         self._kv = kv
         self.vertex = vertex
+        self.role = role  # for logs: "reduce", or "ordered" for an ordered map or sink
         self.partitions = partitions
         self.ttl = ttl
         self.replica = replica
@@ -184,7 +188,7 @@ class PartitionLeases:
             except KeyWrongLastSequenceError:
                 pass  # someone took it over already
             except (TimeoutError, nats_errors.Error) as exc:
-                log.warning("reduce %s: could not release partition %d (%s); it expires after %.0fs",
+                log.warning("%s %s: could not release partition %d (%s); it expires after %.0fs", self.role,
                             self.vertex, partition or 0, exc, self.ttl)
         self._wake.set()
 
@@ -241,8 +245,8 @@ class PartitionLeases:
             except (TimeoutError, nats_errors.Error) as exc:
                 if time.monotonic() - self._warned > 5:
                     self._warned = time.monotonic()
-                    log.warning("reduce %s: lease bookkeeping failed (%s: %s); retrying",
-                                self.vertex, type(exc).__name__, exc)
+                    log.warning("%s %s: lease bookkeeping failed (%s: %s); retrying", self.role, self.vertex,
+                                type(exc).__name__, exc)
 
     async def _step(self) -> None:
         now = time.monotonic()
@@ -260,8 +264,8 @@ class PartitionLeases:
         if len(keeping) > share:
             for p in keeping[share:]:
                 self.owned[p].releasing = True
-                log.info("reduce %s: releasing partition %d (share %d of %d partitions)",
-                         self.vertex, p or 0, share, len(self.partitions))
+                log.info("%s %s: releasing partition %d (share %d of %d partitions)", self.role, self.vertex,
+                         p or 0, share, len(self.partitions))
             self.changed.set()
         elif len(keeping) < share and self.claiming:
             for p in self._claimable():
@@ -316,7 +320,7 @@ class PartitionLeases:
         self.owned[partition] = lease
         previous = "never owned" if seen is None else f"expired lease of {seen.value['owner']}" \
             if seen.value.get("owner") else "released"
-        log.info("reduce %s: acquired partition %d (lease rev %d; %s)", self.vertex, partition or 0, lease.rev,
+        log.info("%s %s: acquired partition %d (lease rev %d; %s)", self.role, self.vertex, partition or 0, lease.rev,
                  previous)
         self.changed.set()
         return True
@@ -331,12 +335,13 @@ class PartitionLeases:
                                                   self._lease_value(self.replica, lease), last=lease.rev)
             except KeyWrongLastSequenceError:
                 lease.lost = True
-                log.warning("reduce %s: the lease of partition %d was taken over", self.vertex, lease.partition or 0)
+                log.warning("%s %s: the lease of partition %d was taken over", self.role, self.vertex,
+                            lease.partition or 0)
                 self.changed.set()
                 return
             except (TimeoutError, nats_errors.Error) as exc:
-                log.warning("reduce %s: renewing partition %d failed (%s); fenced in %.1fs unless a renewal "
-                            "succeeds", self.vertex, lease.partition or 0, exc,
+                log.warning("%s %s: renewing partition %d failed (%s); fenced in %.1fs unless a renewal "
+                            "succeeds", self.role, self.vertex, lease.partition or 0, exc,
                             max(0.0, lease.deadline - time.monotonic()))
                 return
             lease.deadline = max(lease.deadline, sent + self.ttl * FENCE_FRACTION)
@@ -346,7 +351,7 @@ class PartitionLeases:
         try:
             await self._kv.put(self._member_key, json.dumps(value).encode())
         except (TimeoutError, nats_errors.Error) as exc:
-            log.warning("reduce %s: member heartbeat failed (%s)", self.vertex, exc)
+            log.warning("%s %s: member heartbeat failed (%s)", self.role, self.vertex, exc)
 
     def _lease_value(self, owner: str, lease: Lease) -> bytes:
         return json.dumps({"owner": owner, "wm": lease.wm, "done": lease.done, "ts": int(time.time() * 1000)}).encode()

@@ -25,11 +25,10 @@ import time
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerInfo
 from nats.js.kv import KeyValue
 
 from framework.isb import envelope, names
-from framework.isb.reader import BufferReader
+from framework.isb.reader import BufferReader, quiet_consumer
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.ownership import (
     Lease,
@@ -46,8 +45,6 @@ from framework.watermark.fetcher import WatermarkFetcher
 from framework.watermark.marks import UNKNOWN, replica_id
 
 log = logging.getLogger("natsflow.reduce")
-
-QUIET_POLL_S = 0.1
 
 
 class ReduceKind:
@@ -174,7 +171,8 @@ class Reducer:
     async def _open(self, part: int | None, lease: Lease) -> None:
         stream = names.stream_name(self.p.name, self.v.name, part)
         consumer = names.consumer_name(self.p.name, self.v.name, part)
-        info = await self._quiet_consumer(stream, consumer, lease)
+        info = await quiet_consumer(self.js, stream, consumer, lambda: lease.valid() and not self.stopping.is_set(),
+                                    f"reduce {self.v.name}")
         if info is None:
             return
         reader = BufferReader(self.nc, stream, consumer, self.limits.read_batch_size, ack_wait=self.limits.ack_wait,
@@ -192,23 +190,6 @@ class Reducer:
                  self.v.name, part or 0, lease.rev, ps.recovering)
         if not ps.recovering:
             self._recovered(ps)
-
-    async def _quiet_consumer(self, stream: str, consumer: str, lease: Lease) -> ConsumerInfo | None:
-        """Wait until no pull request of a previous owner waits on the consumer: the server drops
-        requests whose reader unsubscribed or died, and a stuck one expires with its pull expiry.
-        From then on only we receive this partition's messages, and its ack-pending count is
-        everything previous owners held. None: the lease ran out meanwhile."""
-        warn_at = time.monotonic() + 10
-        while lease.valid() and not self.stopping.is_set():
-            info: ConsumerInfo = await self.js.consumer_info(stream, consumer)
-            if not info.num_waiting:
-                return info
-            if time.monotonic() > warn_at:
-                warn_at = time.monotonic() + 10
-                log.warning("reduce %s: %d pull request(s) of another reader still wait on %s; not reading it yet",
-                            self.v.name, info.num_waiting, consumer)
-            await asyncio.sleep(QUIET_POLL_S)
-        return None
 
     async def _hand_back(self, ps: Partition, why: str) -> None:
         """Graceful: nak every input we hold and close the reader, make sure the server has both,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from framework.spec.model import Pipeline
+from framework.spec.ordering import ordering_problems
 from framework.spec.plan import MANAGER_SUFFIX, upstream_scaled
 from framework.spec.registry import Placement
 from framework.spec.types import K8S_NAME_MAX
@@ -60,7 +61,8 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
     for kind in ("source", "sink"):
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))
-    return (problems + cycle_problems(p) + kubernetes_name_problems(p) + side_input_problems(p))
+    return (problems + cycle_problems(p) + kubernetes_name_problems(p) + side_input_problems(p)
+            + ordering_problems(p))
 
 
 def cycle_problems(p: Pipeline) -> list[tuple[str, str]]:

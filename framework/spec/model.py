@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, create_model, model_validator
 
 from framework.spec.envsubst import EnvRef
+from framework.spec.ordering import Ordering, ordered_partitions
 from framework.spec.registry import ConnectorInfo, sinks, sources
 from framework.spec.settings import (
     Buffers,
@@ -230,6 +231,9 @@ class PipelineSpec(Model):
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
     side_inputs: list[SideInput] = Field(default_factory=list, max_length=100)
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    ordered: Flag = Field(False, description="keep per-key order end to end through maps and sinks "
+                          "(partitioned buffers, one reader per partition: docs/ordering.md)")
+    ordering: Ordering = Field(default_factory=Ordering)
     vertices: list[Vertex] = Field(min_length=2, max_length=MAX_VERTICES)
     edges: list[Edge] = Field(min_length=1, max_length=10 * MAX_VERTICES)
 
@@ -279,6 +283,14 @@ class Pipeline(Model):
             if v.name == name and v.buffers is not None and getattr(v.buffers, _snake(field)) is not None:
                 return f"spec.vertices[{i}].buffers.{field}"
         return f"spec.buffers.{field}"
+
+    def partition_count(self, name: str) -> int:
+        """How many partitions the buffer of vertex `name` has: a reduce's own, every map's and
+        sink's in ordered mode, else 1."""
+        v = self.vertex(name)
+        if v.udf is not None and v.udf.windowing is not None:
+            return v.udf.windowing.partitions
+        return ordered_partitions(self, v) if self.spec.ordered else 1
 
     def reading_vertices(self) -> list[Vertex]:
         """Vertices that own an inter-step buffer (every UDF and sink)."""

@@ -17,9 +17,10 @@ from framework.spec.settings import ResolvedBuffers, ResolvedLimits
 MANAGER_SUFFIX = "sideinputs-manager"
 
 
-def partitions(v: Vertex) -> list[int | None]:
-    """Partition indexes of a vertex's buffer: [None] unless it is a reduce with partitions > 1."""
-    n = v.udf.windowing.partitions if v.udf is not None and v.udf.windowing is not None else 1
+def partitions(p: Pipeline, name: str) -> list[int | None]:
+    """Partition indexes of a vertex's buffer: [None] unless it has more than one (a keyed reduce's
+    `partitions`, or any map's or sink's in ordered mode)."""
+    n = p.partition_count(name)
     return [None] if n == 1 else list(range(n))
 
 
@@ -68,7 +69,7 @@ def plan(p: Pipeline, name: str) -> VertexPlan:
     block = v.source if v.source is not None else v.sink
     return VertexPlan(
         vertex=v, index=p.spec.vertices.index(v), limits=p.limits_for(name), buffers=p.buffers_for(name),
-        partitions=partitions(v), in_edges=p.in_edges(name), out_edges=p.out_edges(name),
+        partitions=partitions(p, name), in_edges=p.in_edges(name), out_edges=p.out_edges(name),
         min_replicas=min_replicas(v), connector=block.connector if block is not None else None)
 
 

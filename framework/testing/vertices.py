@@ -26,7 +26,7 @@ from typing import Any
 
 from framework.connector import SourceRecord
 from framework.isb import names
-from framework.isb.memory import MemoryISB, MemoryPublisher, MemoryReader, MemoryWriter
+from framework.isb.memory import MemoryISB, MemoryPartitionsReader, MemoryPublisher, MemoryReader, MemoryWriter
 from framework.runtime.batch_map import BatchMapProcessor
 from framework.runtime.bounded import Threads
 from framework.runtime.deadletter import DeadLetters
@@ -202,7 +202,10 @@ class MemoryReading(MemoryVertex):
         self.recorder: Recorder | None = Recorder() if self.rt.v.sink is not None else None
         self.call_sink = call_sink
         # isb.ports.Reads over MemoryMsg, which is shaped like the nats Msg the runtime is typed with
-        reader: Any = MemoryReader(isb, names.stream_name(p.name, vertex), self.rt.limits.read_batch_size)
+        streams = [names.stream_name(p.name, vertex, part) for part in names.partitions(p, vertex)]
+        batch = self.rt.limits.read_batch_size
+        reader: Any = MemoryReader(isb, streams[0], batch) if len(streams) == 1 else \
+            MemoryPartitionsReader(isb, streams, batch)
         self.loop = ForwardLoop(self.rt, self.io, self._open, reader)
         self.processor: BatchProcessor | None = None
 

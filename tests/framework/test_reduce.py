@@ -192,14 +192,15 @@ async def owners_are(nc, runner, expected: dict[str, int], partitions: int) -> d
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
-def reading_intervals(runner, replicas: list[str], killed: dict[str, datetime]) -> dict[int, list[tuple]]:
+def reading_intervals(runner, replicas: list[str], killed: dict[str, datetime],
+                      vertex: str = "agg") -> dict[int, list[tuple]]:
     """From each replica's log: per partition, the (start, end, replica) spans in which it read
     the partition's consumer. The start is logged before its first pull, the end after its reader
     is closed (or, for a killed replica, the moment of the kill)."""
     spans: dict[int, list[tuple]] = {}
     for r in replicas:
         opened: dict[int, datetime] = {}
-        for line in runner.log(f"agg#{r}").splitlines():
+        for line in runner.log(f"{vertex}#{r}").splitlines():
             m = LOG_TIME.match(line)
             found = re.search(r"partition (\d+): (reading|stopped reading)", line)
             if not (m and found):

@@ -252,3 +252,16 @@ def test_a_udsink_is_recorded_not_called_unless_named_in_call_sinks(tmp_path):
 def test_input_keys_must_be_strings(tmp_path):
     with pytest.raises(TypeError, match=r"input item 0: keys must be a list of str, got \[1\]"):
         run_pipeline(chain(tmp_path, {"map": {"handler": f"{H}:fail_on_bad"}}), inputs={"in": [Datum([1], b"x")]})
+
+
+def test_ordered_pipeline_runs_in_memory_with_per_key_order(tmp_path):
+    """spec.ordered partitions the map's and sink's buffers (3 each); the harness reads them
+    partition by partition and every key's messages reach the sink in input order."""
+    path = chain(tmp_path, {"map": {"handler": "tests.udfs:identity"}}, ordered=True, ordering={"partitions": 3},
+                 limits={"readBatchSize": 7})
+    inputs = [at([f"k{i % 5}"], f"{i % 5}:{i // 5}".encode(), i) for i in range(100)]
+    out = run_pipeline(path, inputs={"in": inputs})
+    got = [d.value.decode().split(":") for d in out.messages("out")]
+    assert len(got) == 100
+    for key in map(str, range(5)):
+        assert [int(n) for k, n in got if k == key] == list(range(20))
