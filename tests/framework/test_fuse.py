@@ -1,0 +1,174 @@
+"""Fused chains (`spec.fuse`, `edges[].fused`): the spec rules, and chains run as one process on a
+real nats-server: SIGKILLed mid-stream (exact counts at the sink), and in the middle of a pipeline
+(a buffer in, a buffer out) with a tag condition and dead letters inside the chain."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+
+import nats
+import pytest
+
+from framework.spec import SpecError, parse_pipeline
+from tests.conftest import Collector, wait_for
+from tests.framework.test_faults import _read_all
+from tests.framework.test_worker import gen, out, seqs, udf
+
+BASE = {
+    "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "demo"},
+    "spec": {
+        "vertices": [
+            {"name": "in", "source": {"generator": {"total": 10}}},
+            {"name": "classify", "udf": {"map": {"handler": "tests.udfs:identity"}}},
+            {"name": "enrich", "udf": {"map": {"handler": "tests.udfs:identity"}}},
+            {"name": "out", "sink": {"log": {}}},
+        ],
+        "edges": [{"from": "in", "to": "classify"}, {"from": "classify", "to": "enrich"},
+                  {"from": "enrich", "to": "out"}],
+    },
+}
+
+
+def pipeline(mutate):
+    raw = copy.deepcopy(BASE)
+    mutate(raw)
+    return parse_pipeline(raw, file="p.yaml", check_handlers=False)
+
+
+def problems(mutate) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as err:
+        pipeline(mutate)
+    return err.value.problems
+
+
+def test_spec_fuse_and_fused_edges_resolve_to_the_same_chains():
+    listed = pipeline(lambda raw: raw["spec"].update(fuse=[["in", "classify", "enrich", "out"]]))
+    by_edges = pipeline(lambda raw: [e.update(fused=True) for e in raw["spec"]["edges"]])
+    assert listed.chains() == by_edges.chains() == [["in", "classify", "enrich", "out"]]
+    assert listed.process_names() == ["in"] and listed.buffered_vertices() == []
+
+    def middle(raw):
+        raw["spec"]["edges"][1]["fused"] = True
+
+    mid = pipeline(middle)
+    assert mid.chains() == [["classify", "enrich"]]
+    assert mid.process_names() == ["in", "classify", "out"]
+    assert [v.name for v in mid.buffered_vertices()] == ["classify", "out"]
+
+
+def test_fuse_errors_name_the_field():
+    assert problems(lambda raw: raw["spec"].update(fuse=[["in", "nope"]])) == [
+        ("spec.fuse[0][1]", "no vertex named 'nope'")]
+    assert problems(lambda raw: raw["spec"].update(fuse=[["in", "enrich"]])) == [
+        ("spec.fuse[0][1]", "no edge from 'in' to 'enrich': the vertices of a fused chain follow edges")]
+    assert problems(lambda raw: raw["spec"].update(fuse=[["in"]]))[0][0] == "spec.fuse[0]"
+    assert problems(lambda raw: raw["spec"].update(fuse=[["in", "classify"], ["classify", "enrich"]])) == [
+        ("spec.fuse[1]", "vertex 'classify' is in more than one fused chain (spec.fuse[0] and spec.fuse[1])")]
+
+    def branch(raw):  # classify also writes to a second sink: not linear
+        raw["spec"]["vertices"].append({"name": "other", "sink": {"log": {}}})
+        raw["spec"]["edges"].append({"from": "classify", "to": "other"})
+        raw["spec"]["edges"][1]["fused"] = True
+
+    assert problems(branch) == [("spec.edges[1].fused", "'classify' has 2 out-edges; every vertex of a fused "
+                                 "chain but the last must have exactly one, to the next vertex of the chain")]
+
+    def join(raw):  # enrich also reads from a second source
+        raw["spec"]["vertices"].append({"name": "in2", "source": {"generator": {"total": 1}}})
+        raw["spec"]["edges"].append({"from": "in2", "to": "enrich"})
+        raw["spec"]["fuse"] = [["classify", "enrich"]]
+
+    assert problems(join) == [("spec.fuse[0]", "'enrich' has 2 in-edges; every vertex of a fused chain but the "
+                               "first must have exactly one, from the previous vertex of the chain")]
+
+    def reduce(raw):
+        raw["spec"]["vertices"][2]["udf"] = {"reduce": {"handler": "tests.udfs:window_sum",
+                                                        "window": {"fixed": {"length": "1s"}}}}
+        raw["spec"]["fuse"] = [["classify", "enrich"]]
+
+    assert problems(reduce) == [("spec.fuse[0]", "'enrich' is a reduce: a reduce keeps windows across batches, "
+                                 "so it cannot be fused")]
+
+
+async def test_fused_source_flatmap_map_sink_sigkilled_mid_stream_delivers_exactly_once(runner, nc):
+    """One process runs a JetStream source, a flatmap, a map and a JetStream sink; it is SIGKILLed
+    and restarted four times while 4,000 upstream records become 8,000 outputs: no buffer exists
+    between the vertices, and every output is stored once (by payload and by data id)."""
+    n, kills = 4000, 4
+    js = nc.jetstream()
+    upstream, out_stream = f"SRC_{runner.name}", f"OUT_{runner.name}"
+    await js.add_stream(name=upstream, subjects=[f"{runner.name}.src"])
+    for start in range(0, n, 1000):
+        await asyncio.gather(*(js.publish(f"{runner.name}.src", json.dumps({"seq": i}).encode())
+                               for i in range(start, min(start + 1000, n))))
+    runner.write([{"name": "in", "source": {"jetstream": {"stream": upstream}}},
+                  udf("fan", "fan_two", kind="flatmap"), udf("map", "slow_identity"),
+                  {"name": "out", "sink": {"jetstream": {"stream": out_stream, "subject": f"{runner.name}.done"}}}],
+                 [{"from": "in", "to": "fan"}, {"from": "fan", "to": "map"}, {"from": "map", "to": "out"}],
+                 limits={"ackWait": "2s", "readBatchSize": 100}, fuse=[["in", "fan", "map", "out"]])
+    slow = {"SLOW_MAP_SECONDS": "0.0005"}  # ~2,000 outputs/s: the kills land mid-stream
+    await runner.start_all(**slow)
+    assert set(runner.procs) == {"in"}
+
+    async def stored() -> int:
+        try:
+            return (await js.stream_info(out_stream)).state.messages
+        except nats.js.errors.NotFoundError:
+            return 0
+
+    started = time.monotonic()
+    at_kill = []
+    for k in range(kills):
+        floor = (k + 1) * 2 * n // (kills + 2)
+        await wait_for(lambda: _at_least(stored, floor), 60, f"{floor} outputs before kill {k + 1}")
+        at_kill.append(await stored())
+        runner.kill("in")
+        runner.start("in", **slow)
+    await wait_for(lambda: _at_least(stored, 2 * n), 120, f"{2 * n} outputs")
+    for buffered in ("fan", "map", "out"):  # nothing provisioned between fused vertices
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info(f"nf_{runner.name}_{buffered}")
+    data_ids, payloads = await _read_all(js, out_stream, f"{runner.name}.done")
+    expected = {f"{i}:{k}".encode() for i in range(n) for k in (0, 1)}
+    lost, duplicated = len(expected - set(payloads)), len(payloads) - len(set(payloads))
+    print(f"\nfused chain SIGKILLed at outputs {at_kill}: {2 * n} expected, {len(payloads)} stored, lost {lost}, "
+          f"duplicated {duplicated}, {time.monotonic() - started:.1f}s")
+    assert lost == 0 and duplicated == 0 and len(set(data_ids)) == len(data_ids) == 2 * n
+    assert runner.procs["in"].poll() is None, runner.log("in")[-2000:]
+
+
+async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_vertex(runner, nc):
+    """in → [tag → score] → ok: the chain reads tag's buffer and writes ok's. The fused edge keeps
+    its tag condition (odd messages go nowhere, counted as no_route by tag), and score's failures
+    go to score's own dead-letter stream."""
+    total = 700
+    ok = await Collector().start(nc, f"{runner.name}.ok")
+    runner.write([gen("in", total), udf("tag", "tag_parity"),
+                  udf("score", "fail_multiples_of_7", retry={"attempts": 1}), out("ok", f"{runner.name}.ok")],
+                 [{"from": "in", "to": "tag"},
+                  {"from": "tag", "to": "score", "fused": True,
+                   "conditions": {"tags": {"operator": "or", "values": ["even"]}}},
+                  {"from": "score", "to": "ok"}])
+    await runner.start_all()
+    assert set(runner.procs) == {"in", "tag", "ok"}
+    kept = [i for i in range(0, total, 2) if i % 7]
+    await ok.wait_count(len(kept))
+    dlq = f"nf_{runner.name}_score_dlq"
+    await wait_for(lambda: runner.stream_messages(nc, dlq), 20, "dead letters")
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    assert sorted(seqs(ok)) == kept and len(set(ok.ids)) == len(kept)
+    assert await runner.stream_messages(nc, dlq) == len(range(0, total, 14))
+    letter = await nc.jetstream().get_last_msg(dlq, f"nfdlq.{runner.name}.score")
+    assert letter.headers["Nf-Error"].startswith("ValueError: cannot score item ")
+    assert letter.headers["Nf-Error-Vertex"] == "score"
+    assert await runner.terminate("tag") == 0
+    stats = json.loads(runner.log("tag").rsplit("stats ", 1)[1].splitlines()[0])
+    assert stats["forwarder_drop_total[no_route]"] == total // 2
+    assert stats["forwarder_read_total"] == total
+
+
+async def _at_least(count, n: int) -> bool:
+    return await count() >= n
