@@ -95,9 +95,9 @@ def test_fuse_errors_name_the_field():
 
 async def test_fused_source_flatmap_map_sink_sigkilled_mid_stream_delivers_exactly_once(runner, nc):
     """One process runs a JetStream source, a flatmap, a map and a JetStream sink; it is SIGKILLed
-    and restarted four times while 4,000 upstream records become 8,000 outputs: no buffer exists
+    and restarted three times while 4,000 upstream records become 8,000 outputs: no buffer exists
     between the vertices, and every output is stored once (by payload and by data id)."""
-    n, kills = 4000, 4
+    n, kills = 4000, 3
     js = nc.jetstream()
     upstream, out_stream = f"SRC_{runner.name}", f"OUT_{runner.name}"
     await js.add_stream(name=upstream, subjects=[f"{runner.name}.src"])
