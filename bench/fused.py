@@ -132,8 +132,9 @@ async def main() -> None:
                 for fused in ((False, True) if r % 2 == 0 else (True, False)):
                     row = await measure(nc, server, workdir, args.messages, fused, r)
                     rows.append(row)
-                    print(f"round {r + 1} {row['mode']:8} {row['eps']:9,.0f} events/s  {row['cpu_us']:6.0f} µs CPU/event  "
-                          f"({', '.join(f'{k} {v:.2f}s' for k, v in row['cpu'].items())})", flush=True)
+                    spent = ", ".join(f"{k} {v:.2f}s" for k, v in row["cpu"].items())
+                    print(f"round {r + 1} {row['mode']:8} {row['eps']:9,.0f} events/s  "
+                          f"{row['cpu_us']:6.0f} µs CPU/event  ({spent})", flush=True)
         finally:
             await nc.close()
             server.stop()
@@ -144,7 +145,8 @@ async def main() -> None:
     print(f"{'mode':8} {'processes':>9} {'events/s':>10} {'CPU µs/event':>13}")
     for m, procs in (("unfused", 3), ("fused", 1)):
         print(f"{m:8} {procs:>9} {med[m]['eps']:>10,.0f} {med[m]['cpu_us']:>13.0f}")
-    print(f"fused / unfused throughput: {ratio:.2f}x; CPU per event {med['fused']['cpu_us'] / med['unfused']['cpu_us']:.2f}x")
+    cpu_ratio = med["fused"]["cpu_us"] / med["unfused"]["cpu_us"]
+    print(f"fused / unfused throughput: {ratio:.2f}x; CPU per event {cpu_ratio:.2f}x")
     print(json.dumps({"messages": args.messages, "rounds": args.rounds, "ratio": round(ratio, 2),
                       **{f"{m}_{k}": round(v, 1) for m in med for k, v in med[m].items()}}))
 

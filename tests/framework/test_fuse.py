@@ -123,7 +123,7 @@ async def test_fused_source_flatmap_map_sink_sigkilled_mid_stream_delivers_exact
     at_kill = []
     for k in range(kills):
         floor = (k + 1) * 2 * n // (kills + 2)
-        await wait_for(lambda: _at_least(stored, floor), 60, f"{floor} outputs before kill {k + 1}")
+        await wait_for(lambda floor=floor: _at_least(stored, floor), 60, f"{floor} outputs before kill {k + 1}")
         at_kill.append(await stored())
         runner.kill("in")
         runner.start("in", **slow)
