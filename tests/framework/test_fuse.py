@@ -11,7 +11,9 @@ import time
 
 import nats
 import pytest
+import yaml
 
+from framework.k8s.render import RenderOptions, render_pipeline
 from framework.spec import SpecError, parse_pipeline
 from tests.conftest import Collector, wait_for
 from tests.framework.test_faults import _read_all
@@ -93,6 +95,23 @@ def test_fuse_errors_name_the_field():
                                  "so it cannot be fused")]
 
 
+def test_render_makes_one_deployment_per_chain():
+    def middle(raw):
+        raw["spec"]["vertices"][2]["udf"]["env"] = {"MODEL": "small"}
+        raw["spec"]["fuse"] = [["classify", "enrich"]]
+
+    p = pipeline(middle)
+    files = render_pipeline(p, yaml.safe_dump(BASE), RenderOptions(image="i:1"))
+    assert sorted(files) == ["classify.yaml", "in.yaml", "out.yaml", "pipeline.yaml"]
+    deployment, scaled = files["classify.yaml"][:2]
+    assert deployment["metadata"]["annotations"] == {"natsflow.io/fused": "classify > enrich"}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--vertex", "classify"]
+    assert {"name": "MODEL", "value": "small"} in container["env"]  # enrich's env, in classify's pod
+    assert scaled["kind"] == "ScaledObject"
+    assert [t["metadata"]["stream"] for t in scaled["spec"]["triggers"]] == ["nf_demo_classify"]
+
+
 async def test_fused_source_flatmap_map_sink_sigkilled_mid_stream_delivers_exactly_once(runner, nc):
     """One process runs a JetStream source, a flatmap, a map and a JetStream sink; it is SIGKILLed
     and restarted three times while 4,000 upstream records become 8,000 outputs: no buffer exists
@@ -164,6 +183,9 @@ async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_ver
     letter = await nc.jetstream().get_last_msg(dlq, f"nfdlq.{runner.name}.score")
     assert letter.headers["Nf-Error"].startswith("ValueError: cannot score item ")
     assert letter.headers["Nf-Error-Vertex"] == "score"
+    rows = runner.status().vertices  # the chain is one row, its dead letters summed
+    assert set(rows) == {"in", "tag+score", "ok"}
+    assert rows["tag+score"][1] == "udf" and rows["tag+score"][10] == str(len(range(0, total, 14)))
     assert await runner.terminate("tag") == 0
     stats = json.loads(runner.log("tag").rsplit("stats ", 1)[1].splitlines()[0])
     assert stats["forwarder_drop_total[no_route]"] == total // 2
