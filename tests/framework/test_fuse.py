@@ -13,6 +13,7 @@ import nats
 import pytest
 import yaml
 
+from framework.console.ui.server import PipelineFile, StatusPoller, UiOptions
 from framework.k8s.render import RenderOptions, render_pipeline
 from framework.spec import SpecError, parse_pipeline
 from tests.conftest import Collector, wait_for
@@ -186,6 +187,11 @@ async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_ver
     rows = runner.status().vertices  # the chain is one row, its dead letters summed
     assert set(rows) == {"in", "tag+score", "ok"}
     assert rows["tag+score"][1] == "udf" and rows["tag+score"][10] == str(len(range(0, total, 14)))
+    poller = StatusPoller(nc, PipelineFile(runner.pipeline), UiOptions())  # the web UI's view
+    ui = await poller.poll()
+    assert {v["name"]: v["fused"] for v in ui["vertices"]} == {"in": None, "tag": ["tag", "score"],
+                                                               "score": ["tag", "score"], "ok": None}
+    assert [(e["from"], e["to"]) for e in poller.source.layout["edges"] if e["fused"]] == [("tag", "score")]
     assert await runner.terminate("tag") == 0
     stats = json.loads(runner.log("tag").rsplit("stats ", 1)[1].splitlines()[0])
     assert stats["forwarder_drop_total[no_route]"] == total // 2
