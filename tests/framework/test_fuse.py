@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 import time
+from pathlib import Path
 
 import nats
 import pytest
@@ -15,7 +16,11 @@ import yaml
 
 from framework.console.ui.server import PipelineFile, StatusPoller, UiOptions
 from framework.k8s.render import RenderOptions, render_pipeline
+from framework.runtime.fused import ChainRuntime
+from framework.runtime.worker import worker_for
 from framework.spec import SpecError, parse_pipeline
+from framework.testing import run_pipeline
+from framework.transport.settings import NatsSettings
 from tests.conftest import Collector, wait_for
 from tests.framework.test_faults import _read_all
 from tests.framework.test_worker import gen, out, seqs, udf
@@ -94,6 +99,15 @@ def test_fuse_errors_name_the_field():
 
     assert problems(reduce) == [("spec.fuse[0]", "'enrich' is a reduce: a reduce keeps windows across batches, "
                                  "so it cannot be fused")]
+
+
+def test_a_later_vertex_of_a_chain_is_not_started_alone():
+    p = pipeline(lambda raw: raw["spec"].update(fuse=[["classify", "enrich"]]))
+    with pytest.raises(SystemExit) as exc:
+        worker_for(p, "enrich", NatsSettings(), None)
+    assert str(exc.value) == ("vertex 'enrich' is fused behind 'classify' (chain classify > enrich): it runs in the "
+                              "process of 'classify'; start that one")
+    assert isinstance(worker_for(p, "classify", NatsSettings(), None), ChainRuntime)
 
 
 def test_render_makes_one_deployment_per_chain():
@@ -200,3 +214,29 @@ async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_ver
 
 async def _at_least(count, n: int) -> bool:
     return await count() >= n
+
+
+def test_harness_runs_a_fused_pipeline_like_the_unfused_one(tmp_path):
+    """The in-memory harness (framework/testing) runs each vertex of a chain on its own: the same
+    outputs and dead letters as without `fuse`."""
+    def write(name: str, fuse: list[list[str]] | None) -> Path:
+        doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "t"},
+               "spec": {"vertices": [{"name": "in", "source": {"jetstream": {"stream": "IN"}}},
+                                     {"name": "score", "udf": {"map": {"handler": "tests.udfs:fail_multiples_of_7"},
+                                                               "retry": {"attempts": 1}}},
+                                     {"name": "fan", "udf": {"flatmap": {"handler": "tests.udfs:fan_two"}}},
+                                     {"name": "out", "sink": {"log": {}}}],
+                        "edges": [{"from": "in", "to": "score"}, {"from": "score", "to": "fan"},
+                                  {"from": "fan", "to": "out"}],
+                        **({"fuse": fuse} if fuse else {})}}
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    inputs = {"in": [json.dumps({"seq": i}).encode() for i in range(10)]}
+    fused = run_pipeline(write("fused.yaml", [["in", "score", "fan", "out"]]), inputs=inputs)
+    plain = run_pipeline(write("plain.yaml", None), inputs=inputs)
+    assert dict(fused) == dict(plain)
+    assert sorted(fused["out"]) == sorted(f"{i}:{k}".encode() for i in range(10) if i % 7 for k in (0, 1))
+    assert [len(fused.dead_letters[v]) for v in ("in", "score", "fan", "out")] == [0, 2, 0, 0]
+    assert fused.dead_letters == plain.dead_letters
