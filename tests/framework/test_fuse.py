@@ -216,6 +216,24 @@ async def _at_least(count, n: int) -> bool:
     return await count() >= n
 
 
+async def test_fused_batch_map_and_map_stream_into_a_sink(runner, nc):
+    """A chain reading a buffer and ending in a sink, through a batchMap and a mapStream: each
+    input gives three outputs, every one delivered once with its own id."""
+    total = 300
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    runner.write([gen("in", total), udf("batch", "batch_double", kind="batchMap"),
+                  udf("stream", "stream_three", kind="mapStream"), out("out", f"{runner.name}.out")],
+                 [{"from": "in", "to": "batch"}, {"from": "batch", "to": "stream", "fused": True},
+                  {"from": "stream", "to": "out", "fused": True}], limits={"readBatchSize": 50})
+    await runner.start_all()
+    assert set(runner.procs) == {"in", "batch"}
+    await sink.wait_count(3 * total)
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    assert sorted(m.data for m in sink.msgs) == sorted(f"{i}:{k}".encode() for i in range(total) for k in range(3))
+    assert len(set(sink.ids)) == 3 * total
+    assert all(m.headers["batch-size"] for m in sink.msgs)  # the batchMap's header, passed on by the mapStream
+
+
 def test_harness_runs_a_fused_pipeline_like_the_unfused_one(tmp_path):
     """The in-memory harness (framework/testing) runs each vertex of a chain on its own: the same
     outputs and dead letters as without `fuse`."""
