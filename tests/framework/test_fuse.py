@@ -16,6 +16,7 @@ import yaml
 
 from framework.console.ui.server import PipelineFile, StatusPoller, UiOptions
 from framework.k8s.render import RenderOptions, render_pipeline
+from framework.local.embedded import free_port
 from framework.runtime.fused import ChainRuntime
 from framework.runtime.worker import worker_for
 from framework.spec import SpecError, parse_pipeline
@@ -23,6 +24,7 @@ from framework.testing import run_pipeline
 from framework.transport.settings import NatsSettings
 from tests.conftest import Collector, wait_for
 from tests.framework.test_faults import _read_all
+from tests.framework.test_metrics import get
 from tests.framework.test_worker import gen, out, seqs, udf
 
 BASE = {
@@ -171,7 +173,7 @@ async def test_fused_source_flatmap_map_sink_sigkilled_mid_stream_delivers_exact
     print(f"\nfused chain SIGKILLed at outputs {at_kill}: {2 * n} expected, {len(payloads)} stored, lost {lost}, "
           f"duplicated {duplicated}, {time.monotonic() - started:.1f}s")
     assert lost == 0 and duplicated == 0 and len(set(data_ids)) == len(data_ids) == 2 * n
-    assert runner.procs["in"].poll() is None, runner.log("in")[-2000:]
+    assert await runner.terminate("in") == 0, runner.log("in")[-2000:]  # alive, and it stops gracefully
 
 
 async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_vertex(runner, nc):
@@ -186,8 +188,11 @@ async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_ver
                   {"from": "tag", "to": "score", "fused": True,
                    "conditions": {"tags": {"operator": "or", "values": ["even"]}}},
                   {"from": "score", "to": "ok"}])
-    await runner.start_all()
-    assert set(runner.procs) == {"in", "tag", "ok"}
+    await runner.provision()
+    port = free_port()
+    runner.start("ok")
+    runner.start("tag", NATSFLOW_METRICS_PORT=str(port))  # the chain's process: tag and score
+    runner.start("in")
     kept = [i for i in range(0, total, 2) if i % 7]
     await ok.wait_count(len(kept))
     dlq = f"nf_{runner.name}_score_dlq"
@@ -201,6 +206,16 @@ async def test_fused_chain_in_the_middle_routes_by_tags_and_dead_letters_per_ver
     rows = runner.status().vertices  # the chain is one row, its dead letters summed
     assert set(rows) == {"in", "tag+score", "ok"}
     assert rows["tag+score"][1] == "udf" and rows["tag+score"][10] == str(len(range(0, total, 14)))
+    status, metrics = get(port, "/metrics")
+    assert status == 200
+    labels = f'pipeline="{runner.name}",vertex='
+    stage = f'chain="tag>score",pipeline="{runner.name}",position='
+    for line in (f'forwarder_read_total{{{labels}"tag"}} {float(total)}',
+                 f'forwarder_read_total{{{labels}"score"}} {float(total // 2)}',
+                 f'forwarder_dead_letter_total{{{labels}"score"}} {float(len(range(0, total, 14)))}',
+                 f'forwarder_fused_stage{{{stage}"0",vertex="tag"}} 1.0',
+                 f'forwarder_fused_stage{{{stage}"1",vertex="score"}} 1.0'):
+        assert line in metrics.splitlines(), line
     poller = StatusPoller(nc, PipelineFile(runner.pipeline), UiOptions())  # the web UI's view
     ui = await poller.poll()
     assert {v["name"]: v["fused"] for v in ui["vertices"]} == {"in": None, "tag": ["tag", "score"],
