@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,10 +26,12 @@ from framework.runtime.worker import worker_for
 from framework.spec import SpecError, parse_pipeline
 from framework.testing import run_pipeline
 from framework.transport.settings import NatsSettings
-from tests.conftest import Collector, wait_for
+from tests.conftest import REPO, Collector, wait_for
 from tests.framework.test_faults import _read_all
 from tests.framework.test_metrics import get
+from tests.framework.test_supervisor import children
 from tests.framework.test_worker import gen, out, seqs, udf
+from tests.vertices.test_http_source import apost, ready
 
 BASE = {
     "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "demo"},
@@ -273,3 +279,38 @@ def test_harness_runs_a_fused_pipeline_like_the_unfused_one(tmp_path):
     assert sorted(fused["out"]) == sorted(f"{i}:{k}".encode() for i in range(10) if i % 7 for k in (0, 1))
     assert [len(fused.dead_letters[v]) for v in ("in", "score", "fan", "out")] == [0, 2, 0, 0]
     assert fused.dead_letters == plain.dead_letters
+
+
+async def test_natsflow_run_starts_one_process_per_chain(tmp_path):
+    """`natsflow run` of the sentiment example with `fuse: [[in, classify]]`: the HTTP source and the
+    classifier run in one process (`--vertex in`), no `classify` process or buffer exists, and
+    requests still reach the right sinks by tag."""
+    port = free_port()
+    doc = yaml.safe_load((REPO / "examples" / "sentiment" / "pipeline.yaml").read_text())
+    doc["spec"]["vertices"][0]["source"]["http"]["port"] = port
+    doc["spec"]["fuse"] = [["in", "classify"]]
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")}
+    env["PYTHONPATH"] = str(REPO)
+    log = tmp_path / "run.log"
+    proc = _natsflow_run(tmp_path, env, log)
+    try:
+        await wait_for(lambda: ready(port), 60, "the HTTP source")
+        commands = list(children(proc.pid).values())
+        assert sorted(c.split("--vertex ")[1].split()[0] for c in commands if "--vertex " in c) == [
+            "in", "positive", "rest"]
+        url = f"http://127.0.0.1:{port}/vertices/in"
+        for sentence in ("I love this phone", "This is awful", "What a great day"):
+            assert (await apost(url, sentence.encode()))[0] == 200
+        await wait_for(lambda: log.read_text().count("[positive] positive id=") == 2, 30, "two positive lines")
+        assert "This is awful" not in log.read_text()  # went to the blackhole
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 0 and children(proc.pid) == {}
+
+
+def _natsflow_run(workdir: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out_file:
+        return subprocess.Popen([sys.executable, "-m", "framework.cli", "run", "pipeline.yaml", "--grace", "10"],
+                                cwd=workdir, env=env, stdout=out_file, stderr=subprocess.STDOUT)
