@@ -245,6 +245,7 @@ class Pipeline(Model):
     metadata: Metadata
     spec: PipelineSpec
     _env_refs: list[EnvRef] = PrivateAttr(default_factory=list)
+    _chains: list[list[str]] | None = PrivateAttr(None)  # resolved once: status asks per vertex
 
     @property
     def env_refs(self) -> list[EnvRef]:
@@ -297,7 +298,9 @@ class Pipeline(Model):
 
     def chains(self) -> list[list[str]]:
         """The fused chains, head first, from `spec.fuse` and `edges[].fused` (a valid pipeline)."""
-        return fused_chains(self)
+        if self._chains is None:
+            self._chains = fused_chains(self)
+        return self._chains
 
     def chain_of(self, name: str) -> list[str] | None:
         """The fused chain holding vertex `name`, if any."""
