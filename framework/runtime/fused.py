@@ -61,13 +61,28 @@ class _Handed:
         pass
 
 
+class _StageRuntime(VertexRuntime):
+    """The runtime of a vertex inside a chain: never run itself (the chain's process runs), its
+    stop and its failure are the chain's, so a stuck handler ends the whole process non-zero."""
+
+    def __init__(self, chain: ChainRuntime, name: str):
+        super().__init__(chain.p, name, chain.settings, chain.base_dir, kind_for)
+        self.chain = chain
+
+    def stop(self) -> None:
+        self.chain.stop()
+
+    def check_stuck(self) -> None:
+        self.chain.check_stuck()
+
+
 class Stage:
     """A vertex of a chain after its first: its processor in a forward loop that never reads, run on
     each batch the previous vertex hands over."""
 
     def __init__(self, chain: ChainRuntime, io: VertexIO, name: str, router: Router, handoff: Handoff):
         p = chain.p
-        rt = VertexRuntime(p, name, chain.settings, chain.base_dir, kind_for)  # never run: the chain runs
+        rt = _StageRuntime(chain, name)
         rt.stopping, rt.phase, rt.nc, rt.tracer = chain.stopping, chain.phase, io.nc, None
         rt.metrics = chain.metrics.stage(name, chain.chain)
         dead_letters = DeadLetters(io.publisher, rt.metrics, p.name, name, chain.stopping)

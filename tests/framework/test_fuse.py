@@ -255,6 +255,30 @@ async def test_fused_batch_map_and_map_stream_into_a_sink(runner, nc):
     assert all(m.headers["batch-size"] for m in sink.msgs)  # the batchMap's header, passed on by the mapStream
 
 
+async def test_stuck_threads_in_a_later_vertex_end_the_chain_process_non_zero(runner, nc):
+    """A handler of the chain's second vertex hangs past its timeout: the input is dead-lettered
+    to that vertex's stream, and after 2 stuck threads the chain's process exits non-zero; started
+    again, it finishes the rest (each output once)."""
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    env = {"HANG_SEQS": "10,300,600", "NATSFLOW_MAX_STUCK_THREADS": "2"}
+    runner.write([gen("in", 1000), udf("pre", "identity"),
+                  udf("slow", "hang_some", timeout="1s", retry={"attempts": 1}), out("out", f"{runner.name}.out")],
+                 [{"from": "in", "to": "pre"}, {"from": "pre", "to": "slow"}, {"from": "slow", "to": "out"}],
+                 limits={"readBatchSize": 50}, fuse=[["pre", "slow"]])
+    await runner.start_all(**env)
+    proc = runner.procs["pre"]
+    await wait_for(lambda: proc.poll() is not None, 40, "the chain to exit after its 2nd stuck thread")
+    assert proc.returncode != 0 and "2 handler threads are stuck" in runner.log("pre")
+    runner.start("pre", **env)
+    await sink.wait_count(997, 60)
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+    assert sorted(seqs(sink)) == sorted(set(range(1000)) - {10, 300, 600})
+    dlq = f"nf_{runner.name}_slow_dlq"
+    assert await runner.stream_messages(nc, dlq) == 3
+    letter = await nc.jetstream().get_last_msg(dlq, f"nfdlq.{runner.name}.slow")
+    assert letter.headers["Nf-Error"] == "HandlerTimeout: handler did not return within 1s"
+
+
 def test_harness_runs_a_fused_pipeline_like_the_unfused_one(tmp_path):
     """The in-memory harness (framework/testing) runs each vertex of a chain on its own: the same
     outputs and dead letters as without `fuse`."""
