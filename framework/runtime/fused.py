@@ -68,6 +68,10 @@ class _StageRuntime(VertexRuntime):
     def __init__(self, chain: ChainRuntime, name: str):
         super().__init__(chain.p, name, chain.settings, chain.base_dir, kind_for)
         self.chain = chain
+        if self.tracer is not None:  # the chain is traced as one unit, by its first vertex
+            self.tracer.shutdown()
+            self.tracer = None
+        self.stopping, self.phase = chain.stopping, chain.phase
 
     def stop(self) -> None:
         self.chain.stop()
@@ -83,7 +87,7 @@ class Stage:
     def __init__(self, chain: ChainRuntime, io: VertexIO, name: str, router: Router, handoff: Handoff):
         p = chain.p
         rt = _StageRuntime(chain, name)
-        rt.stopping, rt.phase, rt.nc, rt.tracer = chain.stopping, chain.phase, io.nc, None
+        rt.nc = io.nc
         rt.metrics = chain.metrics.stage(name, chain.chain)
         dead_letters = DeadLetters(io.publisher, rt.metrics, p.name, name, chain.stopping)
         dead_letters.requests = io.requests

@@ -30,6 +30,8 @@ from tests.conftest import REPO, Collector, wait_for
 from tests.framework.test_faults import _read_all
 from tests.framework.test_metrics import get
 from tests.framework.test_supervisor import children
+from tests.framework.test_tracing import OtlpReceiver, post
+from tests.framework.test_tracing import _ready as tracing_ready
 from tests.framework.test_worker import gen, out, seqs, udf
 from tests.vertices.test_http_source import apost, ready
 
@@ -338,3 +340,33 @@ def _natsflow_run(workdir: Path, env: dict[str, str], log: Path) -> subprocess.P
     with open(log, "wb") as out_file:
         return subprocess.Popen([sys.executable, "-m", "framework.cli", "run", "pipeline.yaml", "--grace", "10"],
                                 cwd=workdir, env=env, stdout=out_file, stderr=subprocess.STDOUT)
+
+
+async def test_a_fused_chain_is_traced_as_one_unit(runner, nc):
+    """Tracing on: a fused http source → map → nats sink exports one span per event (the chain's
+    first vertex's), and what leaves the sink carries that span as its parent."""
+    otlp = OtlpReceiver()
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    port = free_port()
+    try:
+        runner.write([{"name": "in", "source": {"http": {"port": port}}}, udf("map", "identity"),
+                      out("out", f"{runner.name}.out")],
+                     [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}], fuse=[["in", "map", "out"]])
+        await runner.start_all(OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url, OTEL_BSP_SCHEDULE_DELAY="100")
+        await wait_for(lambda: tracing_ready(port), 30, "the HTTP source to listen")
+        for i in range(5):
+            assert await asyncio.to_thread(post, port, "in", f"e{i}".encode(), {"X-Natsflow-Id": f"e{i}"}) == 200
+        await sink.wait_count(5, 30)
+        await wait_for(lambda: len(otlp.spans) >= 5, 30, "5 spans")
+        runner.stop_all()  # the worker flushes its exporter on SIGTERM: nothing more may arrive
+        spans = list(otlp.spans)
+        assert sorted(s.attributes["messaging.message.id"] for s in spans) == [f"e{i}" for i in range(5)]
+        assert {(s.service, s.name) for s in spans} == {(f"{runner.name}-in", "in publish")}
+        by_id = {s.attributes["messaging.message.id"]: s for s in spans}
+        for m in sink.msgs:
+            span = by_id[m.headers["Nf-Id"]]
+            tp = m.headers["traceparent"]
+            assert tp[:-2] == f"00-{span.trace_id}-{span.span_id}-" and int(tp[-2:], 16) & 1
+    finally:
+        runner.stop_all()
+        otlp.close()
