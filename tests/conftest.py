@@ -143,10 +143,11 @@ class PipelineRunner:
         self.file: Path | None = None
 
     def write(self, vertices: list[dict], edges: list[dict], limits: dict | None = None,
-              watermark: dict | None = None, buffers: dict | None = None) -> Path:
+              watermark: dict | None = None, buffers: dict | None = None,
+              fuse: list[list[str]] | None = None) -> Path:
         doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": self.name},
                "spec": {"limits": limits or {}, "watermark": watermark or {}, "buffers": buffers or {},
-                        "vertices": vertices, "edges": edges}}
+                        "vertices": vertices, "edges": edges, **({"fuse": fuse} if fuse else {})}}
         self.file = self.tmp / f"{self.name}.yaml"
         self.file.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.pipeline = load_pipeline(self.file)
@@ -183,8 +184,9 @@ class PipelineRunner:
 
     async def start_all(self, **env: str) -> None:
         await self.provision()
+        running = set(self.pipeline.process_names())  # a fused chain runs as its first vertex
         order = sorted(self.pipeline.spec.vertices, key=lambda v: v.kind == "source")
-        for v in order:
+        for v in (v for v in order if v.name in running):
             self.start(v.name, **env)
 
     def log(self, vertex: str) -> str:
@@ -218,7 +220,7 @@ class PipelineRunner:
     async def drained(self, client, *, holding: tuple[str, ...] = ()) -> bool:
         """Every buffer of the pipeline is empty (all messages acked), except those of the
         `holding` vertices (a reduce holds the inputs of windows that are still open)."""
-        for v in self.pipeline.reading_vertices():
+        for v in self.pipeline.buffered_vertices():
             if v.name not in holding and await self.stream_messages(client, f"nf_{self.name}_{v.name}"):
                 return False
         return True

@@ -71,18 +71,30 @@ class VertexStatus:
     held: int | None = None
     open_windows: int | None = None
     partition_owners: dict[str, list[int]] | None = None
+    fused: list[str] | None = None  # a fused chain's vertices, first to last (this row is its process)
+
+    @property
+    def shown_name(self) -> str:
+        """The name in the table: a fused chain's vertices joined by '+'."""
+        return "+".join(self.fused) if self.fused else self.name
 
 
 async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
     writers = await _writers(js, p)
     held = await holdings(js, p)
     out = []
+    running = set(p.process_names())
     for v in p.spec.vertices:
-        st = VertexStatus(v.name, v.kind, watermark_ms=writers.watermarks.get(v.name))
+        if v.name not in running:  # fused behind another vertex: shown in its chain's row
+            continue
+        chain = p.chain_of(v.name)
+        # A chain publishes its watermark as its last vertex (framework/runtime/fused.py).
+        writer = chain[-1] if chain is not None and p.out_edges(chain[-1]) else v.name
+        st = VertexStatus(v.name, v.kind, watermark_ms=writers.watermarks.get(writer), fused=chain)
         if v.name in held:
             st.held, st.open_windows, st.partition_owners = held[v.name].held, held[v.name].windows, held[v.name].owners
-        if p.out_edges(v.name):
-            st.replicas = len(writers.replicas.get(v.name, ()))
+        if p.out_edges(writer):
+            st.replicas = len(writers.replicas.get(writer, ()))
         if v.kind != "source":
             st.pending = st.ack_pending = st.readers = st.buffered = st.appended = 0
             st.capacity = p.limits_for(v.name).buffer_max_length * len(names.partitions(p, v.name))
@@ -104,10 +116,12 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
                 st.buffered = st.appended = None
             else:
                 st.processed = st.appended - st.buffered
-        try:  # every vertex has one; a source's holds the records it could not store
-            st.dead_letters = (await js.stream_info(names.dlq_stream_name(p.name, v.name))).state.messages
-        except NotFoundError:
-            pass
+        for name in chain or [v.name]:  # every vertex has one; a source's holds the records it could not store
+            try:
+                letters = (await js.stream_info(names.dlq_stream_name(p.name, name))).state.messages
+            except NotFoundError:
+                continue
+            st.dead_letters = (st.dead_letters or 0) + letters
         out.append(st)
     return out
 
@@ -239,7 +253,7 @@ def render_table(rows: list[VertexStatus], rate: dict[str, Rates] | None = None,
         buf = "-" if r.buffered is None else f"{r.buffered:,}/{r.capacity:,}"
         count = replicas.get(r.name, 0) if replicas is not None else r.replicas
         rr = rate.get(r.name, Rates())
-        lines.append(f"{r.name:<16}{r.kind:<8}{n(count):>9}{per_s(rr.into):>10}{per_s(rr.out):>10}"
+        lines.append(f"{r.shown_name:<16}{r.kind:<8}{n(count):>9}{per_s(rr.into):>10}{per_s(rr.out):>10}"
                      f"{n(r.pending):>10}{n(r.ack_pending):>10}{n(r.held):>9}{buf:>16}"
                      f"{n(r.readers):>7}{n(r.dead_letters):>7}  {wm(r.watermark_ms)}")
     placed = [bp for r in rows for bp in r.buffers]

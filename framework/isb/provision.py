@@ -116,7 +116,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
         if progress is not None:
             progress(what, result)
 
-    for v in p.reading_vertices():
+    for v in p.buffered_vertices():  # none between fused vertices
         paths = spec_paths(p, v.name)
         for part in names.partitions(p, v.name):
             stream = names.stream_name(p.name, v.name, part)

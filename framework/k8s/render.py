@@ -106,18 +106,26 @@ def render_provision_job(p: Pipeline, pipeline_text: str, opts: RenderOptions) -
     }
 
 
+FUSED_ANNOTATION = "natsflow.io/fused"  # the vertices a fused chain's Deployment runs, in order
+
+
 def _vertex_env(p: Pipeline, v: Vertex) -> list[dict[str, Any]]:
     """The worker's settings, each secretRef of its connector under its NATSFLOW_SECRET_* name
     (framework/spec/secrets.py reads it there), and `udf.env` (secretRefs from their Secret)."""
     env = [{"name": "NATSFLOW_METRICS_PORT", "value": str(METRICS_PORT)},
            {"name": "NATSFLOW_GRACE_SECONDS", "value": str(grace_seconds(p, v) - GRACE_EXTRA_S)}]
     seen: set[str] = set()
-    for _, ref in vertex_refs(p, v):
-        if env_name(ref) not in seen:
-            seen.add(env_name(ref))
-            env.append(secret_env(env_name(ref), ref))
-    for k, val in sorted(v.udf.env.items() if v.udf is not None else []):
-        env.append(secret_env(k, val) if isinstance(val, SecretRef) else {"name": k, "value": val})
+    members = [p.vertex(n) for n in p.chain_of(v.name) or [v.name]]  # a fused chain's pod runs them all
+    for member in members:
+        for _, ref in vertex_refs(p, member):
+            if env_name(ref) not in seen:
+                seen.add(env_name(ref))
+                env.append(secret_env(env_name(ref), ref))
+    for member in members:
+        for k, val in sorted(member.udf.env.items() if member.udf is not None else []):
+            if k not in seen:
+                seen.add(k)
+                env.append(secret_env(k, val) if isinstance(val, SecretRef) else {"name": k, "value": val})
     return env
 
 
@@ -153,8 +161,12 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
     # Paused (spec.lifecycle): 0 here, and KEDA's paused-replicas annotation on a scaled vertex.
     replicas = {} if keda_scaled(v) else {"replicas": 0 if paused(p) else min_replicas(v)}
     serves_metrics = not (v.udf is not None and v.udf.is_program)
+    meta = object_meta(p, object_name(p, v.name), opts, v)
+    chain = p.chain_of(v.name)
+    if chain is not None:
+        meta["annotations"] = {FUSED_ANNOTATION: " > ".join(chain)}
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": object_meta(p, object_name(p, v.name), opts, v),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
         "spec": {
             **replicas,
             "selector": {"matchLabels": selector(p, v)},
@@ -278,8 +290,10 @@ def render_pipeline(p: Pipeline, pipeline_text: str, opts: RenderOptions) -> dic
         files["pipeline.yaml"].append(render_side_input_manager(p, pipeline_text, opts))
     if opts.service_monitor:
         files["pipeline.yaml"] += [render_metrics_service(p, opts), render_service_monitor(p, opts)]
+    running = set(p.process_names())  # a fused chain is one Deployment, named after its first vertex
     for v in p.spec.vertices:
-        files[f"{v.name}.yaml"] = render_vertex(p, v, pipeline_text, opts)
+        if v.name in running:
+            files[f"{v.name}.yaml"] = render_vertex(p, v, pipeline_text, opts)
     return files
 
 

@@ -22,7 +22,7 @@ from framework.local.replicas import VertexGroup, is_program, side_input_manager
 from framework.local.scaling import LagReader, ScaleDecision, desired_replicas, effective_cooldown
 from framework.local.watch import FileWatch
 from framework.runtime.ratelimit import at_limit
-from framework.spec import Pipeline, SpecError, load_pipeline
+from framework.spec import Pipeline, SpecError, Vertex, load_pipeline
 from framework.spec.secrets import check_pipeline
 from framework.transport.settings import NatsSettings
 from framework.watermark.proxy import WatermarkProxy, needs_proxy
@@ -44,14 +44,22 @@ def embedded_size(p: Pipeline) -> int:
     return max(p.buffers_for(v.name).replicas for v in p.spec.vertices)
 
 
+def process_order(p: Pipeline) -> list[Vertex]:
+    """The vertices that run as processes (a fused chain as its first vertex), sinks and UDFs
+    first, so sources never write before their readers exist."""
+    running = set(p.process_names())
+    return sorted((v for v in p.spec.vertices if v.name in running), key=lambda v: v.kind == "source")
+
+
 def vertex_fingerprint(p: Pipeline, name: str) -> str:
-    """Everything a vertex process reads from the spec: a change means its replicas must roll."""
-    return json.dumps({
-        "vertex": p.vertex(name).model_dump(mode="json"),
-        "out": [e.model_dump(mode="json") for e in p.out_edges(name)],
-        "limits": p.limits_for(name).model_dump(),
+    """Everything a vertex process reads from the spec (of each vertex of its fused chain): a
+    change means its replicas must roll."""
+    return json.dumps([{
+        "vertex": p.vertex(n).model_dump(mode="json"),
+        "out": [e.model_dump(mode="json") for e in p.out_edges(n)],
+        "limits": p.limits_for(n).model_dump(),
         "watermark": p.spec.watermark.model_dump(mode="json"),
-    }, sort_keys=True)
+    } for n in p.chain_of(name) or [name]], sort_keys=True)
 
 
 class Supervisor:
@@ -106,7 +114,7 @@ class Supervisor:
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         await self._sync_side_input_manager(None, p, base_env)
         # Sinks and UDFs first, so sources never write before their readers exist.
-        for v in sorted(p.spec.vertices, key=lambda v: v.kind == "source"):
+        for v in process_order(p):
             cmd, extra = vertex_command(p, self.file, v.name)
             group = VertexGroup(v.name, cmd, {**base_env, **extra}, self.file.parent, self.out, is_program(p, v.name))
             self.groups[v.name] = group
@@ -152,7 +160,7 @@ class Supervisor:
         for what, result in await provision(self.client.jetstream(), new):
             if result != "unchanged":
                 log.info("update: %s %s", what, result)
-        new_names = {v.name for v in new.spec.vertices}
+        new_names = set(new.process_names())
         for name in [n for n in self.groups if n not in new_names]:
             log.info("update: vertex %s removed", name)
             gone = self.groups.pop(name)
@@ -160,7 +168,7 @@ class Supervisor:
             await gone.scale_to(0, self.grace)
         base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         await self._sync_side_input_manager(old, new, base_env)
-        for v in sorted(new.spec.vertices, key=lambda v: v.kind == "source"):
+        for v in process_order(new):
             cmd, extra = vertex_command(new, self.file, v.name)
             group = self.groups.get(v.name)
             if group is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import os
 import time
@@ -43,13 +44,21 @@ class VertexMetrics:
         self._platform = counter("forwarder_platform_error_total",
                                  "batches left unacked because NATS failed mid-batch", ("reason",))
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...] = SECONDS_BUCKETS):
-            return Histogram(name, doc, labels, registry=self.registry, buckets=buckets).labels(**base)
+        self._histograms: dict[str, Histogram] = {}  # attribute -> the labelled family, for `stage`
 
-        self._batch = histogram("forwarder_udf_batch_seconds", "time to process one read batch, read to ack")
-        self.udf_time = histogram("forwarder_udf_processing_seconds", "time in the user function per read batch")
-        self.sink_time = histogram("forwarder_sink_write_seconds", "time of one sink connector write call")
-        self.batch_size = histogram("forwarder_read_batch_size", "messages per read batch", SIZE_BUCKETS)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] = SECONDS_BUCKETS, attr: str = ""):
+            family = Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
+            self._histograms[attr] = family
+            return family.labels(**base)
+
+        self._batch = histogram("forwarder_udf_batch_seconds", "time to process one read batch, read to ack",
+                                attr="_batch")
+        self.udf_time = histogram("forwarder_udf_processing_seconds", "time in the user function per read batch",
+                                  attr="udf_time")
+        self.sink_time = histogram("forwarder_sink_write_seconds", "time of one sink connector write call",
+                                   attr="sink_time")
+        self.batch_size = histogram("forwarder_read_batch_size", "messages per read batch", SIZE_BUCKETS,
+                                    attr="batch_size")
         self._pending = Gauge("forwarder_buffer_pending", "messages in the vertex's buffer not yet delivered",
                               labels + ("buffer",), registry=self.registry)
         self._ack_pending = Gauge("forwarder_buffer_ack_pending", "messages delivered and not yet acked",
@@ -62,13 +71,29 @@ class VertexMetrics:
             ("reduce_partitions_owned", "partitions whose lease this reduce replica holds"),
             ("reduce_held_messages", "inputs this reduce replica holds unacked in open windows"),
             ("reduce_open_windows", "windows this reduce replica has open (keys x windows)"))}
+        self._fused = Gauge("forwarder_fused_stage", "1 for each vertex run inside a fused chain: its chain "
+                            "(vertex names joined by '>') and its position in it", labels + ("chain", "position"),
+                            registry=self.registry)
         self.watch_watermark(lambda: -1)
+        self._label(base)
+
+    def _label(self, base: dict[str, str]) -> None:
         self.read = self._read.labels(**base)
         self.ack = self._ack.labels(**base)
         self.error = self._error.labels(**base)
         self.dlq = self._dlq.labels(**base)
         self.fallback = self._fallback.labels(**base)
         self._base = base
+
+    def stage(self, vertex: str, chain: list[str]) -> VertexMetrics:
+        """The metrics of `vertex`, a vertex of the fused `chain` this process runs: the same families
+        in the same registry (one /metrics), labelled with that vertex and marked as a stage."""
+        view = copy.copy(self)
+        view._label({**self._base, "vertex": vertex})
+        for attr, family in self._histograms.items():
+            setattr(view, attr, family.labels(**view._base))
+        self._fused.labels(chain=">".join(chain), position=str(chain.index(vertex)), **view._base).set(1)
+        return view
 
     def written(self, to_vertex: str, n: int) -> None:
         if n:
@@ -117,7 +142,7 @@ class VertexMetrics:
         out: dict[str, float] = {}
         for metric in self.registry.collect():
             for s in metric.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith("_total") and s.labels.get("vertex") == self._base["vertex"]:
                     extra = {k: v for k, v in s.labels.items() if k not in ("pipeline", "vertex")}
                     suffix = "".join(f"[{v}]" for v in extra.values())
                     out[s.name + suffix] = s.value

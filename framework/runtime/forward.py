@@ -103,10 +103,14 @@ class ForwardLoop:
                 self.wm_in = WatermarkFetcher(kv, rt.v.name, 0, timeout)
                 await self.wm_in.start()
 
+    async def open_processor(self) -> BatchProcessor:
+        """The vertex's processor, its handler or connector loaded and started."""
+        return await self._open(self)
+
     async def serve(self) -> None:
         rt, reader, metrics, tracer = self.rt, self.reader, self.rt.metrics, self.rt.tracer
         await self._start_watermark()
-        processor = await self._open(self)
+        processor = await self.open_processor()
         rt.loaded = True
         await reader.start()
         try:

@@ -6,42 +6,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from framework.connector import ConnectorConfigError, connector_field_path
-from framework.runtime.batch_map import BatchMapProcessor
-from framework.runtime.forward import ForwardLoop, ProcessorFactory
-from framework.runtime.lifecycle import VertexIO, VertexKind, VertexRuntime
-from framework.runtime.map import MapProcessor
-from framework.runtime.map_stream import MapStreamProcessor
-from framework.runtime.reduce import ReduceKind
-from framework.runtime.sink import SinkProcessor
-from framework.runtime.source import SourceKind
+from framework.runtime.fused import ChainRuntime
+from framework.runtime.kinds import kind_for
+from framework.runtime.lifecycle import VertexRuntime
 from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.spec.secrets import check_vertex
 from framework.transport.settings import NatsSettings
 
-
-def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
-    """The kind object that serves this vertex."""
-    v = rt.v
-    if v.kind == "source":
-        return SourceKind(rt, io)
-    if v.udf is not None and v.udf.kind == "reduce":
-        return ReduceKind(rt, io)
-    if v.udf is not None and v.udf.kind == "numaflow":
-        raise NotImplementedError(f"vertex {v.name!r}: udf.numaflow is not supported by this natsflow yet")
-    open_processor: ProcessorFactory
-    if v.kind == "sink":
-        open_processor = SinkProcessor.open
-    elif v.udf is not None and v.udf.kind == "mapStream":
-        open_processor = MapStreamProcessor.open
-    elif v.udf is not None and v.udf.batch_map is not None:
-        open_processor = BatchMapProcessor.open
-    else:
-        open_processor = MapProcessor.open
-    return ForwardLoop(rt, io, open_processor)
+__all__ = ["kind_for", "run_vertex", "worker_for"]
 
 
 def worker_for(p: Pipeline, vertex: str, settings: NatsSettings, base_dir: Path | None) -> VertexRuntime:
-    """The process of one vertex, not yet running."""
+    """The process of one vertex, not yet running: of its whole chain when it heads a fused one."""
+    chain = p.chain_of(vertex)
+    if chain is not None:
+        if chain[0] != vertex:
+            raise SystemExit(f"vertex {vertex!r} is fused behind {chain[0]!r} (chain {' > '.join(chain)}): it runs "
+                             f"in the process of {chain[0]!r}; start that one")
+        return ChainRuntime(p, chain, settings, base_dir)
     return VertexRuntime(p, vertex, settings, base_dir, kind_for)
 
 
@@ -49,7 +31,8 @@ async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSetti
     """Run one vertex of the pipeline file until it is stopped (`natsflow vertex`)."""
     path = Path(pipeline_file)
     p = load_pipeline(path, check_handlers=False)
-    check_vertex(p, p.vertex(vertex), str(path))  # a missing secret: one clear line, before connecting
+    for name in p.chain_of(vertex) or [vertex]:  # a missing secret: one clear line, before connecting
+        check_vertex(p, p.vertex(name), str(path))
     worker = worker_for(p, vertex, settings, path.parent)
     udf = p.vertex(vertex).udf
     if udf is not None and udf.kind == "command":

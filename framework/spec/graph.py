@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from framework.spec.fuse import fuse_problems
 from framework.spec.model import Pipeline
 from framework.spec.ordering import ordering_problems
 from framework.spec.plan import MANAGER_SUFFIX, upstream_scaled
@@ -62,7 +63,7 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         if not any(v.kind == kind for v in vertices):
             problems.append(("spec.vertices", f"a pipeline needs at least one {kind}"))
     return (problems + cycle_problems(p) + kubernetes_name_problems(p) + side_input_problems(p)
-            + ordering_problems(p))
+            + ordering_problems(p) + fuse_problems(p))
 
 
 def cycle_problems(p: Pipeline) -> list[tuple[str, str]]:

@@ -209,6 +209,8 @@ class Edge(Model):
     conditions: Conditions | None = None
     on_full: OnFull = OnFull.retry_until_success
     late: Flag = Field(False, description="from a reduce: this edge receives only late messages")
+    fused: Flag = Field(False, description="run both ends in one process with no buffer between them "
+                                           "(the same chains as spec.fuse)")
 
     def accepts(self, tags: frozenset[str]) -> bool:
         if self.conditions is None or self.conditions.tags is None:
@@ -236,6 +238,9 @@ class PipelineSpec(Model):
     ordering: Ordering = Field(default_factory=Ordering)
     vertices: list[Vertex] = Field(min_length=2, max_length=MAX_VERTICES)
     edges: list[Edge] = Field(min_length=1, max_length=10 * MAX_VERTICES)
+    fuse: list[Annotated[list[Name], Field(min_length=2)]] = Field(
+        default_factory=list, max_length=MAX_VERTICES,
+        description="chains of vertices, each run in one process with no buffer between its vertices")
 
 
 class Pipeline(Model):
@@ -244,6 +249,7 @@ class Pipeline(Model):
     metadata: Metadata
     spec: PipelineSpec
     _env_refs: list[EnvRef] = PrivateAttr(default_factory=list)
+    _chains: list[list[str]] | None = PrivateAttr(None)  # resolved once: status asks per vertex
 
     @property
     def env_refs(self) -> list[EnvRef]:
@@ -293,8 +299,51 @@ class Pipeline(Model):
         return ordered_partitions(self, v) if self.spec.ordered else 1
 
     def reading_vertices(self) -> list[Vertex]:
-        """Vertices that own an inter-step buffer (every UDF and sink)."""
+        """Vertices that read an inter-step buffer when each runs on its own (every UDF and sink)."""
         return [v for v in self.spec.vertices if v.kind != "source"]
+
+    def buffered_vertices(self) -> list[Vertex]:
+        """Vertices that own an inter-step buffer: the reading ones, less those fused behind
+        another vertex of their chain (framework/spec/fuse.py)."""
+        inner = {name for chain in self.chains() for name in chain[1:]}
+        return [v for v in self.reading_vertices() if v.name not in inner]
+
+    def chains(self) -> list[list[str]]:
+        """The fused chains, head first, from `spec.fuse` and `edges[].fused` (a valid pipeline)."""
+        if self._chains is None:
+            self._chains = fused_chains(self)
+        return self._chains
+
+    def chain_of(self, name: str) -> list[str] | None:
+        """The fused chain holding vertex `name`, if any."""
+        return next((c for c in self.chains() if name in c), None)
+
+    def process_names(self) -> list[str]:
+        """The vertices that run as processes: all but those fused behind their chain's head."""
+        inner = {name for chain in self.chains() for name in chain[1:]}
+        return [v.name for v in self.spec.vertices if v.name not in inner]
+
+
+def fused_chains(p: Pipeline) -> list[list[str]]:
+    """`spec.fuse` chains, then `edges[].fused` joined into chains (an edge touching a listed
+    chain extends it). Graph rules (framework/spec/fuse.py) check the result."""
+    chains = [list(c) for c in p.spec.fuse]
+    for e in p.spec.edges:
+        if not e.fused:
+            continue
+        tail = next((c for c in chains if c[-1] == e.from_), None)
+        head = next((c for c in chains if c[0] == e.to), None)
+        if tail is not None and head is not None and tail is not head:
+            tail.extend(head)
+            chains.remove(head)
+        elif tail is not None:
+            if e.to not in tail:
+                tail.append(e.to)
+        elif head is not None:
+            head.insert(0, e.from_)
+        elif not any(e.from_ in c and e.to in c for c in chains):
+            chains.append([e.from_, e.to])
+    return chains
 
 
 def _snake(alias: str) -> str:

@@ -1,7 +1,9 @@
 """The runtime's own vertex kinds, run over an in-memory ISB instead of NATS.
 
-Each adapter builds the `VertexRuntime` a real vertex process would run (`runtime.worker.worker_for`)
-and hands its kind the `VertexIO` that `VertexRuntime._wire` would have connected, made of the
+Each adapter builds the `VertexRuntime` a real vertex process would run (its kind from
+`runtime.kinds.kind_for`; a vertex of a fused chain runs here on its own, over in-memory buffers:
+fusion changes processes and buffers, not what handlers see or which ids are written) and hands
+its kind the `VertexIO` that `VertexRuntime._wire` would have connected, made of the
 in-memory ISB (`isb.memory`, implementing `isb.ports`): the real `Router` over a `MemoryWriter`,
 the real `DeadLetters` over a `MemoryPublisher`, and an in-memory watermark. Then it drives the
 kind's own per-batch code: `SourceKind.emit` for records fed in; a `ForwardLoop` over a
@@ -31,6 +33,7 @@ from framework.runtime.batch_map import BatchMapProcessor
 from framework.runtime.bounded import Threads
 from framework.runtime.deadletter import DeadLetters
 from framework.runtime.forward import BatchProcessor, ForwardLoop
+from framework.runtime.kinds import kind_for
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.map import MapProcessor
 from framework.runtime.map_stream import MapStreamProcessor
@@ -39,7 +42,6 @@ from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Router
 from framework.runtime.sink import SinkProcessor
 from framework.runtime.source import SourceKind
-from framework.runtime.worker import worker_for
 from framework.sdk import Datum
 from framework.spec import Pipeline, load_handler
 from framework.transport.settings import NatsSettings
@@ -128,7 +130,7 @@ def wire(p: Pipeline, vertex: str, isb: MemoryISB, base_dir: Path | None) -> tup
     connection is made: `nc` and `js` stay None, and no kind driven here asks for them). Typed
     Any where the runtime declares the NATS-backed watermark and lease classes; ours are
     stand-ins with the same methods."""
-    rt = worker_for(p, vertex, NatsSettings(), base_dir)
+    rt = VertexRuntime(p, vertex, NatsSettings(), base_dir, kind_for)
     rt.tracer = None  # spans belong to a deployment, not to a unit test
     publisher = MemoryPublisher(isb)
     router = Router(p, vertex, MemoryWriter(isb), publisher)

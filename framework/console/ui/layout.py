@@ -5,6 +5,8 @@ only draws the boxes and curves it is given."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from framework.spec import Pipeline
@@ -34,6 +36,7 @@ class Line(BaseModel):
     to: str
     back: bool = False  # closes a cycle: drawn as a loop instead of a forward curve
     tags: str | None = None  # the edge's condition, e.g. "or(positive)"
+    fused: bool = False  # inside a fused chain: no buffer, both ends in one process
 
 
 class Layout(BaseModel):
@@ -118,12 +121,13 @@ def layout(p: Pipeline) -> Layout:
             boxes.append(Box(name=name, kind=v.kind, reduce=reduce, layer=i, x=MARGIN + i * (NODE_W + GAP_X),
                              y=top + j * (NODE_H + GAP_Y) + (NODE_H - h) // 2, h=h))
     lines = []
+    inside = {pair for chain in p.chains() for pair in pairwise(chain)}
     for e in p.spec.edges:
         tags = None
         if e.conditions and e.conditions.tags:
             tags = f"{e.conditions.tags.operator.value}({', '.join(e.conditions.tags.values)})"
         lines.append(Line(from_=e.from_, to=e.to, back=(e.from_, e.to) in back or layer[e.to] <= layer[e.from_],
-                          tags=tags))
+                          tags=tags, fused=(e.from_, e.to) in inside))
     width = 2 * MARGIN + len(columns) * NODE_W + (len(columns) - 1) * GAP_X
     # Back edges loop below the graph: leave them room.
     if any(line.back for line in lines):

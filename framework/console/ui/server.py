@@ -132,6 +132,9 @@ class StatusPoller:
         per_vertex = rates(self.p, self._previous, sample)  # the same rates as `natsflow status`
         self._previous = sample
         vertices = [self._vertex(r, conns, per_vertex[r.name]) for r in sample.rows.values()]
+        for r in sample.rows.values():  # a fused chain's later vertices: no buffer or process of their own
+            vertices += [self._vertex(VertexStatus(name, self.p.vertex(name).kind, fused=r.fused), conns, Rates())
+                         for name in (r.fused or [])[1:]]
         by_name = {v["name"]: v for v in vertices}
         self.polls += 1
         self.latest = {"pipeline": self.p.name, "time": int(time.time() * 1000), "poll": self.polls,

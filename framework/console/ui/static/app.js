@@ -92,7 +92,8 @@ function draw() {
   for (const e of layout.edges) {
     const p = edgePath(e, boxes[e.from], boxes[e.to], layout.height);
     const path = el("path", { class: "edge unknown", d: p.d, "data-from": e.from, "data-to": e.to, "marker-end": "url(#arrow-unknown)" }, edges);
-    el("title", {}, path, `${e.from} → ${e.to}${e.tags ? " when tags " + e.tags : ""}`);
+    if (e.fused) path.style.strokeDasharray = "6 4"; // no buffer: the ends run in one process
+    el("title", {}, path, `${e.from} → ${e.to}${e.tags ? " when tags " + e.tags : ""}${e.fused ? " (fused: one process, no buffer)" : ""}`);
     el("text", { class: "edge-label", x: p.mx, y: p.my, "text-anchor": "middle", "data-from": e.from, "data-to": e.to }, edges, e.tags || "");
   }
   const nodes = el("g", { class: "nodes" }, svg);
