@@ -161,7 +161,7 @@ def test_a_numaflow_reducer_is_partitioned_like_a_python_reduce():
     p = parse_pipeline(raw, file="p.yaml")
     from framework.spec import partitions
     assert p.vertex("classify").udf.kind == "numaflow"
-    assert partitions(p.vertex("classify")) == [0, 1, 2]
+    assert partitions(p, "classify") == [0, 1, 2]
 
 
 def test_cycles_are_allowed():
