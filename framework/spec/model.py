@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, create_mode
 from framework.spec.envsubst import EnvRef
 from framework.spec.registry import ConnectorInfo, sinks, sources
 from framework.spec.settings import (
+    Archive,
     Buffers,
     Lifecycle,
     Limits,
@@ -92,11 +93,14 @@ if TYPE_CHECKING:
         """What a type checker sees: the connector keys are known only once the registry is read."""
 
         event_time: Handler | None
+        archive: Archive | None
 
         def __getattr__(self, kind: str) -> Any: ...
 else:
     Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_connector_fields(sources()),
-                          event_time=(Handler | None, None))
+                          event_time=(Handler | None, None),
+                          archive=(Archive | None, Field(None, description="keep what the source took in for "
+                                                                           "`natsflow replay` (docs/replay.md)")))
 
 
 # ---- sinks -----------------------------------------------------------------------------------
