@@ -78,7 +78,10 @@ async def stream_range(js: JetStreamContext, r: Retained) -> tuple[int, int]:
     except NotFoundError:
         hint = "run `natsflow provision` first" if r.archived else "the jetstream source's stream is missing"
         raise ReplayError(f"stream {r.stream!r} of source {r.vertex!r} does not exist: {hint}") from None
-    return info.state.first_seq, info.state.last_seq
+    state = info.state
+    if state.messages == 0:  # an empty stream reports first 0 (never written) or last + 1 (all gone)
+        return state.last_seq + 1, state.last_seq
+    return state.first_seq, state.last_seq
 
 
 def _reader_config(start: Bound) -> api.ConsumerConfig:

@@ -1,0 +1,153 @@
+"""`natsflow replay` (issue 13, part 5): a source's retained input re-fed into the running
+pipeline with new ids, each vertex its own process. The sink sees every original output exactly
+once more, and the same replay run again adds nothing (its progress record, and below that the
+buffers' dedup of its ids)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from framework.console.replay import parse_when
+from framework.isb.retained import ReplayError
+from tests.conftest import REPO, wait_for
+from tests.framework.test_faults import _read_all
+from tests.framework.test_worker import gen, udf
+
+TIMEOUT = 120
+
+
+def _replay(runner, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framework.cli", "replay", str(runner.file), "--nats-url", runner.url,
+                           *args], cwd=REPO, env=runner.env(), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def _sink(runner) -> tuple[dict, str, str]:
+    stream, subject = f"OUT_{runner.name}", f"{runner.name}.done"
+    return {"name": "out", "sink": {"jetstream": {"stream": stream, "subject": subject}}}, stream, subject
+
+
+async def _outputs(js, stream: str, subject: str, n: int) -> tuple[list[str], list[bytes]]:
+    """Wait until the sink's stream holds `n` messages, then read them all."""
+    await wait_for(lambda: _count(js, stream, n), TIMEOUT, f"{n} outputs in {stream}")
+    return await _read_all(js, stream, subject)
+
+
+async def _count(js, stream: str, n: int) -> bool:
+    try:
+        return (await js.stream_info(stream)).state.messages >= n
+    except Exception:  # the sink creates its stream on its first write
+        return False
+
+
+async def _settled(runner, nc, js, stream: str) -> int:
+    """The sink's count once every buffer of the pipeline is empty (nothing more on its way)."""
+    await wait_for(lambda: runner.drained(nc), TIMEOUT, "the pipeline's buffers to empty")
+    return (await js.stream_info(stream)).state.messages
+
+
+async def test_replay_of_an_archived_source_writes_each_output_once_more_and_a_second_run_nothing(runner, nc):
+    total = 300
+    before = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sink, stream, subject = _sink(runner)
+    source = gen("in", total, rpu=100, duration="50ms", keyCount=3)
+    source["source"]["archive"] = {"maxAge": "1h"}
+    runner.write([source, udf("map", "identity"), sink], [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
+    await runner.start_all()
+    js = nc.jetstream()
+    ids, originals = await _outputs(js, stream, subject, total)
+    assert len(originals) == total and len(set(originals)) == total
+    archive = await js.stream_info(f"nf_{runner.name}_in_archive")
+    assert archive.state.messages == total and archive.config.max_age == 3600
+
+    res = _replay(runner, "--vertex", "in", "--from-time", before, "--replay-id", "r1")
+    assert res.returncode == 0, res.stderr
+    assert f"replay of in: wrote {total} message(s), skipped 0, sequences 1..{total}" in res.stdout
+    ids, payloads = await _outputs(js, stream, subject, 2 * total)
+    assert Counter(payloads) == Counter(originals * 2)
+    replayed = [i for i in ids if i.startswith("replay:r1:")]
+    assert len(replayed) == total and len(set(replayed)) == total
+    assert await _settled(runner, nc, js, stream) == 2 * total
+
+    again = _replay(runner, "--vertex", "in", "--from-time", before, "--replay-id", "r1")
+    assert again.returncode == 0, again.stderr
+    assert "replay r1 of in already done (300 written): nothing more to write" in again.stdout
+    # Without its progress record (as if the crash came before the record was written), the same
+    # ids are stored again and the buffers drop them as duplicates.
+    kv = await js.key_value(f"nf_{runner.name}_replays")
+    await kv.delete("r1")
+    third = _replay(runner, "--vertex", "in", "--from-seq", "1", "--replay-id", "r1")
+    assert third.returncode == 0, third.stderr
+    assert f"wrote {total} message(s)" in third.stdout
+    assert await _settled(runner, nc, js, stream) == 2 * total
+    assert Counter((await _read_all(js, stream, subject))[1]) == Counter(originals * 2)
+
+
+async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
+    n = 40
+    js = nc.jetstream()
+    upstream = f"SRC_{runner.name}"
+    await js.add_stream(name=upstream, subjects=[f"{runner.name}.src"])
+    for i in range(n):
+        await js.publish(f"{runner.name}.src", f"m{i}".encode(), headers={"Nf-Keys": f'["k{i % 2}"]'})
+    sink, stream, subject = _sink(runner)
+    runner.write([{"name": "in", "source": {"jetstream": {"stream": upstream}}}, udf("map", "identity"), sink],
+                 [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
+    await runner.start_all()
+    _, originals = await _outputs(js, stream, subject, n)
+    assert sorted(originals) == sorted(f"m{i}".encode() for i in range(n))
+
+    dry = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "replay of in: would write 20 message(s), skipped 0, sequences 5..24" in dry.stdout
+    assert await _settled(runner, nc, js, stream) == n
+
+    res = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24")
+    assert res.returncode == 0, res.stderr
+    assert "wrote 20 message(s), skipped 0, sequences 5..24" in res.stdout
+    ids, payloads = await _outputs(js, stream, subject, n + 20)
+    assert Counter(payloads) - Counter(originals) == Counter(f"m{i}".encode() for i in range(4, 24))
+    # The same command again: the same (derived) replay id, already done.
+    again = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24")
+    assert again.returncode == 0 and "already done (20 written)" in again.stdout, again.stdout + again.stderr
+    assert await _settled(runner, nc, js, stream) == n + 20
+
+
+async def test_replay_refuses_what_it_cannot_replay(runner, nc):
+    sink, _, _ = _sink(runner)
+    archived = gen("arch", 1, rpu=1)
+    archived["source"]["archive"] = {"maxAge": "10m"}
+    runner.write([gen("in", 1), archived, udf("map", "identity"), sink],
+                 [{"from": "in", "to": "map"}, {"from": "arch", "to": "map"}, {"from": "map", "to": "out"}])
+    await runner.provision()
+    cases = {
+        ("--vertex", "map", "--from-seq", "1"): "vertex 'map' is a udf, not a source",
+        ("--vertex", "in", "--from-seq", "1"): "source 'in' (generator) keeps no input to replay: add `archive: "
+                                               "{maxAge: 1d}`",
+        ("--vertex", "arch", "--from-seq", "1"): f"nothing to replay: stream 'nf_{runner.name}_arch_archive' holds "
+                                                 "no messages",
+        ("--vertex", "arch", "--from-time", "yesterday"): "'yesterday' is neither an RFC 3339 time",
+        ("--vertex", "nope", "--from-seq", "1"): "has no vertex 'nope'",
+    }
+    for args, error in cases.items():
+        res = _replay(runner, *args)
+        assert res.returncode == 1 and error in res.stderr, (args, res.stderr)
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "replay", str(runner.file), "--vertex", "arch",
+                          "--from-seq", "1", "--nats-url", "nats://127.0.0.1:1", "--connect-timeout", "1"],
+                         cwd=REPO, env=runner.env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert res.returncode == 3 and "natsflow:" in res.stderr and time.monotonic() - started < 30, res.stderr
+
+
+def test_times_are_rfc3339_or_a_duration_before_now() -> None:
+    now = 1_800_000_000_000
+    assert parse_when("15m", now) == now - 900_000
+    assert parse_when("2026-11-30T20:00:00Z") == int(datetime(2026, 11, 30, 20, tzinfo=UTC).timestamp() * 1000)
+    assert parse_when("2026-11-30T21:00:00+01:00") == parse_when("2026-11-30T20:00:00Z")
+    with pytest.raises(ReplayError, match="has no UTC offset"):
+        parse_when("2026-11-30T20:00:00")
