@@ -5,6 +5,7 @@ buffers' dedup of its ids)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -116,6 +117,18 @@ async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
     again = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24")
     assert again.returncode == 0 and "already done (20 written)" in again.stdout, again.stdout + again.stderr
     assert await _settled(runner, nc, js, stream) == n + 20
+
+    # A replay that crashed after storing sequences 1..30 resumes at 31 when run with its id.
+    kv = await js.key_value(f"nf_{runner.name}_replays")
+    await kv.put("crashed", json.dumps({"vertex": "in", "first": 1, "end": n, "next": 31, "written": 30,
+                                        "skipped": 0, "done": False}).encode())
+    resumed = _replay(runner, "--vertex", "in", "--from-seq", "1", "--replay-id", "crashed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "replay crashed: resuming at seq 31 (30 written before)" in resumed.stdout
+    assert f"wrote 40 message(s), skipped 0, sequences 1..{n}" in resumed.stdout  # 30 before, 10 now
+    _, payloads = await _outputs(js, stream, subject, n + 30)
+    assert Counter(payloads) - Counter(originals) == Counter(f"m{i}".encode() for i in [*range(4, 24), *range(30, n)])
+    assert await _settled(runner, nc, js, stream) == n + 30
 
 
 async def test_replay_refuses_what_it_cannot_replay(runner, nc):
