@@ -12,20 +12,21 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
+import nats
 import pytest
 
 from framework.console.replay import parse_when
 from framework.isb.retained import ReplayError
 from tests.conftest import REPO, wait_for
-from tests.framework.test_faults import _read_all
 from tests.framework.test_worker import gen, udf
 
 TIMEOUT = 120
 
 
-def _replay(runner, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "framework.cli", "replay", str(runner.file), "--nats-url", runner.url,
-                           *args], cwd=REPO, env=runner.env(), capture_output=True, text=True, timeout=TIMEOUT)
+def _replay(runner, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framework.cli", "replay", str(runner.file), "--nats-url",
+                           url or runner.url, *args], cwd=REPO, env=runner.env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
 
 
 def _sink(runner) -> tuple[dict, str, str]:
@@ -33,7 +34,26 @@ def _sink(runner) -> tuple[dict, str, str]:
     return {"name": "out", "sink": {"jetstream": {"stream": stream, "subject": subject}}}, stream, subject
 
 
-async def _outputs(js, stream: str, subject: str, n: int) -> tuple[list[str], list[bytes]]:
+async def _read_all(js, stream: str, subject: str) -> tuple[list[str], list[bytes], list[tuple[bytes, str, str]]]:
+    """Every message of the sink's stream: data ids, payloads and (payload, event time, keys)."""
+    psub = await js.pull_subscribe(subject, durable=None, stream=stream)
+    ids, payloads, envelopes = [], [], []
+    try:
+        while True:
+            try:
+                msgs = await psub.fetch(1000, timeout=2)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return ids, payloads, envelopes
+            for m in msgs:
+                ids.append(m.headers["Nf-Id"])
+                payloads.append(m.data)
+                envelopes.append((m.data, m.headers["Nf-Event-Time"], m.headers.get("Nf-Keys", "")))
+                await m.ack()
+    finally:
+        await psub.unsubscribe()
+
+
+async def _outputs(js, stream: str, subject: str, n: int) -> tuple[list[str], list[bytes], list[tuple]]:
     """Wait until the sink's stream holds `n` messages, then read them all."""
     await wait_for(lambda: _count(js, stream, n), TIMEOUT, f"{n} outputs in {stream}")
     return await _read_all(js, stream, subject)
@@ -61,18 +81,22 @@ async def test_replay_of_an_archived_source_writes_each_output_once_more_and_a_s
     runner.write([source, udf("map", "identity"), sink], [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
     await runner.start_all()
     js = nc.jetstream()
-    ids, originals = await _outputs(js, stream, subject, total)
+    _, originals, first_envelopes = await _outputs(js, stream, subject, total)
     assert len(originals) == total and len(set(originals)) == total
     archive = await js.stream_info(f"nf_{runner.name}_in_archive")
     assert archive.state.messages == total and archive.config.max_age == 3600
+    kept = await js.get_msg(f"nf_{runner.name}_in_archive", 1)  # the envelope the source wrote
+    assert kept.headers["Nats-Msg-Id"].startswith("in:") and kept.headers["Nf-Keys"].startswith('["key-')
 
     res = _replay(runner, "--vertex", "in", "--from-time", before, "--replay-id", "r1")
     assert res.returncode == 0, res.stderr
     assert f"replay of in: wrote {total} message(s), skipped 0, sequences 1..{total}" in res.stdout
-    ids, payloads = await _outputs(js, stream, subject, 2 * total)
+    ids, payloads, envelopes = await _outputs(js, stream, subject, 2 * total)
     assert Counter(payloads) == Counter(originals * 2)
     replayed = [i for i in ids if i.startswith("replay:r1:")]
     assert len(replayed) == total and len(set(replayed)) == total
+    # same payload, event time and keys as the originals
+    assert Counter(e for i, e in zip(ids, envelopes) if i.startswith("replay:r1:")) == Counter(first_envelopes)
     assert await _settled(runner, nc, js, stream) == 2 * total
 
     again = _replay(runner, "--vertex", "in", "--from-time", before, "--replay-id", "r1")
@@ -100,7 +124,7 @@ async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
     runner.write([{"name": "in", "source": {"jetstream": {"stream": upstream}}}, udf("map", "identity"), sink],
                  [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
     await runner.start_all()
-    _, originals = await _outputs(js, stream, subject, n)
+    _, originals, _ = await _outputs(js, stream, subject, n)
     assert sorted(originals) == sorted(f"m{i}".encode() for i in range(n))
 
     dry = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24", "--dry-run")
@@ -111,7 +135,7 @@ async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
     res = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24")
     assert res.returncode == 0, res.stderr
     assert "wrote 20 message(s), skipped 0, sequences 5..24" in res.stdout
-    ids, payloads = await _outputs(js, stream, subject, n + 20)
+    _, payloads, _ = await _outputs(js, stream, subject, n + 20)
     assert Counter(payloads) - Counter(originals) == Counter(f"m{i}".encode() for i in range(4, 24))
     # The same command again: the same (derived) replay id, already done.
     again = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24")
@@ -126,7 +150,7 @@ async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
     assert resumed.returncode == 0, resumed.stderr
     assert "replay crashed: resuming at seq 31 (30 written before)" in resumed.stdout
     assert f"wrote 40 message(s), skipped 0, sequences 1..{n}" in resumed.stdout  # 30 before, 10 now
-    _, payloads = await _outputs(js, stream, subject, n + 30)
+    _, payloads, _ = await _outputs(js, stream, subject, n + 30)
     assert Counter(payloads) - Counter(originals) == Counter(f"m{i}".encode() for i in [*range(4, 24), *range(30, n)])
     assert await _settled(runner, nc, js, stream) == n + 30
 
@@ -151,9 +175,7 @@ async def test_replay_refuses_what_it_cannot_replay(runner, nc):
         res = _replay(runner, *args)
         assert res.returncode == 1 and error in res.stderr, (args, res.stderr)
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "framework.cli", "replay", str(runner.file), "--vertex", "arch",
-                          "--from-seq", "1", "--nats-url", "nats://127.0.0.1:1", "--connect-timeout", "1"],
-                         cwd=REPO, env=runner.env(), capture_output=True, text=True, timeout=TIMEOUT)
+    res = _replay(runner, "--vertex", "arch", "--from-seq", "1", "--connect-timeout", "1", url="nats://127.0.0.1:1")
     assert res.returncode == 3 and "natsflow:" in res.stderr and time.monotonic() - started < 30, res.stderr
 
 
