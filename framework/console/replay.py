@@ -8,8 +8,8 @@ swallow them against the originals, and the same replay run again stores nothing
 id becomes `replay:<replay id>:<original data id>`, so a sink that writes idempotently by data id
 writes the replayed copy too.
 
-The replay id is `--replay-id`, else derived from the pipeline, vertex and the resolved sequence
-range. Progress is kept per replay id in the KV bucket nf_<pipeline>_replays (the next sequence
+The replay id is `--replay-id`, else derived from the pipeline, vertex, first sequence and end
+(`--to-time`, else the last sequence). Progress is kept per replay id in the KV bucket nf_<pipeline>_replays (the next sequence
 to write, after every batch is stored): run with the same id after a crash, a replay resumes
 there; run after it finished, it writes nothing. The batch in flight at a crash is written again
 under the same ids, which the buffers drop as duplicates within their 2-minute window.
@@ -72,8 +72,9 @@ def parse_when(text: str, now_ms: int | None = None) -> int:
     return int(stamp.timestamp() * 1000)
 
 
-def default_replay_id(pipeline: str, vertex: str, first: int, end: int) -> str:
-    """What `--replay-id` defaults to: the same for the same source and sequence range."""
+def default_replay_id(pipeline: str, vertex: str, first: int, end: int | str) -> str:
+    """What `--replay-id` defaults to: the same for the same source, first sequence and end (the
+    last sequence, or `--to-time` when given: input stored after it does not change the id)."""
     return hashlib.sha256(f"{pipeline}\x1f{vertex}\x1f{first}\x1f{end}".encode()).hexdigest()[:16]
 
 
@@ -140,7 +141,8 @@ class Replay:
         try:
             async for msgs in read_range(self.read_js, r, req.start, end, end_time, req.batch):
                 if progress is None:
-                    rid = req.replay_id or default_replay_id(self.p.name, r.vertex, stream_sequence(msgs[0]), end)
+                    until = end if end_time is None else f"time:{end_time}"
+                    rid = req.replay_id or default_replay_id(self.p.name, r.vertex, stream_sequence(msgs[0]), until)
                     if req.dry_run:
                         progress = Progress(r.vertex, stream_sequence(msgs[0]), end, stream_sequence(msgs[0]))
                     else:
