@@ -9,10 +9,11 @@ id becomes `replay:<replay id>:<original data id>`, so a sink that writes idempo
 writes the replayed copy too.
 
 The replay id is `--replay-id`, else derived from the pipeline, vertex, first sequence and end
-(`--to-time`, else the last sequence). Progress is kept per replay id in the KV bucket nf_<pipeline>_replays (the next sequence
-to write, after every batch is stored): run with the same id after a crash, a replay resumes
-there; run after it finished, it writes nothing. The batch in flight at a crash is written again
-under the same ids, which the buffers drop as duplicates within their 2-minute window.
+(`--to-time`, else the last sequence). Progress is kept per replay id in the KV bucket
+nf_<pipeline>_replays (the next sequence to write, after every batch is stored): run with the
+same id after a crash, a replay resumes there; run after it finished, it writes nothing. The
+batch in flight at a crash is written again under the same ids, which the buffers drop as
+duplicates within their 2-minute window.
 
 A replay publishes no watermark: downstream, the replayed event times are behind the source's
 watermark, so a reduce treats them as late data (`allowedLateness`, else its late edge, else
