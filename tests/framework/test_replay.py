@@ -17,6 +17,7 @@ import pytest
 
 from framework.console.replay import parse_when
 from framework.isb.retained import ReplayError
+from framework.spec import SpecError, parse_pipeline
 from tests.conftest import REPO, wait_for
 from tests.framework.test_worker import gen, udf
 
@@ -186,3 +187,18 @@ def test_times_are_rfc3339_or_a_duration_before_now() -> None:
     assert parse_when("2026-11-30T21:00:00+01:00") == parse_when("2026-11-30T20:00:00Z")
     with pytest.raises(ReplayError, match="has no UTC offset"):
         parse_when("2026-11-30T20:00:00")
+
+
+@pytest.mark.parametrize("archive, error", [
+    ({}, "spec.vertices[0].source.archive.maxAge: Field required"),
+    ({"maxAge": "1h", "maxBytes": "10"}, "spec.vertices[0].source.archive.maxBytes: must be at least 1MiB"),
+    ({"maxAge": "0s"}, "spec.vertices[0].source.archive.maxAge: Input should be greater than 0"),
+])
+def test_archive_spec_errors_name_the_field(archive: dict, error: str) -> None:
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+           "spec": {"vertices": [{**gen("in", 1), "source": {"generator": {"total": 1}, "archive": archive}},
+                                 {"name": "out", "sink": {"log": {}}}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    with pytest.raises(SpecError) as exc:
+        parse_pipeline(doc, file="p.yaml")
+    assert f"p.yaml: {error}" in str(exc.value)
