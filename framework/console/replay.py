@@ -23,6 +23,7 @@ dropped and counted); maps and sinks do not look at watermarks.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import time
@@ -44,6 +45,8 @@ from framework.isb.envelope import decode_datum, stream_sequence, stream_timesta
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.isb.retained import Bound, ReplayError, Retained, read_range, retained_input, stream_range
 from framework.isb.writer import BufferWriter, JetStreamPublisher
+from framework.observability.metrics import VertexMetrics
+from framework.runtime.deadletter import DeadLetters
 from framework.runtime.routing import Outgoing, Router, describe
 from framework.runtime.source import assign_event_times
 from framework.spec import Pipeline, load_handler, load_pipeline
@@ -138,6 +141,7 @@ class Replay:
         progress: Progress | None = None
         kv: KeyValue | None = None
         router: Router | None = None
+        dead_letters: DeadLetters | None = None
         publisher: JetStreamPublisher | None = None
         try:
             async for msgs in read_range(self.read_js, r, req.start, end, end_time, req.batch):
@@ -156,6 +160,8 @@ class Replay:
                         publisher = JetStreamPublisher(self.nc)
                         await publisher.start()
                         router = Router(self.p, r.vertex, BufferWriter(self.js, publisher), publisher)
+                        dead_letters = DeadLetters(publisher, VertexMetrics(self.p.name, r.vertex), self.p.name,
+                                                   r.vertex, asyncio.Event())
                     self.rid = rid
                     self.out(f"replay {rid}: source {r.vertex}, stream {r.stream}, sequences "
                              f"{progress.first}..{end}{' (dry run)' if req.dry_run else ''}")
@@ -165,8 +171,8 @@ class Replay:
                 if router is None:
                     progress.written += len(msgs)
                 else:
-                    await self._write(router, msgs, progress)
-                    assert kv is not None
+                    assert kv is not None and dead_letters is not None
+                    await self._write(router, dead_letters, msgs, progress)
                     await kv.put(self.rid, progress.encode())
                 progress.next = stream_sequence(msgs[-1]) + 1
                 self.out(f"replay {self.rid}: {progress.written} written, up to seq {progress.next - 1} "
@@ -202,41 +208,45 @@ class Replay:
             self.out(f"replay {rid}: resuming at seq {progress.next} ({progress.written} written before)")
         return progress
 
-    def _outgoing(self, msgs: list[Msg]) -> tuple[list[Outgoing], list[str]]:
+    def _outgoing(self, msgs: list[Msg]) -> tuple[list[tuple[Msg, Outgoing]], list[tuple[Msg, str]]]:
         """What the source wrote for each message, with the replay's ids; and why some cannot be."""
         rid, vertex = self.rid, self.retained.vertex
-        items: list[Outgoing] = []
-        bad: list[str] = []
+        items: list[tuple[Msg, Outgoing]] = []
+        bad: list[tuple[Msg, str]] = []
         if self.retained.archived:
             for m in msgs:
                 try:
                     d = decode_datum(m)
                 except ValueError as exc:
-                    bad.append(f"seq {stream_sequence(m)}: {exc}")
+                    bad.append((m, f"archived message {stream_sequence(m)}: {exc}"))
                     continue
-                items.append(Outgoing(names.replay_msg_id(rid, vertex, stream_sequence(m)), replay_data_id(rid, d.id),
-                                      d.value, d.event_time_ms, d.keys, dict(d.headers) or None, frozenset()))
+                items.append((m, Outgoing(names.replay_msg_id(rid, vertex, stream_sequence(m)),
+                                          replay_data_id(rid, d.id), d.value, d.event_time_ms, d.keys,
+                                          dict(d.headers) or None, frozenset())))
         else:
             stream = self.retained.stream
             records = [record_from_msg(m, f"{stream}:{stream_sequence(m)}", stream_timestamp_ms(m)) for m in msgs]
             if self.event_time_fn is not None:
                 assign_event_times(self.event_time_fn, records, vertex)
-            items = [Outgoing(names.replay_msg_id(rid, vertex, stream_sequence(m)),
-                              replay_data_id(rid, rec.id or rec.offset), rec.value, rec.event_time_ms, rec.keys,
-                              rec.headers, frozenset()) for m, rec in zip(msgs, records)]
+            items = [(m, Outgoing(names.replay_msg_id(rid, vertex, stream_sequence(m)),
+                                  replay_data_id(rid, rec.id or rec.offset), rec.value, rec.event_time_ms, rec.keys,
+                                  rec.headers, frozenset())) for m, rec in zip(msgs, records)]
         return items, bad
 
-    async def _write(self, router: Router, msgs: list[Msg], progress: Progress) -> None:
+    async def _write(self, router: Router, dead_letters: DeadLetters, msgs: list[Msg], progress: Progress) -> None:
+        """Write the batch; a message that cannot be written goes to the source's dead-letter
+        stream with why (`Nf-Error`), is counted as skipped, and the replay goes on."""
         items, bad = self._outgoing(msgs)
         ok = []
-        for item in items:
+        for m, item in items:
             problem = router.prepare(item)
             if problem is None:
                 ok.append(item)
             else:
-                bad.append(describe(f"message {item.msg_id}", problem))
-        for why in bad:
-            self.out(f"replay {self.rid}: skipped {why}")
+                bad.append((m, describe(f"message {stream_sequence(m)}", problem)))
+        for _, why in bad:
+            self.out(f"replay {self.rid}: skipped {why} (to the dead-letter stream)")
+        await dead_letters.inputs(bad)
         report = await router.write(ok)
         progress.written += len(ok) - report.unrouted
         progress.skipped += len(bad)

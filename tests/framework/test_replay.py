@@ -121,12 +121,16 @@ async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
     await js.add_stream(name=upstream, subjects=[f"{runner.name}.src"])
     for i in range(n):
         await js.publish(f"{runner.name}.src", f"m{i}".encode(), headers={"Nf-Keys": f'["k{i % 2}"]'})
+    # Sequence n + 1 fits the server's max_payload only without the envelope: a dead letter.
+    await js.publish(f"{runner.name}.src", b"x" * (nc.max_payload - 16))
+    dlq = f"nf_{runner.name}_in_dlq"
     sink, stream, subject = _sink(runner)
     runner.write([{"name": "in", "source": {"jetstream": {"stream": upstream}}}, udf("map", "identity"), sink],
                  [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
     await runner.start_all()
     _, originals, _ = await _outputs(js, stream, subject, n)
     assert sorted(originals) == sorted(f"m{i}".encode() for i in range(n))
+    await wait_for(lambda: _count(js, dlq, 1), TIMEOUT, "the source's dead letter")
 
     dry = _replay(runner, "--vertex", "in", "--from-seq", "5", "--to-seq", "24", "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -145,12 +149,15 @@ async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
 
     # A replay that crashed after storing sequences 1..30 resumes at 31 when run with its id.
     kv = await js.key_value(f"nf_{runner.name}_replays")
-    await kv.put("crashed", json.dumps({"vertex": "in", "first": 1, "end": n, "next": 31, "written": 30,
+    await kv.put("crashed", json.dumps({"vertex": "in", "first": 1, "end": n + 1, "next": 31, "written": 30,
                                         "skipped": 0, "done": False}).encode())
     resumed = _replay(runner, "--vertex", "in", "--from-seq", "1", "--replay-id", "crashed")
     assert resumed.returncode == 0, resumed.stderr
     assert "replay crashed: resuming at seq 31 (30 written before)" in resumed.stdout
-    assert f"wrote 40 message(s), skipped 0, sequences 1..{n}" in resumed.stdout  # 30 before, 10 now
+    assert (f"skipped message {n + 1} is 1048" in resumed.stdout and f"bytes with headers, over the server's "
+            f"max_payload {nc.max_payload} (to the dead-letter stream)" in resumed.stdout), resumed.stdout
+    assert f"wrote 40 message(s), skipped 1, sequences 1..{n + 1}" in resumed.stdout  # 30 before, 10 now
+    assert (await js.stream_info(dlq)).state.messages == 2
     _, payloads, _ = await _outputs(js, stream, subject, n + 30)
     assert Counter(payloads) - Counter(originals) == Counter(f"m{i}".encode() for i in [*range(4, 24), *range(30, n)])
     assert await _settled(runner, nc, js, stream) == n + 30
