@@ -1,7 +1,7 @@
 """`natsflow replay` (issue 13, part 5): a source's retained input re-fed into the running
 pipeline with new ids, each vertex its own process. The sink sees every original output exactly
 once more, and the same replay run again adds nothing (its progress record, and below that the
-buffers' dedup of its ids)."""
+buffers' dedup of its ids); a reduce takes the replayed event times as late data.
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import pytest
 from framework.console.replay import parse_when
 from framework.isb.retained import ReplayError
 from framework.spec import SpecError, parse_pipeline
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, Collector, wait_for
+from tests.framework.test_reduce import consumed, publish, reduce_pipeline, source_stream
 from tests.framework.test_worker import gen, udf
 
 TIMEOUT = 120
@@ -209,3 +210,24 @@ def test_archive_spec_errors_name_the_field(archive: dict, error: str) -> None:
     with pytest.raises(SpecError) as exc:
         parse_pipeline(doc, file="p.yaml")
     assert f"p.yaml: {error}" in str(exc.value)
+
+
+async def test_replayed_event_times_are_late_data_for_a_reduce(runner, nc):
+    """A replay publishes no watermark: a reduce whose watermark passed the replayed events'
+    windows sends every one of them to its late edge and emits nothing more."""
+    out = await Collector().start(nc, f"{runner.name}.out")
+    late = await Collector().start(nc, f"{runner.name}.late")
+    js = await source_stream(nc, runner)
+    reduce_pipeline(runner, {"fixed": {"length": "10s"}}, late_edge=True)
+    await runner.start_all()
+    subject = f"{runner.name}.src"
+    await publish(js, subject, [("a", t, t) for t in range(10)])
+    await consumed(nc, runner)
+    await publish(js, subject, [("a", 40, 100)])  # the watermark reaches 40 s: [0, 10) closes
+    await out.wait_count(1)
+    res = _replay(runner, "--vertex", "in", "--from-seq", "1", "--to-seq", "10")
+    assert res.returncode == 0 and "wrote 10 message(s)" in res.stdout, res.stdout + res.stderr
+    await late.wait_count(10)
+    await wait_for(lambda: runner.drained(nc, holding=("agg",)), TIMEOUT, "buffers to drain")
+    assert sorted(json.loads(m.data)["v"] for m in late.msgs) == list(range(10))
+    assert len(out.msgs) == 1 and json.loads(out.msgs[0].data)["count"] == 10
