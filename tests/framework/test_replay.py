@@ -1,7 +1,7 @@
 """`natsflow replay` (issue 13, part 5): a source's retained input re-fed into the running
 pipeline with new ids, each vertex its own process. The sink sees every original output exactly
 once more, and the same replay run again adds nothing (its progress record, and below that the
-buffers' dedup of its ids); a reduce takes the replayed event times as late data.
+buffers' dedup of its ids); a reduce takes the replayed event times as late data."""
 
 from __future__ import annotations
 
