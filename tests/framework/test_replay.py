@@ -36,7 +36,7 @@ def _sink(runner) -> tuple[dict, str, str]:
     return {"name": "out", "sink": {"jetstream": {"stream": stream, "subject": subject}}}, stream, subject
 
 
-async def _read_all(js, stream: str, subject: str) -> tuple[list[str], list[bytes], list[tuple[bytes, str, str]]]:
+async def _sink_contents(js, stream: str, subject: str) -> tuple[list[str], list[bytes], list[tuple[bytes, str, str]]]:
     """Every message of the sink's stream: data ids, payloads and (payload, event time, keys)."""
     psub = await js.pull_subscribe(subject, durable=None, stream=stream)
     ids, payloads, envelopes = [], [], []
@@ -58,7 +58,7 @@ async def _read_all(js, stream: str, subject: str) -> tuple[list[str], list[byte
 async def _outputs(js, stream: str, subject: str, n: int) -> tuple[list[str], list[bytes], list[tuple]]:
     """Wait until the sink's stream holds `n` messages, then read them all."""
     await wait_for(lambda: _count(js, stream, n), TIMEOUT, f"{n} outputs in {stream}")
-    return await _read_all(js, stream, subject)
+    return await _sink_contents(js, stream, subject)
 
 
 async def _count(js, stream: str, n: int) -> bool:
@@ -112,7 +112,7 @@ async def test_replay_of_an_archived_source_writes_each_output_once_more_and_a_s
     assert third.returncode == 0, third.stderr
     assert f"wrote {total} message(s)" in third.stdout
     assert await _settled(runner, nc, js, stream) == 2 * total
-    assert Counter((await _read_all(js, stream, subject))[1]) == Counter(originals * 2)
+    assert Counter((await _sink_contents(js, stream, subject))[1]) == Counter(originals * 2)
 
 
 async def test_replay_of_a_jetstream_source_by_sequence_range(runner, nc):
