@@ -231,3 +231,14 @@ async def test_replayed_event_times_are_late_data_for_a_reduce(runner, nc):
     await wait_for(lambda: runner.drained(nc, holding=("agg",)), TIMEOUT, "buffers to drain")
     assert sorted(json.loads(m.data)["v"] for m in late.msgs) == list(range(10))
     assert len(out.msgs) == 1 and json.loads(out.msgs[0].data)["count"] == 10
+
+
+def test_a_jetstream_source_may_read_another_pipelines_archive() -> None:
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "p"},
+           "spec": {"vertices": [{"name": "in", "source": {"jetstream": {"stream": "nf_other_in_archive"}}},
+                                 {"name": "out", "sink": {"log": {}}}],
+                    "edges": [{"from": "in", "to": "out"}]}}
+    assert parse_pipeline(doc).vertex("in").source.jetstream.stream == "nf_other_in_archive"
+    doc["spec"]["vertices"][0]["source"]["jetstream"]["stream"] = "nf_p_in_archive"
+    with pytest.raises(SpecError, match="is one of this pipeline's own buffers or dead-letter streams"):
+        parse_pipeline(doc)
