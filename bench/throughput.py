@@ -244,8 +244,11 @@ async def private_server(root: Path, label: str):
 
 
 def write_pipeline(d: Path, name: str, n: int, size: int, batch: int, buffer_len: int,
-                   rpu: int, duration: str, sink: dict) -> Path:
+                   rpu: int, duration: str, sink: dict, archive: bool = False) -> Path:
     (d / "benchudf.py").write_text(UDF_MODULE)
+    source: dict = {"generator": {"rpu": rpu, "duration": duration, "msgSize": size, "total": n}}
+    if archive:  # the source also keeps what it took in (docs/replay.md)
+        source["archive"] = {"maxAge": "1h"}
     spec = {
         "apiVersion": "natsflow.io/v1",
         "kind": "Pipeline",
@@ -253,8 +256,7 @@ def write_pipeline(d: Path, name: str, n: int, size: int, batch: int, buffer_len
         "spec": {
             "limits": {"readBatchSize": batch, "bufferMaxLength": buffer_len},
             "vertices": [
-                {"name": "gen", "source": {"generator": {"rpu": rpu, "duration": duration, "msgSize": size,
-                                                         "total": n}}},
+                {"name": "gen", "source": source},
                 {"name": "map", "udf": {"map": {"handler": "benchudf:identity"}}},
                 {"name": "sink", "sink": sink},
             ],
@@ -268,7 +270,8 @@ def write_pipeline(d: Path, name: str, n: int, size: int, batch: int, buffer_len
 
 async def natsflow_start(srv: Server, procs: Procs, d: Path, name: str, n: int, args, *, rpu: int,
                          duration: str, sink: dict) -> Path:
-    pfile = write_pipeline(d, name, n, args.size, args.batch, args.buffer_max_length, rpu, duration, sink)
+    pfile = write_pipeline(d, name, n, args.size, args.batch, args.buffer_max_length, rpu, duration, sink,
+                           args.archive)
     prov = subprocess.run([PY, "-m", "framework.cli", "provision", str(pfile)], cwd=REPO, env=srv.env,
                           capture_output=True, text=True, timeout=60)
     if prov.returncode != 0:
@@ -621,6 +624,8 @@ def parse_args(argv=None):
                     help="a measurement during which other processes used more than this share of the machine "
                          "is repeated (this bench's own polling and the kernel count as other: ~5%%)")
     ap.add_argument("--retries", type=int, default=2, help="repeats of a measurement spoilt by other work")
+    ap.add_argument("--archive", action="store_true",
+                    help="natsflow's source keeps an archive of its intake (source.archive, for replay)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: defaults become 5000 msgs, 1 run, 1 s of latency")
     args = ap.parse_args(argv)

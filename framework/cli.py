@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from framework.connector import server_problems
-from framework.console import lifecycle
+from framework.console import lifecycle, replay
 from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
+from framework.isb.retained import ReplayError
 from framework.spec import SpecError, load_pipeline
 from framework.transport.settings import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     lifecycle.add_parsers(sub, _file_arg, _running_flags, _running_pipeline)
+    replay.add_parser(sub, _file_arg, _running_flags, _running_pipeline)
 
     p = sub.add_parser("render", help="write Kubernetes Deployments + KEDA ScaledObjects for a pipeline")
     _file_arg(p)
@@ -372,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except ProvisionError as exc:  # a setting the servers refuse: one line naming the field, no traceback
         print(f"{args.file or ''}: {exc}", file=sys.stderr)
+        return 1
+    except ReplayError as exc:  # not a source, nothing retained, an empty range: one line
+        print(f"natsflow replay: {exc}", file=sys.stderr)
         return 1
     except ConnectError as exc:  # one line naming the cause and the (masked) URL, no traceback
         print(f"natsflow: {exc}", file=sys.stderr)

@@ -4,9 +4,11 @@ Names (documented in docs/protocol.md):
   stream and durable consumer  nf_<pipeline>_<vertex>          (a reduce partition i: ..._p<i>)
   subjects                     nf.<pipeline>.<vertex>.<from-vertex>
   dead-letter stream           nf_<pipeline>_<vertex>_dlq      (subject nfdlq.<pipeline>.<vertex>)
+  source archive stream        nf_<pipeline>_<vertex>_archive  (subject nfarchive.<pipeline>.<vertex>)
   KV buckets                   nf_<pipeline>_wm, nf_<pipeline>_sideinputs, nf_<pipeline>_leases,
                                nf_<pipeline>_lifecycle (key `phase`), nf_<pipeline>_ratelimit,
-                               nf_<pipeline>_requests (serving: results by request id)
+                               nf_<pipeline>_requests (serving: results by request id),
+                               nf_<pipeline>_replays (`natsflow replay` progress by replay id)
   jetstream source consumer    nf_<pipeline>_<vertex>_src      (unless the spec names one)
 
 `_` cannot appear in vertex names, so no two vertices can produce the same stream name. Nothing
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from framework.spec import Pipeline
 
 # What no user subject or stream may use (spec validation refuses them): every subject and name below.
-RESERVED_SUBJECTS = ("nf.>", "nfdlq.>")
+RESERVED_SUBJECTS = ("nf.>", "nfdlq.>", "nfarchive.>")
 RESERVED_PREFIX = "nf_"
 
 
@@ -71,6 +73,23 @@ def dlq_msg_id(vertex: str, origin: str) -> str:
     return f"dlq:{vertex}:{origin}"
 
 
+def archive_stream_name(pipeline: str, vertex: str) -> str:
+    """The archive of a source vertex with `archive:`: what it took in, kept by age and size."""
+    return f"nf_{pipeline}_{vertex}_archive"
+
+
+def archive_subject(pipeline: str, vertex: str) -> str:
+    """The one subject of a source's archive stream."""
+    return f"nfarchive.{pipeline}.{vertex}"
+
+
+def replay_msg_id(replay_id: str, vertex: str, seq: int) -> str:
+    """The `Nats-Msg-Id` of a replayed message: one per replay and retained-input sequence, so the
+    same replay run again stores nothing twice, while the originals' ids (`<vertex>:<offset>`)
+    never collide with it."""
+    return f"replay:{replay_id}:{vertex}:{seq}"
+
+
 def watermark_bucket(pipeline: str) -> str:
     """The KV bucket writers publish their watermarks into."""
     return f"nf_{pipeline}_wm"
@@ -102,6 +121,11 @@ def ratelimit_bucket(pipeline: str) -> str:
 def requests_bucket(pipeline: str) -> str:
     """The KV bucket of a serving pipeline's requests: results, splits and errors by request id."""
     return f"nf_{pipeline}_requests"
+
+
+def replays_bucket(pipeline: str) -> str:
+    """The KV bucket of `natsflow replay`'s progress: per replay id, the next sequence to publish."""
+    return f"nf_{pipeline}_replays"
 
 
 def kv_subjects(bucket: str) -> str:

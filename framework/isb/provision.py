@@ -5,6 +5,7 @@ only asks each to reconcile its own."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -78,6 +79,27 @@ def dlq_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
     ), p.buffers_for(vertex))
 
 
+def archive_stream_config(p: Pipeline, vertex: str) -> api.StreamConfig:
+    """The archive of a source with `archive:`: limits retention by its maxAge/maxBytes, the oldest
+    dropped first, so it never refuses the source (replicas and storage as its dead-letter stream)."""
+    source = p.vertex(vertex).source
+    assert source is not None and source.archive is not None
+    return dataclasses.replace(apply_buffers(api.StreamConfig(
+        name=names.archive_stream_name(p.name, vertex),
+        subjects=[names.archive_subject(p.name, vertex)],
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        description=f"natsflow archive of source {vertex} in pipeline {p.name}",
+    ), p.buffers_for(vertex), limits=False), max_age=source.archive.max_age,
+        max_bytes=source.archive.max_bytes or -1, max_msgs=-1)
+
+
+def archived_sources(p: Pipeline) -> list[str]:
+    """The source vertices whose intake is archived (`source.archive`)."""
+    return [v.name for v in p.spec.vertices if v.source is not None and v.source.archive is not None]
+
+
 def spec_paths(p: Pipeline, vertex: str | None) -> SpecPaths:
     """Which spec fields set the replicas and storage of a vertex's streams (None: the buckets')."""
     return SpecPaths(p.buffers_field(vertex, "replicas"), p.buffers_field(vertex, "storage"))
@@ -126,6 +148,9 @@ async def provision(js: JetStreamContext, p: Pipeline,
     for v in p.spec.vertices:  # sources too: records they cannot store are dead-lettered
         dcfg = dlq_stream_config(p, v.name)
         record(f"stream {dcfg.name}", await ensure_stream(js, dcfg, spec_paths(p, v.name)), dcfg.name)
+    for vertex in archived_sources(p):
+        acfg = archive_stream_config(p, vertex)
+        record(f"stream {acfg.name}", await ensure_stream(js, acfg, spec_paths(p, vertex)), acfg.name)
     shared = p.buffers_for(None)  # KV buckets: the pipeline-wide replicas and storage
     buckets = [(names.watermark_bucket(p.name), marks.provision_bucket),
                (names.lifecycle_bucket(p.name), phase.provision_bucket)]

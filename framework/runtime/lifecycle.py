@@ -137,7 +137,7 @@ class VertexRuntime:
         js = nc.jetstream()
         publisher = JetStreamPublisher(nc)
         await publisher.start()
-        router = Router(self.p, self.v.name, BufferWriter(js, publisher), publisher)
+        router = Router(self.p, self.v.name, BufferWriter(js, publisher), publisher, archive=True)
         kv = None
         if self.p.out_edges(self.v.name):  # every source and UDF (validated); never a sink
             await provision_bucket(js, self.p.name, self.p.buffers_for(None))

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from framework.isb.envelope import encode_envelope
-from framework.isb.names import edge_subject, partitions, stream_name
+from framework.isb.names import archive_stream_name, archive_subject, edge_subject, partitions, stream_name
 from framework.isb.ports import Publishes, Writes
 from framework.isb.writer import OutMessage
 from framework.sdk import Message
@@ -63,6 +63,12 @@ def source_msg_id(vertex: str, offset: str) -> str:
     return f"{vertex}:{offset}"
 
 
+# The writer's key of a source's archive stream: `_` is in no vertex name, so no target has it.
+ARCHIVE_KEY = "_archive"
+# An archive keeps by age and size and drops its oldest: it never refuses, so never holds a writer back.
+ARCHIVE_SOFT_LIMIT = 1 << 62
+
+
 def target_key(to: str, partition: int | None) -> str:
     """The writer's key of a target buffer partition: `<to>` or `<to>#<partition>`."""
     return to if partition is None else f"{to}#{partition}"
@@ -71,7 +77,10 @@ def target_key(to: str, partition: int | None) -> str:
 class Router:
     """Routes a batch of outputs to the buffers of a vertex's out-edges and writes them."""
 
-    def __init__(self, p: Pipeline, vertex: str, writer: Writes, publisher: Publishes | None = None):
+    def __init__(self, p: Pipeline, vertex: str, writer: Writes, publisher: Publishes | None = None,
+                 archive: bool = False):
+        """`archive`: also write every item to the vertex's archive stream (a source with
+        `archive:`), in the same batch as its out-edges, so it costs one publish per item."""
         self._writer = writer
         self._pub = publisher  # knows the last acked sequence per subject
         self._routes: list[Route] = []
@@ -82,6 +91,11 @@ class Router:
                 writer.add_target(target_key(e.to, part), stream_name(p.name, e.to, part), limits.buffer_soft_limit)
             self._routes.append(Route(e, tuple(edge_subject(p.name, e.to, vertex, part) for part in parts),
                                       tuple(target_key(e.to, part) for part in parts)))
+        source = p.vertex(vertex).source
+        self._archive: str | None = None
+        if archive and source is not None and source.archive is not None:
+            self._archive = archive_subject(p.name, vertex)
+            writer.add_target(ARCHIVE_KEY, archive_stream_name(p.name, vertex), ARCHIVE_SOFT_LIMIT)
         self._plain = all(e.conditions is None and not e.late for e in p.out_edges(vertex))
         self.watermark_targets = [(e.to, part or 0) for e in p.out_edges(vertex) for part in partitions(p, e.to)]
         self.wm: WatermarkPublisher | None = None
@@ -125,21 +139,28 @@ class Router:
         batches: dict[str, tuple[OnFull, list[OutMessage]]] = {
             key: (r.edge.on_full, []) for r in self._routes for key in r.targets
         }
+        archived: list[OutMessage] = []
         unrouted = 0
         for item in items:
+            headers = item.wire or encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys,
+                                                   item.headers)
+            if self._archive is not None:  # what the source took in, routed or not
+                archived.append(OutMessage(self._archive, item.value, headers))
             routes = self.targets(item.tags, item.late)
             if not routes:
                 unrouted += 1  # no edge's condition matched its tags
                 continue
-            headers = item.wire or encode_envelope(item.msg_id, item.data_id, item.event_time_ms, item.keys,
-                                                   item.headers)
             for r in routes:
                 i = r.pick(item.keys)
                 batches[r.targets[i]][1].append(OutMessage(r.subjects[i], item.value, headers))
+        if archived:
+            batches[ARCHIVE_KEY] = (OnFull.retry_until_success, archived)
         dropped = await self._writer.write(batches)
         self._note_sequences()
         per_target: dict[str, tuple[int, int]] = {}
         for key, (_, msgs) in batches.items():
+            if key == ARCHIVE_KEY:
+                continue
             to = key.split("#")[0]
             routed, lost = per_target.get(to, (0, 0))
             per_target[to] = (routed + len(msgs), lost + dropped.get(key, 0))

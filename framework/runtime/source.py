@@ -72,20 +72,8 @@ class SourceKind:
         ]
 
     def assign_event_times(self, records: list[SourceRecord]) -> None:
-        """Run the source's `eventTime` extractor: `fn(keys, datum) -> datetime | epoch ms`.
-        A record it fails on keeps the source's own event time; the failure is counted and logged."""
-        fn = self.event_time_fn
-        if fn is None:
-            return
-        for r in records:
-            try:
-                t = fn(r.keys or [], Datum(r.keys or [], r.value, headers=r.headers, id=r.id or r.offset,
-                                           event_time_ms=r.event_time_ms))
-                r.event_time_ms = int(t.timestamp() * 1000) if isinstance(t, datetime) else int(t)
-            except Exception as exc:
-                self.rt.metrics.error.inc(1)
-                log.warning("vertex %s: eventTime extractor failed for %s (%s: %s); kept the source's time",
-                            self.rt.v.name, r.offset, type(exc).__name__, exc)
+        if self.event_time_fn is not None:
+            assign_event_times(self.event_time_fn, records, self.rt.v.name, lambda: self.rt.metrics.error.inc(1))
 
     async def emit(self, records: list[SourceRecord]) -> None:
         if not self.rt.phase.running.is_set():
@@ -194,3 +182,18 @@ class SourceKind:
             self.rt.metrics.dropped("buffer_full_rejected", len(records))
             raise BufferFull(f"buffer of vertex {full!r} is full")
         await self.emit(records)
+
+
+def assign_event_times(fn: Callable[..., Any], records: list[SourceRecord], vertex: str,
+                       failed: Callable[[], None] = lambda: None) -> None:
+    """Run a source's `eventTime` extractor: `fn(keys, datum) -> datetime | epoch ms`. A record it
+    fails on keeps the source's own event time; the failure is logged and `failed` is called."""
+    for r in records:
+        try:
+            t = fn(r.keys or [], Datum(r.keys or [], r.value, headers=r.headers, id=r.id or r.offset,
+                                       event_time_ms=r.event_time_ms))
+            r.event_time_ms = int(t.timestamp() * 1000) if isinstance(t, datetime) else int(t)
+        except Exception as exc:
+            failed()
+            log.warning("vertex %s: eventTime extractor failed for %s (%s: %s); kept the source's time",
+                        vertex, r.offset, type(exc).__name__, exc)

@@ -17,6 +17,7 @@ from framework.spec.envsubst import EnvRef
 from framework.spec.ordering import Ordering, ordered_partitions
 from framework.spec.registry import ConnectorInfo, sinks, sources
 from framework.spec.settings import (
+    Archive,
     Buffers,
     Lifecycle,
     Limits,
@@ -93,11 +94,14 @@ if TYPE_CHECKING:
         """What a type checker sees: the connector keys are known only once the registry is read."""
 
         event_time: Handler | None
+        archive: Archive | None
 
         def __getattr__(self, kind: str) -> Any: ...
 else:
     Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_connector_fields(sources()),
-                          event_time=(Handler | None, None))
+                          event_time=(Handler | None, None),
+                          archive=(Archive | None, Field(None, description="keep what the source took in for "
+                                                                           "`natsflow replay` (docs/replay.md)")))
 
 
 # ---- sinks -----------------------------------------------------------------------------------

@@ -55,8 +55,9 @@ def overlaps(a: str, b: str) -> bool:
 def reserved_subject_problem(subject: str) -> str | None:
     clash = [r for r in RESERVED_SUBJECTS if overlaps(subject, r)]
     if clash:
-        return (f"{subject[:80]!r} overlaps {' and '.join(clash)}, which natsflow keeps for its buffers and "
-                "dead letters (a source there would read them, a sink would write into them): use another subject")
+        return (f"{subject[:80]!r} overlaps {' and '.join(clash)}, which natsflow keeps for its buffers, "
+                "dead letters and archives (a source there would read them, a sink would write into them): use another "
+                "subject")
     return None
 
 

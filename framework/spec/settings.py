@@ -106,6 +106,14 @@ MAX_MAX_BYTES = 1 << 50
 MAX_MAX_AGE_S = 10 * 365 * 86400.0
 
 
+def holds_a_message(max_bytes: int | None) -> int | None:
+    """A stream's maxBytes, refused below what one message of the default max payload needs."""
+    if max_bytes is not None and max_bytes < MIN_MAX_BYTES:
+        raise ValueError(f"must be at least 1MiB ({MIN_MAX_BYTES} bytes), so that a buffer can hold one message "
+                         "of the server's default max payload; got " + f"{max_bytes}")
+    return max_bytes
+
+
 class Buffers(Model):
     """How the pipeline's JetStream streams are stored (`spec.buffers`, overridden field by field
     in `vertices[].buffers`): replicas and storage of every buffer, dead-letter stream and KV
@@ -130,10 +138,7 @@ class Buffers(Model):
     @field_validator("max_bytes")
     @classmethod
     def _holds_a_message(cls, value: int | None) -> int | None:
-        if value is not None and value < MIN_MAX_BYTES:
-            raise ValueError(f"must be at least 1MiB ({MIN_MAX_BYTES} bytes), so that a buffer can hold one message "
-                             "of the server's default max payload; got " + f"{value}")
-        return value
+        return holds_a_message(value)
 
     def merged(self, override: Buffers | None) -> ResolvedBuffers:
         values = DEFAULT_BUFFERS.model_dump()
@@ -155,6 +160,20 @@ class ResolvedBuffers(BaseModel):
 
 
 DEFAULT_BUFFERS = ResolvedBuffers()
+
+
+class Archive(Model):
+    """A source's `archive`: it also keeps what it took in (the envelope it wrote: payload, keys,
+    event time, headers) in a limits-retention stream of the pipeline, for `natsflow replay`."""
+
+    max_age: Duration = Field(gt=0, le=MAX_MAX_AGE_S, description="how long the archive keeps a message")
+    max_bytes: ByteSize | None = Field(None, le=MAX_MAX_BYTES,
+                                       description="the archive's size; past it the oldest messages go first")
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _holds_a_message(cls, value: int | None) -> int | None:
+        return holds_a_message(value)
 
 
 class Retry(Model):

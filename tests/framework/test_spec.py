@@ -464,7 +464,7 @@ def scaled_kafka_source(pipeline: str, vertex: str):
 
 @pytest.mark.parametrize("mutation, path, reason", [
     (sink(nats={"subject": "nfdlq.demo.classify"}), "spec.vertices[2].sink.nats.subject",
-     "overlaps nfdlq.>, which natsflow keeps for its buffers and dead letters"),
+     "overlaps nfdlq.>, which natsflow keeps for its buffers, dead letters and archives"),
     (sink(log={}, fallback={"nats": {"subject": "nf.x.y"}}), "spec.vertices[2].sink.fallback.nats.subject",
      "overlaps nf.>"),
     (vertex_as(0, "source", {"nats": {"subject": "*.demo.classify.in"}}), "spec.vertices[0].source.nats.subject",

@@ -14,10 +14,10 @@ def reserved_stream_problem(config: JetStreamSourceConfig, at: Placement) -> lis
         return []
     if stream.startswith(f"{RESERVED_STREAM_PREFIX}{at.pipeline}_"):
         reason = "is one of this pipeline's own buffers or dead-letter streams: reading it back would loop"
-    elif not stream.endswith("_dlq"):
+    elif not stream.endswith(("_dlq", "_archive")):
         reason = ("is natsflow's name for a buffer, a work queue that its vertex consumes alone; of "
                   "another pipeline's streams a jetstream source can read its dead letters "
-                  "(nf_<pipeline>_<vertex>_dlq)")
+                  "(nf_<pipeline>_<vertex>_dlq) and source archives (nf_<pipeline>_<vertex>_archive)")
     else:
         return []
     return [(f"{at.path}.stream", f"{stream!r} {reason}")]

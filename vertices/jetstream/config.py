@@ -19,7 +19,7 @@ class DeliverPolicy(str, Enum):  # noqa: UP042 - str mixin: str() and format() s
 class JetStreamSourceConfig(Model):
     url: Secret | None = None
     stream: StreamName = Field(description="an existing stream; of natsflow's nf_* ones only another "
-                                           "pipeline's dead letters (reserved_stream_problem)")
+                                           "pipeline's dead letters and archives (reserved_stream_problem)")
     consumer: ConsumerName | None = None
     deliver_policy: DeliverPolicy = DeliverPolicy.all
 
