@@ -30,6 +30,10 @@ from nats.js.kv import KeyValue
 
 from framework.isb import envelope, names
 from framework.isb.reader import BufferReader
+from framework.numaflow import serverinfo
+from framework.numaflow.launch import start_serving
+from framework.numaflow.program import NumaflowProgram
+from framework.numaflow.reduce import NumaflowReduce, socket_of
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.ownership import (
     Lease,
@@ -40,8 +44,8 @@ from framework.runtime.ownership import (
 from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Outgoing, describe
 from framework.sdk import Datum
-from framework.spec import load_handler
-from framework.spec.udf import Reduce
+from framework.spec import load_handler, plan
+from framework.spec.udf import ReduceOptions
 from framework.watermark.fetcher import WatermarkFetcher
 from framework.watermark.marks import UNKNOWN, replica_id
 
@@ -57,6 +61,7 @@ class ReduceKind:
         self.rt = rt
         self.io = io
         self.reducer: Reducer | None = None  # once the leases are started
+        self.program: NumaflowProgram | None = None  # a Numaflow reducer's process
 
     def on_stop(self) -> None:
         if self.reducer is not None:
@@ -65,15 +70,25 @@ class ReduceKind:
     def on_heartbeat(self) -> bool:
         return False
 
+    async def _program(self) -> NumaflowReduce:
+        """Start the vertex's Numaflow reducer program; it is stopped with the vertex."""
+        udf = self.rt.v.udf
+        assert udf is not None and udf.numaflow is not None
+        self.program, info = await start_serving(udf.numaflow, f"{plan(self.rt.p, self.rt.v.name).path}.udf.numaflow",
+                                                 serverinfo.REDUCER, serverinfo.REDUCE_STREAMER, pipeline=self.rt.p.name,
+                                                 vertex=self.rt.v.name, base_dir=self.rt.base_dir)
+        return NumaflowReduce(self.program.channel(socket_of(info)))
+
     def input_watermark(self) -> int | None:
         return None
 
     async def serve(self) -> None:
         rt, js = self.rt, self.io.js
         udf = rt.v.udf
-        assert udf is not None and udf.reduce is not None and self.io.kv is not None
-        cfg = udf.reduce
-        fn = load_handler(cfg.handler, rt.base_dir)
+        assert udf is not None and self.io.kv is not None
+        cfg = udf.windowing
+        assert cfg is not None
+        fn = load_handler(udf.reduce.handler, rt.base_dir) if udf.reduce is not None else await self._program()
         emitter = WindowEmitter(rt.v.name, fn, udf.retry, udf.timeout, rt.metrics, rt.tracer)
         rt.loaded = True  # for /readyz
         all_parts = names.partitions(rt.p, rt.v.name)
@@ -84,14 +99,18 @@ class ReduceKind:
         log.info("reduce %s: replica %s claims its share of %d partition(s) (lease ttl %gs)", rt.v.name,
                  leases.replica, len(all_parts), cfg.lease_ttl)
         self.reducer = Reducer(rt, self.io, self.io.kv, cfg, emitter, leases, all_parts)
-        await self.reducer.run()
+        try:
+            await self.reducer.run()
+        finally:
+            if self.program is not None:
+                await self.program.stop()
 
 
 class Reducer:
     """One replica's partitions of a reduce: follows the leases, reads each owned partition,
     assigns inputs to windows, closes the windows the watermark passed, and acks their inputs."""
 
-    def __init__(self, rt: VertexRuntime, io: VertexIO, kv: KeyValue, cfg: Reduce, emitter: WindowEmitter,
+    def __init__(self, rt: VertexRuntime, io: VertexIO, kv: KeyValue, cfg: ReduceOptions, emitter: WindowEmitter,
                  leases: PartitionLeases, all_parts: list[int | None]):
         self.p, self.v, self.limits, self.metrics, self.stopping = rt.p, rt.v, rt.limits, rt.metrics, rt.stopping
         self.rt = rt

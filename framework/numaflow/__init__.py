@@ -1,0 +1,1 @@
+"""Numaflow SDK programs run unmodified: natsflow as their data plane (docs/numaflow-udfs.md)."""
