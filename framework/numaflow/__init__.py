@@ -1,1 +1,2 @@
-"""Numaflow SDK programs run unmodified: natsflow as their data plane (docs/numaflow-udfs.md)."""
+"""natsflow as the data plane of programs written with a Numaflow SDK: the program launcher
+(program.py), the server-info check (serverinfo.py), and the gRPC clients of each kind."""
