@@ -20,9 +20,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pynumaflow.proto.reducer import reduce_pb2, reduce_pb2_grpc
 
 from framework.numaflow import serverinfo
-from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.messages import NumaflowError, from_sdk, timestamp
+from framework.numaflow.serverinfo import ServerInfo
 from framework.sdk import Datum, Message, Window
+
 
 def socket_of(info: ServerInfo) -> str:
     """The socket a reducer or reduce streamer serves on, by the server-info file it wrote."""

@@ -74,9 +74,10 @@ class ReduceKind:
         """Start the vertex's Numaflow reducer program; it is stopped with the vertex."""
         udf = self.rt.v.udf
         assert udf is not None and udf.numaflow is not None
-        self.program, info = await start_serving(udf.numaflow, f"{plan(self.rt.p, self.rt.v.name).path}.udf.numaflow",
-                                                 serverinfo.REDUCER, serverinfo.REDUCE_STREAMER, pipeline=self.rt.p.name,
-                                                 vertex=self.rt.v.name, base_dir=self.rt.base_dir)
+        rt = self.rt
+        self.program, info = await start_serving(udf.numaflow, f"{plan(rt.p, rt.v.name).path}.udf.numaflow",
+                                                 serverinfo.REDUCER, serverinfo.REDUCE_STREAMER, pipeline=rt.p.name,
+                                                 vertex=rt.v.name, base_dir=rt.base_dir)
         return NumaflowReduce(self.program.channel(socket_of(info)))
 
     def input_watermark(self) -> int | None:

@@ -29,6 +29,11 @@ from prometheus_client import Counter
 
 from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
+from framework.numaflow import serverinfo
+from framework.numaflow.launch import start_serving
+from framework.numaflow.program import NumaflowProgram
+from framework.numaflow.sideinput import SOCKET as SIDE_INPUT_SOCKET
+from framework.numaflow.sideinput import NumaflowSideInput
 from framework.observability.metrics import VertexMetrics
 from framework.sdk import handler_kind
 from framework.sideinputs.schedule import parse_schedule
@@ -192,6 +197,7 @@ class SideInputManager:
         self.base_dir = base_dir
         self.stopping = asyncio.Event()
         self._threads: dict[str, asyncio.Future] = {}  # side input -> its handler's running thread
+        self.programs: list[NumaflowProgram] = []  # the Numaflow retrievers' processes
         self.metrics = VertexMetrics(p.name, MANAGER)
         self.runs = Counter("side_input_runs_total", "side-input handler runs, by result (stored, unchanged, "
                             "no_value, error)", ("pipeline", "side_input", "result"), registry=self.metrics.registry)
@@ -199,15 +205,35 @@ class SideInputManager:
     async def run(self) -> None:
         # Import every handler up front: one that cannot be loaded ends the manager with an error
         # naming it (inside its task it would die unseen, leaving the vertices waiting forever).
-        handlers = {}
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        handlers: dict[str, Callable[[], Any]] = {}
         for i, si in enumerate(self.p.spec.side_inputs):
+            if si.handler is None:
+                continue
             try:
                 handlers[si.name] = load_handler(si.handler, self.base_dir)
             except HandlerError as exc:
                 raise SystemExit(f"spec.sideInputs[{i}].handler: {exc}") from None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            for i, si in enumerate(self.p.spec.side_inputs):
+                if si.numaflow is not None:  # started once the handlers import: a bad one ends the run first
+                    handlers[si.name] = await self._start_program(i, si)
+            await self._serve(handlers)
+        finally:
+            for program in self.programs:
+                await program.stop()
+
+    async def _start_program(self, i: int, si: SideInput) -> NumaflowSideInput:
+        """Start a side input's Numaflow retriever program; it runs until the manager stops."""
+        assert si.numaflow is not None
+        program, _ = await start_serving(si.numaflow, f"spec.sideInputs[{i}].numaflow", serverinfo.SIDE_INPUT,
+                                         pipeline=self.p.name, vertex=MANAGER, base_dir=self.base_dir)
+        self.programs.append(program)
+        return NumaflowSideInput(program.channel(SIDE_INPUT_SOCKET))
+
+    async def _serve(self, handlers: dict[str, Callable[[], Any]]) -> None:
         self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}", stopping=self.stopping)
         js = self.nc.jetstream()
         await provision_bucket(js, self.p.name, self.p.buffers_for(None))
@@ -262,12 +288,12 @@ class SideInputManager:
         except TimeoutError:
             count.inc()
             log.warning("side input %s: handler %s gave no result within %gs; keeping the previous value",
-                        si.name, si.handler, si.trigger.timeout)
+                        si.name, si.source, si.trigger.timeout)
             return stored
         except Exception as exc:
             count.inc()
             log.warning("side input %s: handler %s failed (%s: %s); keeping the previous value",
-                        si.name, si.handler, type(exc).__name__, exc)
+                        si.name, si.source, type(exc).__name__, exc)
             return stored
         if value is None or value == stored:
             self.runs.labels(pipeline=self.p.name, side_input=si.name,

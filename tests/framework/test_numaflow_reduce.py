@@ -12,7 +12,7 @@ from tests.framework.test_reduce import T0, consumed, publish, results, source_s
 
 pytest.importorskip("pynumaflow")
 
-PROGRAM = [sys.executable, str(REPO / "tests" / "numaflow_programs" / "reduce_sum.py")]
+PROGRAM = [sys.executable, str(REPO / "tests" / "numaflow_udfs" / "reduce_sum.py")]
 
 
 def numaflow_reduce_pipeline(runner) -> None:
