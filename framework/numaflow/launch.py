@@ -1,32 +1,30 @@
-"""Start the Numaflow program a spec block names (`udf.numaflow`, `source.numaflow`,
-`spec.sideInputs[i].numaflow`) and wait until it serves one of the roles asked for: the reduce
-vertex, the side-input manager and the user-defined source share this."""
+"""The ProgramLaunch of a vertex's Numaflow program from the pipeline spec (shared by every kind:
+map, sink, transformer, reduce, side input, source)."""
 
 from __future__ import annotations
 
-import contextlib
+import os
 from pathlib import Path
 
-from framework.numaflow.program import NumaflowProgram, ProgramLaunch
-from framework.numaflow.serverinfo import ServerInfo
-from framework.spec.secrets import resolve
-from framework.spec.udf import NumaflowProgram as ProgramSpec
+from framework.numaflow.program import ProgramLaunch
+from framework.spec.model import Pipeline
+from framework.spec.secrets import resolve, vertex_path
+from framework.spec.udf import NumaflowProgram
 
 
-async def start_serving(spec: ProgramSpec, where: str, *info_files: str, pipeline: str, vertex: str,
-                        base_dir: Path | None) -> tuple[NumaflowProgram, ServerInfo]:
-    """The running program and the server-info file it wrote (the first of `info_files`). `where`
-    is the block's field path, for a missing command or secret. The caller stops the program."""
+class NotRunnableHere(ValueError):
+    """The program has only a `container` (for `natsflow render`), no `command` to run locally."""
+
+
+def launch_for(p: Pipeline, vertex: str, spec: NumaflowProgram, where: str, base_dir: Path | None,
+               container_type: str | None = None) -> ProgramLaunch:
+    """`where`: the spec block's path below the vertex (e.g. "udf.numaflow", "sink.numaflow"), for
+    error texts. The program runs in the pipeline file's folder, like a natsflow handler's imports."""
+    path = f"{vertex_path(p, p.vertex(vertex))}.{where}"
     if not spec.command:
-        raise SystemExit(f"{where}.command: a numaflow program needs a command to run locally "
-                         "(`container` is for `natsflow render`)")
-    env = {k: resolve(v, f"{where}.env.{k}") for k, v in spec.env.items()}
-    program = await NumaflowProgram.start(ProgramLaunch(list(spec.command), env, base_dir, spec.startup_timeout,
-                                                        pipeline=pipeline, vertex=vertex))
-    try:
-        info = await program.ready(*info_files)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await program.stop()
-        raise
-    return program, info
+        raise NotRunnableHere(f"{path}.command: vertex {vertex!r} has only {where}.container, which runs when "
+                              f"rendered for Kubernetes; add {where}.command to run it on this machine")
+    env = {k: resolve(v, f"{path}.env.{k}") for k, v in spec.env.items()}
+    return ProgramLaunch(command=list(spec.command), env=env, cwd=base_dir, startup_timeout=spec.startup_timeout,
+                         pipeline=p.name, vertex=vertex, replica=int(os.environ.get("NATSFLOW_REPLICA_INDEX", "0")),
+                         container_type=container_type)

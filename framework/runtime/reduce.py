@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
@@ -30,10 +31,6 @@ from nats.js.kv import KeyValue
 
 from framework.isb import envelope, names
 from framework.isb.reader import BufferReader
-from framework.numaflow import serverinfo
-from framework.numaflow.launch import start_serving
-from framework.numaflow.program import NumaflowProgram
-from framework.numaflow.reduce import NumaflowReduce, socket_of
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.ownership import (
     Lease,
@@ -44,10 +41,13 @@ from framework.runtime.ownership import (
 from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Outgoing, describe
 from framework.sdk import Datum
-from framework.spec import load_handler, plan
+from framework.spec import load_handler
 from framework.spec.udf import ReduceOptions
 from framework.watermark.fetcher import WatermarkFetcher
 from framework.watermark.marks import UNKNOWN, replica_id
+
+if TYPE_CHECKING:
+    from framework.numaflow.reduce import NumaflowReduce
 
 log = logging.getLogger("natsflow.reduce")
 
@@ -61,7 +61,7 @@ class ReduceKind:
         self.rt = rt
         self.io = io
         self.reducer: Reducer | None = None  # once the leases are started
-        self.program: NumaflowProgram | None = None  # a Numaflow reducer's process
+        self.program: NumaflowReduce | None = None  # a Numaflow reducer's program
 
     def on_stop(self) -> None:
         if self.reducer is not None:
@@ -72,13 +72,16 @@ class ReduceKind:
 
     async def _program(self) -> NumaflowReduce:
         """Start the vertex's Numaflow reducer program; it is stopped with the vertex."""
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.launch import launch_for
+        from framework.numaflow.reduce import NumaflowReduce
+
         udf = self.rt.v.udf
         assert udf is not None and udf.numaflow is not None
-        rt = self.rt
-        self.program, info = await start_serving(udf.numaflow, f"{plan(rt.p, rt.v.name).path}.udf.numaflow",
-                                                 serverinfo.REDUCER, serverinfo.REDUCE_STREAMER, pipeline=rt.p.name,
-                                                 vertex=rt.v.name, base_dir=rt.base_dir)
-        return NumaflowReduce(self.program.channel(socket_of(info)))
+        self.program = NumaflowReduce(launch_for(self.rt.p, self.rt.v.name, udf.numaflow, "udf.numaflow",
+                                                 self.rt.base_dir))
+        await self.program.start()
+        return self.program
 
     def input_watermark(self) -> int | None:
         return None
@@ -104,7 +107,7 @@ class ReduceKind:
             await self.reducer.run()
         finally:
             if self.program is not None:
-                await self.program.stop()
+                await self.program.close()
 
 
 class Reducer:

@@ -28,10 +28,13 @@ def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
         return ReduceKind(rt, io)
     if v.udf is not None and v.udf.numaflow is not None and v.udf.numaflow.reduce is not None:
         return ReduceKind(rt, io)  # a Numaflow reducer or reduce streamer over natsflow's windows
-    if v.udf is not None and v.udf.kind == "numaflow":
-        raise NotImplementedError(f"vertex {v.name!r}: udf.numaflow is not supported by this natsflow yet")
     open_processor: ProcessorFactory
-    if v.kind == "sink":
+    if v.udf is not None and v.udf.kind == "numaflow":
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.map_vertex import open_numaflow_map
+
+        open_processor = open_numaflow_map
+    elif v.kind == "sink":
         open_processor = SinkProcessor.open
     elif v.udf is not None and v.udf.kind == "mapStream":
         open_processor = MapStreamProcessor.open

@@ -22,18 +22,13 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
 from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
-from framework.numaflow import serverinfo
-from framework.numaflow.launch import start_serving
-from framework.numaflow.program import NumaflowProgram
-from framework.numaflow.sideinput import SOCKET as SIDE_INPUT_SOCKET
-from framework.numaflow.sideinput import NumaflowSideInput
 from framework.observability.metrics import VertexMetrics
 from framework.sdk import handler_kind
 from framework.sideinputs.schedule import parse_schedule
@@ -47,6 +42,9 @@ from framework.spec import (
     load_pipeline,
 )
 from framework.transport.settings import NatsSettings
+
+if TYPE_CHECKING:
+    from framework.numaflow.sideinput import NumaflowSideInput
 
 log = logging.getLogger("natsflow.sideinputs")
 
@@ -197,7 +195,7 @@ class SideInputManager:
         self.base_dir = base_dir
         self.stopping = asyncio.Event()
         self._threads: dict[str, asyncio.Future] = {}  # side input -> its handler's running thread
-        self.programs: list[NumaflowProgram] = []  # the Numaflow retrievers' processes
+        self.programs: list[NumaflowSideInput] = []  # the Numaflow retrievers
         self.metrics = VertexMetrics(p.name, MANAGER)
         self.runs = Counter("side_input_runs_total", "side-input handler runs, by result (stored, unchanged, "
                             "no_value, error)", ("pipeline", "side_input", "result"), registry=self.metrics.registry)
@@ -223,15 +221,17 @@ class SideInputManager:
             await self._serve(handlers)
         finally:
             for program in self.programs:
-                await program.stop()
+                await program.close()
 
-    async def _start_program(self, i: int, si: SideInput) -> NumaflowSideInput:
+    async def _start_program(self, i: int, si: SideInput) -> Callable[[], Any]:
         """Start a side input's Numaflow retriever program; it runs until the manager stops."""
-        assert si.numaflow is not None
-        program, _ = await start_serving(si.numaflow, f"spec.sideInputs[{i}].numaflow", serverinfo.SIDE_INPUT,
-                                         pipeline=self.p.name, vertex=MANAGER, base_dir=self.base_dir)
-        self.programs.append(program)
-        return NumaflowSideInput(program.channel(SIDE_INPUT_SOCKET))
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.sideinput import NumaflowSideInput, launch_of
+
+        retriever = NumaflowSideInput(launch_of(self.p.name, i, si, self.base_dir))
+        self.programs.append(retriever)
+        await retriever.start()
+        return retriever
 
     async def _serve(self, handlers: dict[str, Callable[[], Any]]) -> None:
         self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}", stopping=self.stopping)
