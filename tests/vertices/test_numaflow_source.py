@@ -30,14 +30,14 @@ def numbers(out: Collector) -> list[int]:
     return [int(m.data) for m in out.msgs]
 
 
-def programs_of(pipeline: str) -> list[int]:
-    """Pids of the counter programs natsflow started for `pipeline` (NUMAFLOW_PIPELINE_NAME)."""
+def programs_of(pipeline: str, script: str = PROGRAM) -> list[int]:
+    """Pids of the `script` programs natsflow started for `pipeline` (NUMAFLOW_PIPELINE_NAME)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if PROGRAM.encode() not in (proc / "cmdline").read_bytes():
+            if script.encode() not in (proc / "cmdline").read_bytes():
                 continue
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:

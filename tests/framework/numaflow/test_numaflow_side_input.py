@@ -4,17 +4,17 @@ calls it on the trigger; no_broadcast keeps the previous value; a vertex reads t
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from framework.spec import SpecError, parse_pipeline
-from tests.conftest import REPO, PipelineRunner, wait_for
+from tests.conftest import PipelineRunner, wait_for
+from tests.framework.numaflow.conftest import program
 from tests.framework.test_side_inputs import pipeline_doc, publish, results, setup, start_manager
 
 pytest.importorskip("pynumaflow")
 
-PROGRAM = [sys.executable, str(REPO / "tests" / "numaflow_udfs" / "side_input_counter.py")]
+PROGRAM = program("side_input_counter.py")
 NUMAFLOW_SIDE_INPUT = [{"name": "mode", "numaflow": {"command": PROGRAM}, "trigger": {"schedule": "@every 0.2s"}}]
 
 

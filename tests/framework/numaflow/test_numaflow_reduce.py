@@ -3,16 +3,19 @@ through a real nats-server: exact per-key sums, also across a SIGKILL mid-window
 
 from __future__ import annotations
 
-import sys
+import os
+import signal
 
 import pytest
 
-from tests.conftest import REPO, Collector, wait_for
+from tests.conftest import Collector, wait_for
+from tests.framework.numaflow.conftest import program
 from tests.framework.test_reduce import T0, consumed, publish, results, source_stream
+from tests.vertices.test_numaflow_source import programs_of
 
 pytest.importorskip("pynumaflow")
 
-PROGRAM = [sys.executable, str(REPO / "tests" / "numaflow_udfs" / "reduce_sum.py")]
+PROGRAM = program("reduce_sum.py")
 
 
 def numaflow_reduce_pipeline(runner) -> None:
@@ -60,7 +63,9 @@ async def test_sigkill_of_the_reduce_vertex_mid_window_loses_and_duplicates_noth
     await consumed(nc, runner)
     await publish(js, subj, [("zz", 15, 0)])  # closes [0,10) only; [10,20) stays open, its inputs held
     await out.wait_count(2, timeout=90)
-    runner.kill("agg")  # the natsflow process and, with its process group, the pynumaflow program
+    runner.kill("agg")
+    for pid in programs_of(runner.name, PROGRAM[1]):  # its program outlives it (a session of its own)
+        os.kill(pid, signal.SIGKILL)
     runner.start("agg")
     await publish(js, subj, [("zz", 1000, 0)])
     await out.wait_count(5, timeout=120)  # [10,20) of a and b, [10,20) of zz
@@ -68,3 +73,27 @@ async def test_sigkill_of_the_reduce_vertex_mid_window_loses_and_duplicates_noth
     got = {r for r in results(out) if r[0] != ("zz",)}
     assert got == expected_sums(keys, 2)
     assert len(out.msgs) == 5, "a window result was emitted twice"
+
+
+async def test_sigkill_of_the_reducer_program_mid_window_is_survived_with_exact_sums(runner, nc):
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    numaflow_reduce_pipeline(runner)
+    await runner.start_all()
+    subj = f"{runner.name}.src"
+    keys = ("a", "b")
+    await publish(js, subj, [(k, t, t * (i + 1)) for t in range(20) for i, k in enumerate(keys)])
+    await consumed(nc, runner)
+    await publish(js, subj, [("zz", 15, 0)])
+    await out.wait_count(2, timeout=90)
+    [pid] = programs_of(runner.name, PROGRAM[1])
+    os.kill(pid, signal.SIGKILL)  # the vertex holds [10,20)'s inputs; it sends them to a new program
+    await publish(js, subj, [("zz", 1000, 0)])
+    await out.wait_count(5, timeout=120)
+    await wait_for(lambda: runner.drained(nc, holding=("agg",)), 30, "buffers to drain")
+    got = {r for r in results(out) if r[0] != ("zz",)}
+    assert got == expected_sums(keys, 2)
+    assert len(out.msgs) == 5
+    assert "starting it again (restart 1)" in runner.log("agg")
+    assert runner.procs["agg"].poll() is None
+    assert await runner.stream_messages(nc, f"nf_{runner.name}_agg_dlq") == 0
