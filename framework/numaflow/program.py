@@ -41,6 +41,7 @@ import grpc
 from framework.local import process
 from framework.numaflow import serverinfo
 from framework.numaflow.serverinfo import ServerInfo
+from framework.sideinputs.files import forget_mirror, mirror_side_inputs
 
 log = logging.getLogger("natsflow.numaflow")
 
@@ -119,11 +120,13 @@ class NumaflowProgram:
         # Short and private: a Unix socket path must stay under ~100 bytes.
         folder = Path(tempfile.mkdtemp(prefix="nf-numaflow-"))
         (folder / "side-inputs").mkdir()
+        mirror_side_inputs(folder / "side-inputs")  # the values of the vertex's sideInputs, as Numaflow's files
         try:
             proc = await process.spawn(launch.command, env=program_env(launch, folder, folder / "side-inputs"),
                                        cwd=launch.cwd, stdout=asyncio.subprocess.PIPE,
                                        stderr=asyncio.subprocess.STDOUT)
         except OSError as exc:
+            forget_mirror(folder / "side-inputs")
             shutil.rmtree(folder, ignore_errors=True)
             raise ProgramDied(f"{launch.label}: cannot start: {exc}") from None
         log.info("numaflow program %r started (pid %d, sockets in %s)", launch.label, proc.pid, folder)
@@ -205,6 +208,7 @@ class NumaflowProgram:
             code = await process.aterminate(self.proc, self.launch.grace)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._pump, 5)
+        forget_mirror(self.side_input_folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         return code
 

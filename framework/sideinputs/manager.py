@@ -31,6 +31,7 @@ from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
 from framework.sdk import handler_kind
+from framework.sideinputs import files as side_input_files
 from framework.sideinputs.schedule import parse_schedule
 from framework.spec import (
     DEFAULT_BUFFERS,
@@ -150,6 +151,7 @@ class SideInputWatcher:
             return
         first = name not in _values
         _values[name] = value or b""
+        side_input_files.publish(name, _values[name])
         log.info("side input %s %s (revision %d, %d bytes)", name, "received" if first else "updated",
                  revision, len(_values[name]))
         if all(n in _values for n in self.names):
