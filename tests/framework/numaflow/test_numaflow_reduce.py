@@ -3,6 +3,7 @@ through a real nats-server: exact per-key sums, also across a SIGKILL mid-window
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -97,3 +98,41 @@ async def test_sigkill_of_the_reducer_program_mid_window_is_survived_with_exact_
     assert "starting it again (restart 1)" in runner.log("agg")
     assert runner.procs["agg"].poll() is None
     assert await runner.stream_messages(nc, f"nf_{runner.name}_agg_dlq") == 0
+
+
+async def test_pynumaflow_reduce_streamer_results_and_an_sdk_error_as_dead_letters(runner, nc):
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    vertices = [
+        {"name": "in", "source": {"jetstream": {"stream": f"SRC_{runner.name}"}}},
+        {"name": "agg", "udf": {"numaflow": {"command": program("reduce_stream_count.py"),
+                                             "reduce": {"window": {"fixed": {"length": "10s"}}}},
+                                "retry": {"attempts": 1}}},
+        {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}},
+    ]
+    runner.write(vertices, [{"from": "in", "to": "agg"}, {"from": "agg", "to": "out"}])
+    await runner.start_all()
+    events = [("a", t, b"x") for t in range(10)] + [("b", t, b"x") for t in range(6)]
+    events += [("bad", 1, b"x"), ("bad", 2, b"boom"), ("bad", 3, b"x")]
+    for phase in (events, [("zz", 100, b"x")]):  # then the watermark passes [0,10)
+        for key, t, value in phase:
+            await js.publish(f"{runner.name}.src", value,
+                             headers={"Nf-Event-Time": str((T0 + t) * 1000), "Nf-Keys": json.dumps([key])})
+        await consumed(nc, runner)
+    await out.wait_count(5, timeout=90)
+    dlq = f"nf_{runner.name}_agg_dlq"
+    await wait_for(lambda: _count(nc, runner, dlq, 3), 60, "the failed window's 3 inputs as dead letters")
+    got = sorted((json.loads(m.headers["Nf-Keys"])[0], m.data.decode()) for m in out.msgs)
+    assert got == [("a", "final:10"), ("a", "partial:4"), ("a", "partial:8"), ("b", "final:6"), ("b", "partial:4")]
+    msg = await nc.jetstream().get_last_msg(dlq, f"nfdlq.{runner.name}.agg")
+    assert "UDF_EXECUTION_ERROR" in msg.headers["Nf-Error"]
+    assert "cannot count b'boom' for ['bad']" in msg.headers["Nf-Error"]
+    assert runner.procs["agg"].poll() is None  # the vertex kept going (its program was started again)
+    assert len(out.msgs) == 5
+
+
+async def _count(nc, runner, stream: str, n: int) -> bool:
+    try:
+        return await runner.stream_messages(nc, stream) == n
+    except Exception:
+        return False
