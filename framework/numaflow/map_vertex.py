@@ -9,9 +9,33 @@ from nats.aio.msg import Msg
 from framework.isb.ports import Reads
 from framework.numaflow.launch import launch_for
 from framework.numaflow.mapper import NumaflowMap
+from framework.numaflow.program import ProgramDied
 from framework.runtime.forward import BatchProcessor, ForwardLoop
 from framework.runtime.map import MapProcessor
 from framework.runtime.map_stream import MapStreamProcessor
+
+
+async def program_died(loop: ForwardLoop, msgs: list[Msg], exc: ProgramDied) -> bool:
+    """The program is gone: hand the batch back (redelivered, its outputs so far deduplicated by
+    their msg ids) and stop the vertex, which exits non-zero with why; its supervisor restarts it."""
+    rt = loop.rt
+    if rt.failure is None:
+        rt.failure = str(exc)
+    rt.stop()
+    await loop.reader.nak(msgs)
+    return False
+
+
+async def read_unless_died(processor: MapProcessor | MapStreamProcessor, reader: Reads,
+                           client: NumaflowMap) -> list[Msg]:
+    """The next batch; none, and the vertex stopping, when the program died between batches."""
+    rt = processor.rt
+    died = client.died()
+    if died is not None:
+        rt.failure = rt.failure or str(died)
+        rt.stop()
+        return []
+    return await reader.fetch(rt.limits.read_timeout)
 
 
 class NumaflowMapProcessor(MapProcessor):
@@ -23,8 +47,13 @@ class NumaflowMapProcessor(MapProcessor):
         self.client = client
 
     async def read(self, reader: Reads) -> list[Msg]:
-        self.client.check_alive()  # a program gone between batches stops the vertex
-        return await super().read(reader)
+        return await read_unless_died(self, reader, self.client)
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        try:
+            return await super().process(msgs)
+        except ProgramDied as exc:
+            return await program_died(self.loop, msgs, exc)
 
     async def close(self) -> None:
         await self.client.stop()
@@ -39,8 +68,13 @@ class NumaflowMapStreamProcessor(MapStreamProcessor):
         self.client = client
 
     async def read(self, reader: Reads) -> list[Msg]:
-        self.client.check_alive()
-        return await super().read(reader)
+        return await read_unless_died(self, reader, self.client)
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        try:
+            return await super().process(msgs)
+        except ProgramDied as exc:
+            return await program_died(self.loop, msgs, exc)
 
     async def close(self) -> None:
         await self.client.stop()
