@@ -15,25 +15,13 @@ from framework.runtime.map import MapProcessor
 from framework.runtime.map_stream import MapStreamProcessor
 
 
-async def program_died(loop: ForwardLoop, msgs: list[Msg], exc: ProgramDied) -> bool:
-    """The program is gone: hand the batch back (redelivered, its outputs so far deduplicated by
-    their msg ids) and stop the vertex, which exits non-zero with why; its supervisor restarts it."""
-    rt = loop.rt
-    if rt.failure is None:
-        rt.failure = str(exc)
-    rt.stop()
-    await loop.reader.nak(msgs)
-    return False
-
-
 async def read_unless_died(processor: MapProcessor | MapStreamProcessor, reader: Reads,
                            client: NumaflowMap) -> list[Msg]:
     """The next batch; none, and the vertex stopping, when the program died between batches."""
     rt = processor.rt
     died = client.died()
     if died is not None:
-        rt.failure = rt.failure or str(died)
-        rt.stop()
+        await processor.loop.fail_vertex([], str(died))
         return []
     return await reader.fetch(rt.limits.read_timeout)
 
@@ -53,7 +41,7 @@ class NumaflowMapProcessor(MapProcessor):
         try:
             return await super().process(msgs)
         except ProgramDied as exc:
-            return await program_died(self.loop, msgs, exc)
+            return await self.loop.fail_vertex(msgs, str(exc))
 
     async def close(self) -> None:
         await self.client.stop()
@@ -74,7 +62,7 @@ class NumaflowMapStreamProcessor(MapStreamProcessor):
         try:
             return await super().process(msgs)
         except ProgramDied as exc:
-            return await program_died(self.loop, msgs, exc)
+            return await self.loop.fail_vertex(msgs, str(exc))
 
     async def close(self) -> None:
         await self.client.stop()
