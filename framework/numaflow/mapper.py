@@ -16,7 +16,7 @@ from pynumaflow.proto.mapper import map_pb2, map_pb2_grpc
 
 from framework.numaflow import serverinfo
 from framework.numaflow.convert import timestamp, to_message
-from framework.numaflow.program import NumaflowProgram, ProgramLaunch
+from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.session import ProgramSession
 from framework.numaflow.stream import BidiStream, UdfError
@@ -166,8 +166,8 @@ class NumaflowMap:
                 await session.recover(generation)
                 raise
 
-    def check_alive(self) -> None:
-        self.session.check_alive()
+    def died(self) -> ProgramDied | None:
+        return self.session.died()
 
     def close(self) -> None:
         """The Runs seam's close; the program is stopped by `stop`."""

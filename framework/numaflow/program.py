@@ -41,6 +41,7 @@ import grpc
 from framework.local import process
 from framework.numaflow import serverinfo
 from framework.numaflow.serverinfo import ServerInfo
+from framework.runtime.udf import VertexFailure
 from framework.sideinputs.files import forget_mirror, mirror_side_inputs
 
 log = logging.getLogger("natsflow.numaflow")
@@ -54,7 +55,7 @@ CONTAINER_FALLBACK_SINK = "fb-udsink"
 CONTAINER_ON_SUCCESS_SINK = "ons-udsink"
 
 
-class ProgramDied(RuntimeError):
+class ProgramDied(VertexFailure):
     """The SDK program exited (or never came up); the text has its exit code and last stderr lines."""
 
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from framework.numaflow.program import NumaflowProgram, ProgramLaunch
+from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.stream import BidiStream, UdfError
 
@@ -67,11 +67,12 @@ class ProgramSession(Generic[T]):
             await self.start()
             self.generation += 1
 
-    def check_alive(self) -> None:
-        """ProgramDied if the program exited while the vertex was not calling it."""
-        if self.program is not None and (self.stream is None or self.stream.failure is None
-                                         or not isinstance(self.stream.failure, UdfError)):
-            self.program.check_alive()
+    def died(self) -> ProgramDied | None:
+        """Why the program is gone, if it exited while nobody was calling it."""
+        program = self.program
+        if program is not None and program.returncode is not None and not program.stopping:
+            return program.died(" while the vertex was waiting for input")
+        return None
 
     async def isolated(self, attempt: Callable[[BidiStream[Any, Any]], Awaitable[T]]) -> T | UdfError:
         """`attempt` on the shared stream; after a UdfError, once more alone on a fresh program:

@@ -109,6 +109,10 @@ class BidiStream(Generic[Req, Resp]):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.program.exited.wait(), EXIT_WAIT_S)
         if self.program.returncode is not None:
+            # A sync SDK server may exit before its error status reaches us; it logged the text.
+            logged = [line for line in self.program.last_output().splitlines() if UDF_ERROR_MARK in line]
+            if logged and self.program.returncode > 0:
+                return UdfError(logged[-1][logged[-1].index(UDF_ERROR_MARK):])
             return self.program.died(" mid-stream")
         how = f"{exc.code().name}: {details}" if exc is not None else "the SDK ended the stream"
         return ProgramDied(f"numaflow program {self.program.launch.label!r}: stream failed ({how})")
