@@ -73,6 +73,9 @@ class ProgramLaunch:
     replica: int = 0
     container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE: CONTAINER_FALLBACK_SINK, ...
     grace: float = DEFAULT_GRACE_S  # SIGTERM → SIGKILL on stop
+    # Rendered for Kubernetes: the program is a sidecar container that writes its sockets here
+    # (a shared emptyDir); natsflow starts nothing and waits for its server-info file.
+    sidecar_folder: Path | None = None
 
     @property
     def label(self) -> str:
@@ -103,11 +106,11 @@ def program_env(launch: ProgramLaunch, folder: Path, side_inputs: Path) -> dict[
 class NumaflowProgram:
     """One running SDK program and its socket folder (see the module docstring)."""
 
-    def __init__(self, launch: ProgramLaunch, folder: Path, proc: asyncio.subprocess.Process):
+    def __init__(self, launch: ProgramLaunch, folder: Path, proc: asyncio.subprocess.Process | None):
         self.launch = launch
         self.folder = folder
         self.side_input_folder = folder / "side-inputs"
-        self.proc = proc
+        self.proc = proc  # None: a sidecar natsflow did not start
         self.exited = asyncio.Event()
         self.stopping = False
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
@@ -116,6 +119,9 @@ class NumaflowProgram:
 
     @classmethod
     async def start(cls, launch: ProgramLaunch) -> NumaflowProgram:
+        if launch.sidecar_folder is not None:
+            log.info("numaflow program %r: a sidecar, sockets in %s", launch.label, launch.sidecar_folder)
+            return cls(launch, launch.sidecar_folder, None)
         if not launch.command:
             raise ValueError("a numaflow program needs a command to run locally")
         # Short and private: a Unix socket path must stay under ~100 bytes.
@@ -134,6 +140,8 @@ class NumaflowProgram:
         return cls(launch, folder, proc)
 
     async def _pass_output(self) -> None:
+        if self.proc is None:
+            return
         assert self.proc.stdout is not None
         prefix = f"[{self.launch.vertex or 'numaflow'}/{self.launch.replica} udf] "
         with contextlib.suppress(ValueError, OSError):
@@ -146,13 +154,13 @@ class NumaflowProgram:
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.returncode
+        return self.proc.returncode if self.proc is not None else None
 
     def last_output(self) -> str:
         return "\n".join(self._stderr)
 
     def died(self, when: str = "") -> ProgramDied:
-        code = self.proc.returncode
+        code = self.returncode
         how = f"exited with code {code}" if code is not None and code >= 0 else f"was killed by signal {-(code or 0)}"
         tail = self.last_output()
         return ProgramDied(f"numaflow program {self.launch.label!r} {how}{when}"
@@ -160,7 +168,7 @@ class NumaflowProgram:
 
     def check_alive(self) -> None:
         """ProgramDied if the program has exited (call it when a gRPC call fails)."""
-        if self.proc.returncode is not None:
+        if self.returncode is not None:
             raise self.died()
 
     async def ready(self, *info_files: str) -> ServerInfo:
@@ -175,7 +183,7 @@ class NumaflowProgram:
                     log.info("numaflow program %r: %s SDK %s (%s %s)", self.launch.label, info.language,
                              info.version, name, info.metadata)
                     return info
-            if self.proc.returncode is not None:
+            if self.returncode is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._pump), 2)  # its last lines
                 raise self.died(" before writing its server-info file")
@@ -204,6 +212,8 @@ class NumaflowProgram:
         for ch in self._channels:
             with contextlib.suppress(Exception):
                 await ch.close()
+        if self.proc is None:  # a sidecar: Kubernetes runs and stops it
+            return None
         code: int | None = self.proc.returncode
         if code is None:
             code = await process.aterminate(self.proc, self.launch.grace)
@@ -213,6 +223,9 @@ class NumaflowProgram:
         shutil.rmtree(self.folder, ignore_errors=True)
         return code
 
-    def kill(self) -> None:
-        """SIGKILL the program's group now (fault tests)."""
-        process.kill(self.proc)
+    def forget_server_info(self, *info_files: str) -> None:
+        """A sidecar that raised restarts on its own (Kubernetes): remove its old server-info
+        files so that `ready` waits for the restarted one's."""
+        for name in info_files:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / name).unlink()

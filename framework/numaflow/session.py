@@ -62,6 +62,8 @@ class ProgramSession(Generic[T]):
                 await stream.close()
             if old is not None:
                 await old.stop()
+                if old.proc is None:
+                    old.forget_server_info(*self.info_files)
             self.restarts += 1
             log.warning("numaflow program %r raised; restarting it (restart %d)", self.launch.label, self.restarts)
             await self.start()

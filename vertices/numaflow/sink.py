@@ -5,10 +5,11 @@ the dead-letter stream), ON_SUCCESS (to `onSuccess`) or SERVE (counted as writte
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from framework.connector import ConnectorContext, DatumsRejected, PartialWrite, load_connector
-from framework.numaflow.program import ProgramLaunch
+from framework.numaflow.launch import SIDECARS_ENV, launch_of
 from framework.numaflow.sinker import FAILURE, FALLBACK, ON_SUCCESS, SUCCESS, NumaflowSink, SinkResult
 from framework.sdk import Datum
 from vertices.numaflow.config import NumaflowSinkConfig
@@ -24,13 +25,11 @@ class NumaflowSinkConnector:
         self.done: set[str] = set()  # ids the program took in the previous call (see write)
 
     async def start(self, ctx: ConnectorContext) -> None:
-        if not self.cfg.command:
+        if not self.cfg.command and not os.environ.get(SIDECARS_ENV):
             raise ValueError(f"vertex {ctx.vertex!r}: sink.numaflow has only a container, which runs when rendered "
                              "for Kubernetes; add sink.numaflow.command to run it on this machine")
         env = {k: str(v) for k, v in self.cfg.env.items()}  # secrets are resolved by load_connector
-        self.program = NumaflowSink(ProgramLaunch(command=list(self.cfg.command), env=env, cwd=ctx.base_dir,
-                                                  startup_timeout=self.cfg.startup_timeout,
-                                                  pipeline=ctx.pipeline, vertex=ctx.vertex))
+        self.program = NumaflowSink(launch_of(self.cfg, env, ctx.base_dir, ctx.pipeline, ctx.vertex))
         await self.program.start()
         target = self.cfg.on_success_sink()
         if target is not None:

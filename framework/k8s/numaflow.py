@@ -1,0 +1,71 @@
+"""Numaflow SDK programs of a rendered vertex: each a sidecar container of the vertex pod, as in
+Numaflow. One emptyDir holds their sockets: each sidecar mounts its own subPath of it at
+/var/run/numaflow (where the SDKs write), the vertex container mounts all of it and finds each
+program's folder by `program_key` (framework/numaflow/launch.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from framework.k8s.objects import resources, secret_env
+from framework.numaflow.launch import SIDECARS_ENV, program_key
+from framework.numaflow.program import CONTAINER_FALLBACK_SINK
+from framework.spec import Pipeline, SecretRef, Vertex
+from framework.spec.udf import NumaflowProgram
+
+SOCKETS_VOLUME = "numaflow-sockets"
+SDK_FOLDER = "/var/run/numaflow"  # where every Numaflow SDK binds its socket and server-info file
+VERTEX_FOLDER = "/var/run/natsflow-numaflow"
+
+
+def vertex_programs(v: Vertex) -> list[tuple[str, NumaflowProgram, str | None]]:
+    """(sidecar name, program, NUMAFLOW_UD_CONTAINER_TYPE) of each Numaflow program the vertex runs."""
+    out: list[tuple[str, Any, str | None]] = []
+    if v.udf is not None and v.udf.numaflow is not None:
+        out.append(("udf", v.udf.numaflow, None))
+    if v.source is not None and v.source.transformer is not None:
+        out.append(("transformer", v.source.transformer.numaflow, None))
+    if v.sink is not None:
+        if v.sink.kind == "numaflow":
+            out.append(("udsink", v.sink.config, None))
+        if v.sink.fallback is not None and v.sink.fallback.kind == "numaflow":
+            out.append(("fb-udsink", v.sink.fallback.config, CONTAINER_FALLBACK_SINK))
+    return [(name, spec, kind) for name, spec, kind in out if isinstance(spec, NumaflowProgram)]
+
+
+def sidecar(p: Pipeline, v: Vertex, name: str, spec: NumaflowProgram, container_type: str | None,
+            image: str) -> dict[str, Any]:
+    """The program's container: its own image (`container`), else its `command` in the pipeline image."""
+    env = [{"name": "NUMAFLOW_PIPELINE_NAME", "value": p.name}, {"name": "NUMAFLOW_VERTEX_NAME", "value": v.name}]
+    if container_type:
+        env.append({"name": "NUMAFLOW_UD_CONTAINER_TYPE", "value": container_type})
+    for k, val in sorted(spec.env.items()):
+        env.append(secret_env(k, val) if isinstance(val, SecretRef) else {"name": k, "value": val})
+    c: dict[str, Any] = {"name": name, "image": spec.container.image if spec.container else image, "env": env,
+                         "resources": resources("numaflow-udf"),
+                         "volumeMounts": [{"name": SOCKETS_VOLUME, "mountPath": SDK_FOLDER,
+                                           "subPath": program_key(spec)}]}
+    if spec.container is not None:
+        if spec.container.command:
+            c["command"] = list(spec.container.command)
+        if spec.container.args:
+            c["args"] = list(spec.container.args)
+    else:
+        c["command"] = list(spec.command or [])
+    return c
+
+
+def numaflow_pod_parts(p: Pipeline, v: Vertex, image: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(sidecars, volumes) for the vertex pod; the vertex container gets `vertex_wiring`."""
+    programs = vertex_programs(v)
+    if not programs:
+        return [], []
+    return ([sidecar(p, v, name, spec, kind, image) for name, spec, kind in programs],
+            [{"name": SOCKETS_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}])
+
+
+def vertex_wiring(container: dict[str, Any]) -> None:
+    """The vertex container sees every sidecar's folder and is told where (SIDECARS_ENV)."""
+    container["env"] = [*container["env"], {"name": SIDECARS_ENV, "value": VERTEX_FOLDER}]
+    container["volumeMounts"] = [*container.get("volumeMounts", []),
+                                 {"name": SOCKETS_VOLUME, "mountPath": VERTEX_FOLDER}]
