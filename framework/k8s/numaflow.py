@@ -15,6 +15,7 @@ from framework.spec.udf import NumaflowProgram
 
 SOCKETS_VOLUME = "numaflow-sockets"
 SDK_FOLDER = "/var/run/numaflow"  # where every Numaflow SDK binds its socket and server-info file
+SDK_SIDE_INPUTS = "/var/numaflow/side-inputs"  # where a Numaflow UDF reads side input <name>
 VERTEX_FOLDER = "/var/run/natsflow-numaflow"
 
 
@@ -23,6 +24,8 @@ def vertex_programs(v: Vertex) -> list[tuple[str, NumaflowProgram, str | None]]:
     out: list[tuple[str, Any, str | None]] = []
     if v.udf is not None and v.udf.numaflow is not None:
         out.append(("udf", v.udf.numaflow, None))
+    if v.source is not None and v.source.kind == "numaflow":
+        out.append(("udsource", v.source.config, None))
     if v.source is not None and v.source.transformer is not None:
         out.append(("transformer", v.source.transformer.numaflow, None))
     if v.sink is not None:
@@ -33,10 +36,11 @@ def vertex_programs(v: Vertex) -> list[tuple[str, NumaflowProgram, str | None]]:
     return [(name, spec, kind) for name, spec, kind in out if isinstance(spec, NumaflowProgram)]
 
 
-def sidecar(p: Pipeline, v: Vertex, name: str, spec: NumaflowProgram, container_type: str | None,
-            image: str) -> dict[str, Any]:
-    """The program's container: its own image (`container`), else its `command` in the pipeline image."""
-    env = [{"name": "NUMAFLOW_PIPELINE_NAME", "value": p.name}, {"name": "NUMAFLOW_VERTEX_NAME", "value": v.name}]
+def sidecar(p: Pipeline, owner: str, name: str, spec: NumaflowProgram, container_type: str | None,
+            image: str, side_inputs: bool = False) -> dict[str, Any]:
+    """The program's container: its own image (`container`), else its `command` in the pipeline
+    image. `owner`: the vertex (or side input) it serves; `side_inputs`: the vertex reads some."""
+    env = [{"name": "NUMAFLOW_PIPELINE_NAME", "value": p.name}, {"name": "NUMAFLOW_VERTEX_NAME", "value": owner}]
     if container_type:
         env.append({"name": "NUMAFLOW_UD_CONTAINER_TYPE", "value": container_type})
     for k, val in sorted(spec.env.items()):
@@ -45,6 +49,9 @@ def sidecar(p: Pipeline, v: Vertex, name: str, spec: NumaflowProgram, container_
                          "resources": resources("numaflow-udf"),
                          "volumeMounts": [{"name": SOCKETS_VOLUME, "mountPath": SDK_FOLDER,
                                            "subPath": program_key(spec)}]}
+    if side_inputs:  # the vertex writes their values there (framework/sideinputs/files.py)
+        c["volumeMounts"].append({"name": SOCKETS_VOLUME, "mountPath": SDK_SIDE_INPUTS,
+                                  "subPath": f"{program_key(spec)}/side-inputs"})
     if spec.container is not None:
         if spec.container.command:
             c["command"] = list(spec.container.command)
@@ -60,7 +67,17 @@ def numaflow_pod_parts(p: Pipeline, v: Vertex, image: str) -> tuple[list[dict[st
     programs = vertex_programs(v)
     if not programs:
         return [], []
-    return ([sidecar(p, v, name, spec, kind, image) for name, spec, kind in programs],
+    return ([sidecar(p, v.name, name, spec, kind, image, bool(v.side_inputs)) for name, spec, kind in programs],
+            [{"name": SOCKETS_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}])
+
+
+def side_input_pod_parts(p: Pipeline, image: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(sidecars, volumes) of the side-input manager's pod: one per `spec.sideInputs[i].numaflow`
+    retriever, named `si-<side input>`; the manager container gets `vertex_wiring`."""
+    programs = [(si.name, si.numaflow) for si in p.spec.side_inputs if si.numaflow is not None]
+    if not programs:
+        return [], []
+    return ([sidecar(p, name, f"si-{name}", spec, None, image) for name, spec in programs],
             [{"name": SOCKETS_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}])
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from framework.isb.descriptor import vertex_descriptor
 from framework.k8s.keda import RenderError
-from framework.k8s.numaflow import numaflow_pod_parts, vertex_wiring
+from framework.k8s.numaflow import numaflow_pod_parts, side_input_pod_parts, vertex_wiring
 from framework.k8s.objects import (
     GRACE_EXTRA_S,
     METRICS_LABEL,
@@ -226,6 +226,9 @@ def render_side_input_manager(p: Pipeline, pipeline_text: str, opts: RenderOptio
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "volumeMounts": [mount],
     }
+    sidecars, sidecar_volumes = side_input_pod_parts(p, opts.image)  # Numaflow SideInput retrievers
+    if sidecars:
+        vertex_wiring(container)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {**object_meta(p, name, opts), "labels": pod_labels},
@@ -234,7 +237,7 @@ def render_side_input_manager(p: Pipeline, pipeline_text: str, opts: RenderOptio
             "selector": {"matchLabels": {"natsflow.io/pipeline": p.name, "natsflow.io/role": "sideinputs"}},
             "strategy": {"type": "Recreate"},
             "template": {"metadata": pod_metadata(pod_labels, pipeline_text, opts, metrics=True),
-                         "spec": pod_spec([container], [volume])},
+                         "spec": pod_spec([container, *sidecars], [volume, *sidecar_volumes])},
         },
     }
 

@@ -121,6 +121,9 @@ class NumaflowProgram:
     async def start(cls, launch: ProgramLaunch) -> NumaflowProgram:
         if launch.sidecar_folder is not None:
             log.info("numaflow program %r: a sidecar, sockets in %s", launch.label, launch.sidecar_folder)
+            with contextlib.suppress(OSError):  # the sidecar sees it at /var/numaflow/side-inputs
+                (launch.sidecar_folder / "side-inputs").mkdir(exist_ok=True)
+                mirror_side_inputs(launch.sidecar_folder / "side-inputs")
             return cls(launch, launch.sidecar_folder, None)
         if not launch.command:
             raise ValueError("a numaflow program needs a command to run locally")
@@ -213,6 +216,7 @@ class NumaflowProgram:
             with contextlib.suppress(Exception):
                 await ch.close()
         if self.proc is None:  # a sidecar: Kubernetes runs and stops it
+            forget_mirror(self.side_input_folder)
             return None
         code: int | None = self.proc.returncode
         if code is None:

@@ -228,9 +228,9 @@ class SideInputManager:
     async def _start_program(self, i: int, si: SideInput) -> Callable[[], Any]:
         """Start a side input's Numaflow retriever program; it runs until the manager stops."""
         # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
-        from framework.numaflow.sideinput import NumaflowSideInput, launch_of
+        from framework.numaflow.sideinput import NumaflowSideInput, side_input_launch
 
-        retriever = NumaflowSideInput(launch_of(self.p.name, i, si, self.base_dir))
+        retriever = NumaflowSideInput(side_input_launch(self.p.name, i, si, self.base_dir))
         self.programs.append(retriever)
         await retriever.start()
         return retriever

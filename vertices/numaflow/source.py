@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,7 +30,8 @@ from pynumaflow.proto.sourcer import source_pb2, source_pb2_grpc
 from framework.connector import ConnectorContext, Emit, SourceRecord
 from framework.numaflow import serverinfo
 from framework.numaflow.convert import epoch_ms
-from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
+from framework.numaflow.launch import SIDECARS_ENV, launch_of
+from framework.numaflow.program import NumaflowProgram, ProgramDied
 from framework.numaflow.stream import UDF_ERROR_MARK, UdfError
 from vertices.numaflow.config import NumaflowSourceConfig
 
@@ -57,12 +59,11 @@ class NumaflowSource:
 
     async def run(self, ctx: ConnectorContext, emit: Emit, try_emit: Emit) -> None:
         cfg = self.cfg
-        if not cfg.command:
+        if not cfg.command and not os.environ.get(SIDECARS_ENV):
             raise SystemExit(f"vertex {ctx.vertex!r}: source.numaflow.command: only a container is set, which runs "
                              "when rendered for Kubernetes; add a command to run it on this machine")
         env = {k: str(v) for k, v in cfg.env.items()}  # secretRefs are resolved before a connector is built
-        launch = ProgramLaunch(list(cfg.command), env, ctx.base_dir, cfg.startup_timeout, pipeline=ctx.pipeline,
-                               vertex=ctx.vertex)
+        launch = launch_of(cfg, env, ctx.base_dir, ctx.pipeline, ctx.vertex)
         self.program = program = await NumaflowProgram.start(launch)
         pending: asyncio.Task[None] | None = None
         try:
