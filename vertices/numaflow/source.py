@@ -32,7 +32,7 @@ from framework.numaflow import serverinfo
 from framework.numaflow.convert import epoch_ms
 from framework.numaflow.launch import SIDECARS_ENV, launch_of
 from framework.numaflow.program import NumaflowProgram, ProgramDied
-from framework.numaflow.stream import UDF_ERROR_MARK, UdfError
+from framework.numaflow.stream import EXIT_WAIT_S, UDF_ERROR_MARK, UdfError
 from vertices.numaflow.config import NumaflowSourceConfig
 
 log = logging.getLogger("natsflow.connectors")
@@ -137,15 +137,17 @@ class NumaflowSource:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            raise self.failure(exc) from None
+            raise await self.failure(exc) from None
 
-    def failure(self, exc: grpc.aio.AioRpcError) -> Exception:
+    async def failure(self, exc: grpc.aio.AioRpcError) -> Exception:
         """What a failed call means: the user's code raised (the SDK's text), or the program is gone.
         Either ends the worker; its supervisor starts it (and so the program) again."""
         details = exc.details() or ""
         if UDF_ERROR_MARK in details:
             return UdfError(details)
         assert self.program is not None
+        with contextlib.suppress(TimeoutError):  # a broken socket is usually the program exiting
+            await asyncio.wait_for(self.program.exited.wait(), EXIT_WAIT_S)
         if self.program.returncode is not None:
             return self.program.died(" mid-read")
         return ProgramDied(f"numaflow source {self.program.launch.label!r}: {exc.code().name}: {details}")
@@ -173,7 +175,7 @@ class Duplex:
         try:
             resp = await self._call.read()
         except grpc.aio.AioRpcError as exc:
-            raise source.failure(exc) from None
+            raise await source.failure(exc) from None
         if resp is grpc.aio.EOF:
             assert source.program is not None
             raise source.program.died(" (its stream ended)") if source.program.returncode is not None else \
