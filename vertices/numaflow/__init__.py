@@ -8,6 +8,6 @@ from framework.spec.registry import ConnectorInfo
 from vertices.numaflow.config import NumaflowSinkConfig, NumaflowSourceConfig
 
 SOURCE = ConnectorInfo(NumaflowSourceConfig, "vertices.numaflow.source:NumaflowSource", install="natsflow[numaflow]",
-                       requires=("grpc", "pynumaflow"), rank=9)
+                       requires=("grpc", "pynumaflow"), rank=10)
 SINK = ConnectorInfo(NumaflowSinkConfig, "vertices.numaflow.sink:NumaflowSinkConnector",
                      install="natsflow[numaflow]", requires=("grpc", "pynumaflow"), rank=21)
