@@ -7,7 +7,7 @@ then read again; so the program acks only what is stored. A record's natsflow of
 `<partition>:<offset>` (the SDK's offset bytes as text, hex when they are not UTF-8): the same
 upstream record read again after a crash gets the same message id and JetStream drops the
 duplicate within the buffer's duplicate window. What the program's `pending` says is exported as
-`source_upstream_backlog{state="lag"}` (what `natsflow up` and KEDA scale a source on).
+`source_upstream_backlog{state="lag"}` (no KEDA trigger reads it yet: KEDA cannot ask the program).
 
 A Sourcer that does not persist its acks (e.g. an in-memory counter) starts again from its
 beginning when its program restarts: the records it gives again carry the offsets they had, and
