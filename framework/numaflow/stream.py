@@ -41,6 +41,7 @@ class BidiStream(Generic[Req, Resp]):
         self._id_of = id_of
         self._requests: asyncio.Queue[Req | _Closed] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Queue[Resp | BaseException]] = {}
+        self._single: dict[str, asyncio.Future[Resp]] = {}
         self.failure: BaseException | None = None
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -79,8 +80,18 @@ class BidiStream(Generic[Req, Resp]):
         self._waiting[rid] = q
         return q
 
+    def expect_one(self, rid: str) -> asyncio.Future[Resp]:
+        """A future for `rid`'s single response (unary map, transformer): lighter than a queue."""
+        fut: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
+        if self.failure is not None:
+            fut.set_exception(self.failure)
+        else:
+            self._single[rid] = fut
+        return fut
+
     def forget(self, rid: str) -> None:
         self._waiting.pop(rid, None)
+        self._single.pop(rid, None)
 
     async def _read(self) -> None:
         try:
@@ -88,7 +99,13 @@ class BidiStream(Generic[Req, Resp]):
                 resp = await self._call.read()
                 if resp is grpc.aio.EOF:
                     raise await self._ended(None)
-                q = self._waiting.get(self._id_of(resp))
+                rid = self._id_of(resp)
+                fut = self._single.pop(rid, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(resp)
+                    continue
+                q = self._waiting.get(rid)
                 if q is not None:
                     q.put_nowait(resp)
         except asyncio.CancelledError:
@@ -100,6 +117,10 @@ class BidiStream(Generic[Req, Resp]):
             self.failure = exc
         for q in self._waiting.values():
             q.put_nowait(self.failure)
+        for fut in self._single.values():
+            if not fut.done():
+                fut.set_exception(self.failure)
+        self._single.clear()
 
     async def _ended(self, exc: grpc.aio.AioRpcError | None) -> BaseException:
         """What the end of the call means for its callers."""
