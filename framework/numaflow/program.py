@@ -129,7 +129,7 @@ class NumaflowProgram:
         try:
             proc = await process.spawn(launch.command, env=program_env(launch, folder, folder / "side-inputs"),
                                        cwd=launch.cwd, stdout=asyncio.subprocess.PIPE,
-                                       stderr=asyncio.subprocess.STDOUT)
+                                       stderr=asyncio.subprocess.STDOUT, die_with_parent=True)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise ProgramDied(f"{launch.label}: cannot start: {exc}") from None
