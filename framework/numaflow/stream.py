@@ -20,6 +20,7 @@ Resp = TypeVar("Resp")
 # pynumaflow ends a stream with INTERNAL and this text when the user's code raised (ERR_UDF_EXCEPTION_STRING).
 UDF_ERROR_MARK = "UDF_EXECUTION_ERROR"
 EXIT_WAIT_S = 3.0  # how long a failed stream waits for the program's exit, to report it as a death
+CLOSE_WAIT_S = 2.0  # for the SDK to end the call after the last request
 
 
 class UdfError(RuntimeError):
@@ -45,6 +46,7 @@ class BidiStream(Generic[Req, Resp]):
         self.failure: BaseException | None = None
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def _outgoing(self) -> AsyncIterator[Req]:
         while True:
@@ -98,6 +100,8 @@ class BidiStream(Generic[Req, Resp]):
             while True:
                 resp = await self._call.read()
                 if resp is grpc.aio.EOF:
+                    if self._closing:
+                        return
                     raise await self._ended(None)
                 rid = self._id_of(resp)
                 fut = self._single.pop(rid, None)
@@ -139,8 +143,13 @@ class BidiStream(Generic[Req, Resp]):
         return ProgramDied(f"numaflow program {self.program.launch.label!r}: stream failed ({how})")
 
     async def close(self) -> None:
+        """End the request stream and let the SDK end the call: a cancelled call makes pynumaflow
+        shut its server down, which a sidecar that outlives this worker must not do."""
+        self._closing = True
         self._requests.put_nowait(_Closed())
         if self._reader is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
