@@ -49,9 +49,6 @@ BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the SDKs' own gRPC limit (pynumaflow MAX_MESSAGE_SIZE)
 STDERR_LINES = 20  # kept for the error text of a program that dies
 DEFAULT_GRACE_S = 10.0
-# The SDK sends a fallback sink's / on-success sink's responses to a socket of its own when told so.
-CONTAINER_FALLBACK_SINK = "fb-udsink"
-CONTAINER_ON_SUCCESS_SINK = "ons-udsink"
 
 
 class ProgramDied(VertexFailure):
@@ -70,7 +67,7 @@ class ProgramLaunch:
     pipeline: str = ""
     vertex: str = ""
     replica: int = 0
-    container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE: CONTAINER_FALLBACK_SINK, ...
+    container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE (framework/spec/programs.py)
     grace: float = DEFAULT_GRACE_S  # SIGTERM → SIGKILL on stop
     # Rendered for Kubernetes: the program is a sidecar container that writes its sockets here
     # (a shared emptyDir); natsflow starts nothing and waits for its server-info file.

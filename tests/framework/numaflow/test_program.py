@@ -104,7 +104,8 @@ async def test_a_rendered_vertex_attaches_to_its_sidecar(runner, nc, tmp_path):
 
     sink = await Collector().start(nc, f"{runner.name}.o")
     source = await fill(nc, runner, [str(i).encode() for i in range(200)])
-    udf = {"name": "eo", "udf": {"numaflow": {"container": {"image": "example.com/even-odd:1"}}}}
+    # `command` is what `natsflow run` would start; attached to a sidecar, the worker starts nothing.
+    udf = {"name": "eo", "udf": {"numaflow": {"command": ["false"], "container": {"image": "example.com/even-odd:1"}}}}
     runner.write([source, udf, out("o", f"{runner.name}.o")], [{"from": "in", "to": "eo"}, {"from": "eo", "to": "o"}])
     folder = tmp_path / "sidecars" / program_key(runner.pipeline.vertex("eo").udf.numaflow)
     folder.mkdir(parents=True)
@@ -124,3 +125,19 @@ async def test_a_rendered_vertex_attaches_to_its_sidecar(runner, nc, tmp_path):
         if sidecar.returncode is None:
             sidecar.kill()
         await sidecar.wait()
+
+
+def test_natsflow_run_refuses_a_program_with_only_a_container(tmp_path):
+    from framework.local.replicas import vertex_command
+    from framework.spec import SpecError, load_pipeline
+
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "c"},
+           "spec": {"vertices": [{"name": "in", "source": {"generator": {}}},
+                                 {"name": "m", "udf": {"numaflow": {"container": {"image": "x:1"}}}},
+                                 {"name": "o", "sink": {"log": {}}}],
+                    "edges": [{"from": "in", "to": "m"}, {"from": "m", "to": "o"}]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match=r"spec.vertices\[1\].udf.numaflow.command: vertex 'm' has only "
+                                        r"udf.numaflow.container, which runs when rendered for Kubernetes"):
+        vertex_command(load_pipeline(path), path, "m")
