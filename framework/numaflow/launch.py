@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from framework.numaflow.program import ProgramLaunch
+from framework.runtime.udf import VertexFailure
 from framework.spec.model import Pipeline
 from framework.spec.programs import container_only
 from framework.spec.secrets import resolve, vertex_path
@@ -28,7 +29,7 @@ def program_key(spec: NumaflowProgram) -> str:
     return "nf-" + hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
-class NotRunnableHere(ValueError):
+class NotRunnableHere(VertexFailure):
     """The program has only a `container` (for `natsflow render`), no `command` to run locally."""
 
 

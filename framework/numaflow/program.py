@@ -167,7 +167,7 @@ class NumaflowProgram:
 
     async def ready(self, *info_files: str) -> ServerInfo:
         """Wait for the first of `info_files` (serverinfo.MAPPER, ...) to be complete and check it.
-        ProgramDied when the program exits first; TimeoutError after the startup timeout."""
+        ProgramDied when the program exits first or writes none within the startup timeout."""
         deadline = time.monotonic() + self.launch.startup_timeout
         while True:
             for name in info_files:
@@ -183,7 +183,7 @@ class NumaflowProgram:
                 raise self.died(" before writing its server-info file")
             if time.monotonic() >= deadline:
                 tail = self.last_output()
-                raise TimeoutError(
+                raise ProgramDied(
                     f"numaflow program {self.launch.label!r} wrote none of {', '.join(info_files)} in "
                     f"{self.folder} within startupTimeout {self.launch.startup_timeout:g}s (is it a Numaflow "
                     f"SDK server of the right kind?)" + (f"; its last output:\n{tail}" if tail else ""))

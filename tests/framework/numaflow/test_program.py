@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -73,7 +72,7 @@ async def test_a_program_exiting_before_its_server_info_fails_with_its_last_outp
 async def test_a_program_writing_no_server_info_times_out_naming_the_file():
     program = await started([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
     try:
-        with pytest.raises(TimeoutError, match=f"wrote none of {serverinfo.MAPPER} in .* within startupTimeout 1s"):
+        with pytest.raises(ProgramDied, match=f"wrote none of {serverinfo.MAPPER} in .* within startupTimeout 1s"):
             await program.ready(serverinfo.MAPPER)
     finally:
         await program.stop()
