@@ -9,31 +9,14 @@ from typing import Any
 
 from framework.k8s.objects import resources, secret_env
 from framework.numaflow.launch import SIDECARS_ENV, program_key
-from framework.numaflow.program import CONTAINER_FALLBACK_SINK
 from framework.spec import Pipeline, SecretRef, Vertex
+from framework.spec.programs import numaflow_programs
 from framework.spec.udf import NumaflowProgram
 
 SOCKETS_VOLUME = "numaflow-sockets"
 SDK_FOLDER = "/var/run/numaflow"  # where every Numaflow SDK binds its socket and server-info file
 SDK_SIDE_INPUTS = "/var/numaflow/side-inputs"  # where a Numaflow UDF reads side input <name>
 VERTEX_FOLDER = "/var/run/natsflow-numaflow"
-
-
-def vertex_programs(v: Vertex) -> list[tuple[str, NumaflowProgram, str | None]]:
-    """(sidecar name, program, NUMAFLOW_UD_CONTAINER_TYPE) of each Numaflow program the vertex runs."""
-    out: list[tuple[str, Any, str | None]] = []
-    if v.udf is not None and v.udf.numaflow is not None:
-        out.append(("udf", v.udf.numaflow, None))
-    if v.source is not None and v.source.kind == "numaflow":
-        out.append(("udsource", v.source.config, None))
-    if v.source is not None and v.source.transformer is not None:
-        out.append(("transformer", v.source.transformer.numaflow, None))
-    if v.sink is not None:
-        if v.sink.kind == "numaflow":
-            out.append(("udsink", v.sink.config, None))
-        if v.sink.fallback is not None and v.sink.fallback.kind == "numaflow":
-            out.append(("fb-udsink", v.sink.fallback.config, CONTAINER_FALLBACK_SINK))
-    return [(name, spec, kind) for name, spec, kind in out if isinstance(spec, NumaflowProgram)]
 
 
 def sidecar(p: Pipeline, owner: str, name: str, spec: NumaflowProgram, container_type: str | None,
@@ -64,10 +47,11 @@ def sidecar(p: Pipeline, owner: str, name: str, spec: NumaflowProgram, container
 
 def numaflow_pod_parts(p: Pipeline, v: Vertex, image: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(sidecars, volumes) for the vertex pod; the vertex container gets `vertex_wiring`."""
-    programs = vertex_programs(v)
+    programs = numaflow_programs(v)
     if not programs:
         return [], []
-    return ([sidecar(p, v.name, name, spec, kind, image, bool(v.side_inputs)) for name, spec, kind in programs],
+    return ([sidecar(p, v.name, prog.name, prog.spec, prog.container_type, image, bool(v.side_inputs))
+             for prog in programs],
             [{"name": SOCKETS_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}])
 
 

@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from framework.numaflow.program import ProgramLaunch
+from framework.runtime.udf import VertexFailure
 from framework.spec.model import Pipeline
+from framework.spec.programs import container_only
 from framework.spec.secrets import resolve, vertex_path
 from framework.spec.udf import NumaflowProgram
 
@@ -27,7 +29,7 @@ def program_key(spec: NumaflowProgram) -> str:
     return "nf-" + hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
-class NotRunnableHere(ValueError):
+class NotRunnableHere(VertexFailure):
     """The program has only a `container` (for `natsflow render`), no `command` to run locally."""
 
 
@@ -37,8 +39,7 @@ def launch_for(p: Pipeline, vertex: str, spec: NumaflowProgram, where: str, base
     error texts. The program runs in the pipeline file's folder, like a natsflow handler's imports."""
     path = f"{vertex_path(p, p.vertex(vertex))}.{where}"
     if not spec.command and not os.environ.get(SIDECARS_ENV):
-        raise NotRunnableHere(f"{path}.command: vertex {vertex!r} has only {where}.container, which runs when "
-                              f"rendered for Kubernetes; add {where}.command to run it on this machine")
+        raise NotRunnableHere(f"{path}.command: {container_only(vertex, where)}")
     env = {k: resolve(v, f"{path}.env.{k}") for k, v in spec.env.items()}
     return launch_of(spec, env, base_dir, p.name, vertex, container_type)
 

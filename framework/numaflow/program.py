@@ -50,9 +50,6 @@ BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the SDKs' own gRPC limit (pynumaflow MAX_MESSAGE_SIZE)
 STDERR_LINES = 20  # kept for the error text of a program that dies
 DEFAULT_GRACE_S = 10.0
-# The SDK sends a fallback sink's / on-success sink's responses to a socket of its own when told so.
-CONTAINER_FALLBACK_SINK = "fb-udsink"
-CONTAINER_ON_SUCCESS_SINK = "ons-udsink"
 
 
 class ProgramDied(VertexFailure):
@@ -71,7 +68,7 @@ class ProgramLaunch:
     pipeline: str = ""
     vertex: str = ""
     replica: int = 0
-    container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE: CONTAINER_FALLBACK_SINK, ...
+    container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE (framework/spec/programs.py)
     grace: float = DEFAULT_GRACE_S  # SIGTERM → SIGKILL on stop
     # Rendered for Kubernetes: the program is a sidecar container that writes its sockets here
     # (a shared emptyDir); natsflow starts nothing and waits for its server-info file.
@@ -134,7 +131,7 @@ class NumaflowProgram:
         try:
             proc = await process.spawn(launch.command, env=program_env(launch, folder, folder / "side-inputs"),
                                        cwd=launch.cwd, stdout=asyncio.subprocess.PIPE,
-                                       stderr=asyncio.subprocess.STDOUT)
+                                       stderr=asyncio.subprocess.STDOUT, die_with_parent=True)
         except OSError as exc:
             forget_mirror(folder / "side-inputs")
             shutil.rmtree(folder, ignore_errors=True)
@@ -176,7 +173,7 @@ class NumaflowProgram:
 
     async def ready(self, *info_files: str) -> ServerInfo:
         """Wait for the first of `info_files` (serverinfo.MAPPER, ...) to be complete and check it.
-        ProgramDied when the program exits first; TimeoutError after the startup timeout."""
+        ProgramDied when the program exits first or writes none within the startup timeout."""
         deadline = time.monotonic() + self.launch.startup_timeout
         while True:
             for name in info_files:
@@ -192,7 +189,7 @@ class NumaflowProgram:
                 raise self.died(" before writing its server-info file")
             if time.monotonic() >= deadline:
                 tail = self.last_output()
-                raise TimeoutError(
+                raise ProgramDied(
                     f"numaflow program {self.launch.label!r} wrote none of {', '.join(info_files)} in "
                     f"{self.folder} within startupTimeout {self.launch.startup_timeout:g}s (is it a Numaflow "
                     f"SDK server of the right kind?)" + (f"; its last output:\n{tail}" if tail else ""))

@@ -4,8 +4,6 @@ results, each with its own event time (a transformer may rewrite it), keys and t
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +12,7 @@ from pynumaflow.proto.sourcetransformer import transform_pb2, transform_pb2_grpc
 
 from framework.numaflow import serverinfo
 from framework.numaflow.convert import epoch_ms, timestamp, to_message
-from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
+from framework.numaflow.program import NumaflowProgram, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.session import ProgramSession
 from framework.numaflow.stream import BidiStream, UdfError
@@ -46,26 +44,31 @@ class NumaflowTransformer:
         await self.session.start()
 
     async def transform(self, datums: list[Datum]) -> list[list[Message] | UdfError]:
-        calls = [self.session.isolated(functools.partial(self._one, d=d)) for d in datums]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, UdfError):
-                raise r if isinstance(r, ProgramDied) else ProgramDied(f"{type(r).__name__}: {r}")
-        return list(results)  # type: ignore[arg-type]
+        return await self.session.batched(self._all, self._one, datums)
+
+    async def _all(self, stream: Stream, datums: list[Datum]) -> list[list[Message]]:
+        watermark = timestamp(self._watermark())
+        ids = [str(next(self._ids)) for _ in datums]
+        futures = [stream.expect_one(rid) for rid in ids]
+        try:
+            for d, rid in zip(datums, ids):
+                stream.send(transform_pb2.SourceTransformRequest(request=transform_pb2.SourceTransformRequest.Request(
+                    keys=d.keys, value=d.value, event_time=timestamp(d.event_time_ms), watermark=watermark,
+                    headers=d.headers, id=rid)))
+            out = []
+            for fut in futures:
+                resp = await fut
+                out.append([to_message(r.keys, r.value, r.tags, epoch_ms(r.event_time)) for r in resp.results])
+            return out
+        finally:
+            for rid in ids:
+                stream.forget(rid)
+            for fut in futures:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: a failed stream fails them all, one is raised
 
     async def _one(self, stream: Stream, d: Datum) -> list[Message]:
-        rid = str(next(self._ids))
-        q = stream.expect(rid)
-        try:
-            stream.send(transform_pb2.SourceTransformRequest(request=transform_pb2.SourceTransformRequest.Request(
-                keys=d.keys, value=d.value, event_time=timestamp(d.event_time_ms),
-                watermark=timestamp(self._watermark()), headers=dict(d.headers), id=rid)))
-            resp = await q.get()
-        finally:
-            stream.forget(rid)
-        if isinstance(resp, BaseException):
-            raise resp
-        return [to_message(r.keys, r.value, r.tags, epoch_ms(r.event_time)) for r in resp.results]
+        return (await self._all(stream, [d]))[0]
 
     async def stop(self) -> None:
         await self.session.close()

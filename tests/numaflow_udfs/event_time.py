@@ -1,11 +1,11 @@
 """A pynumaflow source transformer: the value "<n>" gets event time n seconds after 2025-01-01
 UTC and key "t"; "skip" is dropped, "boom" raises."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pynumaflow.sourcetransformer import Datum, Message, Messages, SourceTransformer, SourceTransformServer
 
-BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
+BASE = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 class StampEventTime(SourceTransformer):

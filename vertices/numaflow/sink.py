@@ -12,6 +12,7 @@ from framework.connector import ConnectorContext, DatumsRejected, PartialWrite, 
 from framework.numaflow.launch import SIDECARS_ENV, launch_of
 from framework.numaflow.sinker import FAILURE, FALLBACK, ON_SUCCESS, SUCCESS, NumaflowSink, SinkResult
 from framework.sdk import Datum
+from framework.spec.programs import container_only
 from vertices.numaflow.config import NumaflowSinkConfig
 
 FALLBACK_REASON = "the numaflow sink asked for the fallback sink"
@@ -26,8 +27,7 @@ class NumaflowSinkConnector:
 
     async def start(self, ctx: ConnectorContext) -> None:
         if not self.cfg.command and not os.environ.get(SIDECARS_ENV):
-            raise ValueError(f"vertex {ctx.vertex!r}: sink.numaflow has only a container, which runs when rendered "
-                             "for Kubernetes; add sink.numaflow.command to run it on this machine")
+            raise ValueError(container_only(ctx.vertex, "sink.numaflow"))
         env = {k: str(v) for k, v in self.cfg.env.items()}  # secrets are resolved by load_connector
         self.program = NumaflowSink(launch_of(self.cfg, env, ctx.base_dir, ctx.pipeline, ctx.vertex))
         await self.program.start()

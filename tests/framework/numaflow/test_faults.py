@@ -28,6 +28,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize(("script", "error"), [
     ("even_odd.py", "ValueError(\"cannot map 'boom'\")"),
     ("batch_upper.py", "RuntimeError(\"batch cannot take 'boom'\")"),
@@ -72,3 +80,22 @@ async def test_program_killed_mid_stream_loses_and_duplicates_nothing(runner, nc
     await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
     got = sorted(int(m.data) for m in sink.msgs)
     assert got == list(range(total))  # none lost, none twice
+
+
+async def test_sigterm_drains_stops_the_program_and_a_restart_finishes_exactly(runner, nc):
+    sink = await Collector().start(nc, f"{runner.name}.o")
+    total = 3000
+    source = await fill(nc, runner, [str(i).encode() for i in range(total)])
+    runner.write([source, numaflow_map("m", "slow_copy.py"), out("o", f"{runner.name}.o")],
+                 [{"from": "in", "to": "m"}, {"from": "m", "to": "o"}], limits={"readBatchSize": 50})
+    await runner.start_all()
+    await sink.wait_count(300, timeout=90)
+    vertex = runner.procs["m"]
+    programs = await wait_for(lambda: children(vertex.pid), 10, "the vertex's UDF program")
+    assert await runner.terminate("m", timeout=60) == 0  # drained: the batch in hand finished, then stopped
+    assert len(sink.msgs) < total
+    assert not any(alive(pid) for pid in programs)  # the program stopped with it
+    runner.start("m")
+    await sink.wait_count(total, timeout=120)
+    await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
+    assert sorted(int(m.data) for m in sink.msgs) == list(range(total))
