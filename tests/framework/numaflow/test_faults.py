@@ -59,6 +59,25 @@ async def test_sdk_exception_is_a_dead_letter_with_its_text(runner, nc, script, 
     assert runner.procs["m"].poll() is None  # the vertex kept going
 
 
+async def test_map_stream_exception_is_a_dead_letter_and_the_rest_streams_once(runner, nc):
+    sink = await Collector().start(nc, f"{runner.name}.o")
+    values = [f"w{i}:{i % 4}".encode() for i in range(200)]
+    values[50] = b"boom"
+    expected = sorted([f"w{i}-{j}" for i in range(200) if i != 50 for j in range(i % 4)] + ["boom-0"])
+    source = await fill(nc, runner, values)
+    runner.write([source, numaflow_map("m", "repeat_stream.py", retry={"attempts": 1}), out("o", f"{runner.name}.o")],
+                 [{"from": "in", "to": "m"}, {"from": "m", "to": "o"}])
+    await runner.start_all()
+    await sink.wait_count(len(expected), timeout=90)
+    dlq = f"nf_{runner.name}_m_dlq"
+    await wait_for(lambda: runner.stream_messages(nc, dlq), 60, "the dead letter")
+    await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
+    # "boom-0" was streamed before the error: written once (its id is fixed), then the input dead-lettered
+    assert sorted(m.data.decode() for m in sink.msgs) == expected
+    msg = await nc.jetstream().get_last_msg(dlq, f"nfdlq.{runner.name}.m")
+    assert msg.data == b"boom" and "ValueError(\"the stream of 'boom' broke\")" in msg.headers["Nf-Error"]
+
+
 async def test_program_killed_mid_stream_loses_and_duplicates_nothing(runner, nc):
     sink = await Collector().start(nc, f"{runner.name}.o")
     total = 3000
