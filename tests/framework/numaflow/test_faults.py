@@ -118,3 +118,20 @@ async def test_sigterm_drains_stops_the_program_and_a_restart_finishes_exactly(r
     await sink.wait_count(total, timeout=120)
     await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
     assert sorted(int(m.data) for m in sink.msgs) == list(range(total))
+
+
+async def test_sigkill_of_the_vertex_takes_its_program_along_and_a_restart_finishes_exactly(runner, nc):
+    sink = await Collector().start(nc, f"{runner.name}.o")
+    total = 2000
+    source = await fill(nc, runner, [str(i).encode() for i in range(total)])
+    runner.write([source, numaflow_map("m", "slow_copy.py"), out("o", f"{runner.name}.o")],
+                 [{"from": "in", "to": "m"}, {"from": "m", "to": "o"}], limits={"readBatchSize": 50})
+    await runner.start_all()
+    await sink.wait_count(200, timeout=90)
+    programs = await wait_for(lambda: children(runner.procs["m"].pid), 10, "the vertex's UDF program")
+    runner.kill("m")
+    await wait_for(lambda: not any(alive(pid) for pid in programs), 10, "the orphaned program to get SIGKILL")
+    runner.start("m")
+    await sink.wait_count(total, timeout=120)
+    await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
+    assert sorted(int(m.data) for m in sink.msgs) == list(range(total))
