@@ -66,8 +66,7 @@ async def test_sigkill_of_the_reduce_vertex_mid_window_loses_and_duplicates_noth
     await publish(js, subj, [("zz", 15, 0)])  # closes [0,10) only; [10,20) stays open, its inputs held
     await out.wait_count(2, timeout=90)
     runner.kill("agg")
-    for pid in programs_of(runner.name, PROGRAM[1]):  # its program outlives it (a session of its own)
-        os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: not programs_of(runner.name, PROGRAM[1]), 10, "the program to die with its vertex")
     runner.start("agg")
     await publish(js, subj, [("zz", 1000, 0)])
     await out.wait_count(5, timeout=120)  # [10,20) of a and b, [10,20) of zz
