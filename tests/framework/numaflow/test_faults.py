@@ -78,6 +78,24 @@ async def test_map_stream_exception_is_a_dead_letter_and_the_rest_streams_once(r
     assert msg.data == b"boom" and "ValueError(\"the stream of 'boom' broke\")" in msg.headers["Nf-Error"]
 
 
+async def test_a_call_over_udf_timeout_dead_letters_only_the_input_that_hangs(runner, nc):
+    sink = await Collector().start(nc, f"{runner.name}.o")
+    values = [str(i).encode() for i in range(200)]
+    values[120] = b"hang"
+    source = await fill(nc, runner, values)
+    runner.write([source, numaflow_map("m", "slow_copy.py", timeout="2s", retry={"attempts": 1}),
+                  out("o", f"{runner.name}.o")], [{"from": "in", "to": "m"}, {"from": "m", "to": "o"}])
+    await runner.start_all()
+    await sink.wait_count(199, timeout=120)
+    dlq = f"nf_{runner.name}_m_dlq"
+    await wait_for(lambda: runner.stream_messages(nc, dlq), 60, "the dead letter")
+    await wait_for(lambda: runner.drained(nc), 60, "buffers to drain")
+    assert sorted(m.data for m in sink.msgs) == sorted(v for v in values if v != b"hang")
+    msg = await nc.jetstream().get_last_msg(dlq, f"nfdlq.{runner.name}.m")
+    assert msg.data == b"hang" and msg.headers["Nf-Error"] == "HandlerTimeout: handler did not return within 2s"
+    assert runner.procs["m"].poll() is None
+
+
 async def test_program_killed_mid_stream_loses_and_duplicates_nothing(runner, nc):
     sink = await Collector().start(nc, f"{runner.name}.o")
     total = 3000
