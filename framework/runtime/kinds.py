@@ -17,6 +17,11 @@ from framework.spec import Vertex
 
 def processor_for(v: Vertex) -> ProcessorFactory:
     """How a vertex that reads batches (not a source, not a reduce) opens its processor."""
+    if v.udf is not None and v.udf.kind == "numaflow":
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.map_vertex import open_numaflow_map
+
+        return open_numaflow_map
     if v.kind == "sink":
         return SinkProcessor.open
     if v.udf is not None and v.udf.kind == "mapStream":
@@ -31,6 +36,6 @@ def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
     v = rt.v
     if v.kind == "source":
         return SourceKind(rt, io)
-    if v.udf is not None and v.udf.kind == "reduce":
-        return ReduceKind(rt, io)
+    if v.udf is not None and v.udf.windowing is not None:
+        return ReduceKind(rt, io)  # a Python reduce, or a Numaflow reducer over natsflow's windows
     return ForwardLoop(rt, io, processor_for(v))

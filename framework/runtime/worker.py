@@ -9,6 +9,7 @@ from framework.connector import ConnectorConfigError, connector_field_path
 from framework.runtime.fused import ChainRuntime
 from framework.runtime.kinds import kind_for
 from framework.runtime.lifecycle import VertexRuntime
+from framework.runtime.udf import VertexFailure
 from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.spec.secrets import check_vertex
 from framework.transport.settings import NatsSettings
@@ -41,5 +42,7 @@ async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSetti
         await worker.run()
     except ConnectorConfigError as exc:  # e.g. an HTTP body limit the server cannot carry
         raise SpecError(str(path), [(connector_field_path(p, vertex, exc.field), exc.reason)]) from None
+    except VertexFailure as exc:  # e.g. its Numaflow program would not start: one clear message
+        raise SystemExit(f"vertex {vertex}: {exc}") from None
     if worker.failure is not None:
         raise SystemExit(f"vertex {vertex}: {worker.failure}")

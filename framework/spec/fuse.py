@@ -27,7 +27,7 @@ def fuse_problems(p: Pipeline) -> list[tuple[str, str]]:
                 problems.append((where, f"vertex {name!r} is in more than one fused chain ({owner[name]} and {where})"))
                 continue
             owner[name] = where
-            if v.udf is not None and v.udf.reduce is not None:
+            if v.udf is not None and v.udf.windowing is not None:
                 problems.append((where, f"{name!r} is a reduce: a reduce keeps windows across batches, so it "
                                         "cannot be fused"))
             elif v.udf is not None and v.udf.is_program:

@@ -27,11 +27,11 @@ from framework.spec.settings import (
     Resources,
     RetryStrategy,
     Scale,
-    SideInput,
     WatermarkConfig,
 )
+from framework.spec.sideinput import SideInput
 from framework.spec.types import CallTimeout, Flag, Handler, Model, Name, chosen, exactly_one_of
-from framework.spec.udf import Udf
+from framework.spec.udf import SourceTransformer, Udf
 
 
 def _installed(info: ConnectorInfo) -> BeforeValidator:
@@ -95,11 +95,12 @@ if TYPE_CHECKING:
 
         event_time: Handler | None
         archive: Archive | None
+        transformer: SourceTransformer | None
 
         def __getattr__(self, kind: str) -> Any: ...
 else:
     Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_connector_fields(sources()),
-                          event_time=(Handler | None, None),
+                          event_time=(Handler | None, None), transformer=(SourceTransformer | None, None),
                           archive=(Archive | None, Field(None, description="keep what the source took in for "
                                                                            "`natsflow replay` (docs/replay.md)")))
 

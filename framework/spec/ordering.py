@@ -59,6 +59,9 @@ def ordering_problems(p: Pipeline) -> list[tuple[str, str]]:
         if v.udf is None:
             continue
         kind = v.udf.kind
+        if kind == "numaflow" and v.udf.windowing is not None:
+            problems.append((f"spec.vertices[{i}].udf.numaflow.reduce", f"not supported with spec.ordered: "
+                             f"{_UNORDERED['reduce']}"))
         if kind in _UNORDERED:
             field = "command" if kind == "command" and v.udf.command else \
                 "container" if kind == "command" else kind
