@@ -142,7 +142,8 @@ class VertexMetrics:
         out: dict[str, float] = {}
         for metric in self.registry.collect():
             for s in metric.samples:
-                if s.name.endswith("_total") and s.labels.get("vertex") == self._base["vertex"]:
+                # A fused chain's other vertices share the registry; unlabelled families (side inputs) count.
+                if s.name.endswith("_total") and s.labels.get("vertex", self._base["vertex"]) == self._base["vertex"]:
                     extra = {k: v for k, v in s.labels.items() if k not in ("pipeline", "vertex")}
                     suffix = "".join(f"[{v}]" for v in extra.values())
                     out[s.name + suffix] = s.value
