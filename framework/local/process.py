@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,23 +24,22 @@ AnyProcess = subprocess.Popen | asyncio.subprocess.Process
 Output = int | IO[Any] | None
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL if its parent dies without cleaning up (a killed bench)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def _dying_with_parent(cmd: Sequence[str]) -> list[str]:
+    """Linux: `cmd` gets SIGKILL if its parent dies without cleaning up (a killed worker or bench).
+    util-linux's setpriv sets the parent-death signal and execs `cmd`; a `preexec_fn` would do it
+    in Python between fork and exec, which crashes a child forked while gRPC threads run (Numaflow
+    programs). Without setpriv the child merely outlives a parent that was SIGKILLed."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else list(cmd)
 
 
 def popen(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
           stdout: Output = subprocess.DEVNULL, stderr: Output = subprocess.STDOUT,
           die_with_parent: bool = False) -> subprocess.Popen:
     """Start `cmd` in its own process group, stdin from /dev/null."""
-    return subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=stdout, stderr=stderr, start_new_session=True,
-                            preexec_fn=_die_with_parent if die_with_parent else None)
+    argv = _dying_with_parent(cmd) if die_with_parent else list(cmd)
+    return subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=stdout, stderr=stderr, start_new_session=True)
 
 
 async def spawn(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -47,10 +47,10 @@ async def spawn(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                 stderr: Output = asyncio.subprocess.STDOUT, limit: int = 1 << 16,
                 die_with_parent: bool = False) -> asyncio.subprocess.Process:
     """`popen` for asyncio: `stdout=asyncio.subprocess.PIPE` gives a reader with line `limit`."""
+    argv = _dying_with_parent(cmd) if die_with_parent else list(cmd)
     return await asyncio.create_subprocess_exec(
-        *cmd, env=dict(env) if env is not None else None, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout, stderr=stderr, start_new_session=True, limit=limit,
-        preexec_fn=_die_with_parent if die_with_parent else None)
+        *argv, env=dict(env) if env is not None else None, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout, stderr=stderr, start_new_session=True, limit=limit)
 
 
 def exit_code(proc: AnyProcess) -> int | None:
