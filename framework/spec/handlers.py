@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from framework.spec.model import Pipeline
-from framework.spec.types import Handler
+from framework.spec.types import Handler, camel
+from framework.spec.udf import COMMAND_PLACEHOLDER, NumaflowProgram
 
 
 def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]]:
@@ -42,6 +45,24 @@ def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]
                 load_handler(fb.config.handler, base_dir)
             except HandlerError as exc:
                 problems.append((f"spec.vertices[{i}].sink.fallback.{fb.kind}.handler", str(exc)))
+    return problems + placeholder_problems(p.spec, "spec")
+
+
+def placeholder_problems(model: BaseModel, path: str) -> list[tuple[str, str]]:
+    """Numaflow programs (udf, source, sink, transformer, side input: wherever they sit) whose
+    command is still the placeholder `natsflow import numaflow` wrote."""
+    if isinstance(model, NumaflowProgram) and model.command and model.command[0] == COMMAND_PLACEHOLDER:
+        return [(f"{path}.command", f"still {COMMAND_PLACEHOLDER}, as `natsflow import numaflow` wrote it: replace it "
+                 "with the command that starts this program locally (e.g. [python, udf.py]); `natsflow render` "
+                 "runs the container instead")]
+    problems = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, BaseModel):
+                where = f"{path}.{camel(name)}" + (f"[{i}]" if i is not None else "")
+                problems += placeholder_problems(item, where)
     return problems
 
 
