@@ -16,6 +16,7 @@ import yaml
 
 from framework.connector import server_problems
 from framework.console import lifecycle
+from framework.importers import command as import_command
 from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
 from framework.spec import SpecError, load_pipeline
@@ -111,12 +112,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     for path in write_rendered(files, Path(args.output)):
         print(path)
     return 0
-
-
-def cmd_import_numaflow(args: argparse.Namespace) -> int:
-    from framework.importers.numaflow.command import import_numaflow
-
-    return import_numaflow(args.numaflow_file, args.output, allow_partial=args.allow_partial)
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:
@@ -306,16 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "annotations")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("import", help="convert another system's pipeline file into a natsflow pipeline")
-    systems = p.add_subparsers(dest="system", required=True)
-    p = systems.add_parser("numaflow", help="a Numaflow Pipeline resource (numaflow.numaproj.io/v1alpha1)",
-                           description="Converts a Numaflow Pipeline; lists every field it cannot convert and exits "
-                                       "1 then, unless --allow-partial (docs/numaflow.md).")
-    p.add_argument("numaflow_file", metavar="PIPELINE.yaml", help="the Numaflow Pipeline file")
-    p.add_argument("-o", "--output", help="the natsflow pipeline file to write (default: stdout)")
-    p.add_argument("--allow-partial", action="store_true", help="write the file even if some fields do not "
-                   "convert (they are listed at its top)")
-    p.set_defaults(func=cmd_import_numaflow)
+    import_command.add_parsers(sub)
 
     p = sub.add_parser("status", help="per vertex: replicas, rates, pending, ack pending, buffer use, dead "
                                       "letters, watermark")

@@ -67,7 +67,7 @@ class Node:
         """The value at `key` (None when absent); a value of another type is an error, None."""
         self.taken.add(key)
         value = self.value.get(key)
-        if value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        if value is None or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
             return value
         wanted = kind if isinstance(kind, type) else kind[0]
         self.report.error(self.at(key), f"expected {_KINDS.get(wanted, wanted.__name__)}, got {value!r:.40}")
