@@ -69,8 +69,8 @@ def _http(node: Node, pipeline: str, vertex: str) -> dict[str, Any]:
         auth.rest()
         if token is not None:
             out["auth"] = {"token": token}
-    node.note("service", "natsflow's http source listens on port 8080 (source.http.port) over plain HTTP, any "
-                         "path; render exposes the vertex's port")
+    node.note("service", "natsflow's http source takes POST /vertices/<vertex> as Numaflow's does, over plain HTTP "
+                         "on port 8080 (source.http.port); render gives it a Service")
     node.rest()
     return out
 
