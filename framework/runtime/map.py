@@ -20,7 +20,7 @@ from framework.runtime.routing import (
     as_bytes,
     message_tags,
 )
-from framework.runtime.udf import BatchMapRunner, MapRunner, Result
+from framework.runtime.udf import MapRunner, Result, Runs
 from framework.sdk import Datum, Message
 from framework.spec import Udf, load_handler
 
@@ -62,7 +62,7 @@ def split_request(d: Datum, outputs: list[Outgoing], router: Router) -> int | No
 class MapProcessor:
     """map and flatmap (and, with a batch runner, batchMap: runtime/batch_map.py)."""
 
-    def __init__(self, loop: ForwardLoop, udf: Udf, runner: MapRunner | BatchMapRunner):
+    def __init__(self, loop: ForwardLoop, udf: Udf, runner: Runs):
         self.loop = loop
         self.rt = loop.rt
         self.router = loop.io.router

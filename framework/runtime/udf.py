@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from framework.runtime.bounded import Threads, deadline, within
 from framework.sdk import Datum, Message, handler_kind
 
 DEFAULT_TIMEOUT = 300.0  # udf.timeout
 Result = list[Message] | BaseException
+
+
+class Runs(Protocol):
+    """What MapProcessor calls: a result per datum, in order (MapRunner, BatchMapRunner, or a
+    foreign program's client such as framework/numaflow/mapper.py)."""
+
+    async def run(self, datums: list[Datum]) -> list[Result]:
+        """One result (messages or the exception) per datum."""
+
+    def close(self) -> None:
+        """Release what the runner holds."""
 
 
 class HandlerResultError(TypeError):

@@ -26,10 +26,13 @@ def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
         return SourceKind(rt, io)
     if v.udf is not None and v.udf.kind == "reduce":
         return ReduceKind(rt, io)
-    if v.udf is not None and v.udf.kind == "numaflow":
-        raise NotImplementedError(f"vertex {v.name!r}: udf.numaflow is not supported by this natsflow yet")
     open_processor: ProcessorFactory
-    if v.kind == "sink":
+    if v.udf is not None and v.udf.kind == "numaflow":
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.map_vertex import open_numaflow_map
+
+        open_processor = open_numaflow_map
+    elif v.kind == "sink":
         open_processor = SinkProcessor.open
     elif v.udf is not None and v.udf.kind == "mapStream":
         open_processor = MapStreamProcessor.open

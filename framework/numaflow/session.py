@@ -1,0 +1,98 @@
+"""A Numaflow program serving one vertex: started, its stream opened, and restarted after the
+user's code raised (the SDK exits then, as in Numaflow where the pod restarts).
+
+Inputs in flight when the SDK reports an error share the failed stream, so whose input raised is
+unknown: `isolated` re-sends each of them alone on the restarted program; the one that fails alone
+gets the UdfError (→ its dead letter carries the SDK's text), the others their results. A program
+that dies otherwise (killed, crashed) is ProgramDied: the vertex exits non-zero and its supervisor
+starts it again, its unacked inputs are redelivered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from framework.numaflow.program import NumaflowProgram, ProgramLaunch
+from framework.numaflow.serverinfo import ServerInfo
+from framework.numaflow.stream import BidiStream, UdfError
+
+log = logging.getLogger("natsflow.numaflow")
+
+T = TypeVar("T")
+OpenStream = Callable[[NumaflowProgram, ServerInfo], Awaitable[BidiStream[Any, Any]]]
+
+
+class ProgramSession(Generic[T]):
+    """`info_files`: the server-info files the program may write (the first one decides);
+    `open_stream` opens the kind's stream on a ready program."""
+
+    def __init__(self, launch: ProgramLaunch, info_files: tuple[str, ...], open_stream: OpenStream):
+        self.launch = launch
+        self.info_files = info_files
+        self._open_stream = open_stream
+        self.program: NumaflowProgram | None = None
+        self.info: ServerInfo | None = None
+        self.stream: BidiStream[Any, Any] | None = None
+        self.generation = 0  # restarts so far
+        self.restarts = 0
+        self._restart_lock = asyncio.Lock()
+        self.solo = asyncio.Lock()  # held while an input is tried alone after a UdfError
+
+    async def start(self) -> ServerInfo:
+        program = await NumaflowProgram.start(self.launch)
+        self.program = program
+        try:
+            info = await program.ready(*self.info_files)
+            self.stream = await self._open_stream(program, info)
+        except BaseException:
+            await program.stop()
+            raise
+        self.info = info
+        return info
+
+    async def recover(self, failed_generation: int) -> None:
+        """Restart the program unless that was done already since `failed_generation`."""
+        async with self._restart_lock:
+            if self.generation != failed_generation:
+                return
+            old, stream = self.program, self.stream
+            if stream is not None:
+                await stream.close()
+            if old is not None:
+                await old.stop()
+            self.restarts += 1
+            log.warning("numaflow program %r raised; restarting it (restart %d)", self.launch.label, self.restarts)
+            await self.start()
+            self.generation += 1
+
+    def check_alive(self) -> None:
+        """ProgramDied if the program exited while the vertex was not calling it."""
+        if self.program is not None and (self.stream is None or self.stream.failure is None
+                                         or not isinstance(self.stream.failure, UdfError)):
+            self.program.check_alive()
+
+    async def isolated(self, attempt: Callable[[BidiStream[Any, Any]], Awaitable[T]]) -> T | UdfError:
+        """`attempt` on the shared stream; after a UdfError, once more alone on a fresh program:
+        its result, or the UdfError it raised alone."""
+        generation = self.generation
+        try:
+            assert self.stream is not None
+            return await attempt(self.stream)
+        except UdfError:
+            await self.recover(generation)
+        async with self.solo:
+            generation = self.generation
+            try:
+                assert self.stream is not None
+                return await attempt(self.stream)
+            except UdfError as exc:
+                await self.recover(generation)
+                return exc
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+        if self.program is not None:
+            await self.program.stop()
