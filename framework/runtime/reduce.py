@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
@@ -41,9 +42,12 @@ from framework.runtime.reduce_windows import Partition, WindowEmitter
 from framework.runtime.routing import Outgoing, describe
 from framework.sdk import Datum
 from framework.spec import load_handler
-from framework.spec.udf import Reduce
+from framework.spec.udf import ReduceOptions
 from framework.watermark.fetcher import WatermarkFetcher
 from framework.watermark.marks import UNKNOWN, replica_id
+
+if TYPE_CHECKING:
+    from framework.numaflow.reduce import NumaflowReduce
 
 log = logging.getLogger("natsflow.reduce")
 
@@ -57,6 +61,7 @@ class ReduceKind:
         self.rt = rt
         self.io = io
         self.reducer: Reducer | None = None  # once the leases are started
+        self.program: NumaflowReduce | None = None  # a Numaflow reducer's program
 
     def on_stop(self) -> None:
         if self.reducer is not None:
@@ -65,15 +70,29 @@ class ReduceKind:
     def on_heartbeat(self) -> bool:
         return False
 
+    async def _program(self) -> NumaflowReduce:
+        """Start the vertex's Numaflow reducer program; it is stopped with the vertex."""
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.launch import launch_for
+        from framework.numaflow.reduce import NumaflowReduce
+
+        udf = self.rt.v.udf
+        assert udf is not None and udf.numaflow is not None
+        self.program = NumaflowReduce(launch_for(self.rt.p, self.rt.v.name, udf.numaflow, "udf.numaflow",
+                                                 self.rt.base_dir))
+        await self.program.start()
+        return self.program
+
     def input_watermark(self) -> int | None:
         return None
 
     async def serve(self) -> None:
         rt, js = self.rt, self.io.js
         udf = rt.v.udf
-        assert udf is not None and udf.reduce is not None and self.io.kv is not None
-        cfg = udf.reduce
-        fn = load_handler(cfg.handler, rt.base_dir)
+        assert udf is not None and self.io.kv is not None
+        cfg = udf.windowing
+        assert cfg is not None
+        fn = load_handler(udf.reduce.handler, rt.base_dir) if udf.reduce is not None else await self._program()
         emitter = WindowEmitter(rt.v.name, fn, udf.retry, udf.timeout, rt.metrics, rt.tracer)
         rt.loaded = True  # for /readyz
         all_parts = names.partitions(rt.p, rt.v.name)
@@ -84,14 +103,18 @@ class ReduceKind:
         log.info("reduce %s: replica %s claims its share of %d partition(s) (lease ttl %gs)", rt.v.name,
                  leases.replica, len(all_parts), cfg.lease_ttl)
         self.reducer = Reducer(rt, self.io, self.io.kv, cfg, emitter, leases, all_parts)
-        await self.reducer.run()
+        try:
+            await self.reducer.run()
+        finally:
+            if self.program is not None:
+                await self.program.close()
 
 
 class Reducer:
     """One replica's partitions of a reduce: follows the leases, reads each owned partition,
     assigns inputs to windows, closes the windows the watermark passed, and acks their inputs."""
 
-    def __init__(self, rt: VertexRuntime, io: VertexIO, kv: KeyValue, cfg: Reduce, emitter: WindowEmitter,
+    def __init__(self, rt: VertexRuntime, io: VertexIO, kv: KeyValue, cfg: ReduceOptions, emitter: WindowEmitter,
                  leases: PartitionLeases, all_parts: list[int | None]):
         self.p, self.v, self.limits, self.metrics, self.stopping = rt.p, rt.v, rt.limits, rt.metrics, rt.stopping
         self.rt = rt

@@ -26,6 +26,8 @@ def kind_for(rt: VertexRuntime, io: VertexIO) -> VertexKind:
         return SourceKind(rt, io)
     if v.udf is not None and v.udf.kind == "reduce":
         return ReduceKind(rt, io)
+    if v.udf is not None and v.udf.numaflow is not None and v.udf.numaflow.reduce is not None:
+        return ReduceKind(rt, io)  # a Numaflow reducer or reduce streamer over natsflow's windows
     open_processor: ProcessorFactory
     if v.udf is not None and v.udf.kind == "numaflow":
         # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].

@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.js import JetStreamContext
 from prometheus_client import Counter
@@ -42,6 +42,9 @@ from framework.spec import (
     load_pipeline,
 )
 from framework.transport.settings import NatsSettings
+
+if TYPE_CHECKING:
+    from framework.numaflow.sideinput import NumaflowSideInput
 
 log = logging.getLogger("natsflow.sideinputs")
 
@@ -192,6 +195,7 @@ class SideInputManager:
         self.base_dir = base_dir
         self.stopping = asyncio.Event()
         self._threads: dict[str, asyncio.Future] = {}  # side input -> its handler's running thread
+        self.programs: list[NumaflowSideInput] = []  # the Numaflow retrievers
         self.metrics = VertexMetrics(p.name, MANAGER)
         self.runs = Counter("side_input_runs_total", "side-input handler runs, by result (stored, unchanged, "
                             "no_value, error)", ("pipeline", "side_input", "result"), registry=self.metrics.registry)
@@ -199,15 +203,37 @@ class SideInputManager:
     async def run(self) -> None:
         # Import every handler up front: one that cannot be loaded ends the manager with an error
         # naming it (inside its task it would die unseen, leaving the vertices waiting forever).
-        handlers = {}
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        handlers: dict[str, Callable[[], Any]] = {}
         for i, si in enumerate(self.p.spec.side_inputs):
+            if si.handler is None:
+                continue
             try:
                 handlers[si.name] = load_handler(si.handler, self.base_dir)
             except HandlerError as exc:
                 raise SystemExit(f"spec.sideInputs[{i}].handler: {exc}") from None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            for i, si in enumerate(self.p.spec.side_inputs):
+                if si.numaflow is not None:  # started once the handlers import: a bad one ends the run first
+                    handlers[si.name] = await self._start_program(i, si)
+            await self._serve(handlers)
+        finally:
+            for program in self.programs:
+                await program.close()
+
+    async def _start_program(self, i: int, si: SideInput) -> Callable[[], Any]:
+        """Start a side input's Numaflow retriever program; it runs until the manager stops."""
+        # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+        from framework.numaflow.sideinput import NumaflowSideInput, launch_of
+
+        retriever = NumaflowSideInput(launch_of(self.p.name, i, si, self.base_dir))
+        self.programs.append(retriever)
+        await retriever.start()
+        return retriever
+
+    async def _serve(self, handlers: dict[str, Callable[[], Any]]) -> None:
         self.nc = await self.settings.connect(f"natsflow-{self.p.name}-{MANAGER}", stopping=self.stopping)
         js = self.nc.jetstream()
         await provision_bucket(js, self.p.name, self.p.buffers_for(None))
@@ -262,12 +288,12 @@ class SideInputManager:
         except TimeoutError:
             count.inc()
             log.warning("side input %s: handler %s gave no result within %gs; keeping the previous value",
-                        si.name, si.handler, si.trigger.timeout)
+                        si.name, si.source, si.trigger.timeout)
             return stored
         except Exception as exc:
             count.inc()
             log.warning("side input %s: handler %s failed (%s: %s); keeping the previous value",
-                        si.name, si.handler, type(exc).__name__, exc)
+                        si.name, si.source, type(exc).__name__, exc)
             return stored
         if value is None or value == stored:
             self.runs.labels(pipeline=self.p.name, side_input=si.name,

@@ -23,8 +23,8 @@ from framework.spec.settings import (
     Resources,
     Retry,
     Scale,
-    SideInput,
 )
+from framework.spec.sideinput import SideInput
 from framework.spec.types import Handler, Model, Secret, SecretRef, format_seconds, parse_duration
 from framework.spec.udf import Udf, WindowSpec
 

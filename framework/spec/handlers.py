@@ -34,6 +34,8 @@ def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]
         except HandlerError as exc:
             problems.append((f"spec.vertices[{i}].{where}.handler", str(exc)))
     for i, si in enumerate(p.spec.side_inputs):
+        if si.handler is None:  # a Numaflow program: started by the manager, not imported
+            continue
         try:
             load_handler(si.handler, base_dir)
         except HandlerError as exc:

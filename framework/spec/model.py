@@ -25,9 +25,9 @@ from framework.spec.settings import (
     Resources,
     RetryStrategy,
     Scale,
-    SideInput,
     WatermarkConfig,
 )
+from framework.spec.sideinput import SideInput
 from framework.spec.types import CallTimeout, Flag, Handler, Model, Name, chosen, exactly_one_of
 from framework.spec.udf import Udf
 

@@ -19,14 +19,11 @@ from framework.spec.types import (
     WINDOW_WHY,
     Backlog,
     Duration,
-    Handler,
     Model,
-    Name,
     Number,
     RetryDelay,
     RetryFactor,
     WholeNumber,
-    format_seconds,
     within,
     within_seconds,
 )
@@ -241,31 +238,6 @@ class WatermarkConfig(Model):
         if "idle_source" in self.model_fields_set:
             return self.idle_source
         return DEFAULT_IDLE_SOURCE if sources()[source_kind].live else None
-
-
-class SideInputTrigger(Model):
-    schedule: str = Field(description="@every <duration>, @hourly/@daily/..., or a 5-field cron (UTC)")
-    timeout: Annotated[Duration, within_seconds(0.001, DAY)] = Field(
-        60.0, description="a run taking longer counts as failed; the old value stays")
-
-    @field_validator("schedule")
-    @classmethod
-    def _parses(cls, value: str) -> str:
-        from framework.sideinputs.schedule import parse_schedule
-
-        schedule = parse_schedule(value)
-        seconds = getattr(schedule, "seconds", None)  # @every
-        if seconds is not None and not 0.1 <= seconds <= WEEK:
-            raise ValueError(f"@every must be from 100ms to {format_seconds(WEEK)} (for rarer runs use a cron "
-                             "expression such as @monthly)")
-        return value
-
-
-class SideInput(Handler):
-    """A value computed by `handler()` on `trigger`, stored in KV and read live by vertices."""
-
-    name: Name
-    trigger: SideInputTrigger
 
 
 class Lifecycle(Model):

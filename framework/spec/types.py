@@ -263,10 +263,16 @@ class Handler(Model):
 
     @model_validator(mode="after")
     def _shape(self) -> Handler:
-        if not _HANDLER_RE.match(self.handler):
-            raise ValueError(f"handler {self.handler[:80]!r} must look like 'package.module:function' "
-                             "(Python names separated by dots, one colon)")
+        handler_shape(self.handler)
         return self
+
+
+def handler_shape(ref: str) -> str:
+    """`ref` if it names a Python callable as 'package.module:function', else a ValueError saying so."""
+    if not _HANDLER_RE.match(ref):
+        raise ValueError(f"handler {ref[:80]!r} must look like 'package.module:function' "
+                         "(Python names separated by dots, one colon)")
+    return ref
 
 
 def exactly_one_of(model: BaseModel, what: str, fields: tuple[str, ...] | None = None) -> None:

@@ -1,0 +1,65 @@
+"""A side input computed by a pynumaflow SideInput retriever: the manager starts the program and
+calls it on the trigger; no_broadcast keeps the previous value; a vertex reads the values live."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from framework.spec import SpecError, parse_pipeline
+from tests.conftest import REPO, PipelineRunner, wait_for
+from tests.framework.test_side_inputs import pipeline_doc, publish, results, setup, start_manager
+
+pytest.importorskip("pynumaflow")
+
+PROGRAM = [sys.executable, str(REPO / "tests" / "numaflow_udfs" / "side_input_counter.py")]
+NUMAFLOW_SIDE_INPUT = [{"name": "mode", "numaflow": {"command": PROGRAM}, "trigger": {"schedule": "@every 0.2s"}}]
+
+
+async def test_a_pynumaflow_retriever_feeds_a_side_input_and_no_broadcast_keeps_the_value(runner: PipelineRunner,
+                                                                                         nc):
+    _, out = await setup(runner, nc, side_inputs=NUMAFLOW_SIDE_INPUT)
+    kv_values: list[bytes] = []
+    js = nc.jetstream()
+    start_manager(runner)
+    await runner.start_all()
+    await publish(nc, runner, range(50))
+    await out.wait_count(50, timeout=60)
+    kv = await js.key_value(f"nf_{runner.name}_sideinputs")
+    seen = await kv.watch("mode", include_history=True)
+
+    async def three_values() -> bool:
+        entry = await seen.updates(timeout=1)
+        if entry is not None and entry.value:
+            kv_values.append(entry.value)
+        return len(kv_values) >= 3
+
+    await wait_for(three_values, 30, "three stored side-input values")
+    await seen.stop()
+    await runner.terminate("sideinputs")
+    # Odd calls broadcast; even ones (no_broadcast) store nothing: the values are consecutive odd calls.
+    numbers = [int(v.decode().removeprefix("value-")) for v in kv_values]
+    assert all(n % 2 == 1 for n in numbers), numbers
+    assert numbers == list(range(numbers[0], numbers[0] + 2 * len(numbers), 2))
+    got = results(out)
+    assert sorted(got) == list(range(50))  # every input exactly once
+    assert all(v.startswith("value-") and int(v[6:]) % 2 == 1 for v in got.values())
+    stats = json.loads(runner.log("sideinputs").rsplit("stats ", 1)[1].splitlines()[0])
+    # (the stop may cancel the run whose value we saw last before it counts it)
+    assert stats["side_input_runs_total[mode][stored]"] >= len(numbers) - 1
+    assert stats["side_input_runs_total[mode][no_value]"] >= len(numbers) - 2
+    assert stats.get("side_input_runs_total[mode][error]", 0) == 0
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+
+
+def test_a_side_input_needs_exactly_one_of_handler_and_numaflow():
+    doc = pipeline_doc("p", "s", "o", side_inputs=[{"name": "mode", "trigger": {"schedule": "@every 1s"}}])
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(doc, file="p.yaml", check_handlers=False)
+    assert "spec.sideInputs[0]: a side input must set exactly one of: handler, numaflow" in str(err.value)
+    both = [{**NUMAFLOW_SIDE_INPUT[0], "handler": "m:f"}]
+    with pytest.raises(SpecError) as err:
+        parse_pipeline(pipeline_doc("p", "s", "o", side_inputs=both), file="p.yaml", check_handlers=False)
+    assert "exactly one of: handler, numaflow" in str(err.value)
