@@ -5,7 +5,7 @@ convert, with field paths and exit codes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -14,9 +14,8 @@ from framework.importers.numaflow import convert
 from framework.importers.numaflow.values import go_duration
 from framework.spec import load_pipeline
 from framework.spec.load import parse_pipeline
-from framework.spec.model import Sink, Source
+from framework.spec.model import PipelineSpec, Sink, Source
 from framework.spec.registry import sinks, sources
-from framework.spec.settings import SideInput
 from framework.spec.udf import COMMAND_PLACEHOLDER
 from framework.spec.yaml_file import read_yaml_file
 
@@ -106,7 +105,7 @@ EXPECTED = {
 
 # The natsflow shapes other parts of issue 14 add: a spec using one validates once they are there.
 SHAPES = {
-    "side_inputs": lambda: "numaflow" in SideInput.model_fields,
+    "side_inputs": lambda: "numaflow" in get_args(PipelineSpec.model_fields["side_inputs"].annotation)[0].model_fields,
     "user_defined": lambda: ("numaflow" in sources() and "numaflow" in sinks() and "transformer" in Source.model_fields
                              and "on_success" in Sink.model_fields),
 }
