@@ -95,7 +95,8 @@ class Node:
         if key in self.value:
             self.report.note(self.at(key), why)
 
-    def rest(self, why: str = "natsflow has no equivalent of this field") -> None:
+    def rest(self, why: str = "natsflow has no equivalent of this field (or it is no Numaflow field: check the "
+                              "spelling)") -> None:
         """Every key not taken is reported as dropped."""
         for key in self.value:
             if key not in self.taken:

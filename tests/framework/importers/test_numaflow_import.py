@@ -101,6 +101,35 @@ EXPECTED = {
                 "onSuccess": {"blackhole": {}}}},
         ],
         edges=[{"from": "in", "to": "out"}]),
+    "connectors": {
+        "apiVersion": "natsflow.io/v1", "kind": "Pipeline",
+        "metadata": {"name": "connectors", "namespace": "streaming", "labels": {"team": "data"}},
+        "spec": {
+            "vertices": [
+                {"name": "orders", "source": {"kafka": {
+                    "brokers": ["broker-0:9092", "broker-1:9092"], "topic": "orders", "consumerGroup": "order-readers",
+                    "tls": {"insecureSkipVerify": True},
+                    "sasl": {"mechanism": "scram-sha-512",
+                             "username": {"secretRef": {"name": "kafka-creds", "key": "user"}},
+                             "password": {"secretRef": {"name": "kafka-creds", "key": "password"}}}}}},
+                {"name": "clicks", "source": {"nats": {"url": "nats://nats:4222", "subject": "clicks.>",
+                                                       "queue": "click-readers"}}},
+                {"name": "replay", "source": {"jetstream": {"url": "nats://nats:4222", "stream": "archive",
+                                                            "consumer": "replayer", "deliverPolicy": "new"}}},
+                {"name": "sessions", "scale": {"min": 2, "max": 2}, "udf": {
+                    "numaflow": program("registry.example.com/sessionize:1.4",
+                                        container={"command": ["/bin/sessionize"]},
+                                        reduce={"window": {"session": {"timeout": "5m"}}, "keyed": True}),
+                    "retry": {"attempts": 5, "interval": "100ms", "factor": 2, "cap": "3s"}}},
+                {"name": "trends", "udf": {"numaflow": program(
+                    "registry.example.com/trends:1.4",
+                    reduce={"window": {"sliding": {"length": "10m", "slide": "1m"}}, "keyed": False})}},
+                {"name": "out", "sink": {"kafka": {"brokers": ["broker-0:9092"], "topic": "summaries",
+                                                   "setKey": True}}},
+            ],
+            "edges": [{"from": "orders", "to": "sessions"}, {"from": "clicks", "to": "sessions"},
+                      {"from": "replay", "to": "trends"}, {"from": "sessions", "to": "out"},
+                      {"from": "trends", "to": "out"}]}},
 }
 
 # The natsflow shapes other parts of issue 14 add: a spec using one validates once they are there.
@@ -164,6 +193,24 @@ def test_what_does_not_convert_is_listed_with_its_field_path() -> None:
     assert spec["vertices"][2]["sink"] == {"kafka": {"brokers": ["kafka:9092"], "topic": "out", "setKey": True}}
     assert spec["edges"][0] == {"from": "in", "to": "cat", "onFull": "discardLatest"}
     parse_pipeline(result.pipeline, check_handlers=False)
+
+
+def test_invalid_numaflow_input_is_an_error_at_its_field_path() -> None:
+    doc = read_yaml_file(PIPELINES / "simple.yaml")
+    vertices = doc["spec"]["vertices"]
+    vertices[1]["udf"]["container"].pop("image")
+    vertices[2]["source"] = {"http": {}}
+    vertices[0]["sclae"] = {"min": 1}
+    doc["spec"]["edges"][0]["conditions"] = {"tags": {"operator": "xor", "values": ["a"]}}
+    result = convert(doc)
+    assert [(f.path, f.why) for f in result.report.errors] == [
+        ("spec.vertices[1].udf.container.image", "a user-defined container needs an image"),
+        ("spec.vertices[2]", "a vertex is exactly one of source, udf or sink (found 2)"),
+        ("spec.edges[0].conditions.tags.operator", "'xor' is not or, and or not"),
+    ]
+    assert [(f.path, f.why) for f in result.report.dropped] == [
+        ("spec.vertices[0].sclae", "natsflow has no equivalent of this field (or it is no Numaflow field: check the "
+                                   "spelling)")]
 
 
 def test_cli_writes_a_readable_file_that_run_refuses_until_the_command_is_filled(
