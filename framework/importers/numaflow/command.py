@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from framework.importers.numaflow.comments import file_comments
 from framework.importers.numaflow.output import pipeline_yaml
 from framework.importers.numaflow.pipeline import convert
 from framework.importers.numaflow.report import Finding
@@ -26,7 +27,9 @@ def import_numaflow(file: str, output: str | None, *, allow_partial: bool) -> in
         print(f"{file}: not a valid Numaflow Pipeline:", file=sys.stderr)
         _show(file, report.errors)
         return 1
-    text = pipeline_yaml(result.pipeline, Path(file).name, report)
+    # read_yaml_file has checked size and encoding: the text is the same small UTF-8 file
+    comments = file_comments(Path(file).read_text(encoding="utf-8-sig"))
+    text = pipeline_yaml(result.pipeline, Path(file).name, report, comments)
     target = output or "<stdout>"
     invalid = _natsflow_problems(text, target)
     for finding in report.notes:

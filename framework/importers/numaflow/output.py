@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from framework.importers.numaflow.comments import FileComments
 from framework.importers.numaflow.report import Finding, Report
 from framework.spec.udf import COMMAND_PLACEHOLDER
 
@@ -26,8 +27,9 @@ def _list(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
 _Dumper.add_representer(list, _list)
 
 
-def header(source: str, report: Report) -> list[str]:
-    lines = [f"Converted by `natsflow import numaflow` from {source}; docs/numaflow.md explains each field."]
+def header(source: str, report: Report, leading: list[str]) -> list[str]:
+    lines = [*leading, ""] if leading else []
+    lines += [f"Converted by `natsflow import numaflow` from {source}; docs/numaflow.md explains each field."]
     if report.dropped:
         lines += ["", f"Not converted ({len(report.dropped)}):", *_listed(report.dropped)]
     else:
@@ -45,20 +47,24 @@ def _listed(findings: list[Finding]) -> list[str]:
     return out
 
 
-def pipeline_yaml(pipeline: dict[str, Any], source: str, report: Report) -> str:
+def pipeline_yaml(pipeline: dict[str, Any], source: str, report: Report, comments: FileComments | None = None) -> str:
+    """The file's text; `comments`: the Numaflow file's own, kept at the top and above their vertices."""
+    comments = comments or FileComments()
     body = yaml.dump(pipeline, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120,
                      allow_unicode=True)
     lines: list[str] = []
     in_vertices = False
     for line in body.splitlines():
         stripped = line.lstrip()
-        if line.startswith("  ") and not line.startswith("   "):
+        if line.startswith("  ") and not line.startswith(("   ", "  - ")):
             in_vertices = stripped == "vertices:"
             if stripped.endswith(":") and lines and not lines[-1].endswith("spec:"):
                 lines.append("")  # a blank line between the spec's sections
-        elif in_vertices and line.startswith("  - name: ") and not lines[-1].endswith("vertices:"):
-            lines.append("")
+        elif in_vertices and line.startswith("  - name: "):
+            if not lines[-1].endswith("vertices:"):
+                lines.append("")
+            lines += [f"  # {c}" for c in comments.vertices.get(line[len("  - name: "):].strip("'\""), [])]
         if COMMAND_PLACEHOLDER in line:
             lines.append(" " * (len(line) - len(stripped)) + PLACEHOLDER_COMMENT)
         lines.append(line)
-    return "\n".join(header(source, report) + lines) + "\n"
+    return "\n".join(header(source, report, comments.leading) + lines) + "\n"

@@ -11,6 +11,7 @@ import pytest
 
 from framework.cli import main
 from framework.importers.numaflow import convert
+from framework.importers.numaflow.comments import file_comments
 from framework.importers.numaflow.values import go_duration
 from framework.spec import load_pipeline
 from framework.spec.load import parse_pipeline
@@ -219,7 +220,9 @@ def test_cli_writes_a_readable_file_that_run_refuses_until_the_command_is_filled
     assert main(["import", "numaflow", str(PIPELINES / "simple.yaml"), "-o", str(out)]) == 0
     assert f"wrote {out}: pipeline 'simple-pipeline', 3 vertices" in capsys.readouterr().err
     text = out.read_text()
-    assert text.startswith("# Converted by `natsflow import numaflow` from simple.yaml")
+    assert text.startswith("# Numaflow's \"simple pipeline\" (quick start): generated data, a cat UDF, a log sink.\n"
+                           "#\n# Converted by `natsflow import numaflow` from simple.yaml")
+    assert ("\n\n  # passes each message on unchanged\n  # the Go SDK's example\n  - name: cat\n") in text
     assert ("        # TODO: how this program starts locally, e.g. [python, udf.py] (render uses the container)\n"
             f"        command: [{COMMAND_PLACEHOLDER}]\n") in text
     assert read_yaml_file(out) == EXPECTED["simple"]
@@ -262,6 +265,15 @@ def test_cli_rejects_what_is_not_a_numaflow_pipeline(tmp_path: Path, capsys: pyt
     bad.write_text((PIPELINES / "simple.yaml").read_text().replace("min: 1", "min: one", 1))
     assert main(["import", "numaflow", str(bad)]) == 1
     assert capsys.readouterr().err.endswith(f"{bad}: spec.vertices[1].scale.min: expected a whole number, got 'one'\n")
+
+
+def test_comments_of_each_vertex_block_are_found_by_vertex_name() -> None:
+    text = ("# top\nspec:\n  vertices:\n  # above in\n  - name: in\n    source: {http: {}}  # trailing\n"
+            "  - source: {generator: {}}\n    name: gen  # after the name\n    env:\n    - name: X\n"
+            "      value: 'a # not a comment'\n  edges:  # not a vertex's\n  - {from: in, to: out}\n")
+    found = file_comments(text)
+    assert found.leading == ["top"]
+    assert found.vertices == {"in": ["above in", "trailing"], "gen": ["after the name"]}
 
 
 def test_go_durations() -> None:
