@@ -37,12 +37,13 @@ def file_comments(text: str) -> FileComments:
     found = FileComments()
     lines = text.splitlines()
     start = 0
-    for start, line in enumerate(lines):
-        comment, whole = _comment(line)
-        if line.strip() and not whole:
+    while start < len(lines):
+        comment, whole = _comment(lines[start])
+        if lines[start].strip() and not whole:
             break
         if comment:
             found.leading.append(comment)
+        start += 1
     item_indent: int | None = None
     name: str | None = None
     current: list[str] = []
