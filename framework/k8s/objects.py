@@ -20,6 +20,7 @@ METRICS_LABEL = "natsflow.io/metrics"  # on pods that serve /metrics (the metric
 DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "vertex": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
     "watermark-proxy": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "256Mi"}},
+    "numaflow-udf": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
     "provision": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
     "sideinputs": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
 }

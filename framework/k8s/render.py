@@ -24,6 +24,7 @@ from typing import Any
 
 from framework.isb.descriptor import vertex_descriptor
 from framework.k8s.keda import RenderError
+from framework.k8s.numaflow import numaflow_pod_parts, side_input_pod_parts, vertex_wiring
 from framework.k8s.objects import (
     GRACE_EXTRA_S,
     METRICS_LABEL,
@@ -148,6 +149,9 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
     }
     if v.udf is not None and v.udf.is_program:
         _as_program(container, p, v)
+    sidecars, sidecar_volumes = numaflow_pod_parts(p, v, opts.image)
+    if sidecars:
+        vertex_wiring(container)
     # KEDA owns the replica count of a scaled vertex: a `replicas` in the manifest would reset it
     # on every re-apply (Kubernetes' advice for HPA targets), so only unscaled ones state it.
     # Paused (spec.lifecycle): 0 here, and KEDA's paused-replicas annotation on a scaled vertex.
@@ -162,7 +166,8 @@ def render_deployment(p: Pipeline, v: Vertex, pipeline_text: str, opts: RenderOp
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": pod_metadata(labels(p, v), pipeline_text, opts, metrics=serves_metrics),
-                "spec": pod_spec([container, *_watermark_sidecar(p, v, opts, mount)], [volume],
+                "spec": pod_spec([container, *sidecars, *_watermark_sidecar(p, v, opts, mount)],
+                                 [volume, *sidecar_volumes],
                                   terminationGracePeriodSeconds=grace_seconds(p, v)),
             },
         },
@@ -221,6 +226,9 @@ def render_side_input_manager(p: Pipeline, pipeline_text: str, opts: RenderOptio
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "volumeMounts": [mount],
     }
+    sidecars, sidecar_volumes = side_input_pod_parts(p, opts.image)  # Numaflow SideInput retrievers
+    if sidecars:
+        vertex_wiring(container)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {**object_meta(p, name, opts), "labels": pod_labels},
@@ -229,7 +237,7 @@ def render_side_input_manager(p: Pipeline, pipeline_text: str, opts: RenderOptio
             "selector": {"matchLabels": {"natsflow.io/pipeline": p.name, "natsflow.io/role": "sideinputs"}},
             "strategy": {"type": "Recreate"},
             "template": {"metadata": pod_metadata(pod_labels, pipeline_text, opts, metrics=True),
-                         "spec": pod_spec([container], [volume])},
+                         "spec": pod_spec([container, *sidecars], [volume, *sidecar_volumes])},
         },
     }
 

@@ -44,11 +44,13 @@ def popen(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str 
 
 async def spawn(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                 cwd: str | os.PathLike[str] | None = None, stdout: Output = asyncio.subprocess.DEVNULL,
-                stderr: Output = asyncio.subprocess.STDOUT, limit: int = 1 << 16) -> asyncio.subprocess.Process:
+                stderr: Output = asyncio.subprocess.STDOUT, limit: int = 1 << 16,
+                die_with_parent: bool = False) -> asyncio.subprocess.Process:
     """`popen` for asyncio: `stdout=asyncio.subprocess.PIPE` gives a reader with line `limit`."""
     return await asyncio.create_subprocess_exec(
         *cmd, env=dict(env) if env is not None else None, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout, stderr=stderr, start_new_session=True, limit=limit)
+        stdout=stdout, stderr=stderr, start_new_session=True, limit=limit,
+        preexec_fn=_die_with_parent if die_with_parent else None)
 
 
 def exit_code(proc: AnyProcess) -> int | None:

@@ -17,6 +17,7 @@ from framework.isb.descriptor import vertex_descriptor
 from framework.local import process
 from framework.local.embedded import free_port
 from framework.spec import Pipeline, SpecError
+from framework.spec.programs import not_runnable_here
 from framework.spec.secrets import udf_env
 
 log = logging.getLogger("natsflow.supervisor")
@@ -40,6 +41,10 @@ def vertex_command(p: Pipeline, pipeline_file: Path, vertex: str) -> tuple[list[
                                                   f"vertex {vertex!r} has only udf.container, which runs when rendered "
                                                   "for Kubernetes; add udf.command to run it on this machine")])
         return list(v.udf.command), {"NATSFLOW_DESCRIPTOR": json.dumps(vertex_descriptor(p, vertex)), **udf_env(p, v)}
+    missing = not_runnable_here(v)
+    if missing:
+        index = [x.name for x in p.spec.vertices].index(vertex)
+        raise SpecError(str(pipeline_file), [(f"spec.vertices[{index}].{field}", why) for field, why in missing])
     extra = udf_env(p, v)
     return [sys.executable, "-m", "framework.cli", "vertex", str(pipeline_file), "--vertex", vertex], extra
 

@@ -9,9 +9,21 @@ from nats.aio.msg import Msg
 from framework.isb.ports import Reads
 from framework.numaflow.launch import launch_for
 from framework.numaflow.mapper import NumaflowMap
+from framework.numaflow.program import ProgramDied
 from framework.runtime.forward import BatchProcessor, ForwardLoop
 from framework.runtime.map import MapProcessor
 from framework.runtime.map_stream import MapStreamProcessor
+
+
+async def read_unless_died(processor: MapProcessor | MapStreamProcessor, reader: Reads,
+                           client: NumaflowMap) -> list[Msg]:
+    """The next batch; none, and the vertex stopping, when the program died between batches."""
+    rt = processor.rt
+    died = client.died()
+    if died is not None:
+        await processor.loop.fail_vertex([], str(died))
+        return []
+    return await reader.fetch(rt.limits.read_timeout)
 
 
 class NumaflowMapProcessor(MapProcessor):
@@ -23,8 +35,13 @@ class NumaflowMapProcessor(MapProcessor):
         self.client = client
 
     async def read(self, reader: Reads) -> list[Msg]:
-        self.client.check_alive()  # a program gone between batches stops the vertex
-        return await super().read(reader)
+        return await read_unless_died(self, reader, self.client)
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        try:
+            return await super().process(msgs)
+        except ProgramDied as exc:
+            return await self.loop.fail_vertex(msgs, str(exc))
 
     async def close(self) -> None:
         await self.client.stop()
@@ -39,8 +56,13 @@ class NumaflowMapStreamProcessor(MapStreamProcessor):
         self.client = client
 
     async def read(self, reader: Reads) -> list[Msg]:
-        self.client.check_alive()
-        return await super().read(reader)
+        return await read_unless_died(self, reader, self.client)
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        try:
+            return await super().process(msgs)
+        except ProgramDied as exc:
+            return await self.loop.fail_vertex(msgs, str(exc))
 
     async def close(self) -> None:
         await self.client.stop()

@@ -6,17 +6,16 @@ datum, any number of responses per id, then that id's end-of-transmission."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from pynumaflow.proto.mapper import map_pb2, map_pb2_grpc
 
 from framework.numaflow import serverinfo
 from framework.numaflow.convert import timestamp, to_message
-from framework.numaflow.program import NumaflowProgram, ProgramLaunch
+from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.session import ProgramSession
 from framework.numaflow.stream import BidiStream, UdfError
@@ -59,27 +58,38 @@ class NumaflowMap:
         assert self.session.info is not None
         return self.session.info.map_mode
 
-    def _request(self, d: Datum, rid: str) -> map_pb2.MapRequest:
+    def _request(self, d: Datum, rid: str, watermark: Timestamp | None = None) -> map_pb2.MapRequest:
         return map_pb2.MapRequest(id=rid, request=map_pb2.MapRequest.Request(
             keys=d.keys, value=d.value, event_time=timestamp(d.event_time_ms),
-            watermark=timestamp(self._watermark()), headers=dict(d.headers)))
+            watermark=watermark or timestamp(self._watermark()), headers=d.headers))
 
     async def run(self, datums: list[Datum]) -> list[Result]:
         if self.mode == "batch-map":
-            return await self._run_batch(datums)
-        return list(await _gather([self.session.isolated(functools.partial(self._unary, d=d)) for d in datums]))
+            return list(await self.session.batched(self._batch, self._batch_of_one, datums))
+        return list(await self.session.batched(self._unary_all, self._unary, datums))
+
+    async def _unary_all(self, stream: Stream, datums: list[Datum]) -> list[list[Message]]:
+        """The batch's requests at once, then their responses: the common case, one await per input."""
+        watermark = timestamp(self._watermark())
+        ids = [str(next(self._ids)) for _ in datums]
+        futures = [stream.expect_one(rid) for rid in ids]
+        try:
+            for d, rid in zip(datums, ids):
+                stream.send(self._request(d, rid, watermark))
+            out = []
+            for fut in futures:
+                resp = await fut
+                out.append([to_message(r.keys, r.value, r.tags) for r in resp.results])
+            return out
+        finally:
+            for rid in ids:
+                stream.forget(rid)
+            for fut in futures:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: a failed stream fails them all, one is raised
 
     async def _unary(self, stream: Stream, d: Datum) -> list[Message]:
-        rid = str(next(self._ids))
-        q = stream.expect(rid)
-        try:
-            stream.send(self._request(d, rid))
-            resp = await q.get()
-        finally:
-            stream.forget(rid)
-        if isinstance(resp, BaseException):
-            raise resp
-        return [to_message(r.keys, r.value, r.tags) for r in resp.results]
+        return (await self._unary_all(stream, [d]))[0]
 
     async def _batch(self, stream: Stream, datums: list[Datum]) -> list[Result]:
         rids = [str(next(self._ids)) for _ in datums]
@@ -111,16 +121,8 @@ class NumaflowMap:
             out.append([to_message(r.keys, r.value, r.tags) for r in resp.results])
         return out
 
-    async def _run_batch(self, datums: list[Datum]) -> list[Result]:
-        whole = await self.session.isolated(lambda s: self._batch(s, datums))
-        if not isinstance(whole, UdfError):
-            return whole
-        # Raised for the batch: each input alone (as a batch of one) tells whose it was.
-        out: list[Result] = []
-        for d in datums:
-            one = await self.session.isolated(functools.partial(self._batch, datums=[d]))
-            out.append(one if isinstance(one, UdfError) else one[0])
-        return out
+    async def _batch_of_one(self, stream: Stream, d: Datum) -> Result:
+        return (await self._batch(stream, [d]))[0]
 
     async def _stream_attempt(self, stream: Stream, d: Datum) -> AsyncIterator[Message]:
         rid = str(next(self._ids))
@@ -166,21 +168,11 @@ class NumaflowMap:
                 await session.recover(generation)
                 raise
 
-    def check_alive(self) -> None:
-        self.session.check_alive()
+    def died(self) -> ProgramDied | None:
+        return self.session.died()
 
     def close(self) -> None:
         """The Runs seam's close; the program is stopped by `stop`."""
 
     async def stop(self) -> None:
         await self.session.close()
-
-
-async def _gather(calls: list[Any]) -> list[Any]:
-    """Each input's result or UdfError; anything else (the program died, a restart failed)
-    stops the vertex: nothing of the batch is acked, so all of it is redelivered."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException) and not isinstance(r, UdfError):
-            raise r
-    return results

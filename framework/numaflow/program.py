@@ -41,6 +41,8 @@ import grpc
 from framework.local import process
 from framework.numaflow import serverinfo
 from framework.numaflow.serverinfo import ServerInfo
+from framework.runtime.udf import VertexFailure
+from framework.sideinputs.files import forget_mirror, mirror_side_inputs
 
 log = logging.getLogger("natsflow.numaflow")
 
@@ -48,12 +50,9 @@ BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the SDKs' own gRPC limit (pynumaflow MAX_MESSAGE_SIZE)
 STDERR_LINES = 20  # kept for the error text of a program that dies
 DEFAULT_GRACE_S = 10.0
-# The SDK sends a fallback sink's / on-success sink's responses to a socket of its own when told so.
-CONTAINER_FALLBACK_SINK = "fb-udsink"
-CONTAINER_ON_SUCCESS_SINK = "ons-udsink"
 
 
-class ProgramDied(RuntimeError):
+class ProgramDied(VertexFailure):
     """The SDK program exited (or never came up); the text has its exit code and last stderr lines."""
 
 
@@ -69,8 +68,11 @@ class ProgramLaunch:
     pipeline: str = ""
     vertex: str = ""
     replica: int = 0
-    container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE: CONTAINER_FALLBACK_SINK, ...
+    container_type: str | None = None  # NUMAFLOW_UD_CONTAINER_TYPE (framework/spec/programs.py)
     grace: float = DEFAULT_GRACE_S  # SIGTERM → SIGKILL on stop
+    # Rendered for Kubernetes: the program is a sidecar container that writes its sockets here
+    # (a shared emptyDir); natsflow starts nothing and waits for its server-info file.
+    sidecar_folder: Path | None = None
 
     @property
     def label(self) -> str:
@@ -101,11 +103,11 @@ def program_env(launch: ProgramLaunch, folder: Path, side_inputs: Path) -> dict[
 class NumaflowProgram:
     """One running SDK program and its socket folder (see the module docstring)."""
 
-    def __init__(self, launch: ProgramLaunch, folder: Path, proc: asyncio.subprocess.Process):
+    def __init__(self, launch: ProgramLaunch, folder: Path, proc: asyncio.subprocess.Process | None):
         self.launch = launch
         self.folder = folder
         self.side_input_folder = folder / "side-inputs"
-        self.proc = proc
+        self.proc = proc  # None: a sidecar natsflow did not start
         self.exited = asyncio.Event()
         self.stopping = False
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
@@ -114,22 +116,32 @@ class NumaflowProgram:
 
     @classmethod
     async def start(cls, launch: ProgramLaunch) -> NumaflowProgram:
+        if launch.sidecar_folder is not None:
+            log.info("numaflow program %r: a sidecar, sockets in %s", launch.label, launch.sidecar_folder)
+            with contextlib.suppress(OSError):  # the sidecar sees it at /var/numaflow/side-inputs
+                (launch.sidecar_folder / "side-inputs").mkdir(exist_ok=True)
+                mirror_side_inputs(launch.sidecar_folder / "side-inputs")
+            return cls(launch, launch.sidecar_folder, None)
         if not launch.command:
             raise ValueError("a numaflow program needs a command to run locally")
         # Short and private: a Unix socket path must stay under ~100 bytes.
         folder = Path(tempfile.mkdtemp(prefix="nf-numaflow-"))
         (folder / "side-inputs").mkdir()
+        mirror_side_inputs(folder / "side-inputs")  # the values of the vertex's sideInputs, as Numaflow's files
         try:
             proc = await process.spawn(launch.command, env=program_env(launch, folder, folder / "side-inputs"),
                                        cwd=launch.cwd, stdout=asyncio.subprocess.PIPE,
-                                       stderr=asyncio.subprocess.STDOUT)
+                                       stderr=asyncio.subprocess.STDOUT, die_with_parent=True)
         except OSError as exc:
+            forget_mirror(folder / "side-inputs")
             shutil.rmtree(folder, ignore_errors=True)
             raise ProgramDied(f"{launch.label}: cannot start: {exc}") from None
         log.info("numaflow program %r started (pid %d, sockets in %s)", launch.label, proc.pid, folder)
         return cls(launch, folder, proc)
 
     async def _pass_output(self) -> None:
+        if self.proc is None:
+            return
         assert self.proc.stdout is not None
         prefix = f"[{self.launch.vertex or 'numaflow'}/{self.launch.replica} udf] "
         with contextlib.suppress(ValueError, OSError):
@@ -142,13 +154,13 @@ class NumaflowProgram:
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.returncode
+        return self.proc.returncode if self.proc is not None else None
 
     def last_output(self) -> str:
         return "\n".join(self._stderr)
 
     def died(self, when: str = "") -> ProgramDied:
-        code = self.proc.returncode
+        code = self.returncode
         how = f"exited with code {code}" if code is not None and code >= 0 else f"was killed by signal {-(code or 0)}"
         tail = self.last_output()
         return ProgramDied(f"numaflow program {self.launch.label!r} {how}{when}"
@@ -156,12 +168,12 @@ class NumaflowProgram:
 
     def check_alive(self) -> None:
         """ProgramDied if the program has exited (call it when a gRPC call fails)."""
-        if self.proc.returncode is not None:
+        if self.returncode is not None:
             raise self.died()
 
     async def ready(self, *info_files: str) -> ServerInfo:
         """Wait for the first of `info_files` (serverinfo.MAPPER, ...) to be complete and check it.
-        ProgramDied when the program exits first; TimeoutError after the startup timeout."""
+        ProgramDied when the program exits first or writes none within the startup timeout."""
         deadline = time.monotonic() + self.launch.startup_timeout
         while True:
             for name in info_files:
@@ -171,13 +183,13 @@ class NumaflowProgram:
                     log.info("numaflow program %r: %s SDK %s (%s %s)", self.launch.label, info.language,
                              info.version, name, info.metadata)
                     return info
-            if self.proc.returncode is not None:
+            if self.returncode is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._pump), 2)  # its last lines
                 raise self.died(" before writing its server-info file")
             if time.monotonic() >= deadline:
                 tail = self.last_output()
-                raise TimeoutError(
+                raise ProgramDied(
                     f"numaflow program {self.launch.label!r} wrote none of {', '.join(info_files)} in "
                     f"{self.folder} within startupTimeout {self.launch.startup_timeout:g}s (is it a Numaflow "
                     f"SDK server of the right kind?)" + (f"; its last output:\n{tail}" if tail else ""))
@@ -200,14 +212,21 @@ class NumaflowProgram:
         for ch in self._channels:
             with contextlib.suppress(Exception):
                 await ch.close()
+        if self.proc is None:  # a sidecar: Kubernetes runs and stops it
+            forget_mirror(self.side_input_folder)
+            return None
         code: int | None = self.proc.returncode
         if code is None:
             code = await process.aterminate(self.proc, self.launch.grace)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._pump, 5)
+        forget_mirror(self.side_input_folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         return code
 
-    def kill(self) -> None:
-        """SIGKILL the program's group now (fault tests)."""
-        process.kill(self.proc)
+    def forget_server_info(self, *info_files: str) -> None:
+        """A sidecar that raised restarts on its own (Kubernetes): remove its old server-info
+        files so that `ready` waits for the restarted one's."""
+        for name in info_files:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / name).unlink()

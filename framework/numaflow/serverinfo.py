@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framework.runtime.udf import VertexFailure
+
 END_MARKER = "U+005C__END__"
 
 # The Numaflow release whose data-plane contract natsflow implements (handshakes, the streaming
@@ -44,7 +46,7 @@ MAP_MODE_KEY = "MAP_MODE"
 MAP_SOCKETS = {"unary-map": "map.sock", "stream-map": "mapstream.sock", "batch-map": "batchmap.sock"}
 
 
-class IncompatibleProgram(RuntimeError):
+class IncompatibleProgram(VertexFailure):
     """The SDK program cannot be served by this natsflow; the text says why and what to change."""
 
 

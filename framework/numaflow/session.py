@@ -2,7 +2,7 @@
 user's code raised (the SDK exits then, as in Numaflow where the pod restarts).
 
 Inputs in flight when the SDK reports an error share the failed stream, so whose input raised is
-unknown: `isolated` re-sends each of them alone on the restarted program; the one that fails alone
+unknown: `batched` re-sends each of them alone on the restarted program; the one that fails alone
 gets the UdfError (→ its dead letter carries the SDK's text), the others their results. A program
 that dies otherwise (killed, crashed) is ProgramDied: the vertex exits non-zero and its supervisor
 starts it again, its unacked inputs are redelivered."""
@@ -10,17 +10,19 @@ starts it again, its unacked inputs are redelivered."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from framework.numaflow.program import NumaflowProgram, ProgramLaunch
+from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.stream import BidiStream, UdfError
 
 log = logging.getLogger("natsflow.numaflow")
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 OpenStream = Callable[[NumaflowProgram, ServerInfo], Awaitable[BidiStream[Any, Any]]]
 
 
@@ -62,26 +64,38 @@ class ProgramSession(Generic[T]):
                 await stream.close()
             if old is not None:
                 await old.stop()
+                if old.proc is None:
+                    old.forget_server_info(*self.info_files)
             self.restarts += 1
             log.warning("numaflow program %r raised; restarting it (restart %d)", self.launch.label, self.restarts)
             await self.start()
             self.generation += 1
 
-    def check_alive(self) -> None:
-        """ProgramDied if the program exited while the vertex was not calling it."""
-        if self.program is not None and (self.stream is None or self.stream.failure is None
-                                         or not isinstance(self.stream.failure, UdfError)):
-            self.program.check_alive()
+    def died(self) -> ProgramDied | None:
+        """Why the program is gone, if it exited while nobody was calling it."""
+        program = self.program
+        if program is not None and program.returncode is not None and not program.stopping:
+            return program.died(" while the vertex was waiting for input")
+        return None
 
-    async def isolated(self, attempt: Callable[[BidiStream[Any, Any]], Awaitable[T]]) -> T | UdfError:
-        """`attempt` on the shared stream; after a UdfError, once more alone on a fresh program:
-        its result, or the UdfError it raised alone."""
+    async def batched(self, whole: Callable[[BidiStream[Any, Any], list[Item]], Awaitable[list[T]]],
+                      alone: Callable[[BidiStream[Any, Any], Item], Awaitable[T]],
+                      items: list[Item]) -> list[T | UdfError]:
+        """`whole(stream, items)`: a result per item. After a UdfError the program is restarted and
+        each item is tried alone (`alone(stream, item)`): its result, or the UdfError it raised."""
         generation = self.generation
         try:
             assert self.stream is not None
-            return await attempt(self.stream)
+            return list(await whole(self.stream, items))
         except UdfError:
             await self.recover(generation)
+        out: list[T | UdfError] = []
+        for item in items:
+            out.append(await self.alone(functools.partial(_with_item, alone, item)))
+        return out
+
+    async def alone(self, attempt: Callable[[BidiStream[Any, Any]], Awaitable[T]]) -> T | UdfError:
+        """`attempt` with nothing else in flight: its result, or its UdfError (then restarted)."""
         async with self.solo:
             generation = self.generation
             try:
@@ -96,3 +110,8 @@ class ProgramSession(Generic[T]):
             await self.stream.close()
         if self.program is not None:
             await self.program.stop()
+
+
+async def _with_item(alone: Callable[[BidiStream[Any, Any], Item], Awaitable[T]], item: Item,
+                     stream: BidiStream[Any, Any]) -> T:
+    return await alone(stream, item)

@@ -7,13 +7,14 @@ stays); the SDK exits after it, and the next run starts the program again first.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import grpc
 from google.protobuf import empty_pb2
 from pynumaflow.proto.sideinput import sideinput_pb2_grpc
 
-from framework.numaflow import serverinfo
+from framework.numaflow import launch, serverinfo
 from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.stream import UDF_ERROR_MARK, UdfError
 from framework.spec.secrets import resolve
@@ -24,23 +25,22 @@ log = logging.getLogger("natsflow.numaflow")
 SOCKET = "sideinput.sock"
 
 
-def launch_of(pipeline: str, index: int, si: SideInput, base_dir: Path | None) -> ProgramLaunch:
+def side_input_launch(pipeline: str, index: int, si: SideInput, base_dir: Path | None) -> ProgramLaunch:
     """How to run `spec.sideInputs[index]`'s program (it runs in the pipeline file's folder)."""
     assert si.numaflow is not None
     where = f"spec.sideInputs[{index}].numaflow"
-    if not si.numaflow.command:
+    if not si.numaflow.command and not os.environ.get(launch.SIDECARS_ENV):
         raise SystemExit(f"{where}.command: side input {si.name!r} has only a container, which runs when rendered "
                          "for Kubernetes; add a command to run it on this machine")
     env = {k: resolve(v, f"{where}.env.{k}") for k, v in si.numaflow.env.items()}
-    return ProgramLaunch(list(si.numaflow.command), env, base_dir, si.numaflow.startup_timeout, pipeline=pipeline,
-                         vertex=si.name)
+    return launch.launch_of(si.numaflow, env, base_dir, pipeline, si.name)
 
 
 class NumaflowSideInput:
     """`() -> bytes | None`, served by the program `launch` runs; `close` stops it."""
 
-    def __init__(self, launch: ProgramLaunch):
-        self.launch = launch
+    def __init__(self, how: ProgramLaunch):
+        self.launch = how
         self.program: NumaflowProgram | None = None
         self.stub: sideinput_pb2_grpc.SideInputStub | None = None
 

@@ -20,6 +20,7 @@ Resp = TypeVar("Resp")
 # pynumaflow ends a stream with INTERNAL and this text when the user's code raised (ERR_UDF_EXCEPTION_STRING).
 UDF_ERROR_MARK = "UDF_EXECUTION_ERROR"
 EXIT_WAIT_S = 3.0  # how long a failed stream waits for the program's exit, to report it as a death
+CLOSE_WAIT_S = 2.0  # for the SDK to end the call after the last request
 
 
 class UdfError(RuntimeError):
@@ -41,9 +42,11 @@ class BidiStream(Generic[Req, Resp]):
         self._id_of = id_of
         self._requests: asyncio.Queue[Req | _Closed] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Queue[Resp | BaseException]] = {}
+        self._single: dict[str, asyncio.Future[Resp]] = {}
         self.failure: BaseException | None = None
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def _outgoing(self) -> AsyncIterator[Req]:
         while True:
@@ -79,16 +82,34 @@ class BidiStream(Generic[Req, Resp]):
         self._waiting[rid] = q
         return q
 
+    def expect_one(self, rid: str) -> asyncio.Future[Resp]:
+        """A future for `rid`'s single response (unary map, transformer): lighter than a queue."""
+        fut: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
+        if self.failure is not None:
+            fut.set_exception(self.failure)
+        else:
+            self._single[rid] = fut
+        return fut
+
     def forget(self, rid: str) -> None:
         self._waiting.pop(rid, None)
+        self._single.pop(rid, None)
 
     async def _read(self) -> None:
         try:
             while True:
                 resp = await self._call.read()
                 if resp is grpc.aio.EOF:
+                    if self._closing:
+                        return
                     raise await self._ended(None)
-                q = self._waiting.get(self._id_of(resp))
+                rid = self._id_of(resp)
+                fut = self._single.pop(rid, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(resp)
+                    continue
+                q = self._waiting.get(rid)
                 if q is not None:
                     q.put_nowait(resp)
         except asyncio.CancelledError:
@@ -100,6 +121,10 @@ class BidiStream(Generic[Req, Resp]):
             self.failure = exc
         for q in self._waiting.values():
             q.put_nowait(self.failure)
+        for fut in self._single.values():
+            if not fut.done():
+                fut.set_exception(self.failure)
+        self._single.clear()
 
     async def _ended(self, exc: grpc.aio.AioRpcError | None) -> BaseException:
         """What the end of the call means for its callers."""
@@ -109,13 +134,22 @@ class BidiStream(Generic[Req, Resp]):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.program.exited.wait(), EXIT_WAIT_S)
         if self.program.returncode is not None:
+            # A sync SDK server may exit before its error status reaches us; it logged the text.
+            logged = [line for line in self.program.last_output().splitlines() if UDF_ERROR_MARK in line]
+            if logged and self.program.returncode > 0:
+                return UdfError(logged[-1][logged[-1].index(UDF_ERROR_MARK):])
             return self.program.died(" mid-stream")
         how = f"{exc.code().name}: {details}" if exc is not None else "the SDK ended the stream"
         return ProgramDied(f"numaflow program {self.program.launch.label!r}: stream failed ({how})")
 
     async def close(self) -> None:
+        """End the request stream and let the SDK end the call: a cancelled call makes pynumaflow
+        shut its server down, which a sidecar that outlives this worker must not do."""
+        self._closing = True
         self._requests.put_nowait(_Closed())
         if self._reader is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader

@@ -171,6 +171,18 @@ class ForwardLoop:
                 bad.append((m, f"bad envelope: {exc}"))
         return good, bad
 
+    async def fail_vertex(self, msgs: list[Msg], why: str) -> bool:
+        """The vertex cannot go on (runtime/udf.py VertexFailure): hand the batch back (it is
+        redelivered; outputs already written are deduplicated by their msg ids) and stop; the
+        process exits non-zero with `why` and its supervisor restarts it. Returns False (not acked)."""
+        rt = self.rt
+        if rt.failure is None:
+            rt.failure = why
+        rt.stop()
+        with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+            await self.reader.nak(msgs)
+        return False
+
     async def dead_letter(self, failed: list[tuple[Msg, str]]) -> None:
         """Each input with its error to the dead-letter stream (its span failed)."""
         await self.io.dead_letters.inputs(failed, self.spans)

@@ -17,7 +17,7 @@ from framework.runtime.forward import ForwardLoop
 from framework.runtime.map import map_output
 from framework.runtime.retry import udf_delays
 from framework.runtime.routing import UnpublishableOutput
-from framework.runtime.udf import HandlerResultError
+from framework.runtime.udf import HandlerResultError, VertexFailure
 from framework.sdk import Datum, Message, handler_kind
 from framework.spec import Udf, load_handler
 
@@ -91,7 +91,7 @@ class MapStreamProcessor:
             except (HandlerTimeout, UnpublishableOutput) as exc:  # final: retrying would fail the same way
                 metrics.error.inc(1)
                 return exc
-            except (TimeoutError, nats_errors.Error):
+            except (TimeoutError, nats_errors.Error, VertexFailure):
                 raise
             except Exception as exc:
                 metrics.error.inc(1)

@@ -22,6 +22,7 @@ from framework.isb.ports import Reads
 from framework.runtime.bounded import within
 from framework.runtime.forward import ForwardLoop
 from framework.runtime.retry import pause, sink_delays
+from framework.runtime.udf import VertexFailure
 from framework.sdk import Datum
 from framework.spec import OnFailure, Sink
 
@@ -73,6 +74,8 @@ class SinkProcessor:
         except _FallbackDown:  # stopping while the fallback fails: all back (at-least-once)
             await self.loop.reader.nak(msgs)
             return False
+        except VertexFailure as exc:  # e.g. the sink's own program died: retrying cannot help
+            return await self.loop.fail_vertex(msgs, str(exc))
 
     async def _write_batch(self, msgs: list[Msg]) -> bool:
         rt, metrics, name = self.rt, self.rt.metrics, self.rt.v.name
@@ -97,6 +100,8 @@ class SinkProcessor:
                     return True
                 pending = rest
                 continue
+            except VertexFailure:
+                raise
             except PartialWrite as exc:  # only what failed is tried again
                 metrics.error.inc(1)
                 metrics.written("sink", len(pending) - len(exc.failed))

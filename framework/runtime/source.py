@@ -43,6 +43,7 @@ class SourceKind:
         self.idle: IdleSource | None = None
         self._last_emit = 0.0
         self._last_idle_step = 0.0
+        self.transformer: Any | None = None  # source.transformer: framework/numaflow/source_transform.py
 
     def on_stop(self) -> None:
         pass
@@ -59,16 +60,26 @@ class SourceKind:
         self.idle = rt.p.spec.watermark.idle_rule(cfg.kind)
         self._last_emit = time.monotonic()  # idle from now on, not since the epoch
         await self._resume_watermark()
-        rt.loaded = True
-        await connector.run(ctx, self.emit, self.try_emit)
+        if cfg.transformer is not None:
+            # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
+            from framework.numaflow.source_transform import RecordTransformer
 
-    def _outgoing(self, records: list[SourceRecord]) -> list[Outgoing]:
+            self.transformer = RecordTransformer(rt.p, rt.v.name, cfg.transformer, rt.base_dir, lambda: self.wm.wm)
+            await self.transformer.start()
+        rt.loaded = True
+        try:
+            await connector.run(ctx, self.emit, self.try_emit)
+        finally:
+            if self.transformer is not None:
+                await self.transformer.stop()
+
+    def _outgoing(self, records: list[SourceRecord], tags: list[frozenset[str]] | None = None) -> list[Outgoing]:
         no_tags: frozenset[str] = frozenset()
         vertex = self.rt.v.name
         return [
             Outgoing(source_msg_id(vertex, r.offset), r.id or r.offset, r.value, r.event_time_ms, r.keys,
-                     r.headers, no_tags)
-            for r in records
+                     r.headers, tags[i] if tags is not None else no_tags)
+            for i, r in enumerate(records)
         ]
 
     def assign_event_times(self, records: list[SourceRecord]) -> None:
@@ -99,16 +110,21 @@ class SourceKind:
         metrics.read.inc(len(records))
         metrics.batch_size.observe(len(records))
         self.assign_event_times(records)
+        tags: list[frozenset[str]] | None = None
+        if self.transformer is not None:
+            records, tags, failed = await self.transformer.apply(records)
+            if failed:
+                await self.io.dead_letters.records(failed)
         if self.rt.tracer is None:
-            await self._store(records)
+            await self._store(records, tags)
         else:
-            await self._traced_write(records)
+            await self._traced_write(records, tags)
         if records:
             self._last_emit = time.monotonic()
             wm_cfg = self.rt.p.spec.watermark
             await self.wm.update(min(r.event_time_ms for r in records) - int(wm_cfg.max_delay * 1000))
 
-    async def _traced_write(self, records: list[SourceRecord]) -> None:
+    async def _traced_write(self, records: list[SourceRecord], tags: list[frozenset[str]] | None) -> None:
         """A span per record, child of its incoming `traceparent` (HTTP header or message header),
         ending once the record is stored; the record carries the span's context downstream."""
         tracer = self.rt.tracer
@@ -121,18 +137,18 @@ class SourceKind:
             if span is not None:
                 spans.append(span)
         try:
-            await self._store(records)
+            await self._store(records, tags)
         except BaseException as exc:
             tracer.end(spans, f"{type(exc).__name__}: {exc}")
             raise
         tracer.end(spans)
 
-    async def _store(self, records: list[SourceRecord]) -> None:
+    async def _store(self, records: list[SourceRecord], tags: list[frozenset[str]] | None = None) -> None:
         """Write the records into the first buffer(s); one the server cannot take goes to the
         source's dead-letter stream instead, so it is acked upstream like the rest rather than
         re-read and refused forever."""
         ok, bad = [], []
-        for r, item in zip(records, self._outgoing(records)):
+        for r, item in zip(records, self._outgoing(records, tags)):
             problem = self.router.prepare(item)
             if problem is None:
                 ok.append(item)

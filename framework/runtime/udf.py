@@ -13,6 +13,11 @@ DEFAULT_TIMEOUT = 300.0  # udf.timeout
 Result = list[Message] | BaseException
 
 
+class VertexFailure(RuntimeError):
+    """Raised by a runner when the vertex cannot go on (e.g. its foreign program died): the batch
+    is neither retried nor dead-lettered; the vertex hands it back and exits non-zero."""
+
+
 class Runs(Protocol):
     """What MapProcessor calls: a result per datum, in order (MapRunner, BatchMapRunner, or a
     foreign program's client such as framework/numaflow/mapper.py)."""

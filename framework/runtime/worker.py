@@ -14,6 +14,7 @@ from framework.runtime.map_stream import MapStreamProcessor
 from framework.runtime.reduce import ReduceKind
 from framework.runtime.sink import SinkProcessor
 from framework.runtime.source import SourceKind
+from framework.runtime.udf import VertexFailure
 from framework.spec import Pipeline, SpecError, load_pipeline
 from framework.spec.secrets import check_vertex
 from framework.transport.settings import NatsSettings
@@ -63,5 +64,7 @@ async def run_vertex(pipeline_file: str | Path, vertex: str, settings: NatsSetti
         await worker.run()
     except ConnectorConfigError as exc:  # e.g. an HTTP body limit the server cannot carry
         raise SpecError(str(path), [(connector_field_path(p, vertex, exc.field), exc.reason)]) from None
+    except VertexFailure as exc:  # e.g. its Numaflow program would not start: one clear message
+        raise SystemExit(f"vertex {vertex}: {exc}") from None
     if worker.failure is not None:
         raise SystemExit(f"vertex {vertex}: {worker.failure}")

@@ -31,6 +31,7 @@ from framework.isb import names
 from framework.isb.reconcile import ensure_kv_bucket
 from framework.observability.metrics import VertexMetrics
 from framework.sdk import handler_kind
+from framework.sideinputs import files as side_input_files
 from framework.sideinputs.schedule import parse_schedule
 from framework.spec import (
     DEFAULT_BUFFERS,
@@ -150,6 +151,7 @@ class SideInputWatcher:
             return
         first = name not in _values
         _values[name] = value or b""
+        side_input_files.publish(name, _values[name])
         log.info("side input %s %s (revision %d, %d bytes)", name, "received" if first else "updated",
                  revision, len(_values[name]))
         if all(n in _values for n in self.names):
@@ -226,9 +228,9 @@ class SideInputManager:
     async def _start_program(self, i: int, si: SideInput) -> Callable[[], Any]:
         """Start a side input's Numaflow retriever program; it runs until the manager stops."""
         # Imported here: grpc and the SDK's protos are the optional extra natsflow[numaflow].
-        from framework.numaflow.sideinput import NumaflowSideInput, launch_of
+        from framework.numaflow.sideinput import NumaflowSideInput, side_input_launch
 
-        retriever = NumaflowSideInput(launch_of(self.p.name, i, si, self.base_dir))
+        retriever = NumaflowSideInput(side_input_launch(self.p.name, i, si, self.base_dir))
         self.programs.append(retriever)
         await retriever.start()
         return retriever

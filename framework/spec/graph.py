@@ -34,7 +34,8 @@ def graph_problems(p: Pipeline) -> list[tuple[str, str]]:
         src = vertices[index[e.from_]] if e.from_ in index else None
         if e.late and not (src is not None and src.udf is not None and src.udf.windowing is not None):
             problems.append((f"{where}.late", "only edges from a reduce vertex can take late messages"))
-        if e.conditions is not None and e.from_ in index and vertices[index[e.from_]].kind == "source":
+        if e.conditions is not None and src is not None and src.source is not None and src.source.transformer is None:
+            # (a source.transformer's tags do route)
             problems.append((f"{where}.conditions", "sources set no tags, so conditions on an edge "
                              "from a source would never route by them; remove them"))
         if pairs[(e.from_, e.to)] > 1 and (e.from_, e.to) in seen:

@@ -29,7 +29,7 @@ from framework.spec.settings import (
 )
 from framework.spec.sideinput import SideInput
 from framework.spec.types import CallTimeout, Flag, Handler, Model, Name, chosen, exactly_one_of
-from framework.spec.udf import Udf
+from framework.spec.udf import SourceTransformer, Udf
 
 
 def _installed(info: ConnectorInfo) -> BeforeValidator:
@@ -92,11 +92,12 @@ if TYPE_CHECKING:
         """What a type checker sees: the connector keys are known only once the registry is read."""
 
         event_time: Handler | None
+        transformer: SourceTransformer | None
 
         def __getattr__(self, kind: str) -> Any: ...
 else:
     Source = create_model("Source", __base__=SourceBlock, __module__=__name__, **_connector_fields(sources()),
-                          event_time=(Handler | None, None))
+                          event_time=(Handler | None, None), transformer=(SourceTransformer | None, None))
 
 
 # ---- sinks -----------------------------------------------------------------------------------

@@ -122,6 +122,14 @@ class NumaflowProgram(Model):
         return self
 
 
+class SourceTransformer(Model):
+    """`source.transformer`: a Numaflow source transformer program (`SourceTransformer`) that
+    rewrites each record as it enters the pipeline: value, keys, event time, tags (for the source's
+    edge conditions), or drops it."""
+
+    numaflow: NumaflowProgram
+
+
 class NumaflowUdf(NumaflowProgram):
     """`udf.numaflow`: a Numaflow map, batch map or map stream (which one the SDK's server-info file
     says), or with `reduce:` a reducer / reduce streamer over natsflow's windows."""

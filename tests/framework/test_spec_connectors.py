@@ -28,15 +28,15 @@ KAFKA = {"kafka": {"brokers": ["127.0.0.1:9092"], "topic": "t", "consumerGroup":
 
 def test_the_spec_blocks_are_built_from_the_registry_in_declared_order():
     assert list(sources()) == ["generator", "http", "nats", "jetstream", "kafka", "rabbitmq", "mqtt", "redisStreams",
-                             "serving"]
+                             "serving", "numaflow"]
     assert list(sinks()) == ["log", "blackhole", "nats", "jetstream", "udsink", "kafka", "postgres", "redis", "http",
-                           "serve"]
-    assert list(Source.model_fields)[:-1] == list(sources())
+                           "serve", "numaflow"]
+    assert list(Source.model_fields)[:len(sources())] == list(sources())
     assert list(Sink.model_fields)[:len(sinks())] == list(sinks())
     with pytest.raises(SpecError) as err:
         parse_pipeline(doc({}, {"log": {}}), check_handlers=False)
     assert err.value.problems == [("spec.vertices[0].source", "a source must set exactly one of: generator, http, "
-                                   "nats, jetstream, kafka, rabbitmq, mqtt, redisStreams, serving (found 0)")]
+                                   "nats, jetstream, kafka, rabbitmq, mqtt, redisStreams, serving, numaflow (found 0)")]
 
 
 def test_installed_metadata_gives_the_same_kinds_in_the_same_order(monkeypatch, tmp_path):

@@ -1,5 +1,6 @@
 """A Numaflow vertex's `sink:` block as natsflow's: log, blackhole, kafka and udsink (a
-`numaflow:` sink program), with its fallback, onSuccess and retryStrategy."""
+`numaflow:` sink program), with its fallback, onSuccess (inside the `numaflow:` block, where
+natsflow keeps it) and retryStrategy."""
 
 from __future__ import annotations
 
@@ -19,11 +20,18 @@ UNSUPPORTED = {"serve": "natsflow answers serving requests with its `serve` sink
 def sink(node: Node, pipeline: str, vertex: str) -> dict[str, Any]:
     """The natsflow `sink:` block, fallback and onSuccess included."""
     block = _abstract_sink(node, pipeline, vertex)
-    for extra in ("fallback", "onSuccess"):
-        child = node.child(extra)
-        if child is not None:
-            block[extra] = _abstract_sink(child, pipeline, f"{vertex}-{extra.lower()}")
-            child.rest()
+    fallback = node.child("fallback")
+    if fallback is not None:
+        block["fallback"] = _abstract_sink(fallback, pipeline, f"{vertex}-fallback")
+        fallback.rest()
+    on_success = node.child("onSuccess")
+    if on_success is not None and "numaflow" in block:
+        # Only a user-defined sink answers ON_SUCCESS: natsflow keeps the onSuccess sink in its block.
+        block["numaflow"]["onSuccess"] = _abstract_sink(on_success, pipeline, f"{vertex}-onsuccess")
+        on_success.rest()
+    elif on_success is not None:
+        node.report.drop(node.at("onSuccess"), "only a user-defined sink's ON_SUCCESS responses go to onSuccess; "
+                                               "natsflow's built-in sinks send none")
     strategy = node.child("retryStrategy")
     if strategy is not None:
         converted = _retry_strategy(strategy)

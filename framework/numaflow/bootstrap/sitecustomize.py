@@ -47,7 +47,7 @@ def _redirect() -> None:
 def _chain() -> None:
     """Run the sitecustomize this one shadows, if there is one."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.modules.pop("sitecustomize", None)
+    me = sys.modules.pop("sitecustomize", None)
     kept = list(sys.path)
     sys.path[:] = [p for p in kept if os.path.abspath(p or ".") != here]
     try:
@@ -56,6 +56,8 @@ def _chain() -> None:
         pass
     finally:
         sys.path[:] = kept
+        if me is not None:  # the import system looks this module up once it has run
+            sys.modules["sitecustomize"] = me
 
 
 _redirect()

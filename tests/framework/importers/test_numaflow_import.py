@@ -15,7 +15,7 @@ from framework.importers.numaflow.comments import file_comments
 from framework.importers.numaflow.values import go_duration
 from framework.spec import load_pipeline
 from framework.spec.load import parse_pipeline
-from framework.spec.model import PipelineSpec, Sink, Source
+from framework.spec.model import PipelineSpec, Source
 from framework.spec.registry import sinks, sources
 from framework.spec.udf import COMMAND_PLACEHOLDER
 from framework.spec.yaml_file import read_yaml_file
@@ -96,10 +96,10 @@ EXPECTED = {
                 "transformer": {"numaflow": program("quay.io/numaio/numaflow-python/event-time-filter:stable")}}},
             {"name": "out", "sink": {
                 "numaflow": program("quay.io/numaio/numaflow-python/sink-log:stable",
-                                    env={"API_TOKEN": {"secretRef": {"name": "sink-creds", "key": "token"}}}),
+                                    env={"API_TOKEN": {"secretRef": {"name": "sink-creds", "key": "token"}}},
+                                    onSuccess={"blackhole": {}}),
                 "retryStrategy": {"backoff": {"interval": "500ms", "steps": 5}, "onFailure": "fallback"},
-                "fallback": {"log": {}},
-                "onSuccess": {"blackhole": {}}}},
+                "fallback": {"log": {}}}},
         ],
         edges=[{"from": "in", "to": "out"}]),
     "connectors": {
@@ -136,8 +136,8 @@ EXPECTED = {
 # The natsflow shapes other parts of issue 14 add: a spec using one validates once they are there.
 SHAPES = {
     "side_inputs": lambda: "numaflow" in get_args(PipelineSpec.model_fields["side_inputs"].annotation)[0].model_fields,
-    "user_defined": lambda: ("numaflow" in sources() and "numaflow" in sinks() and "transformer" in Source.model_fields
-                             and "on_success" in Sink.model_fields),
+    "user_defined": lambda: ("numaflow" in sources() and "numaflow" in sinks()
+                             and "transformer" in Source.model_fields),
 }
 
 

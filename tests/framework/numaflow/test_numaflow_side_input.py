@@ -4,17 +4,17 @@ calls it on the trigger; no_broadcast keeps the previous value; a vertex reads t
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from framework.spec import SpecError, parse_pipeline
-from tests.conftest import REPO, PipelineRunner, wait_for
-from tests.framework.test_side_inputs import pipeline_doc, publish, results, setup, start_manager
+from tests.conftest import Collector, PipelineRunner, wait_for
+from tests.framework.numaflow.conftest import program
+from tests.framework.test_side_inputs import pipeline_doc, publish, results, setup, start_manager, write
 
 pytest.importorskip("pynumaflow")
 
-PROGRAM = [sys.executable, str(REPO / "tests" / "numaflow_udfs" / "side_input_counter.py")]
+PROGRAM = program("side_input_counter.py")
 NUMAFLOW_SIDE_INPUT = [{"name": "mode", "numaflow": {"command": PROGRAM}, "trigger": {"schedule": "@every 0.2s"}}]
 
 
@@ -63,3 +63,37 @@ def test_a_side_input_needs_exactly_one_of_handler_and_numaflow():
     with pytest.raises(SpecError) as err:
         parse_pipeline(pipeline_doc("p", "s", "o", side_inputs=both), file="p.yaml", check_handlers=False)
     assert "exactly one of: handler, numaflow" in str(err.value)
+
+
+async def test_a_pynumaflow_map_reads_the_side_input_files_live(runner: PipelineRunner, nc, tmp_path):
+    value_file = tmp_path / "mode.txt"
+    value_file.write_text("v1")
+    stream = f"si_{runner.name}"
+    await nc.jetstream().add_stream(name=stream, subjects=[f"{runner.name}.in"])
+    out = await Collector().start(nc, f"{runner.name}.out")
+    doc = pipeline_doc(runner.name, stream, f"{runner.name}.out")
+    doc["spec"]["vertices"][1] = {"name": "enrich", "udf": {"numaflow": {"command": program("append_side_input.py")}},
+                                  "sideInputs": ["mode"]}
+    write(runner, doc)
+    start_manager(runner, SIDE_INPUT_FILE=str(value_file))
+    await runner.start_all()
+    await publish(nc, runner, range(100))
+    await out.wait_count(100, timeout=60)
+    assert set(results(out).values()) == {"v1"}
+    value_file.write_text("v2")
+    sent = 100
+
+    async def switched() -> bool:
+        nonlocal sent
+        await publish(nc, runner, range(sent, sent + 5))
+        sent += 5
+        return "v2" in results(out).values()
+
+    await wait_for(switched, 30, "an output carrying the new value", interval=0.05)
+    await out.wait_count(sent, timeout=60)
+    got = results(out)
+    assert sorted(got) == list(range(sent))  # every input exactly once
+    values = [got[n] for n in range(sent)]
+    first_v2 = values.index("v2")
+    assert values == ["v1"] * first_v2 + ["v2"] * (sent - first_v2)  # one switch, in input order
+    await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
