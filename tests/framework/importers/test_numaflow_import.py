@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+import yaml
 
 from framework.cli import main
 from framework.importers.numaflow import convert
@@ -234,6 +235,24 @@ def test_cli_writes_a_readable_file_that_run_refuses_until_the_command_is_filled
         "`natsflow render` runs the container instead\n")
     out.write_text(text.replace(COMMAND_PLACEHOLDER, "python"))
     load_pipeline(out)  # filled in: it loads as `natsflow run` loads it
+
+
+@pytest.mark.parametrize("name", ["reduce_fixed", "user_defined"])
+def test_imported_pipelines_render_with_their_containers_as_sidecars(name: str, tmp_path: Path) -> None:
+    """Rendered for Kubernetes as imported: the placeholders need no filling, the UDF containers
+    run beside each vertex."""
+    out = tmp_path / "pipeline.yaml"
+    assert main(["import", "numaflow", str(PIPELINES / f"{name}.yaml"), "-o", str(out)]) == 0
+    assert main(["render", str(out), "--image", "natsflow:test", "-o", str(tmp_path / "k8s")]) == 0
+    for vertex in EXPECTED[name]["spec"]["vertices"]:
+        docs = list(yaml.safe_load_all((tmp_path / "k8s" / f"{vertex['name']}.yaml").read_text()))
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        images = sorted(c["image"] for c in deployment["spec"]["template"]["spec"]["containers"])
+        programs = [b["numaflow"] for b in (vertex.get("udf"), vertex.get("source"), vertex.get("sink"),
+                                            (vertex.get("source") or {}).get("transformer")) if b and "numaflow" in b]
+        assert images == sorted(["natsflow:test", *(p["container"]["image"] for p in programs)])
+        if "source" not in vertex:
+            assert [d["kind"] for d in docs].count("ScaledObject") == 1
 
 
 def test_cli_exits_non_zero_and_writes_nothing_unless_allow_partial(
