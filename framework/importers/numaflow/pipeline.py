@@ -66,8 +66,9 @@ def _spec(node: Node, name: str) -> dict[str, Any]:
     node.note("interStepBufferServiceName", "natsflow's buffers are JetStream streams on the NATS server it "
                                             "connects to (--nats-url / NATS_URL)")
     pipeline_limits = node.child("limits")
-    if pipeline_limits is not None:
-        out["limits"] = limits(pipeline_limits)
+    converted_limits = limits(pipeline_limits) if pipeline_limits is not None else None
+    if converted_limits:
+        out["limits"] = converted_limits
     wm = node.child("watermark")
     if wm is not None:
         converted = watermark(wm)

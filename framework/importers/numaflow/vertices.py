@@ -47,8 +47,9 @@ def vertex(node: Node, pipeline: str) -> dict[str, Any] | None:
         if converted:
             out["scale"] = converted
     vertex_limits = node.child("limits")
-    if vertex_limits is not None:
-        out["limits"] = limits(vertex_limits)
+    converted_limits = limits(vertex_limits) if vertex_limits is not None else None
+    if converted_limits:
+        out["limits"] = converted_limits
     side_inputs = node.take("sideInputs", list)
     if side_inputs:
         out["sideInputs"] = [str(s) for s in side_inputs]

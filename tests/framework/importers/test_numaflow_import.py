@@ -236,6 +236,9 @@ def test_cli_writes_a_readable_file_that_run_refuses_until_the_command_is_filled
     out.write_text(text.replace(COMMAND_PLACEHOLDER, "python"))
     load_pipeline(out)  # filled in: it loads as `natsflow run` loads it
 
+    assert main(["import", "numaflow", str(PIPELINES / "simple.yaml")]) == 0  # no -o: the file on stdout
+    assert capsys.readouterr().out == text
+
 
 @pytest.mark.parametrize("name", ["reduce_fixed", "user_defined"])
 def test_imported_pipelines_render_with_their_containers_as_sidecars(name: str, tmp_path: Path) -> None:
