@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from framework.cli import main
+from framework.local import process
 from framework.local.embedded import free_port
 from framework.spec.udf import COMMAND_PLACEHOLDER
 from tests.conftest import wait_for
@@ -45,6 +47,13 @@ def imported(name: str, out: Path) -> dict:
 async def post_all(port: int, bodies: list[bytes]) -> None:
     statuses = await asyncio.gather(*(asyncio.to_thread(post, port, body) for body in bodies))
     assert set(statuses) == {200}
+
+
+def natsflow_run(runner, output: Path) -> subprocess.Popen:
+    """`natsflow run` of the runner's file against the session's server, its output to `output`."""
+    with open(output, "w") as out:
+        return process.popen([sys.executable, "-m", "framework.cli", "run", str(runner.file), "--nats-url",
+                              runner.url], env=runner.env(), cwd=Path(__file__).parents[3], stdout=out, stderr=out)
 
 
 def logged(runner, sink: str) -> list[int]:
@@ -109,8 +118,8 @@ async def test_imported_keyed_fixed_window_reduce_gives_exact_sums(runner, tmp_p
 
 
 async def test_imported_user_defined_source_transformer_and_sink(runner, tmp_path: Path) -> None:
-    """A Sourcer, a SourceTransformer and a Sinker (pynumaflow, from tests/numaflow_udfs/): every
-    record the source makes is written by the sink exactly once."""
+    """A Sourcer, a SourceTransformer and a Sinker (pynumaflow, from tests/numaflow_udfs/), run by
+    `natsflow run` itself: every record the source makes is written by the sink exactly once."""
     spec = imported("user_defined", tmp_path / "pipeline.yaml")
     programs = Path(__file__).parents[2] / "numaflow_udfs"
     source, sink = spec["vertices"][0]["source"], spec["vertices"][1]["sink"]
@@ -121,12 +130,17 @@ async def test_imported_user_defined_source_transformer_and_sink(runner, tmp_pat
     sink["numaflow"].update(command=[sys.executable, str(programs / "file_sink.py")],
                             env={"SINK_FILE": str(written)})
     runner.write(spec["vertices"], spec["edges"])
-    await runner.start_all()
+    err = tmp_path / "run.err"
+    proc = natsflow_run(runner, err)
 
     def lines() -> list[str]:
         return written.read_text().splitlines() if written.exists() else []
 
-    await wait_for(lambda: len(lines()) >= 300, 120, "300 records through the sink")
-    for vertex in ("in", "out"):
-        assert await runner.terminate(vertex) == 0
+    try:
+        await wait_for(lambda: len(lines()) >= 300, 120, "300 records through the sink")
+        process.interrupt(proc)
+        await wait_for(lambda: proc.poll() is not None, 60, "natsflow run to drain and stop")
+    finally:
+        process.terminate_all([proc], grace=20)
+    assert proc.returncode == 0, err.read_text()[-2000:]
     assert sorted(map(int, lines())) == list(range(300))
