@@ -73,7 +73,8 @@ async def open_numaflow_map(loop: ForwardLoop) -> BatchProcessor:
     rt = loop.rt
     udf = rt.v.udf
     assert udf is not None and udf.numaflow is not None
-    client = NumaflowMap(launch_for(rt.p, rt.v.name, udf.numaflow, "udf.numaflow", rt.base_dir), loop.input_watermark)
+    client = NumaflowMap(launch_for(rt.p, rt.v.name, udf.numaflow, "udf.numaflow", rt.base_dir), loop.input_watermark,
+                         udf.timeout)
     mode = await client.start()
     if mode == "stream-map":
         return NumaflowMapStreamProcessor(loop, client)

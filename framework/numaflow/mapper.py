@@ -43,10 +43,11 @@ class NumaflowMap:
     """A map-family program: `run` for unary and batch map (the MapRunner seam of
     runtime/map.py), `stream` for map stream (the handler seam of runtime/map_stream.py)."""
 
-    def __init__(self, launch: ProgramLaunch, watermark: Callable[[], int | None]):
+    def __init__(self, launch: ProgramLaunch, watermark: Callable[[], int | None], timeout: float | None = None):
         self.session: ProgramSession[Any] = ProgramSession(launch, (serverinfo.MAPPER,), open_map_stream)
         self._watermark = watermark
         self._ids = itertools.count()
+        self._timeout = timeout  # udf.timeout: a call without an answer by then is restarted and tried alone
 
     async def start(self) -> str:
         """Start the program; its map mode (unary-map, batch-map, stream-map)."""
@@ -65,8 +66,8 @@ class NumaflowMap:
 
     async def run(self, datums: list[Datum]) -> list[Result]:
         if self.mode == "batch-map":
-            return list(await self.session.batched(self._batch, self._batch_of_one, datums))
-        return list(await self.session.batched(self._unary_all, self._unary, datums))
+            return list(await self.session.batched(self._batch, self._batch_of_one, datums, self._timeout))
+        return list(await self.session.batched(self._unary_all, self._unary, datums, self._timeout))
 
     async def _unary_all(self, stream: Stream, datums: list[Datum]) -> list[list[Message]]:
         """The batch's requests at once, then their responses: the common case, one await per input."""

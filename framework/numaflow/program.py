@@ -3,8 +3,8 @@
 Every Numaflow kind (map, sink, source transformer, reduce, side input, user-defined source) uses
 it the same way::
 
-    program = await NumaflowProgram.start(ProgramLaunch(command, env, cwd, startup_timeout,
-                                                        vertex=..., pipeline=..., replica=0))
+    launch = launch_for(p, vertex, spec, "udf.numaflow", base_dir)   # framework/numaflow/launch.py
+    program = await NumaflowProgram.start(launch)
     try:
         info = await program.ready(serverinfo.MAPPER)         # or several names: the first written
         stub = map_pb2_grpc.MapStub(program.channel(serverinfo.MAP_SOCKETS[info.map_mode]))
@@ -13,12 +13,19 @@ it the same way::
     finally:
         await program.stop()
 
+For a bidirectional stream with the SDK's handshake, restarts after the user's code raised and
+per-input isolation, use framework/numaflow/session.py (ProgramSession) with stream.py
+(BidiStream), as mapper.py, sinker.py and transformer.py do.
+
 `start` makes a private socket folder (`folder`; side inputs under `side_input_folder`), runs the
 command in its own process group with the NUMAFLOW_* variables the SDKs read and, for Python,
 `bootstrap/sitecustomize.py` first on PYTHONPATH so pynumaflow binds its sockets in that folder.
+In a rendered pod (`launch.sidecar_folder`) it starts nothing: the program is a sidecar container.
 `ready` waits for the server-info file (bounded by the startup timeout; ProgramDied with the last
-stderr lines if the program exits first) and checks it (serverinfo.check_compatible).
-The program's stderr and stdout are passed on to natsflow's stderr, each line prefixed.
+output lines if the program exits first or never writes it) and checks it
+(serverinfo.check_compatible). The program's stdout and stderr are passed on to natsflow's stderr,
+each line prefixed. ProgramDied, IncompatibleProgram and NotRunnableHere are VertexFailures: the
+vertex hands its batch back and exits non-zero with their text.
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ class NumaflowReduce:
             if self.program is not failed:
                 return  # another window's call restarted it already
             if failed is not None:
+                failed.forget_server_info(*INFO_FILES)  # a sidecar restarts on its own: wait for its new file
                 await failed.stop()
             self.restarts += 1
             log.warning("numaflow reducer %r: starting it again (restart %d)", self.launch.label, self.restarts)

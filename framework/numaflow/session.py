@@ -18,12 +18,20 @@ from typing import Any, Generic, TypeVar
 from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.stream import BidiStream, UdfError
+from framework.runtime.bounded import HandlerTimeout, within
 
 log = logging.getLogger("natsflow.numaflow")
 
 T = TypeVar("T")
 Item = TypeVar("Item")
 OpenStream = Callable[[NumaflowProgram, ServerInfo], Awaitable[BidiStream[Any, Any]]]
+
+
+Failed = UdfError | HandlerTimeout  # what one input's call may end in, besides its result
+
+
+async def bounded(aw: Awaitable[T], timeout: float | None) -> T:
+    return await (aw if timeout is None else within(aw, timeout))
 
 
 class ProgramSession(Generic[T]):
@@ -67,7 +75,8 @@ class ProgramSession(Generic[T]):
                 if old.proc is None:
                     old.forget_server_info(*self.info_files)
             self.restarts += 1
-            log.warning("numaflow program %r raised; restarting it (restart %d)", self.launch.label, self.restarts)
+            log.warning("numaflow program %r raised or did not answer in time; restarting it (restart %d)",
+                        self.launch.label, self.restarts)
             await self.start()
             self.generation += 1
 
@@ -79,29 +88,32 @@ class ProgramSession(Generic[T]):
         return None
 
     async def batched(self, whole: Callable[[BidiStream[Any, Any], list[Item]], Awaitable[list[T]]],
-                      alone: Callable[[BidiStream[Any, Any], Item], Awaitable[T]],
-                      items: list[Item]) -> list[T | UdfError]:
-        """`whole(stream, items)`: a result per item. After a UdfError the program is restarted and
-        each item is tried alone (`alone(stream, item)`): its result, or the UdfError it raised."""
+                      alone: Callable[[BidiStream[Any, Any], Item], Awaitable[T]], items: list[Item],
+                      timeout: float | None = None) -> list[T | Failed]:
+        """`whole(stream, items)`: a result per item. After a UdfError, or no answer within
+        `timeout` s, the program is restarted and each item is tried alone (`alone(stream, item)`):
+        its result, or the UdfError it raised / HandlerTimeout (then the program restarts again)."""
         generation = self.generation
         try:
             assert self.stream is not None
-            return list(await whole(self.stream, items))
-        except UdfError:
+            return list(await bounded(whole(self.stream, items), timeout))
+        except (UdfError, HandlerTimeout):
             await self.recover(generation)
-        out: list[T | UdfError] = []
+        out: list[T | Failed] = []
         for item in items:
-            out.append(await self.alone(functools.partial(_with_item, alone, item)))
+            out.append(await self.alone(functools.partial(_with_item, alone, item), timeout))
         return out
 
-    async def alone(self, attempt: Callable[[BidiStream[Any, Any]], Awaitable[T]]) -> T | UdfError:
-        """`attempt` with nothing else in flight: its result, or its UdfError (then restarted)."""
+    async def alone(self, attempt: Callable[[BidiStream[Any, Any]], Awaitable[T]],
+                    timeout: float | None = None) -> T | Failed:
+        """`attempt` with nothing else in flight: its result, or its UdfError / HandlerTimeout
+        (then the program is restarted)."""
         async with self.solo:
             generation = self.generation
             try:
                 assert self.stream is not None
-                return await attempt(self.stream)
-            except UdfError as exc:
+                return await bounded(attempt(self.stream), timeout)
+            except (UdfError, HandlerTimeout) as exc:
                 await self.recover(generation)
                 return exc
 

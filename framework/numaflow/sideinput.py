@@ -43,6 +43,7 @@ class NumaflowSideInput:
         self.launch = how
         self.program: NumaflowProgram | None = None
         self.stub: sideinput_pb2_grpc.SideInputStub | None = None
+        self.failed = False  # the last call failed: start the program again before the next
 
     async def start(self) -> None:
         program = await NumaflowProgram.start(self.launch)
@@ -55,15 +56,18 @@ class NumaflowSideInput:
             await self.program.stop()
 
     async def __call__(self) -> bytes | None:
-        if self.program is None or self.program.returncode is not None:
+        if self.program is None or self.failed or self.program.returncode is not None:
             if self.program is not None:
-                log.warning("%s; starting it again", self.program.died())
+                log.warning("numaflow side input %r failed or exited; starting it again", self.launch.label)
+                self.program.forget_server_info(serverinfo.SIDE_INPUT)
                 await self.program.stop()
+            self.failed = False
             await self.start()
         assert self.stub is not None and self.program is not None
         try:
             resp = await self.stub.RetrieveSideInput(empty_pb2.Empty())
         except grpc.aio.AioRpcError as exc:
+            self.failed = True  # the SDK exits after the user's code raised
             details = exc.details() or ""
             if UDF_ERROR_MARK in details:
                 raise UdfError(details) from None

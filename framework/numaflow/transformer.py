@@ -14,8 +14,8 @@ from framework.numaflow import serverinfo
 from framework.numaflow.convert import epoch_ms, timestamp, to_message
 from framework.numaflow.program import NumaflowProgram, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
-from framework.numaflow.session import ProgramSession
-from framework.numaflow.stream import BidiStream, UdfError
+from framework.numaflow.session import Failed, ProgramSession
+from framework.numaflow.stream import BidiStream
 from framework.sdk import Datum, Message
 
 Stream = BidiStream[transform_pb2.SourceTransformRequest, transform_pb2.SourceTransformResponse]
@@ -43,7 +43,7 @@ class NumaflowTransformer:
     async def start(self) -> None:
         await self.session.start()
 
-    async def transform(self, datums: list[Datum]) -> list[list[Message] | UdfError]:
+    async def transform(self, datums: list[Datum]) -> list[list[Message] | Failed]:
         return await self.session.batched(self._all, self._one, datums)
 
     async def _all(self, stream: Stream, datums: list[Datum]) -> list[list[Message]]:

@@ -1,6 +1,7 @@
 """A pynumaflow sink that appends each value to the file named by SINK_FILE. Values starting with
 "fb" ask for the fallback sink, "ons" succeed with an on-success message, "fail-once" fail the
-first time they are seen (a FAILURE response: natsflow retries them)."""
+first time they are seen (a FAILURE response: natsflow retries them); "crash-once" raises the
+first time (a marker file remembers it across the restart that follows)."""
 
 import os
 from collections.abc import AsyncIterable
@@ -17,6 +18,9 @@ class FileSink(Sinker):
         responses = Responses()
         with open(self.path, "a") as out:
             async for d in datums:
+                if d.value == b"crash-once" and not os.path.exists(self.path + ".crashed"):
+                    open(self.path + ".crashed", "w").close()
+                    raise RuntimeError("the sink fell over on 'crash-once'")
                 if d.value.startswith(b"fb"):
                     responses.append(Response.as_fallback(d.id))
                 elif d.value.startswith(b"ons"):

@@ -1,4 +1,5 @@
-"""A pynumaflow sync map that copies its input after a few milliseconds (for the kill tests)."""
+"""A pynumaflow sync map that copies its input after a few milliseconds (for the kill tests);
+"hang" never returns (for the timeout test)."""
 
 import time
 
@@ -7,7 +8,7 @@ from pynumaflow.mapper import Datum, Mapper, MapServer, Message, Messages
 
 class SlowCopy(Mapper):
     def handler(self, keys: list[str], datum: Datum) -> Messages:
-        time.sleep(0.004)
+        time.sleep(3600 if datum.value == b"hang" else 0.004)
         return Messages(Message(datum.value, keys=keys))
 
 

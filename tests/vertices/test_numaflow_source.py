@@ -70,10 +70,7 @@ async def test_sigkill_of_the_source_vertex_mid_stream_loses_nothing(runner, nc)
     await runner.start_all()
     await out.wait_count(1000, timeout=90)
     runner.kill("in")
-    # The program's folder dies with a Numaflow pod; here its process outlives the killed vertex
-    # process (it runs in a session of its own): end it as the pod's end would.
-    for pid in programs_of(runner.name):
-        os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: not programs_of(runner.name), 10, "the program to die with its vertex")
     at_kill = len(out.msgs)
     assert at_kill < total, "the kill came after the source had read everything"
     runner.start("in")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Collector, wait_for
 from tests.framework.numaflow.conftest import program
-from tests.framework.test_reduce import T0, consumed, publish, results, source_stream
+from tests.framework.test_reduce import T0, consumed, owners_are, publish, results, source_stream
 from tests.vertices.test_numaflow_source import programs_of
 
 pytest.importorskip("pynumaflow")
@@ -19,11 +19,12 @@ pytest.importorskip("pynumaflow")
 PROGRAM = program("reduce_sum.py")
 
 
-def numaflow_reduce_pipeline(runner) -> None:
+def numaflow_reduce_pipeline(runner, partitions: int = 1) -> None:
     vertices = [
         {"name": "in", "source": {"jetstream": {"stream": f"SRC_{runner.name}"}}},
         {"name": "agg", "udf": {"numaflow": {"command": PROGRAM, "startupTimeout": "60s",
-                                             "reduce": {"window": {"fixed": {"length": "10s"}}}}}},
+                                             "reduce": {"window": {"fixed": {"length": "10s"}},
+                                                        "partitions": partitions}}}},
         {"name": "out", "sink": {"nats": {"subject": f"{runner.name}.out"}}},
     ]
     runner.write(vertices, [{"from": "in", "to": "agg"}, {"from": "agg", "to": "out"}])
@@ -65,8 +66,7 @@ async def test_sigkill_of_the_reduce_vertex_mid_window_loses_and_duplicates_noth
     await publish(js, subj, [("zz", 15, 0)])  # closes [0,10) only; [10,20) stays open, its inputs held
     await out.wait_count(2, timeout=90)
     runner.kill("agg")
-    for pid in programs_of(runner.name, PROGRAM[1]):  # its program outlives it (a session of its own)
-        os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: not programs_of(runner.name, PROGRAM[1]), 10, "the program to die with its vertex")
     runner.start("agg")
     await publish(js, subj, [("zz", 1000, 0)])
     await out.wait_count(5, timeout=120)  # [10,20) of a and b, [10,20) of zz
@@ -136,3 +136,28 @@ async def _count(nc, runner, stream: str, n: int) -> bool:
         return await runner.stream_messages(nc, stream) == n
     except Exception:
         return False
+
+
+async def test_two_replicas_each_with_its_reducer_program_split_the_partitions(runner, nc):
+    keys = tuple(f"k{i}" for i in range(6))
+    out = await Collector().start(nc, f"{runner.name}.out")
+    js = await source_stream(nc, runner)
+    numaflow_reduce_pipeline(runner, partitions=4)
+    await runner.provision()
+    for v in ("out", "in"):
+        runner.start(v)
+    for r in ("0", "1"):
+        runner.start("agg", replica=r, NATSFLOW_REPLICA_ID=f"r{r}")
+    await wait_for(lambda: owners_are(nc, runner, {"r0": 2, "r1": 2}, 4), 60, "two partitions per replica")
+    await publish(js, f"{runner.name}.src", [(k, t, t * (i + 1)) for t in range(20) for i, k in enumerate(keys)])
+    await consumed(nc, runner)
+    await publish(js, f"{runner.name}.src", [("zz", 1000, 0)])
+    await out.wait_count(12, timeout=90)
+    await wait_for(lambda: runner.drained(nc, holding=("agg",)), 30, "buffers to drain")
+    assert results(out) == expected_sums(keys, 2) and len(out.msgs) == 12
+    assert len(programs_of(runner.name, PROGRAM[1])) == 2  # one program per replica
+    for r in ("0", "1"):  # both replicas reduced part of the keys
+        assert await runner.terminate(f"agg#{r}") == 0
+        stats = json.loads(runner.log(f"agg#{r}").rsplit("stats ", 1)[1].splitlines()[0])
+        assert stats["forwarder_read_total"] > 0
+    assert programs_of(runner.name, PROGRAM[1]) == []

@@ -97,3 +97,33 @@ async def test_a_pynumaflow_map_reads_the_side_input_files_live(runner: Pipeline
     first_v2 = values.index("v2")
     assert values == ["v1"] * first_v2 + ["v2"] * (sent - first_v2)  # one switch, in input order
     await wait_for(lambda: runner.drained(nc), 20, "buffers to drain")
+
+
+async def test_a_retriever_that_raises_keeps_the_value_and_is_started_again(runner: PipelineRunner, nc, tmp_path):
+    flaky = [{"name": "mode", "trigger": {"schedule": "@every 0.2s"},
+              "numaflow": {"command": program("side_input_flaky.py"), "env": {"MARKER": str(tmp_path / "raised")}}}]
+    _, out = await setup(runner, nc, side_inputs=flaky)
+    start_manager(runner)
+    await runner.start_all()
+    kv = await nc.jetstream().key_value(f"nf_{runner.name}_sideinputs")
+
+    async def value_3() -> bool:
+        try:
+            return (await kv.get("mode")).value == b"value-3"
+        except Exception:
+            return False
+
+    # call 1 stores value-1; call 2 raises and the SDK exits; the restarted program's call 1 gives
+    # value-1 again (unchanged), its call 2 no_broadcast, its call 3 value-3
+    await wait_for(value_3, 30, "value-3 from the restarted retriever")
+    await publish(nc, runner, range(20))
+    await out.wait_count(20, timeout=60)
+    assert await runner.terminate("sideinputs") == 0
+    log = runner.log("sideinputs")
+    assert "failed (UdfError: UDF_EXECUTION_ERROR" in log and "thresholds service unreachable" in log
+    assert "keeping the previous value" in log
+    stats = json.loads(log.rsplit("stats ", 1)[1].splitlines()[0])
+    assert stats["side_input_runs_total[mode][error]"] == 1  # raised once; the restarted program did not
+    assert stats["side_input_runs_total[mode][unchanged]"] == 1  # the restarted program's value-1
+    assert stats["side_input_runs_total[mode][stored]"] >= 2  # value-1, value-3, then value-5, ...
+    assert all(v.startswith("value-") and int(v[6:]) % 2 == 1 for v in results(out).values())

@@ -34,3 +34,24 @@ async def test_sink_fallback_on_success_and_retried_failures(runner, nc, tmp_pat
     assert sorted(m.data.decode() for m in on_success.msgs) == sorted(f"done:ons{i}" for i in range(20))
     assert {m.headers["Nf-Keys"] for m in on_success.msgs} == {json.dumps(["ok"])}
     assert await runner.terminate("out") == 0
+
+
+async def test_a_sink_exception_restarts_the_program_and_the_batch_is_written_again(runner, nc, tmp_path):
+    written = tmp_path / "written.txt"
+    values = [f"v{i}" for i in range(300)] + ["crash-once"]
+    source = await fill(nc, runner, [v.encode() for v in values])
+    sink = {"numaflow": {"command": program("file_sink.py"), "env": {"SINK_FILE": str(written)}},
+            "retryStrategy": {"backoff": {"interval": "10ms"}}}
+    runner.write([source, {"name": "out", "sink": sink}], [{"from": "in", "to": "out"}])
+    await runner.start_all()
+
+    def lines() -> set[str]:
+        return set(written.read_text().splitlines()) if written.exists() else set()
+
+    await wait_for(lambda: len(lines()) == len(values), 90, "every value written")
+    await wait_for(lambda: runner.drained(nc), 90, "buffers to drain")
+    # At least once, as for every sink: a datum of the failed batch may be written twice.
+    assert set(written.read_text().splitlines()) == set(values)
+    assert (tmp_path / "written.txt.crashed").exists()
+    assert runner.procs["out"].poll() is None
+    assert "RuntimeError(\"the sink fell over on 'crash-once'\")" in runner.log("out")
