@@ -7,28 +7,29 @@ import sys
 from pathlib import Path
 
 from framework.importers.numaflow.comments import file_comments
+from framework.importers.numaflow.documents import read_numaflow_file
 from framework.importers.numaflow.output import pipeline_yaml
 from framework.importers.numaflow.pipeline import convert
 from framework.importers.numaflow.report import Finding
 from framework.spec.load import SpecError, parse_pipeline
-from framework.spec.yaml_file import YamlFileError, parse_yaml, read_yaml_file
+from framework.spec.yaml_file import YamlFileError, parse_yaml
 
 
 def import_numaflow(file: str, output: str | None, *, allow_partial: bool) -> int:
     """Exit status: 0 when everything converted (or --allow-partial), 1 otherwise; the report on stderr."""
     try:
-        doc = read_yaml_file(Path(file))
+        numaflow = read_numaflow_file(Path(file))
     except YamlFileError as exc:
         _show(file, [Finding(path, why) for path, why in exc.problems])
         return 1
-    result = convert(doc)
+    result = convert(numaflow.pipeline)
     report = result.report
+    report.notes[:0] = [Finding(where, why) for where, why in numaflow.others]
     if report.errors:
         print(f"{file}: not a valid Numaflow Pipeline:", file=sys.stderr)
         _show(file, report.errors)
         return 1
-    # read_yaml_file has checked size and encoding: the text is the same small UTF-8 file
-    comments = file_comments(Path(file).read_text(encoding="utf-8-sig"))
+    comments = file_comments(numaflow.text)
     text = pipeline_yaml(result.pipeline, Path(file).name, report, comments)
     target = output or "<stdout>"
     invalid = _natsflow_problems(text, target)

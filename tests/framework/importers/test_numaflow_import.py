@@ -298,6 +298,25 @@ def test_comments_of_each_vertex_block_are_found_by_vertex_name() -> None:
     assert found.vertices == {"in": ["above in", "trailing"], "gen": ["after the name"]}
 
 
+def test_a_file_with_an_isb_service_and_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Numaflow's quick start applies an InterStepBufferService and a Pipeline: one file, two documents."""
+    both = tmp_path / "both.yaml"
+    isb = ("apiVersion: numaflow.numaproj.io/v1alpha1\nkind: InterStepBufferService\nmetadata: {name: default}\n"
+           "spec: {jetstream: {version: latest}}\n")
+    both.write_text(isb + "---\n" + (PIPELINES / "simple.yaml").read_text())
+    out = tmp_path / "pipeline.yaml"
+    assert main(["import", "numaflow", str(both), "-o", str(out)]) == 0
+    assert capsys.readouterr().err.startswith(
+        f"{both}: line 1: note: a document of kind InterStepBufferService, not converted: natsflow needs no "
+        "InterStepBufferService: its buffers are JetStream streams on the NATS server it connects to\n")
+    assert read_yaml_file(out) == EXPECTED["simple"]
+
+    both.write_text(both.read_text() + "---\n" + (PIPELINES / "even_odd.yaml").read_text())
+    assert main(["import", "numaflow", str(both)]) == 1
+    assert capsys.readouterr().err == (f"{both}: expected one Pipeline among the file's 3 documents, found 2 (line 6, "
+                                       "line 37): convert one file per Pipeline\n")
+
+
 def test_go_durations() -> None:
     assert [go_duration(t) for t in ("60s", "1m30s", "1.5h", "300ms", "0", "2h45m")] == [
         60.0, 90.0, 5400.0, 0.3, 0.0, 9900.0]
