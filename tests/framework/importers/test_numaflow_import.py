@@ -317,6 +317,27 @@ def test_a_file_with_an_isb_service_and_a_pipeline(tmp_path: Path, capsys: pytes
                                        "line 37): convert one file per Pipeline\n")
 
 
+def test_builtins_and_other_settings_without_equivalent_are_dropped() -> None:
+    doc = read_yaml_file(PIPELINES / "simple.yaml")
+    doc["spec"]["vertices"][1]["udf"] = {"builtin": {"name": "cat"}}
+    doc["spec"]["vertices"][1]["scale"] = {"min": 1, "max": 3, "cron": {"schedules": []}}
+    doc["spec"]["vertices"][2]["sink"]["onSuccess"] = {"log": {}}
+    doc["spec"]["lifecycle"] = {"desiredPhase": "Pausing"}
+    result = convert(doc)
+    assert result.report.errors == []
+    assert [(f.path, f.why) for f in result.report.dropped] == [
+        ("spec.lifecycle.desiredPhase", "natsflow's desired phases are Running and Paused, not 'Pausing'"),
+        ("spec.vertices[1].udf.builtin", "natsflow has no built-in functions: write the function as a Python map "
+                                         "handler or run it as a Numaflow SDK program"),
+        ("spec.vertices[1].scale.cron", "natsflow has no scheduled replica counts"),
+        ("spec.vertices[2].sink.onSuccess", "only a user-defined sink's ON_SUCCESS responses go to onSuccess; "
+                                            "natsflow's built-in sinks send none"),
+    ]
+    assert result.pipeline["spec"]["vertices"][1]["udf"] == {"numaflow": {"command": TODO}}
+    assert result.pipeline["spec"]["vertices"][2]["sink"] == {"log": {}}
+    parse_pipeline(result.pipeline, check_handlers=False)
+
+
 def test_go_durations() -> None:
     assert [go_duration(t) for t in ("60s", "1m30s", "1.5h", "300ms", "0", "2h45m")] == [
         60.0, 90.0, 5400.0, 0.3, 0.0, 9900.0]
