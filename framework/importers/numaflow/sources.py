@@ -30,8 +30,8 @@ def source(node: Node, pipeline: str, vertex: str) -> dict[str, Any]:
     transformer = node.child("transformer")
     if transformer is not None:
         converted = program(transformer)
-        transformer.drop("retryStrategy", "a failing transformer call dead-letters the message after udf-style "
-                                          "retries; no per-transformer strategy")
+        transformer.drop("retryStrategy", "natsflow dead-letters a record whose transformer call fails "
+                                          "(docs/numaflow-udfs.md); there is no per-transformer retry strategy")
         transformer.rest()
         if converted is not None:
             block["transformer"] = {"numaflow": converted}
