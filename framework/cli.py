@@ -16,6 +16,7 @@ import yaml
 
 from framework.connector import server_problems
 from framework.console import lifecycle, replay
+from framework.importers import command as import_command
 from framework.isb.provision import provision
 from framework.isb.reconcile import ProvisionError
 from framework.isb.retained import ReplayError
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scrape-annotations", action="store_true", help="leave out the prometheus.io/* pod "
                    "annotations")
     p.set_defaults(func=cmd_render)
+
+    import_command.add_parsers(sub)
 
     p = sub.add_parser("status", help="per vertex: replicas, rates, pending, ack pending, buffer use, dead "
                                       "letters, watermark")

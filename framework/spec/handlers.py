@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from framework.spec.model import Pipeline
+from framework.spec.programs import numaflow_programs
 from framework.spec.types import Handler
+from framework.spec.udf import COMMAND_PLACEHOLDER
 
 
 def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]]:
@@ -44,7 +46,20 @@ def handler_problems(p: Pipeline, base_dir: Path | None) -> list[tuple[str, str]
                 load_handler(fb.config.handler, base_dir)
             except HandlerError as exc:
                 problems.append((f"spec.vertices[{i}].sink.fallback.{fb.kind}.handler", str(exc)))
-    return problems
+    return problems + placeholder_problems(p)
+
+
+def placeholder_problems(p: Pipeline) -> list[tuple[str, str]]:
+    """Numaflow programs (of vertices and side inputs) whose command is still the placeholder
+    `natsflow import numaflow` wrote."""
+    programs = [(f"spec.vertices[{i}].{prog.where}", prog.spec)
+                for i, v in enumerate(p.spec.vertices) for prog in numaflow_programs(v)]
+    programs += [(f"spec.sideInputs[{i}].numaflow", si.numaflow)
+                 for i, si in enumerate(p.spec.side_inputs) if si.numaflow is not None]
+    return [(f"{where}.command", f"still {COMMAND_PLACEHOLDER}, as `natsflow import numaflow` wrote it: replace it "
+             "with the command that starts this program locally (e.g. [python, udf.py]); `natsflow render` runs "
+             "the container instead")
+            for where, program in programs if program.command and program.command[0] == COMMAND_PLACEHOLDER]
 
 
 class HandlerError(ImportError):

@@ -187,3 +187,8 @@ class Udf(Model):
     @property
     def handler(self) -> Handler | None:
         return self.handler_of(self.kind)
+
+
+# What `natsflow import numaflow` writes as the `command:` of a program it only knows the image of:
+# `natsflow run` refuses to start it (framework/spec/handlers.py), `render` uses the container.
+COMMAND_PLACEHOLDER = "TODO-fill-in-the-command"

@@ -1,0 +1,2 @@
+"""Converters from other systems' pipeline files into natsflow pipeline files
+(`natsflow import <system> FILE`)."""
