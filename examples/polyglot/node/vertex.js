@@ -81,6 +81,12 @@ function outputHeaders(input, data) {
   return h;
 }
 
+// A publish whose refusal is caught at once: one still pending while the batch awaits room in
+// another buffer would otherwise reject unhandled, which ends a Node.js process.
+function publish(js, subject, value, opts) {
+  return js.publish(subject, value, opts).then(() => null, (err) => err);
+}
+
 async function processBatch(js, gates, msgs, stopping) {
   const publishes = [];
   const perGate = new Map();
@@ -90,7 +96,10 @@ async function processBatch(js, gates, msgs, stopping) {
     const hdrs = m.headers;
     const userHeaders = [];
     if (hdrs) for (const k of hdrs.keys()) if (!RESERVED.has(k) && !k.startsWith("Nats-")) userHeaders.push([k, hdrs.get(k)]);
-    const input = { id: hdrs?.get(H.id) || "", eventTime: hdrs?.get(H.eventTime) || String(Date.now()), userHeaders };
+    // Missing envelope headers are taken from what a redelivery keeps (§3): the store time, the msg id or sequence.
+    const stored = String(Math.floor(m.info.timestampNanos / 1e6));
+    const input = { id: hdrs?.get(H.id) || hdrs?.get(H.msgId) || `seq:${m.seq}`, eventTime: hdrs?.get(H.eventTime) || stored,
+      userHeaders };
     let keys;
     try {
       keys = decodeKeys(hdrs?.get(H.keys));
@@ -113,16 +122,18 @@ async function processBatch(js, gates, msgs, stopping) {
     const gate = gates[g];
     if (!(await gate.room(list.length, stopping))) continue; // discardLatest: dropped, counted in logs
     gate.count += list.length;
-    for (const o of list) publishes.push(js.publish(gate.out.subject, o.value, { msgID: o.msgId, headers: o.headers }));
+    for (const o of list) publishes.push(publish(js, gate.out.subject, o.value, { msgID: o.msgId, headers: o.headers }));
   }
   for (const d of dead) {
     const h = newHeaders();
     if (d.m.headers) for (const k of d.m.headers.keys()) if (k !== H.msgId) h.set(k, d.m.headers.get(k));
     h.set(H.error, d.error);
     h.set("Nf-Error-Vertex", desc.vertex);
-    publishes.push(js.publish(desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.from}`, headers: h }));
+    publishes.push(publish(js, desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.from}`, headers: h }));
   }
-  await Promise.all(publishes); // every output stored (a duplicate counts as stored) ...
+  // every output stored (a duplicate counts as stored) ...
+  const refused = (await Promise.all(publishes)).find((err) => err !== null);
+  if (refused) throw refused;
   for (const m of msgs) m.ack(); // ... before any input is acked (§4)
 }
 
