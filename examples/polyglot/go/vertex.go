@@ -294,9 +294,9 @@ func main() {
 	if err := json.Unmarshal([]byte(os.Getenv("NATSFLOW_DESCRIPTOR")), &d); err != nil {
 		log.Fatalf("NATSFLOW_DESCRIPTOR: %v", err)
 	}
-	url := os.Getenv("NATS_URL")
+	url := os.Getenv("NATS_URL") // the only place the server is named (protocol §2): no default
 	if url == "" {
-		url = nats.DefaultURL
+		log.Fatalf("NATS_URL is not set")
 	}
 	// The name `natsflow ui` counts replicas by (protocol §8).
 	// Reconnect forever like the Python worker: nats.go's default gives up after 60 tries.

@@ -138,7 +138,9 @@ async function processBatch(js, gates, msgs, stopping) {
 }
 
 async function main() {
-  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}`,
+  // NATS_URL is the only place the server is named (§2): no default to guess.
+  if (!process.env.NATS_URL) throw new Error("NATS_URL is not set");
+  const opts = { servers: process.env.NATS_URL.split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}`,
     maxReconnectAttempts: -1 }; // ride out NATS outages like the Python and Go vertices // the name `natsflow ui` counts replicas by (§8)
   if (process.env.NATS_TOKEN) opts.token = process.env.NATS_TOKEN;
   if (process.env.NATS_USER) Object.assign(opts, { user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD });
