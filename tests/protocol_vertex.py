@@ -6,6 +6,7 @@ tests run it to show that each kit rule catches the fault it is about:
   ack-early         publishes without waiting for PubAcks, then acks its inputs (§4.3)
   bad-header-bytes  writes a header value that is not UTF-8 (§3), without waiting for PubAcks
   bad-watermark     publishes watermarks ahead of its input watermark (§9)
+  clock-event-time  gives an input without Nf-Event-Time its own clock's time, not the store time (§3)
 """
 
 import asyncio
@@ -64,8 +65,12 @@ async def main() -> None:
                                  "Nf-Error-Vertex": d["vertex"]}))
                 continue
             out = {k: v for k, v in h.items() if k not in RESERVED and not k.startswith("Nats-")}
-            out.update({"Nats-Msg-Id": f"{d['vertex']}:{origin}:0", "Nf-Id": h.get("Nf-Id", ""),
-                        "Nf-Event-Time": h["Nf-Event-Time"]})
+            # Missing envelope headers come from what a redelivery keeps (§3): msg id, store time.
+            stored_ms = int(m.reply.split(".")[7]) // 1_000_000  # $JS.ACK.<stream>.<consumer>.<n>.<seq>.<seq>.<ns>...
+            if BREAK == "clock-event-time":
+                stored_ms = int(time.time() * 1000)
+            out.update({"Nats-Msg-Id": f"{d['vertex']}:{origin}:0", "Nf-Id": h.get("Nf-Id") or h["Nats-Msg-Id"],
+                        "Nf-Event-Time": h.get("Nf-Event-Time") or str(stored_ms)})
             if keys:
                 out["Nf-Keys"] = json.dumps(keys, ensure_ascii=BREAK != "utf8-keys")
             tags = {"even" if len(m.data) % 2 == 0 else "odd"}

@@ -33,9 +33,8 @@ from framework.local import process
 from framework.local.embedded import EmbeddedNats
 from framework.local.replicas import vertex_command
 from framework.spec import Pipeline, load_pipeline
+from framework.testing.inputs import conformance_pipeline, event_time_of, feed, store_times
 from framework.testing.rules import (
-    BAD_EVERY,
-    HDR_PROBE,
     OUT_EDGES,
     VUT,
     Observation,
@@ -49,36 +48,6 @@ from framework.testing.vut import VertexUnderTest
 from framework.transport.client import FastClient
 from framework.watermark.marks import bucket_name
 
-# Keys the kit writes, one set per input in turn; "k\u00e9" is sent ASCII-escaped (as natsflow writes
-# it) and may come back escaped or as raw UTF-8 (docs/protocol.md §3).
-KEY_SETS: list[list[str]] = [[], ["k1"], ["k1", "k\u00e9"]]
-FIRST_EVENT_MS, EVENT_STEP_MS = 1_700_000_000_000, 10  # input n has event time FIRST + n * STEP
-
-
-def conformance_pipeline(name: str, udf: dict[str, Any], tag: str, *, out_limits: dict | None = None,
-                         read_batch: int = 50, ack_wait: float = 5.0) -> dict[str, Any]:
-    """The pipeline around the vertex under test. Only `vut` runs; the kit plays every other vertex."""
-    sink: dict[str, Any] = {"sink": {"blackhole": {}}}
-    return {
-        "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name},
-        "spec": {
-            "limits": {"readBatchSize": read_batch, "ackWait": ack_wait},
-            "vertices": [
-                {"name": "feed", "source": {"nats": {"subject": f"conformance.{name}"}}},
-                {"name": VUT, "udf": {**udf, "retry": {"attempts": 2, "interval": 0.01}}},
-                {"name": "all", **sink, **({"limits": out_limits} if out_limits else {})},
-                {"name": "tagged", **sink},
-                {"name": "untagged", **sink},
-            ],
-            "edges": [
-                {"from": "feed", "to": VUT},
-                {"from": VUT, "to": "all"},
-                {"from": VUT, "to": "tagged", "conditions": {"tags": {"operator": "or", "values": [tag]}}},
-                {"from": VUT, "to": "untagged", "conditions": {"tags": {"operator": "not", "values": [tag]}}},
-            ],
-        },
-    }
-
 
 class ConformanceKit:
     """Runs the scenarios against one vertex program and returns one result per rule."""
@@ -90,7 +59,7 @@ class ConformanceKit:
             raise ValueError("give exactly one of command or handler")
         self.command, self.handler, self.tag = command, handler, tag
         self.messages, self.grace = messages, grace
-        self.input_wm = FIRST_EVENT_MS + (messages - 1) * EVENT_STEP_MS  # the last event time fed
+        self.input_wm = event_time_of(messages - 1)  # the last event time fed
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natsflow-conformance-"))
         self.extra_env = env or {}
         self.progress = progress or (lambda _msg: None)
@@ -118,28 +87,6 @@ class ConformanceKit:
                **extra, **self.extra_env}
         env.pop("NATSFLOW_METRICS_PORT", None)
         return p, VertexUnderTest(cmd, env, self.workdir / f"{name}.log")
-
-    async def _feed(self, js: JetStreamContext, p: Pipeline, obs: Observation, start: int, count: int) -> None:
-        """Publish inputs `start .. start+count-1` into the vertex's buffer, as an upstream vertex would:
-        varied keys, event times, payloads, a user header, and now and then a bad message."""
-        subject = names.edge_subject(p.name, VUT, "feed")
-        for chunk in range(start, start + count, 200):
-            metas, sends = [], []
-            for n in range(chunk, min(chunk + 200, start + count)):
-                event_ms = FIRST_EVENT_MS + n * EVENT_STEP_MS
-                headers = envelope.envelope_headers(f"feed:{n}", f"in-{n}", event_ms, KEY_SETS[n % 3],
-                                             {HDR_PROBE: f"p{n}"})
-                bad = n % BAD_EVERY == BAD_EVERY - 1
-                if bad:
-                    headers[envelope.HDR_KEYS] = "not-json"
-                payload = [f"message {n}".encode(), json.dumps({"n": n, "text": "h\u00e9llo"}).encode(),
-                           bytes([n % 256, 0, 255]), b""][n % 4]
-                metas.append({"msg_id": f"feed:{n}", "id": f"in-{n}", "event_time": str(event_ms),
-                              "probe": f"p{n}", "bad": bad})
-                sends.append(js.publish(subject, payload, headers=headers))
-            await asyncio.gather(*sends)
-            for meta in metas:
-                obs.inputs[origin_of(str(meta.pop("msg_id")))] = meta
 
     async def _consumer(self, js: JetStreamContext, p: Pipeline) -> Any:
         return await js.consumer_info(names.stream_name(p.name, VUT), names.consumer_name(p.name, VUT))
@@ -180,6 +127,9 @@ class ConformanceKit:
         p, vut = await self._setup(self._nc)
         obs = Observation()
         stop_wm = asyncio.Event()
+        # Fed before the vertex starts, so the store times of bare inputs can still be read.
+        await feed(js, p, obs, 0, self.messages)
+        await store_times(js, p, obs)
         await vut.start()
         try:
             info = await until(lambda: self._pulling(js, p, vut), 20)
@@ -188,7 +138,6 @@ class ConformanceKit:
                          else f"no pull request within 20 s; log:\n{vut.log_tail()}")
             if not info:
                 return None
-            await self._feed(js, p, obs, 0, self.messages)
             since_ms = int(time.time() * 1000) - 60_000
             input_wm = asyncio.create_task(self._input_watermark(js, p, stop_wm))
             done = await until(lambda: self._input_done(js, p), 60)
@@ -248,7 +197,7 @@ class ConformanceKit:
         await vut.start()
         try:
             await until(lambda: self._pulling(js, p, vut), 20)
-            await self._feed(js, p, obs, 0, self.messages)
+            await feed(js, p, obs, 0, self.messages)
             await until(lambda: self._written(js, p, self.messages // 4), 30, interval=0.005)
             context = await interrupt(vut, (await self._consumer(js, p)).num_ack_pending)
             await vut.start()
@@ -270,7 +219,7 @@ class ConformanceKit:
         await vut.start()
         try:
             await until(lambda: self._pulling(js, p, vut), 20)
-            await self._feed(js, p, obs, 0, self.messages)
+            await feed(js, p, obs, 0, self.messages)
             all_stream = names.stream_name(p.name, "all")
             # Nobody reads `all`: the vertex must stop writing near the soft limit and wait.
             stalled = await stalls(js, all_stream)
@@ -302,7 +251,7 @@ class ConformanceKit:
         await vut.start()
         try:
             await until(lambda: self._pulling(js, p, vut), 20)
-            await self._feed(js, p, obs, 0, self.messages)
+            await feed(js, p, obs, 0, self.messages)
             stalled = await stalls(js, all_stream)
             # Read what is still unacked upstream first: `all` only grows meanwhile.
             waiting: list[Output] = []

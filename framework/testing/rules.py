@@ -17,6 +17,7 @@ from framework.transport.headers import header_problem
 VUT = "vut"
 OUT_EDGES = ("all", "tagged", "untagged")
 BAD_EVERY = 997  # every 997th input carries an invalid Nf-Keys header: it must be dead-lettered
+BARE_EVERY = 499  # every 499th has no Nf-Event-Time and no Nf-Id: its outputs take the store time and msg id
 HDR_PROBE = "X-Conformance"
 
 
@@ -41,7 +42,7 @@ class Output:
 class Observation:
     """What one scenario saw: inputs by origin (docs/protocol.md §5), every output, every dead letter."""
 
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # origin -> {id, event_time, probe, bad}
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # origin -> {id, event_time, probe, bad, seq}
     outputs: list[Output] = field(default_factory=list)
     dead: list[Output] = field(default_factory=list)
 
@@ -97,8 +98,9 @@ class RuleBook:
             if o.data_id != want_id:
                 problems.append(f"{o.msg_id}: Nf-Id {o.data_id!r}, expected {want_id!r}")
             if o.headers.get(envelope.HDR_EVENT_TIME) != src["event_time"]:
+                whose = "(the input has none) its store time" if src.get("bare") else "the input's"
                 problems.append(f"{o.msg_id}: Nf-Event-Time {o.headers.get(envelope.HDR_EVENT_TIME)!r}, "
-                                f"expected the input's {src['event_time']}")
+                                f"expected {whose} {src['event_time']}")
             problems.extend(f"{o.msg_id}: {p}" for k, v in o.headers.items() if (p := header_problem(k, v)))
             if o.headers.get(HDR_PROBE) != src["probe"]:
                 problems.append(f"{o.msg_id}: user header {HDR_PROBE} not passed through")

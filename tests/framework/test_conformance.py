@@ -100,3 +100,10 @@ def test_watermark_values_are_checked(tmp_path):
     assert table[WATERMARK_RULE] == "FAIL"
     assert "is neither -1 nor an event time up to the input watermark" in res.stdout
     assert table[ENVELOPE_RULE] == "pass" and table[PUBACK_RULE] == "pass"
+
+
+def test_an_input_without_event_time_takes_its_store_time_not_a_clock(tmp_path):
+    res, table = protocol_vertex(tmp_path, "clock-event-time")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert table[ENVELOPE_RULE] == "FAIL"
+    assert "expected (the input has none) its store time" in res.stdout
