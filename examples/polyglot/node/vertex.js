@@ -24,6 +24,13 @@ function origin(m) {
   return createHash("sha256").update(id, "utf8").digest("hex").slice(0, 24);
 }
 
+// When JetStream stored a delivered message, in epoch ms, exactly: from its ack subject's
+// nanosecond token (`m.info.timestampNanos` is a float, which can round up into the next ms).
+function storedMs(m) {
+  const t = m.reply.split(".");
+  return String(BigInt(t[t.length === 9 ? 7 : 9]) / 1000000n);
+}
+
 function decodeKeys(raw) {
   if (raw === "" || raw === undefined || raw === null) return [];
   const keys = JSON.parse(raw); // throws on bad JSON: a bad message (§3)
@@ -97,7 +104,7 @@ async function processBatch(js, gates, msgs, stopping) {
     const userHeaders = [];
     if (hdrs) for (const k of hdrs.keys()) if (!RESERVED.has(k) && !k.startsWith("Nats-")) userHeaders.push([k, hdrs.get(k)]);
     // Missing envelope headers are taken from what a redelivery keeps (§3): the store time, the msg id or sequence.
-    const stored = String(Math.floor(m.info.timestampNanos / 1e6));
+    const stored = storedMs(m);
     const input = { id: hdrs?.get(H.id) || hdrs?.get(H.msgId) || `seq:${m.seq}`, eventTime: hdrs?.get(H.eventTime) || stored,
       userHeaders };
     let keys;
