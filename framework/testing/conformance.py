@@ -35,8 +35,11 @@ from framework.local.replicas import vertex_command
 from framework.spec import Pipeline, load_pipeline
 from framework.testing.inputs import conformance_pipeline, event_time_of, feed, store_times
 from framework.testing.rules import (
+    DEAD_LETTER_RULE,
+    ENVELOPE_RULE,
     OUT_EDGES,
     VUT,
+    WATERMARK_RULE,
     Observation,
     Output,
     RuleBook,
@@ -150,10 +153,10 @@ class ConformanceKit:
             self.rules.record("exits 0 on SIGTERM when idle, within the grace period", code == 0,
                          f"exit code {code} after {took:.2f}s (grace {self.grace:.0f}s)")
             await self._collect(js, p, obs)
-            self.rules.run_check("envelope: Nf-Id, Nf-Event-Time, Nf-Keys and user headers carried",
+            self.rules.run_check(ENVELOPE_RULE,
                                  lambda: self.rules.check_envelope(obs))
-            self.rules.run_check("routing by tags", lambda: self.rules.check_routing(obs))
-            self.rules.run_check("dead letters", lambda: self.rules.check_dead_letters(obs))
+            self.rules.run_check(self.rules.routing_rule, lambda: self.rules.check_routing(obs))
+            self.rules.run_check(DEAD_LETTER_RULE, lambda: self.rules.check_dead_letters(obs))
             await self._check_watermarks(js, p, obs, since_ms)
             return obs
         finally:
@@ -322,7 +325,7 @@ class ConformanceKit:
             entry = await kv.get(k)
             entries[k] = entry.value or b""
         last_seq = {edge: (await js.stream_info(names.stream_name(p.name, edge))).state.last_seq for edge in OUT_EDGES}
-        self.rules.run_check("publishes watermarks (SHOULD; needed only upstream of a reduce) with valid values",
+        self.rules.run_check(WATERMARK_RULE,
                              lambda: self.rules.check_watermarks(entries, obs, last_seq, self.input_wm, since_ms))
 
 def run_conformance(**kwargs: Any) -> tuple[list[RuleResult], bool]:

@@ -19,6 +19,9 @@ OUT_EDGES = ("all", "tagged", "untagged")
 BAD_EVERY = 997  # every 997th input carries an invalid Nf-Keys header: it must be dead-lettered
 BARE_EVERY = 499  # every 499th has no Nf-Event-Time and no Nf-Id: its outputs take the store time and msg id
 HDR_PROBE = "X-Conformance"
+ENVELOPE_RULE = "envelope: Nf-Id, Nf-Event-Time, Nf-Keys and user headers carried"
+DEAD_LETTER_RULE = "a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked"
+WATERMARK_RULE = "publishes watermarks (SHOULD; needed only upstream of a reduce) with valid values"
 
 
 @dataclass
@@ -117,16 +120,20 @@ class RuleBook:
                      f"{outs} outputs for {len(good)} inputs" if not bad_ids and not gaps and outs
                      else f"{len(bad_ids)} ids not of the form (e.g. {bad_ids[:3]}), "
                           f"{len(gaps)} inputs with non-contiguous indexes, {outs} outputs")
-        self.record("envelope: Nf-Id, Nf-Event-Time, Nf-Keys and user headers carried",
+        self.record(ENVELOPE_RULE,
                      not problems and outs > 0,
                      f"{outs} outputs checked" if not problems else f"{len(problems)} problems, e.g. {problems[:3]}")
+
+    @property
+    def routing_rule(self) -> str:
+        return f"routing by tags: `or [{self.tag}]` and `not [{self.tag}]` split the unconditional edge"
 
     def check_routing(self, obs: Observation) -> None:
         ids = {e: [o.msg_id for o in obs.outputs if o.edge == e] for e in OUT_EDGES}
         every, tagged, untagged = (set(ids[e]) for e in OUT_EDGES)
         dup = {e: len(v) - len(set(v)) for e, v in ids.items()}
         ok = tagged | untagged == every and not (tagged & untagged) and not any(dup.values())
-        self.record(f"routing by tags: `or [{self.tag}]` and `not [{self.tag}]` split the unconditional edge",
+        self.record(self.routing_rule,
                      ok, f"all {len(every)}, tagged {len(tagged)}, untagged {len(untagged)}, duplicates {dup}")
         if ok and not tagged:
             self.record(f"some output carries the tag {self.tag!r}", None,
@@ -142,7 +149,7 @@ class RuleBook:
         leaked = {s for s in bad if any((parse_msg_id(o.msg_id) or ("", 0))[0] == s for o in obs.outputs)}
         ok = bad == set(got) and not leaked and bool(bad)
         sample = next(iter(got.values()), "")
-        self.record("a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked", ok,
+        self.record(DEAD_LETTER_RULE, ok,
                      f"{len(got)}/{len(bad)} dead-lettered, e.g. Nf-Error {sample[:80]!r}" if ok
                      else f"expected dlq:{VUT}:<origin> for {sorted(bad)[:5]}, got {sorted(got)[:5]}; "
                           f"{len(leaked)} produced outputs")
@@ -176,7 +183,7 @@ class RuleBook:
         `vut.<to>.0.<replica>`, value {wm, seq, ts} integers, wm -1 (unknown) or an event time no
         later than the input watermark the kit published, seq a sequence of that buffer, ts a
         recent clock, and every output stored after seq with an event time >= wm."""
-        rule = "publishes watermarks (SHOULD; needed only upstream of a reduce) with valid values"
+        rule = WATERMARK_RULE
         if not entries:
             self.record(rule, None, "none published")
             return

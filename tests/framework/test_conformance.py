@@ -107,3 +107,19 @@ def test_an_input_without_event_time_takes_its_store_time_not_a_clock(tmp_path):
     assert res.returncode == 1, res.stdout + res.stderr
     assert table[ENVELOPE_RULE] == "FAIL"
     assert "expected (the input has none) its store time" in res.stdout
+
+
+def test_the_kit_reads_any_header_bytes_and_reports_a_check_that_raises():
+    from framework.testing.rules import RuleBook
+    from framework.transport.headers import header_problem, parse_header_block
+
+    block = b'NATS/1.0\r\nNf-Keys: ["k\xc3\xa9"]\r\nX-Raw: caf\xe9\r\nX(bad): 1\r\n\r\n'
+    h = parse_header_block(block)
+    assert h["Nf-Keys"] == '["k\u00e9"]' and header_problem("Nf-Keys", h["Nf-Keys"]) is None
+    assert header_problem("X-Raw", h["X-Raw"]) == "header 'X-Raw' value is not UTF-8"
+    assert header_problem("X(bad)", h["X(bad)"]) == "header name 'X(bad)' is not an HTTP token"
+    book = RuleBook("even", lambda _line: None)
+    book.run_check("some rule", lambda: [] + None)  # type: ignore[operator]
+    (row,) = book.results
+    assert row.rule == "some rule" and row.ok is False
+    assert row.detail.startswith("could not be checked: TypeError: ")
