@@ -6,6 +6,7 @@ from typing import Any
 
 from framework.isb import envelope, names
 from framework.spec import Pipeline
+from framework.watermark.marks import UNKNOWN
 
 PROTOCOL_VERSION = "1"
 
@@ -47,8 +48,20 @@ def vertex_descriptor(p: Pipeline, vertex: str) -> dict[str, Any]:
         "outputs": [_output(p, vertex, e.to, e) for e in p.out_edges(vertex)],
         "headers": {"msgId": envelope.HDR_MSG_ID, "id": envelope.HDR_ID, "keys": envelope.HDR_KEYS,
                     "eventTime": envelope.HDR_EVENT_TIME,
-                    "error": envelope.HDR_ERROR},
+                    "error": envelope.HDR_ERROR, "errorVertex": envelope.HDR_ERROR_VERTEX},
+        "watermark": {
+            "bucket": names.watermark_bucket(p.name),
+            "maxDelayMs": int(p.spec.watermark.max_delay * 1000),
+            "publisherTimeoutMs": int(p.spec.watermark.publisher_timeout * 1000),
+            "unknown": UNKNOWN,  # what to publish before the watermark is known
+        },
     }
+    if v.udf is not None:
+        r = v.udf.retry
+        # `attempts` counts every call, the first included: attempts 3 = one call and two retries.
+        desc["retry"] = {"attempts": r.attempts, "intervalMs": int(r.interval * 1000), "factor": r.factor,
+                         "capMs": int(r.cap * 1000)}
+        desc["timeoutMs"] = int(v.udf.timeout * 1000)
     if v.kind != "source":
         desc["input"] = {
             "stream": names.stream_name(p.name, vertex),

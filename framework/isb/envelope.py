@@ -181,7 +181,10 @@ def with_error(d: Datum, error: str, vertex: str) -> Datum:
 def decode_datum(msg: Msg) -> Datum:
     """The Datum of a buffer message; ValueError for a message this vertex cannot take or pass
     on (docs/protocol.md §3): bad Nf-Keys or Nf-Event-Time, a user header that is not a token
-    name with UTF-8 text. Without Nf-Event-Time the event time is when JetStream stored it."""
+    name with UTF-8 text. What is missing is taken from what a redelivery keeps: without
+    Nf-Event-Time the event time is when JetStream stored it; without Nf-Id the data id is the
+    `Nats-Msg-Id`, and without that too `seq:<stream sequence>` (never the reader's clock or a
+    random id, which would change when the input is delivered again)."""
     h = msg.headers or {}
     et = h.get(HDR_EVENT_TIME)
     own = (HDR_MSG_ID in h) + (HDR_ID in h) + (et is not None) + (HDR_KEYS in h)
@@ -190,7 +193,7 @@ def decode_datum(msg: Msg) -> Datum:
         decode_keys(h.get(HDR_KEYS)),
         msg.data,
         headers=user,
-        id=h.get(HDR_ID) or h.get(HDR_MSG_ID) or "",
+        id=h.get(HDR_ID) or h.get(HDR_MSG_ID) or f"seq:{stream_sequence(msg)}",
         event_time_ms=decode_event_time(et) if et else stream_timestamp_ms(msg),
     )
 

@@ -111,7 +111,7 @@ class Supervisor:
         self._check_server(p)
         for what, result in await provision(self.nc.jetstream(), p):
             log.info("provision: %s %s", what, result)
-        base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        base_env = self._vertex_env()
         await self._sync_side_input_manager(None, p, base_env)
         # Sinks and UDFs first, so sources never write before their readers exist.
         for v in process_order(p):
@@ -125,6 +125,12 @@ class Supervisor:
         if self.autoscale:
             self._scaler = asyncio.create_task(self._autoscale())
             self._watcher = asyncio.create_task(FileWatch(self.file).follow(self._reload))
+
+    def _vertex_env(self) -> dict[str, str]:
+        """The environment every vertex process starts with (program vertices too: docs/protocol.md §2),
+        including the grace it is given on stop, which it plans its drain with (§8)."""
+        return {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
+                "NATSFLOW_GRACE_SECONDS": f"{self.grace:g}"}
 
     def _connection_lost(self, message: str) -> None:
         """The server closed our connection for good: stop every vertex, then exit non-zero."""
@@ -166,7 +172,7 @@ class Supervisor:
             gone = self.groups.pop(name)
             gone.removed = True
             await gone.scale_to(0, self.grace)
-        base_env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        base_env = self._vertex_env()
         await self._sync_side_input_manager(old, new, base_env)
         for v in process_order(new):
             cmd, extra = vertex_command(new, self.file, v.name)

@@ -11,6 +11,7 @@ The function must therefore be deterministic for the kit's inputs, which exactly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -25,61 +26,30 @@ import nats
 import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError
 
 from framework.isb import envelope, names, provision
 from framework.local import process
 from framework.local.embedded import EmbeddedNats
 from framework.local.replicas import vertex_command
 from framework.spec import Pipeline, load_pipeline
+from framework.testing.inputs import conformance_pipeline, event_time_of, feed, store_times
 from framework.testing.rules import (
-    BAD_EVERY,
-    HDR_PROBE,
+    DEAD_LETTER_RULE,
+    ENVELOPE_RULE,
     OUT_EDGES,
     VUT,
+    WATERMARK_RULE,
     Observation,
     Output,
     RuleBook,
     RuleResult,
     origin_of,
 )
+from framework.testing.streams import messages, read_stream, set_max_msgs, stalls, until
 from framework.testing.vut import VertexUnderTest
+from framework.transport.client import FastClient
 from framework.watermark.marks import bucket_name
-
-
-def conformance_pipeline(name: str, udf: dict[str, Any], tag: str, *, out_limits: dict | None = None,
-                         read_batch: int = 50, ack_wait: float = 5.0) -> dict[str, Any]:
-    """The pipeline around the vertex under test. Only `vut` runs; the kit plays every other vertex."""
-    sink: dict[str, Any] = {"sink": {"blackhole": {}}}
-    return {
-        "apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": name},
-        "spec": {
-            "limits": {"readBatchSize": read_batch, "ackWait": ack_wait},
-            "vertices": [
-                {"name": "feed", "source": {"nats": {"subject": f"conformance.{name}"}}},
-                {"name": VUT, "udf": {**udf, "retry": {"attempts": 2, "interval": 0.01}}},
-                {"name": "all", **sink, **({"limits": out_limits} if out_limits else {})},
-                {"name": "tagged", **sink},
-                {"name": "untagged", **sink},
-            ],
-            "edges": [
-                {"from": "feed", "to": VUT},
-                {"from": VUT, "to": "all"},
-                {"from": VUT, "to": "tagged", "conditions": {"tags": {"operator": "or", "values": [tag]}}},
-                {"from": VUT, "to": "untagged", "conditions": {"tags": {"operator": "not", "values": [tag]}}},
-            ],
-        },
-    }
-
-
-async def until(cond: Callable[[], Awaitable[Any]], timeout: float, interval: float = 0.02) -> Any:
-    """Poll `cond` until truthy; its last value (falsy) on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await cond()
-        if value or time.monotonic() >= deadline:
-            return value
-        await asyncio.sleep(interval)
 
 
 class ConformanceKit:
@@ -92,6 +62,7 @@ class ConformanceKit:
             raise ValueError("give exactly one of command or handler")
         self.command, self.handler, self.tag = command, handler, tag
         self.messages, self.grace = messages, grace
+        self.input_wm = event_time_of(messages - 1)  # the last event time fed
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natsflow-conformance-"))
         self.extra_env = env or {}
         self.progress = progress or (lambda _msg: None)
@@ -120,54 +91,16 @@ class ConformanceKit:
         env.pop("NATSFLOW_METRICS_PORT", None)
         return p, VertexUnderTest(cmd, env, self.workdir / f"{name}.log")
 
-    async def _feed(self, js: JetStreamContext, p: Pipeline, obs: Observation, start: int, count: int) -> None:
-        """Publish inputs `start .. start+count-1` into the vertex's buffer, as an upstream vertex would:
-        varied keys, event times, payloads, a user header, and now and then a bad message."""
-        subject = names.edge_subject(p.name, VUT, "feed")
-        for chunk in range(start, start + count, 200):
-            metas, sends = [], []
-            for n in range(chunk, min(chunk + 200, start + count)):
-                event_ms = 1_700_000_000_000 + n * 10
-                headers = envelope.envelope_headers(f"feed:{n}", f"in-{n}", event_ms, [[], ["k1"], ["k1", "k2"]][n % 3],
-                                             {HDR_PROBE: f"p{n}"})
-                bad = n % BAD_EVERY == BAD_EVERY - 1
-                if bad:
-                    headers[envelope.HDR_KEYS] = "not-json"
-                payload = [f"message {n}".encode(), json.dumps({"n": n, "text": "h\u00e9llo"}).encode(),
-                           bytes([n % 256, 0, 255]), b""][n % 4]
-                metas.append({"msg_id": f"feed:{n}", "id": f"in-{n}", "event_time": str(event_ms),
-                              "probe": f"p{n}", "bad": bad})
-                sends.append(js.publish(subject, payload, headers=headers))
-            await asyncio.gather(*sends)
-            for meta in metas:
-                obs.inputs[origin_of(str(meta.pop("msg_id")))] = meta
-
     async def _consumer(self, js: JetStreamContext, p: Pipeline) -> Any:
         return await js.consumer_info(names.stream_name(p.name, VUT), names.consumer_name(p.name, VUT))
 
     async def _input_done(self, js: JetStreamContext, p: Pipeline) -> bool:
-        info = await js.stream_info(names.stream_name(p.name, VUT))
-        return info.state.messages == 0
-
-    async def _read_stream(self, js: JetStreamContext, stream: str, edge: str, into: list[Output]) -> int:
-        """Reads every message currently in `stream` (direct get by sequence; nothing is acked)."""
-        info = await js.stream_info(stream)
-        first, last = info.state.first_seq, info.state.last_seq
-        count = 0
-        for seq in range(max(first, 1), last + 1):
-            try:
-                raw = await js.get_msg(stream, seq)
-            except NotFoundError:
-                continue
-            h = dict(raw.headers or {})
-            into.append(Output(edge, h.get(envelope.HDR_MSG_ID, ""), h.get(envelope.HDR_ID, ""), raw.data or b"", h))
-            count += 1
-        return count
+        return await messages(js, names.stream_name(p.name, VUT)) == 0
 
     async def _collect(self, js: JetStreamContext, p: Pipeline, obs: Observation) -> None:
         for edge in OUT_EDGES:
-            await self._read_stream(js, names.stream_name(p.name, edge), edge, obs.outputs)
-        await self._read_stream(js, names.dlq_stream_name(p.name, VUT), "dlq", obs.dead)
+            await read_stream(js, names.stream_name(p.name, edge), edge, obs.outputs)
+        await read_stream(js, names.dlq_stream_name(p.name, VUT), "dlq", obs.dead)
 
     # ---- scenarios ---------------------------------------------------------------------------
 
@@ -175,13 +108,16 @@ class ConformanceKit:
         server = EmbeddedNats(self.workdir / "nats").start()
         self.url = server.url
         try:
-            self._nc = await nats.connect(self.url, name="natsflow-conformance")
+            # FastClient: its header parser keeps bytes that are not UTF-8 visible (and never fails).
+            self._nc = FastClient()
+            await self._nc.connect(self.url, name="natsflow-conformance")
             try:
                 reference = await self._reference()
                 if reference is not None:
                     await self._sigkill(reference)
                     await self._sigterm(reference)
                     await self._back_pressure(reference)
+                    await self._refused_publish(reference)
             finally:
                 await self._nc.close()
         finally:
@@ -193,6 +129,10 @@ class ConformanceKit:
         js = self._nc.jetstream()
         p, vut = await self._setup(self._nc)
         obs = Observation()
+        stop_wm = asyncio.Event()
+        # Fed before the vertex starts, so the store times of bare inputs can still be read.
+        await feed(js, p, obs, 0, self.messages)
+        await store_times(js, p, obs)
         await vut.start()
         try:
             info = await until(lambda: self._pulling(js, p, vut), 20)
@@ -201,21 +141,26 @@ class ConformanceKit:
                          else f"no pull request within 20 s; log:\n{vut.log_tail()}")
             if not info:
                 return None
-            await self._feed(js, p, obs, 0, self.messages)
+            since_ms = int(time.time() * 1000) - 60_000
+            input_wm = asyncio.create_task(self._input_watermark(js, p, stop_wm))
             done = await until(lambda: self._input_done(js, p), 60)
             self.rules.record("acks every input (after processing it)", done,
                          f"{len(obs.inputs)} inputs acked" if done else
                          f"input buffer not empty after 60 s; log:\n{vut.log_tail()}")
             code, took = await vut.terminate(self.grace)
+            stop_wm.set()
+            await input_wm
             self.rules.record("exits 0 on SIGTERM when idle, within the grace period", code == 0,
                          f"exit code {code} after {took:.2f}s (grace {self.grace:.0f}s)")
             await self._collect(js, p, obs)
-            self.rules.check_envelope(obs)
-            self.rules.check_routing(obs)
-            self.rules.check_dead_letters(obs)
-            await self._check_watermarks(js, p)
+            self.rules.run_check(ENVELOPE_RULE,
+                                 lambda: self.rules.check_envelope(obs))
+            self.rules.run_check(self.rules.routing_rule, lambda: self.rules.check_routing(obs))
+            self.rules.run_check(DEAD_LETTER_RULE, lambda: self.rules.check_dead_letters(obs))
+            await self._check_watermarks(js, p, obs, since_ms)
             return obs
         finally:
+            stop_wm.set()
             await vut.stop()
 
     async def _pulling(self, js: JetStreamContext, p: Pipeline, vut: VertexUnderTest) -> bool:
@@ -255,7 +200,7 @@ class ConformanceKit:
         await vut.start()
         try:
             await until(lambda: self._pulling(js, p, vut), 20)
-            await self._feed(js, p, obs, 0, self.messages)
+            await feed(js, p, obs, 0, self.messages)
             await until(lambda: self._written(js, p, self.messages // 4), 30, interval=0.005)
             context = await interrupt(vut, (await self._consumer(js, p)).num_ack_pending)
             await vut.start()
@@ -277,10 +222,10 @@ class ConformanceKit:
         await vut.start()
         try:
             await until(lambda: self._pulling(js, p, vut), 20)
-            await self._feed(js, p, obs, 0, self.messages)
+            await feed(js, p, obs, 0, self.messages)
             all_stream = names.stream_name(p.name, "all")
             # Nobody reads `all`: the vertex must stop writing near the soft limit and wait.
-            stalled = await self._stalls(js, all_stream)
+            stalled = await stalls(js, all_stream)
             peak = (await js.stream_info(all_stream)).state.messages
             pending = (await js.stream_info(names.stream_name(p.name, VUT))).state.messages
             ok = stalled and peak <= soft + slack and pending > 0
@@ -295,25 +240,42 @@ class ConformanceKit:
         finally:
             await vut.stop()
 
+    async def _refused_publish(self, ref: Observation) -> None:
+        """The server refuses publishes the vertex already sent: `all` is cut to a few messages
+        (`discard: new`) while the descriptor's soft limit still says there is room. An input
+        acked with an output refused is lost; a vertex that waits for every PubAck (§4.3) is not."""
+        self.progress("scenario 5: the server refuses publishes (a stream at max_msgs)")
+        js = self._nc.jetstream()
+        p, vut = await self._setup(self._nc)
+        all_stream, in_stream = names.stream_name(p.name, "all"), names.stream_name(p.name, VUT)
+        cap = max(1, self.messages // 5)
+        await set_max_msgs(js, all_stream, cap)
+        obs = Observation()
+        await vut.start()
+        try:
+            await until(lambda: self._pulling(js, p, vut), 20)
+            await feed(js, p, obs, 0, self.messages)
+            stalled = await stalls(js, all_stream)
+            # Read what is still unacked upstream first: `all` only grows meanwhile.
+            waiting: list[Output] = []
+            await read_stream(js, in_stream, "in", waiting)
+            stored: list[Output] = []
+            await read_stream(js, all_stream, "all", stored)
+            self.rules.check_acked_were_stored(ref, obs, {origin_of(w.msg_id) for w in waiting},
+                                               {o.msg_id for o in stored}, stalled, cap)
+            await set_max_msgs(js, all_stream, -1)
+            done = await until(lambda: self._input_done(js, p), 60)
+            await vut.terminate(self.grace)
+            await self._collect(js, p, obs)
+            self.rules.compare("publishes refused, then accepted: no loss, no duplicates", ref, obs, done, "")
+        finally:
+            await vut.stop()
+
     # ---- helpers for scenarios ---------------------------------------------------------------
 
     async def _written(self, js: JetStreamContext, p: Pipeline, n: int) -> bool:
         info = await js.stream_info(names.stream_name(p.name, "all"))
         return info.state.last_seq >= n
-
-    async def _stalls(self, js: JetStreamContext, stream: str, quiet: float = 1.0,
-                      timeout: float = 30.0) -> bool:
-        """True once `stream` stops growing for `quiet` seconds while inputs are still waiting."""
-        deadline = time.monotonic() + timeout
-        last, since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            n = (await js.stream_info(stream)).state.messages
-            if n != last:
-                last, since = n, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                return n > 0
-            await asyncio.sleep(0.05)
-        return False
 
     async def _drain_all(self, js: JetStreamContext, p: Pipeline, obs: Observation) -> bool:
         """Consume `all` through its durable consumer (acking, so room appears) until the input is
@@ -341,15 +303,30 @@ class ConformanceKit:
 
     # ---- checks ------------------------------------------------------------------------------
 
-    async def _check_watermarks(self, js: JetStreamContext, p: Pipeline) -> None:
+    async def _input_watermark(self, js: JetStreamContext, p: Pipeline, stop: asyncio.Event) -> None:
+        """Play `feed`'s watermark publisher (§9) while the reference run lasts: everything is fed, so
+        the last event time fed holds for whatever comes after the buffer's last sequence."""
+        kv = await js.key_value(bucket_name(p.name))
+        while not stop.is_set():
+            last = (await js.stream_info(names.stream_name(p.name, VUT))).state.last_seq
+            await kv.put(f"feed.{VUT}.0.kit", json.dumps({"wm": self.input_wm, "seq": last,
+                                                          "ts": int(time.time() * 1000)}).encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def _check_watermarks(self, js: JetStreamContext, p: Pipeline, obs: Observation, since_ms: int) -> None:
+        kv = await js.key_value(bucket_name(p.name))
         try:
-            kv = await js.key_value(bucket_name(p.name))
-            keys = await kv.keys()
-        except Exception:
+            keys = [k for k in await kv.keys() if k.startswith(f"{VUT}.")]
+        except NoKeysError:
             keys = []
-        mine = [k for k in keys if k.startswith(f"{VUT}.")]
-        self.rules.record("publishes watermarks (SHOULD; needed only upstream of a reduce)",
-                     True if mine else None, f"{len(mine)} KV entries" if mine else "none published")
+        entries = {}
+        for k in keys:
+            entry = await kv.get(k)
+            entries[k] = entry.value or b""
+        last_seq = {edge: (await js.stream_info(names.stream_name(p.name, edge))).state.last_seq for edge in OUT_EDGES}
+        self.rules.run_check(WATERMARK_RULE,
+                             lambda: self.rules.check_watermarks(entries, obs, last_seq, self.input_wm, since_ms))
 
 def run_conformance(**kwargs: Any) -> tuple[list[RuleResult], bool]:
     kit = ConformanceKit(**kwargs)

@@ -4,17 +4,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from framework.isb import envelope
+from framework.transport.headers import header_problem
 
 VUT = "vut"
 OUT_EDGES = ("all", "tagged", "untagged")
 BAD_EVERY = 997  # every 997th input carries an invalid Nf-Keys header: it must be dead-lettered
+BARE_EVERY = 499  # every 499th has no Nf-Event-Time and no Nf-Id: its outputs take the store time and msg id
 HDR_PROBE = "X-Conformance"
+ENVELOPE_RULE = "envelope: Nf-Id, Nf-Event-Time, Nf-Keys and user headers carried"
+DEAD_LETTER_RULE = "a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked"
+WATERMARK_RULE = "publishes watermarks (SHOULD; needed only upstream of a reduce) with valid values"
 
 
 @dataclass
@@ -31,13 +38,14 @@ class Output:
     data_id: str
     data: bytes
     headers: dict[str, str]
+    seq: int = 0  # its stream sequence, when read from the stream
 
 
 @dataclass
 class Observation:
     """What one scenario saw: inputs by origin (docs/protocol.md §5), every output, every dead letter."""
 
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # origin -> {id, event_time, probe, bad}
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # origin -> {id, event_time, probe, bad, seq}
     outputs: list[Output] = field(default_factory=list)
     dead: list[Output] = field(default_factory=list)
 
@@ -93,8 +101,10 @@ class RuleBook:
             if o.data_id != want_id:
                 problems.append(f"{o.msg_id}: Nf-Id {o.data_id!r}, expected {want_id!r}")
             if o.headers.get(envelope.HDR_EVENT_TIME) != src["event_time"]:
+                whose = "(the input has none) its store time" if src.get("bare") else "the input's"
                 problems.append(f"{o.msg_id}: Nf-Event-Time {o.headers.get(envelope.HDR_EVENT_TIME)!r}, "
-                                f"expected the input's {src['event_time']}")
+                                f"expected {whose} {src['event_time']}")
+            problems.extend(f"{o.msg_id}: {p}" for k, v in o.headers.items() if (p := header_problem(k, v)))
             if o.headers.get(HDR_PROBE) != src["probe"]:
                 problems.append(f"{o.msg_id}: user header {HDR_PROBE} not passed through")
             keys = o.headers.get(envelope.HDR_KEYS)
@@ -110,16 +120,20 @@ class RuleBook:
                      f"{outs} outputs for {len(good)} inputs" if not bad_ids and not gaps and outs
                      else f"{len(bad_ids)} ids not of the form (e.g. {bad_ids[:3]}), "
                           f"{len(gaps)} inputs with non-contiguous indexes, {outs} outputs")
-        self.record("envelope: Nf-Id, Nf-Event-Time, Nf-Keys and user headers carried",
+        self.record(ENVELOPE_RULE,
                      not problems and outs > 0,
                      f"{outs} outputs checked" if not problems else f"{len(problems)} problems, e.g. {problems[:3]}")
+
+    @property
+    def routing_rule(self) -> str:
+        return f"routing by tags: `or [{self.tag}]` and `not [{self.tag}]` split the unconditional edge"
 
     def check_routing(self, obs: Observation) -> None:
         ids = {e: [o.msg_id for o in obs.outputs if o.edge == e] for e in OUT_EDGES}
         every, tagged, untagged = (set(ids[e]) for e in OUT_EDGES)
         dup = {e: len(v) - len(set(v)) for e, v in ids.items()}
         ok = tagged | untagged == every and not (tagged & untagged) and not any(dup.values())
-        self.record(f"routing by tags: `or [{self.tag}]` and `not [{self.tag}]` split the unconditional edge",
+        self.record(self.routing_rule,
                      ok, f"all {len(every)}, tagged {len(tagged)}, untagged {len(untagged)}, duplicates {dup}")
         if ok and not tagged:
             self.record(f"some output carries the tag {self.tag!r}", None,
@@ -135,10 +149,73 @@ class RuleBook:
         leaked = {s for s in bad if any((parse_msg_id(o.msg_id) or ("", 0))[0] == s for o in obs.outputs)}
         ok = bad == set(got) and not leaked and bool(bad)
         sample = next(iter(got.values()), "")
-        self.record("a bad message (invalid Nf-Keys) is dead-lettered with Nf-Error, then acked", ok,
+        self.record(DEAD_LETTER_RULE, ok,
                      f"{len(got)}/{len(bad)} dead-lettered, e.g. Nf-Error {sample[:80]!r}" if ok
                      else f"expected dlq:{VUT}:<origin> for {sorted(bad)[:5]}, got {sorted(got)[:5]}; "
                           f"{len(leaked)} produced outputs")
+
+    def check_acked_were_stored(self, ref: Observation, obs: Observation, waiting: set[str],
+                                stored: set[str], stalled: bool, cap: int) -> None:
+        """Every input no longer `waiting` (unacked) upstream has all its reference outputs to
+        `all` among the `stored` msg ids: it was acked only after their PubAcks (§4.3, §4.4)."""
+        outputs_of = ref.by_input()
+        acked = [s for s in obs.inputs if s not in waiting]
+        lost = [f"{VUT}:{s}:{i}" for s in acked for i, _data, edge in outputs_of.get(obs.inputs[s]["id"], [])
+                if edge == "all" and f"{VUT}:{s}:{i}" not in stored]
+        ok = stalled and not lost
+        self.record("acks an input only after its publishes are stored (PubAck), even when the server refuses "
+                    "them", ok,
+                    f"`all` capped at {cap} messages: {len(acked)} inputs acked, {len(waiting)} waiting, "
+                    f"{len(lost)} outputs of acked inputs refused and never stored (e.g. {lost[:3]})"
+                    + ("" if stalled else "; `all` never filled up"))
+
+    def run_check(self, rule: str, check: Callable[[], None]) -> None:
+        """`check()`, or a FAIL row for `rule` when what the vertex wrote cannot even be checked:
+        the kit reports a vertex, it never crashes on one."""
+        try:
+            check()
+        except Exception as exc:  # anything a vertex's bytes make a check raise
+            self.record(rule, False, f"could not be checked: {type(exc).__name__}: {exc}")
+
+    def check_watermarks(self, entries: dict[str, bytes], obs: Observation, last_seq: dict[str, int],
+                         input_wm: int, since_ms: int) -> None:
+        """Watermark entries (docs/protocol.md §9) are SHOULD; those published must hold: key
+        `vut.<to>.0.<replica>`, value {wm, seq, ts} integers, wm -1 (unknown) or an event time no
+        later than the input watermark the kit published, seq a sequence of that buffer, ts a
+        recent clock, and every output stored after seq with an event time >= wm."""
+        rule = WATERMARK_RULE
+        if not entries:
+            self.record(rule, None, "none published")
+            return
+        problems: list[str] = []
+        for key, raw in entries.items():
+            m = re.fullmatch(rf"{VUT}\.({'|'.join(OUT_EDGES)})\.0\.([^.]+)", key)
+            if m is None:
+                problems.append(f"key {key!r} is not {VUT}.<to>.0.<replica id>")
+                continue
+            try:
+                value = json.loads(raw)
+                wm, seq, ts = (value[f] for f in ("wm", "seq", "ts"))
+            except (ValueError, TypeError, KeyError) as exc:
+                problems.append(f"{key}: value {raw[:100]!r} is not {{wm, seq, ts}} JSON ({exc!r})")
+                continue
+            if not all(type(x) is int for x in (wm, seq, ts)):
+                problems.append(f"{key}: wm, seq and ts must be integers, got {value}")
+                continue
+            if not (wm == -1 or 0 <= wm <= input_wm):
+                problems.append(f"{key}: wm {wm} is neither -1 nor an event time up to the input watermark {input_wm}")
+            if not 0 <= seq <= last_seq[m.group(1)]:
+                problems.append(f"{key}: seq {seq} is not a sequence of its buffer (last {last_seq[m.group(1)]})")
+            if not since_ms <= ts <= time.time() * 1000 + 5000:
+                problems.append(f"{key}: ts {ts} is not a clock reading of this run (epoch ms)")
+            early = [o.msg_id for o in obs.outputs if o.edge == m.group(1) and o.seq > seq
+                     and o.headers.get(envelope.HDR_EVENT_TIME, "").lstrip("-").isdigit()
+                     and int(o.headers[envelope.HDR_EVENT_TIME]) < wm]
+            if early:
+                problems.append(f"{key}: {len(early)} outputs after seq {seq} are earlier than wm {wm} "
+                                f"(e.g. {early[:2]})")
+        self.record(rule, not problems, f"{len(entries)} KV entries checked" if not problems
+                    else f"{len(problems)} problems, e.g. {problems[:3]}")
 
     def compare(self, rule: str, ref: Observation, obs: Observation, done: bool, context: str) -> None:
         want, got = ref.by_input(), obs.by_input()

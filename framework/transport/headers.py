@@ -30,6 +30,13 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
 
 
 
+def parse_header_block(block: bytes) -> dict[str, str]:
+    """The headers of a whole block as stored or sent (`NATS/1.0[ status]\r\nName: Value...`),
+    with `parse_header_lines`' rules: never fails, whatever bytes a writer put there."""
+    _version, _sep, lines = block.partition(b"\r\n")
+    return parse_header_lines(lines)
+
+
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 

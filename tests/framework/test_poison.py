@@ -13,9 +13,9 @@ from tests.framework.test_worker import gen, out, udf
 GOOD = 128
 
 
-def envelope(n: int, *extra: bytes, event_time: bool = True) -> bytes:
+def envelope(n: int, *extra: bytes, event_time: bool = True, data_id: bool = True, msg_id: bool = True) -> bytes:
     """natsflow's envelope in wire form, plus raw header lines (anything valid on the NATS wire)."""
-    lines = [b"NATS/1.0", f"Nats-Msg-Id: feed:{n}".encode(), f"Nf-Id: in-{n}".encode()]
+    lines = [b"NATS/1.0"] + [f"Nats-Msg-Id: feed:{n}".encode()] * msg_id + [f"Nf-Id: in-{n}".encode()] * data_id
     if event_time:
         lines.append(f"Nf-Event-Time: {1_700_000_000_000 + n}".encode())
     return b"\r\n".join(lines + list(extra)) + b"\r\n\r\n"
@@ -40,8 +40,9 @@ async def test_undecodable_messages_are_dead_lettered_alone(runner, nc):
     """Inputs written straight into a map's buffer with a raw HPUB: 128 good ones among a header
     name outside the token set, an Nf-Keys that is not JSON, an Nf-Event-Time that is not a number
     and a header value that is not UTF-8 (each valid on the NATS wire). The four go to the
-    dead-letter stream with their reason; the 128, one carrying a JetStream control header and one
-    without Nf-Event-Time, arrive once each."""
+    dead-letter stream with their reason; the 128, one carrying a JetStream control header, one
+    without Nf-Event-Time, one without Nf-Id and one with neither Nf-Id nor Nats-Msg-Id, arrive
+    once each."""
     sink = await Collector().start(nc, f"{runner.name}.out")
     runner.write([quiet_source(runner), udf("map", "identity"), out("out", f"{runner.name}.out")],
                  [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}])
@@ -59,6 +60,10 @@ async def test_undecodable_messages_are_dead_lettered_alone(runner, nc):
             head = envelope(n, f"Nats-Expected-Stream: {buffer}".encode())  # true here, false downstream
         elif n == 6:
             head = envelope(n, event_time=False)
+        elif n == 8:
+            head = envelope(n, data_id=False)
+        elif n == 9:
+            head = envelope(n, data_id=False, msg_id=False)
         else:
             head = envelope(n, b"X-User: kept")
         items.append((f"nf.{runner.name}.map.in", "", payload(n), head))
@@ -75,6 +80,7 @@ async def test_undecodable_messages_are_dead_lettered_alone(runner, nc):
     assert await runner.stream_messages(nc, buffer) == GOOD + 4
     stored_at = (await nc.jetstream().get_msg(buffer, 8)).time  # seq 8 = input 6 (after 1000 and 1001)
     assert json.loads((await nc.jetstream().get_msg(buffer, 8)).data)["seq"] == 6
+    assert json.loads((await nc.jetstream().get_msg(buffer, 11)).data)["seq"] == 9
 
     runner.start("map")
     runner.start("out")
@@ -87,6 +93,8 @@ async def test_undecodable_messages_are_dead_lettered_alone(runner, nc):
     assert by_seq[7].headers["X-User"] == "kept"
     # No Nf-Event-Time: the input's JetStream timestamp, the same on every redelivery.
     assert int(by_seq[6].headers["Nf-Event-Time"]) == int(stored_at.timestamp() * 1000)
+    # No Nf-Id: its Nats-Msg-Id; neither: its stream sequence (both survive a redelivery).
+    assert by_seq[8].headers["Nf-Id"] == "feed:8" and by_seq[9].headers["Nf-Id"] == "seq:11"
 
     dlq = f"nf_{runner.name}_map_dlq"
     assert await runner.stream_messages(nc, dlq) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -100,3 +101,31 @@ def test_every_command_takes_the_pipeline_file_the_same_way(capsys):
         build_parser().parse_args(["vertex", "--help"])
     shown = capsys.readouterr().out
     assert "FILE" in shown and "--pipeline" not in shown  # the alias is hidden
+
+
+async def test_run_passes_its_grace_to_program_vertices(tmp_path):
+    # docs/protocol.md §8: a program plans its drain with NATSFLOW_GRACE_SECONDS, which must be
+    # the `--grace` natsflow run gives it, not the default 30.
+    program = [sys.executable, "-c",
+               "import os, time; print('grace=' + os.environ['NATSFLOW_GRACE_SECONDS'], flush=True); time.sleep(120)"]
+    doc = {"apiVersion": "natsflow.io/v1", "kind": "Pipeline", "metadata": {"name": "gracep"},
+           "spec": {"vertices": [{"name": "in", "source": {"nats": {"subject": "gracep.in"}}},
+                                 {"name": "prog", "udf": {"command": program}},
+                                 {"name": "out", "sink": {"blackhole": {}}}],
+                    "edges": [{"from": "in", "to": "prog"}, {"from": "prog", "to": "out"}]}}
+    (tmp_path / "pipeline.yaml").write_text(json.dumps(doc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "NATSFLOW_"))}
+    env["PYTHONPATH"] = str(REPO)
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "run", "pipeline.yaml", "--grace", "7"],
+                            cwd=tmp_path, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: "[prog] grace=" in log.read_text(), 60, "the program vertex to print its grace")
+        assert "[prog] grace=7\n" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -160,7 +160,7 @@ type vertex struct {
 	stopping atomic.Bool
 }
 
-func (v *vertex) outHeaders(in *nats.Msg, msgID, id string, keys []string) nats.Header {
+func (v *vertex) outHeaders(in *nats.Msg, meta *nats.MsgMetadata, msgID, id string, keys []string) nats.Header {
 	h := nats.Header{}
 	for k, vals := range in.Header {
 		if strings.HasPrefix(k, "Nats-") || strings.HasPrefix(k, "Nf-") {
@@ -171,8 +171,8 @@ func (v *vertex) outHeaders(in *nats.Msg, msgID, id string, keys []string) nats.
 	h.Set(v.d.Headers["msgId"], msgID)
 	h.Set(v.d.Headers["id"], id)
 	et := in.Header.Get(v.d.Headers["eventTime"])
-	if et == "" {
-		et = strconv.FormatInt(time.Now().UnixMilli(), 10)
+	if et == "" { // when JetStream stored the input: the same on every redelivery (§3)
+		et = strconv.FormatInt(meta.Timestamp.UnixMilli(), 10)
 	}
 	h.Set(v.d.Headers["eventTime"], et)
 	if len(keys) > 0 {
@@ -219,6 +219,12 @@ func (v *vertex) process(msgs []*nats.Msg) error {
 			continue
 		}
 		id := m.Header.Get(v.d.Headers["id"])
+		if id == "" { // no data id: one a redelivery keeps (§3)
+			id = m.Header.Get(v.d.Headers["msgId"])
+		}
+		if id == "" {
+			id = fmt.Sprintf("seq:%d", meta.Sequence.Stream)
+		}
 		for i, o := range shout(keys, m.Data) {
 			if contains(o.tags, drop) {
 				continue
@@ -231,7 +237,7 @@ func (v *vertex) process(msgs []*nats.Msg) error {
 			for g, gt := range v.gates {
 				if gt.out.Tags.matches(o.tags) {
 					perGate[g] = append(perGate[g], &nats.Msg{Subject: gt.out.Subject, Data: o.value,
-						Header: v.outHeaders(m, msgID, dataID, o.keys)})
+						Header: v.outHeaders(m, meta, msgID, dataID, o.keys)})
 				}
 			}
 		}
@@ -288,9 +294,9 @@ func main() {
 	if err := json.Unmarshal([]byte(os.Getenv("NATSFLOW_DESCRIPTOR")), &d); err != nil {
 		log.Fatalf("NATSFLOW_DESCRIPTOR: %v", err)
 	}
-	url := os.Getenv("NATS_URL")
+	url := os.Getenv("NATS_URL") // the only place the server is named (protocol §2): no default
 	if url == "" {
-		url = nats.DefaultURL
+		log.Fatalf("NATS_URL is not set")
 	}
 	// The name `natsflow ui` counts replicas by (protocol §8).
 	// Reconnect forever like the Python worker: nats.go's default gives up after 60 tries.

@@ -24,6 +24,13 @@ function origin(m) {
   return createHash("sha256").update(id, "utf8").digest("hex").slice(0, 24);
 }
 
+// When JetStream stored a delivered message, in epoch ms, exactly: from its ack subject's
+// nanosecond token (`m.info.timestampNanos` is a float, which can round up into the next ms).
+function storedMs(m) {
+  const t = m.reply.split(".");
+  return String(BigInt(t[t.length === 9 ? 7 : 9]) / 1000000n);
+}
+
 function decodeKeys(raw) {
   if (raw === "" || raw === undefined || raw === null) return [];
   const keys = JSON.parse(raw); // throws on bad JSON: a bad message (§3)
@@ -81,6 +88,12 @@ function outputHeaders(input, data) {
   return h;
 }
 
+// A publish whose refusal is caught at once: one still pending while the batch awaits room in
+// another buffer would otherwise reject unhandled, which ends a Node.js process.
+function publish(js, subject, value, opts) {
+  return js.publish(subject, value, opts).then(() => null, (err) => err);
+}
+
 async function processBatch(js, gates, msgs, stopping) {
   const publishes = [];
   const perGate = new Map();
@@ -90,7 +103,10 @@ async function processBatch(js, gates, msgs, stopping) {
     const hdrs = m.headers;
     const userHeaders = [];
     if (hdrs) for (const k of hdrs.keys()) if (!RESERVED.has(k) && !k.startsWith("Nats-")) userHeaders.push([k, hdrs.get(k)]);
-    const input = { id: hdrs?.get(H.id) || "", eventTime: hdrs?.get(H.eventTime) || String(Date.now()), userHeaders };
+    // Missing envelope headers are taken from what a redelivery keeps (§3): the store time, the msg id or sequence.
+    const stored = storedMs(m);
+    const input = { id: hdrs?.get(H.id) || hdrs?.get(H.msgId) || `seq:${m.seq}`, eventTime: hdrs?.get(H.eventTime) || stored,
+      userHeaders };
     let keys;
     try {
       keys = decodeKeys(hdrs?.get(H.keys));
@@ -113,21 +129,25 @@ async function processBatch(js, gates, msgs, stopping) {
     const gate = gates[g];
     if (!(await gate.room(list.length, stopping))) continue; // discardLatest: dropped, counted in logs
     gate.count += list.length;
-    for (const o of list) publishes.push(js.publish(gate.out.subject, o.value, { msgID: o.msgId, headers: o.headers }));
+    for (const o of list) publishes.push(publish(js, gate.out.subject, o.value, { msgID: o.msgId, headers: o.headers }));
   }
   for (const d of dead) {
     const h = newHeaders();
     if (d.m.headers) for (const k of d.m.headers.keys()) if (k !== H.msgId) h.set(k, d.m.headers.get(k));
     h.set(H.error, d.error);
     h.set("Nf-Error-Vertex", desc.vertex);
-    publishes.push(js.publish(desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.from}`, headers: h }));
+    publishes.push(publish(js, desc.input.deadLetterSubject, d.m.data, { msgID: `dlq:${desc.vertex}:${d.from}`, headers: h }));
   }
-  await Promise.all(publishes); // every output stored (a duplicate counts as stored) ...
+  // every output stored (a duplicate counts as stored) ...
+  const refused = (await Promise.all(publishes)).find((err) => err !== null);
+  if (refused) throw refused;
   for (const m of msgs) m.ack(); // ... before any input is acked (§4)
 }
 
 async function main() {
-  const opts = { servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}`,
+  // NATS_URL is the only place the server is named (§2): no default to guess.
+  if (!process.env.NATS_URL) throw new Error("NATS_URL is not set");
+  const opts = { servers: process.env.NATS_URL.split(","), name: `natsflow-${desc.pipeline}-${desc.vertex}`,
     maxReconnectAttempts: -1 }; // ride out NATS outages like the Python and Go vertices // the name `natsflow ui` counts replicas by (§8)
   if (process.env.NATS_TOKEN) opts.token = process.env.NATS_TOKEN;
   if (process.env.NATS_USER) Object.assign(opts, { user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD });
