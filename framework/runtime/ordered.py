@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 
 from framework.isb import envelope, names
 from framework.isb.reader import BufferReader, quiet_consumer
+from framework.runtime.leased import follow_leases
 from framework.runtime.ownership import Lease, PartitionLeases, bucket_name, provision_bucket
 from framework.spec import Pipeline
 from framework.watermark.marks import replica_id
@@ -194,29 +195,9 @@ class OrderedReader:
         """Open what we acquired, hand back what is above our share, fence what we lost."""
         leases = self.leases
         assert leases is not None
-        if not leases.changed.is_set():
-            return
-        leases.changed.clear()
-        for part, lease in list(leases.owned.items()):
-            ps = self.parts.get(part)
-            if ps is not None:
-                if not lease.valid():
-                    await self._fence(ps)
-                elif lease.releasing:
-                    await self._hand_back(ps, "handed over")
-            elif not lease.valid():
-                leases.forget(part)
-            elif lease.releasing:
-                await leases.release(part)
-            elif not self.stopping.is_set():
-                try:
-                    await self._open(part, lease)
-                except (TimeoutError, nats_errors.Error) as exc:
-                    log.warning("ordered %s: cannot open partition %d yet (%s: %s)", self.vertex, part or 0,
-                                type(exc).__name__, exc)
-                    leases.changed.set()  # try again on the next fetch
-        for ps in [ps for part, ps in self.parts.items() if leases.owned.get(part) is not ps.lease]:
-            await self._fence(ps)
+        if leases.changed.is_set() and await follow_leases(leases, self.parts, self.stopping, self._open,
+                                                           self._hand_back, self._fence, f"ordered {self.vertex}"):
+            leases.changed.set()  # try again on the next fetch
 
     async def _open(self, part: int | None, lease: Lease) -> None:
         stream = names.stream_name(self.p.name, self.vertex, part)

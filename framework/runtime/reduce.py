@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 
 from framework.isb import envelope, names
 from framework.isb.reader import BufferReader, quiet_consumer
+from framework.runtime.leased import follow_leases
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.ownership import (
     Lease,
@@ -169,27 +170,8 @@ class Reducer:
     # ---- ownership -----------------------------------------------------------------------
 
     async def _follow_leases(self) -> None:
-        """Open what we acquired, hand back what is above our share, fence what we lost."""
-        self.leases.changed.clear()
-        for part, lease in list(self.leases.owned.items()):
-            ps = self.parts.get(part)
-            if ps is not None:
-                if not lease.valid():
-                    await self._fence(ps)
-                elif lease.releasing:
-                    await self._hand_back(ps, "handed over")
-            elif not lease.valid():
-                self.leases.forget(part)
-            elif lease.releasing:
-                await self.leases.release(part)  # acquired and above our share before we read it
-            elif not self.stopping.is_set():
-                try:
-                    await self._open(part, lease)
-                except (TimeoutError, nats_errors.Error) as exc:
-                    log.warning("reduce %s: cannot open partition %d yet (%s: %s)", self.v.name, part or 0,
-                                type(exc).__name__, exc)
-        for ps in [ps for part, ps in self.parts.items() if self.leases.owned.get(part) is not ps.lease]:
-            await self._fence(ps)
+        await follow_leases(self.leases, self.parts, self.stopping, self._open, self._hand_back, self._fence,
+                            f"reduce {self.v.name}")
 
     async def _open(self, part: int | None, lease: Lease) -> None:
         stream = names.stream_name(self.p.name, self.v.name, part)
