@@ -15,18 +15,31 @@ from framework.runtime.map import MapProcessor
 from framework.runtime.map_stream import MapStreamProcessor
 
 
-async def read_unless_died(processor: MapProcessor | MapStreamProcessor, reader: Reads,
-                           client: NumaflowMap) -> list[Msg]:
-    """The next batch; none, and the vertex stopping, when the program died between batches."""
-    rt = processor.rt
-    died = client.died()
-    if died is not None:
-        await processor.loop.fail_vertex([], str(died))
-        return []
-    return await reader.fetch(rt.limits.read_timeout)
+class ProgramBacked:
+    """What a processor whose UDF is a Numaflow program adds to it: when the program dies (between
+    batches or during one), the batch is handed back and the vertex stops (framework/numaflow/program.py)."""
+
+    loop: ForwardLoop
+    client: NumaflowMap
+
+    async def read(self, reader: Reads) -> list[Msg]:
+        died = self.client.died()
+        if died is not None:
+            await self.loop.fail_vertex([], str(died))
+            return []
+        return await reader.fetch(self.loop.rt.limits.read_timeout)
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        try:
+            return await super().process(msgs)  # type: ignore[misc]  # the processor class after this mixin
+        except ProgramDied as exc:
+            return await self.loop.fail_vertex(msgs, str(exc))
+
+    async def close(self) -> None:
+        await self.client.stop()
 
 
-class NumaflowMapProcessor(MapProcessor):
+class NumaflowMapProcessor(ProgramBacked, MapProcessor):
     """Unary map / flatmap and batch map: MapProcessor with the program as its runner."""
 
     def __init__(self, loop: ForwardLoop, client: NumaflowMap):
@@ -34,38 +47,14 @@ class NumaflowMapProcessor(MapProcessor):
         super().__init__(loop, loop.rt.v.udf, client)
         self.client = client
 
-    async def read(self, reader: Reads) -> list[Msg]:
-        return await read_unless_died(self, reader, self.client)
 
-    async def process(self, msgs: list[Msg]) -> bool:
-        try:
-            return await super().process(msgs)
-        except ProgramDied as exc:
-            return await self.loop.fail_vertex(msgs, str(exc))
-
-    async def close(self) -> None:
-        await self.client.stop()
-
-
-class NumaflowMapStreamProcessor(MapStreamProcessor):
+class NumaflowMapStreamProcessor(ProgramBacked, MapStreamProcessor):
     """Map stream: MapStreamProcessor with the program's stream as the async generator."""
 
     def __init__(self, loop: ForwardLoop, client: NumaflowMap):
         assert loop.rt.v.udf is not None
         super().__init__(loop, loop.rt.v.udf, client.stream)
         self.client = client
-
-    async def read(self, reader: Reads) -> list[Msg]:
-        return await read_unless_died(self, reader, self.client)
-
-    async def process(self, msgs: list[Msg]) -> bool:
-        try:
-            return await super().process(msgs)
-        except ProgramDied as exc:
-            return await self.loop.fail_vertex(msgs, str(exc))
-
-    async def close(self) -> None:
-        await self.client.stop()
 
 
 async def open_numaflow_map(loop: ForwardLoop) -> BatchProcessor:

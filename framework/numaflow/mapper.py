@@ -72,22 +72,9 @@ class NumaflowMap:
     async def _unary_all(self, stream: Stream, datums: list[Datum]) -> list[list[Message]]:
         """The batch's requests at once, then their responses: the common case, one await per input."""
         watermark = timestamp(self._watermark())
-        ids = [str(next(self._ids)) for _ in datums]
-        futures = [stream.expect_one(rid) for rid in ids]
-        try:
-            for d, rid in zip(datums, ids):
-                stream.send(self._request(d, rid, watermark))
-            out = []
-            for fut in futures:
-                resp = await fut
-                out.append([to_message(r.keys, r.value, r.tags) for r in resp.results])
-            return out
-        finally:
-            for rid in ids:
-                stream.forget(rid)
-            for fut in futures:
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # retrieved: a failed stream fails them all, one is raised
+        rids = [str(next(self._ids)) for _ in datums]
+        responses = await stream.round_trip([(rid, self._request(d, rid, watermark)) for d, rid in zip(datums, rids)])
+        return [[to_message(r.keys, r.value, r.tags) for r in resp.results] for resp in responses]
 
     async def _unary(self, stream: Stream, d: Datum) -> list[Message]:
         return (await self._unary_all(stream, [d]))[0]

@@ -91,6 +91,22 @@ class BidiStream(Generic[Req, Resp]):
             self._single[rid] = fut
         return fut
 
+    async def round_trip(self, requests: list[tuple[str, Req]]) -> list[Resp]:
+        """Send every (id, request) at once, then await each one's single response, in order (a
+        unary map's or a transformer's batch: one await per input, no round trip each). A failed
+        stream fails them all; one is raised."""
+        futures = [self.expect_one(rid) for rid, _ in requests]
+        try:
+            for _, request in requests:
+                self.send(request)
+            return [await fut for fut in futures]
+        finally:
+            for rid, _ in requests:
+                self.forget(rid)
+            for fut in futures:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved, so asyncio does not log the others
+
     def forget(self, rid: str) -> None:
         self._waiting.pop(rid, None)
         self._single.pop(rid, None)

@@ -48,24 +48,13 @@ class NumaflowTransformer:
 
     async def _all(self, stream: Stream, datums: list[Datum]) -> list[list[Message]]:
         watermark = timestamp(self._watermark())
-        ids = [str(next(self._ids)) for _ in datums]
-        futures = [stream.expect_one(rid) for rid in ids]
-        try:
-            for d, rid in zip(datums, ids):
-                stream.send(transform_pb2.SourceTransformRequest(request=transform_pb2.SourceTransformRequest.Request(
-                    keys=d.keys, value=d.value, event_time=timestamp(d.event_time_ms), watermark=watermark,
-                    headers=d.headers, id=rid)))
-            out = []
-            for fut in futures:
-                resp = await fut
-                out.append([to_message(r.keys, r.value, r.tags, epoch_ms(r.event_time)) for r in resp.results])
-            return out
-        finally:
-            for rid in ids:
-                stream.forget(rid)
-            for fut in futures:
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # retrieved: a failed stream fails them all, one is raised
+        rids = [str(next(self._ids)) for _ in datums]
+        responses = await stream.round_trip([(rid, transform_pb2.SourceTransformRequest(
+            request=transform_pb2.SourceTransformRequest.Request(
+                keys=d.keys, value=d.value, event_time=timestamp(d.event_time_ms), watermark=watermark,
+                headers=d.headers, id=rid))) for d, rid in zip(datums, rids)])
+        return [[to_message(r.keys, r.value, r.tags, epoch_ms(r.event_time)) for r in resp.results]
+                for resp in responses]
 
     async def _one(self, stream: Stream, d: Datum) -> list[Message]:
         return (await self._all(stream, [d]))[0]
