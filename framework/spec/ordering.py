@@ -51,7 +51,7 @@ def is_ordered(p: Pipeline, v: Vertex) -> bool:
 def ordering_problems(p: Pipeline) -> list[tuple[str, str]]:
     """(field path, reason) for what ordered mode cannot keep in order."""
     if not p.spec.ordered:
-        if "ordering" in p.spec.model_fields_set:
+        if p.spec.ordering != Ordering():  # (a dumped spec spells out the defaults: they are fine)
             return [("spec.ordering", "has no effect unless spec.ordered is true")]
         return []
     problems = []
