@@ -65,23 +65,12 @@ def _spec(node: Node, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     node.note("interStepBufferServiceName", "natsflow's buffers are JetStream streams on the NATS server it "
                                             "connects to (--nats-url / NATS_URL)")
-    pipeline_limits = node.child("limits")
-    converted_limits = limits(pipeline_limits) if pipeline_limits is not None else None
-    if converted_limits:
-        out["limits"] = converted_limits
-    wm = node.child("watermark")
-    if wm is not None:
-        converted = watermark(wm)
-        if converted:
-            out["watermark"] = converted
+    node.convert("limits", limits, out)
+    node.convert("watermark", watermark, out)
     side_inputs = [side_input(n) for n in node.children("sideInputs")]
     if side_inputs:
         out["sideInputs"] = [s for s in side_inputs if s is not None]
-    life = node.child("lifecycle")
-    if life is not None:
-        converted = lifecycle(life)
-        if converted:
-            out["lifecycle"] = converted
+    node.convert("lifecycle", lifecycle, out)
     vertices = [vertex(n, name) for n in node.children("vertices")]
     out["vertices"] = [v for v in vertices if v is not None]
     edges = [edge(n) for n in node.children("edges")]

@@ -6,6 +6,7 @@ converter read is listed with its field path by `Node.rest`, so nothing is dropp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,14 @@ class Node:
     def child(self, key: str) -> Node | None:
         self.taken.add(key)
         return Node.of(self.value.get(key), self.at(key), self.report)
+
+    def convert(self, key: str, convert: Callable[[Node], Any], into: dict[str, Any],
+                as_key: str | None = None) -> None:
+        """`into[as_key or key] = convert(the mapping at key)` when that is set and converts to something."""
+        child = self.child(key)
+        converted = convert(child) if child is not None else None
+        if converted:
+            into[as_key or key] = converted
 
     def children(self, key: str) -> list[Node]:
         """The mappings of the list at `key` (each at `path.key[i]`)."""

@@ -32,11 +32,7 @@ def sink(node: Node, pipeline: str, vertex: str) -> dict[str, Any]:
     elif on_success is not None:
         node.report.drop(node.at("onSuccess"), "only a user-defined sink's ON_SUCCESS responses go to onSuccess; "
                                                "natsflow's built-in sinks send none")
-    strategy = node.child("retryStrategy")
-    if strategy is not None:
-        converted = _retry_strategy(strategy)
-        if converted:
-            block["retryStrategy"] = converted
+    node.convert("retryStrategy", _retry_strategy, block)
     node.rest()
     return block
 

@@ -34,11 +34,7 @@ def udf(node: Node, partitions: int | None) -> dict[str, Any]:
             reduce["partitions"] = partitions
         numaflow["reduce"] = reduce
     out["numaflow"] = numaflow
-    strategy = node.child("retryStrategy")
-    if strategy is not None:
-        retry = _retry(strategy)
-        if retry:
-            out["retry"] = retry
+    node.convert("retryStrategy", _retry, out, as_key="retry")
     node.rest()
     return out
 

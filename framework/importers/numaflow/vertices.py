@@ -41,15 +41,8 @@ def vertex(node: Node, pipeline: str) -> dict[str, Any] | None:
     if partitions is not None and not (kind == "udf" and block.has("groupBy")) and partitions > 1:
         node.report.note(node.at("partitions"), "only a reduce has partitions in natsflow; the replicas of any "
                                                 "other vertex share its one buffer stream")
-    settings = node.child("scale")
-    if settings is not None:
-        converted = scale(settings)
-        if converted:
-            out["scale"] = converted
-    vertex_limits = node.child("limits")
-    converted_limits = limits(vertex_limits) if vertex_limits is not None else None
-    if converted_limits:
-        out["limits"] = converted_limits
+    node.convert("scale", scale, out)
+    node.convert("limits", limits, out)
     side_inputs = node.take("sideInputs", list)
     if side_inputs:
         out["sideInputs"] = [str(s) for s in side_inputs]
