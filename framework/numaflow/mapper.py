@@ -18,7 +18,7 @@ from framework.numaflow.convert import timestamp, to_message
 from framework.numaflow.program import NumaflowProgram, ProgramDied, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.session import ProgramSession
-from framework.numaflow.stream import BidiStream, UdfError
+from framework.numaflow.stream import BidiStream, UdfError, acknowledges_start
 from framework.runtime.udf import Result
 from framework.sdk import Datum, Message
 
@@ -35,7 +35,7 @@ async def open_map_stream(program: NumaflowProgram, info: ServerInfo) -> Stream:
     stub = map_pb2_grpc.MapStub(program.channel(socket))
     stream: Stream = BidiStream(program, stub.MapFn, lambda r: r.id)
     await stream.open(map_pb2.MapRequest(handshake=map_pb2.Handshake(sot=True)),
-                      lambda r: r.HasField("handshake") and r.handshake.sot)
+                      acknowledges_start)
     return stream
 
 

@@ -15,7 +15,7 @@ from framework.numaflow.convert import timestamp
 from framework.numaflow.program import NumaflowProgram, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.session import ProgramSession
-from framework.numaflow.stream import BidiStream, UdfError
+from framework.numaflow.stream import BidiStream, UdfError, acknowledges_start
 from framework.sdk import Datum
 
 Stream = BidiStream[sink_pb2.SinkRequest, sink_pb2.SinkResponse]
@@ -38,7 +38,7 @@ async def open_sink_stream(program: NumaflowProgram, info: ServerInfo) -> Stream
     stub = sink_pb2_grpc.SinkStub(program.channel(SINK_FILES[info.file]))
     stream: Stream = BidiStream(program, stub.SinkFn, lambda r: "")
     await stream.open(sink_pb2.SinkRequest(handshake=sink_pb2.Handshake(sot=True)),
-                      lambda r: r.HasField("handshake") and r.handshake.sot)
+                      acknowledges_start)
     return stream
 
 

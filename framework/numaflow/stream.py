@@ -23,6 +23,11 @@ EXIT_WAIT_S = 3.0  # how long a failed stream waits for the program's exit, to r
 CLOSE_WAIT_S = 2.0  # for the SDK to end the call after the last request
 
 
+def acknowledges_start(response: Any) -> bool:
+    """The SDK's answer to the handshake that opens each of its bidi streams (start of transmission)."""
+    return bool(response.HasField("handshake") and response.handshake.sot)
+
+
 class UdfError(RuntimeError):
     """The user's code raised inside the SDK; the text is the SDK's (e.g.
     `UDF_EXECUTION_ERROR(udf): ValueError("cannot map 'boom'")`). The SDK program exits after it."""

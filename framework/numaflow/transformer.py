@@ -15,7 +15,7 @@ from framework.numaflow.convert import epoch_ms, timestamp, to_message
 from framework.numaflow.program import NumaflowProgram, ProgramLaunch
 from framework.numaflow.serverinfo import ServerInfo
 from framework.numaflow.session import Failed, ProgramSession
-from framework.numaflow.stream import BidiStream
+from framework.numaflow.stream import BidiStream, acknowledges_start
 from framework.sdk import Datum, Message
 
 Stream = BidiStream[transform_pb2.SourceTransformRequest, transform_pb2.SourceTransformResponse]
@@ -26,7 +26,7 @@ async def open_transform_stream(program: NumaflowProgram, info: ServerInfo) -> S
     stub = transform_pb2_grpc.SourceTransformStub(program.channel(SOCKET))
     stream: Stream = BidiStream(program, stub.SourceTransformFn, lambda r: r.id)
     await stream.open(transform_pb2.SourceTransformRequest(handshake=transform_pb2.Handshake(sot=True)),
-                      lambda r: r.HasField("handshake") and r.handshake.sot)
+                      acknowledges_start)
     return stream
 
 

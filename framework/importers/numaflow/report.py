@@ -74,6 +74,11 @@ class Node:
         self.report.error(self.at(key), f"expected {_KINDS.get(wanted, wanted.__name__)}, got {value!r:.40}")
         return None
 
+    def take_present(self, keys: tuple[str, ...], kind: type | tuple[type, ...] = object) -> dict[str, Any]:
+        """`take` of each of `keys`, keeping only those that are set."""
+        values = {key: self.take(key, kind) for key in keys}
+        return {key: value for key, value in values.items() if value is not None}
+
     def child(self, key: str) -> Node | None:
         self.taken.add(key)
         return Node.of(self.value.get(key), self.at(key), self.report)

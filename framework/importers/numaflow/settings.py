@@ -14,11 +14,7 @@ _AUTOSCALER = ("natsflow scales on the lag of the vertex's consumer per replica 
 
 
 def limits(node: Node) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("readBatchSize", "bufferMaxLength", "bufferUsageLimit"):
-        value = node.take(key, int)
-        if value is not None:
-            out[key] = value
+    out = node.take_present(("readBatchSize", "bufferMaxLength", "bufferUsageLimit"), int)
     timeout = duration(node, "readTimeout")
     if timeout is not None:
         out["readTimeout"] = timeout
@@ -40,11 +36,7 @@ def limits(node: Node) -> dict[str, Any]:
 
 
 def scale(node: Node) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("min", "max"):
-        value = node.take(key, int)
-        if value is not None:
-            out[key] = value
+    out = node.take_present(("min", "max"), int)
     if node.take("disabled", bool):
         # Numaflow runs a vertex whose autoscaling is disabled at its fixed replica count (1 here).
         fixed = max(1, out.get("min", 1))

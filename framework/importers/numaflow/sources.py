@@ -47,11 +47,7 @@ def stand_in(pipeline: str, vertex: str) -> str:
 
 
 def _generator(node: Node, pipeline: str, vertex: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("rpu", "msgSize", "keyCount", "value"):
-        value = node.take(key, int)
-        if value is not None:
-            out[key] = value
+    out = node.take_present(("rpu", "msgSize", "keyCount", "value"), int)
     length = duration(node, "duration")
     if length is not None:
         out["duration"] = length
