@@ -217,6 +217,17 @@ class PipelineRunner:
         assert res.returncode == 0, res.stderr
         return StatusTables.parse(res.stdout)
 
+    async def source_consumed(self, client, stream: str, vertex: str = "in") -> bool:
+        """The `jetstream` source `vertex` has read and acked everything stored in `stream` (it
+        acks upstream after its own store is confirmed, so this can trail what downstream sees)."""
+        js = client.jetstream()
+        try:
+            info = await js.consumer_info(stream, f"nf_{self.name}_{vertex}_src")
+        except nats.js.errors.NotFoundError:
+            return False
+        last = (await js.stream_info(stream)).state.last_seq
+        return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq >= last
+
     async def drained(self, client, *, holding: tuple[str, ...] = ()) -> bool:
         """Every buffer of the pipeline is empty (all messages acked), except those of the
         `holding` vertices (a reduce holds the inputs of windows that are still open)."""

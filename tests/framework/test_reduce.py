@@ -60,17 +60,7 @@ def reduce_pipeline(runner, window: dict, late_edge: bool = False, lateness: str
 async def consumed(nc, runner) -> None:
     """The source has read and stored everything published so far (each phase is its own batch,
     so the source's watermark, the minimum event time of a batch, steps as the test intends)."""
-    js = nc.jetstream()
-
-    async def done() -> bool:
-        try:
-            info = await js.consumer_info(f"SRC_{runner.name}", f"nf_{runner.name}_in_src")
-        except Exception:
-            return False
-        last = (await js.stream_info(f"SRC_{runner.name}")).state.last_seq
-        return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq == last
-
-    await wait_for(done, 30, "the source to consume the phase")
+    await wait_for(lambda: runner.source_consumed(nc, f"SRC_{runner.name}"), 30, "the source to consume the phase")
 
 
 async def source_stream(nc, runner):

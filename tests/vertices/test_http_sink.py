@@ -62,12 +62,7 @@ async def feed(nc, runner, n: int, payload: Callable[[int], bytes] = lambda i: f
 
 async def all_through(nc, runner, stream: str, n: int) -> bool:
     """The source has stored and acked all n records, and every buffer is empty."""
-    try:
-        info = await nc.jetstream().consumer_info(stream, f"nf_{runner.name}_in_src")
-    except Exception:
-        return False
-    return (info.delivered.stream_seq >= n and info.num_pending == 0 and info.num_ack_pending == 0
-            and await runner.drained(nc))
+    return await runner.source_consumed(nc, stream) and await runner.drained(nc)
 
 
 def pipeline(runner, stream: str, sink: dict) -> None:
