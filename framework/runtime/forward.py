@@ -22,7 +22,7 @@ from opentelemetry.trace import Span
 from framework.isb import envelope, names
 from framework.isb.ports import Reads
 from framework.isb.reader import BufferReader
-from framework.runtime.lifecycle import VertexIO, VertexRuntime
+from framework.runtime.lifecycle import GRACE_S, VertexIO, VertexRuntime
 from framework.runtime.ordered import OrderedReader
 from framework.runtime.retry import exponential, pause
 from framework.sdk import Datum
@@ -57,6 +57,12 @@ def read_batch(rt: VertexRuntime) -> int:
     return batch if rate is None else max(1, min(batch, rate.max // 10))
 
 
+def hand_back_after(grace: float) -> float:
+    """How long after SIGTERM a batch still in hand (typically waiting at a full buffer) is
+    handed back: the grace period less a margin for the nak and the drain (docs/protocol.md §8)."""
+    return grace - min(5.0, grace / 4)
+
+
 class ForwardLoop:
     """The VertexKind of maps, batch maps, map streams and sinks: it owns the reader, the input
     watermark and the current batch's spans; `open` makes the BatchProcessor once the vertex
@@ -78,9 +84,14 @@ class ForwardLoop:
         self.wm_in: WatermarkFetcher | None = None
         self.spans: dict[int, Span] | None = None  # the current batch's spans by id(msg), when tracing
         self._open = open_processor
+        self._hand_back_at: float | None = None  # loop time, set on stop
+        self._in_hand: asyncio.Timeout | None = None  # the current batch's deadline
 
     def on_stop(self) -> None:
         self.reader.interrupt()
+        self._hand_back_at = asyncio.get_running_loop().time() + hand_back_after(GRACE_S)
+        if self._in_hand is not None:
+            self._in_hand.reschedule(self._hand_back_at)
 
     def on_heartbeat(self) -> bool:
         return False
@@ -144,13 +155,21 @@ class ForwardLoop:
             await processor.close()
 
     async def _process(self, processor: BatchProcessor, msgs: list[Msg]) -> bool | None:
-        """processor.process; None when a NATS outage mid-batch left the inputs unhandled."""
-        rt, tracer = self.rt, self.rt.tracer
+        """processor.process; None when a NATS outage mid-batch left the inputs unhandled, or when
+        the batch was still in hand as the grace period after a stop request ran out."""
+        rt = self.rt
         delays: Iterator[float] | None = None
         while True:
             try:
-                return await processor.process(msgs)
+                async with asyncio.timeout(self._hand_back_at) as self._in_hand:
+                    return await processor.process(msgs)
             except (TimeoutError, nats_errors.Error) as exc:
+                if self._in_hand is not None and self._in_hand.expired():
+                    log.warning("vertex %s: stopping, and the batch of %d is still not done %.1fs after the "
+                                "stop request (a full buffer, a slow handler); handed back for redelivery",
+                                rt.v.name, len(msgs), hand_back_after(GRACE_S))
+                    await self._give_back(msgs, "not done within the grace period")
+                    return None
                 rt.metrics.platform_error(type(exc).__name__)
                 if self.ordered is not None and self.ordered.holds(msgs) and not rt.stopping.is_set():
                     # Ordered: the same batch again, in place; a nak would let the partition's next
@@ -161,15 +180,21 @@ class ForwardLoop:
                                 rt.v.name, len(msgs), type(exc).__name__, exc, delay)
                     await pause(delay, rt.stopping)
                     continue
-                # Hand the inputs back (or, if even that fails, let their ack wait run out); the
-                # msg ids drop whatever was already written.
                 log.warning("vertex %s: batch of %d not acked (%s: %s); it will be redelivered",
                             rt.v.name, len(msgs), type(exc).__name__, exc)
-                with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
-                    await self.reader.nak(msgs)
-                if self.spans and tracer is not None:
-                    tracer.end(self.spans.values(), f"not acked ({type(exc).__name__}); redelivered later")
+                await self._give_back(msgs, f"not acked ({type(exc).__name__})")
                 return None
+            finally:
+                self._in_hand = None
+
+    async def _give_back(self, msgs: list[Msg], why: str) -> None:
+        """Nak the batch (or, if even that fails, let its ack wait run out): it is redelivered, and
+        the msg ids drop whatever of its outputs was already written (docs/protocol.md §5, §8)."""
+        tracer = self.rt.tracer
+        with contextlib.suppress(nats_errors.Error, asyncio.TimeoutError):
+            await self.reader.nak(msgs)
+        if self.spans and tracer is not None:
+            tracer.end(self.spans.values(), f"{why}; redelivered later")
 
     async def _pass_watermark(self, seq: int) -> None:
         """Our output watermark is our input watermark at what this replica has processed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 
 from tests.conftest import Collector, wait_for
@@ -167,6 +168,39 @@ async def test_sigterm_mid_stream_drains_and_exits_zero(runner, nc):
     assert "stopped; stats" in runner.log("map")
     runner.start("map")
     await sink.wait_count(total, timeout=60)
+    await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
+    assert sorted(seqs(sink)) == list(range(total))  # nothing lost, nothing twice
+
+
+async def test_sigterm_at_a_full_buffer_hands_the_batch_back_within_the_grace_period(runner, nc):
+    """docs/protocol.md §8: the map's batch waits at its sink's full buffer (the sink is not
+    running); SIGTERM with a 4 s grace: it waits 3 s, naks the batch, exits 0 before it would be
+    killed, and the restarted pipeline delivers every message exactly once."""
+    total = 300
+    sink = await Collector().start(nc, f"{runner.name}.out")
+    runner.write([gen("in", total), udf("map", "identity"),
+                  {**out("out", f"{runner.name}.out"), "limits": {"bufferMaxLength": 20}}],
+                 [{"from": "in", "to": "map"}, {"from": "map", "to": "out"}], limits={"ackWait": "60s"})
+    await runner.provision()
+    runner.start("in")
+    runner.start("map", NATSFLOW_GRACE_SECONDS="4")
+    out_buffer, map_consumer = f"nf_{runner.name}_out", (f"nf_{runner.name}_map", f"nf_{runner.name}_map")
+
+    async def blocked() -> bool:
+        info = await nc.jetstream().consumer_info(*map_consumer)
+        return await runner.stream_messages(nc, out_buffer) == 16 and info.num_ack_pending > 0
+
+    await wait_for(blocked, 30, "the map to wait at the sink's full buffer (16 = 80% of 20)")
+    stopped = time.monotonic()
+    assert await runner.terminate("map", timeout=15) == 0
+    took = time.monotonic() - stopped
+    assert 2.5 < took < 6, f"exited {took:.1f}s after SIGTERM (grace 4 s: hand back at 3 s)"
+    assert "handed back for redelivery" in runner.log("map")
+    info = await nc.jetstream().consumer_info(*map_consumer)
+    assert info.ack_floor.stream_seq == 0  # nothing acked: the outputs of the batch are not all stored
+    runner.start("map")
+    runner.start("out")
+    await sink.wait_count(total, timeout=20)  # well within the 60 s ack wait: the batch was naked, not held
     await wait_for(lambda: runner.drained(nc), 30, "buffers to drain")
     assert sorted(seqs(sink)) == list(range(total))  # nothing lost, nothing twice
 
