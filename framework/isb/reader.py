@@ -28,6 +28,7 @@ from framework.transport.client import reply_all, subscribe_fast
 log = logging.getLogger("natsflow.buffer")
 
 QUIET_POLL_S = 0.1
+REQUEST_EXPIRY_MARGIN_S = 0.25
 
 # JetStream acknowledgement tokens, sent to a delivered message's reply subject.
 ACK, NAK, ACK_IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
@@ -69,6 +70,7 @@ class BufferReader:
         self._credit = 0  # messages requested and not yet delivered or expired
         self._arrived = asyncio.Event()
         self._last_response = time.monotonic()
+        self._last_pull: float | None = None  # when the newest pull request was sent
         self._reconnects = nc.stats["reconnects"]
         self._sub: Subscription | None = None
         self._keep_alive: asyncio.Task[None] | None = None
@@ -140,6 +142,7 @@ class BufferReader:
             if self._credit == 0:
                 self._last_response = time.monotonic()  # staleness counts from this request
             self._credit += want
+            self._last_pull = time.monotonic()
             await self._nc.publish(self._next_subject, req, reply=self._inbox)
 
     async def fetch(self, timeout: float) -> list[Msg]:
@@ -168,11 +171,24 @@ class BufferReader:
         await self._reply(msgs, ACK)
 
     async def nak(self, msgs: list[Msg]) -> None:
-        """Hand these back for immediate redelivery (to any replica). They are released before
-        the token is sent: if it cannot be sent (connection lost), the ack wait still ends and
-        JetStream redelivers them; the deterministic msg ids drop what was already written."""
+        """Hand these back for redelivery (to any replica). They are released before the token
+        is sent: if it cannot be sent (connection lost), the ack wait still ends and JetStream
+        redelivers them; the deterministic msg ids drop what was already written.
+
+        Once the reader is interrupted (stopping) the redelivery is delayed until the pull
+        requests it still has open have expired: the server redelivers a nak'd message into any
+        open request, ours included, and one that arrives after we stopped listening would be
+        lost to the closed inbox until its ack wait ends."""
         self._release(msgs)
-        await self._reply(msgs, NAK)
+        delay = self._open_requests_left() if self._closed else 0.0
+        await self._reply(msgs, NAK if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * 1e9))
+
+    def _open_requests_left(self) -> float:
+        """Seconds until the last pull request this reader sent has surely expired (a margin for
+        the server's timer), 0 when it never sent one."""
+        if self._last_pull is None:
+            return 0.0
+        return max(0.0, self._last_pull + self._expires + REQUEST_EXPIRY_MARGIN_S - time.monotonic())
 
     def _release(self, msgs: list[Msg]) -> None:
         held = self._held
@@ -197,7 +213,15 @@ class BufferReader:
             self._keep_alive.cancel()
             self._keep_alive = None
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            # Drain, not unsubscribe: what the server sent before it saw the UNSUB arrives before
+            # the flush's PONG and is handed back below rather than left for its ack wait.
+            try:
+                if self._nc.is_connected:
+                    await self._sub.drain()
+                else:  # reconnecting: a flush would wait for the server; nothing arrives meanwhile
+                    await self._sub.unsubscribe()
+            except nats_errors.Error:  # the connection is closing or closed: nothing more comes
+                pass
             self._sub = None
         unread = list(self._buf)
         self._buf.clear()

@@ -67,7 +67,9 @@ async def test_scale_up_drain_to_zero_and_wake(tmp_path, nc, nats_url, monkeypat
         await wait_for(lambda: any(m.data == b"wake" for m in out.msgs), 10, "the wake-up message")
         woke_in = asyncio.get_running_loop().time() - t0
         assert len(slow) >= 1
-        assert woke_in < 2.0, f"took {woke_in:.1f}s from zero"
+        # one polling interval (0.3 s) plus a worker process start (its Python imports: about 1 s on
+        # a quiet machine, over 2 s with both cores busy)
+        assert woke_in < 4.0, f"took {woke_in:.1f}s from zero"
         reasons = [d[4] for d in sup.decisions if d[1] == "slow"]
         assert any(r.startswith("activated") for r in reasons) and any("cooldown" in r for r in reasons)
         print(f"autoscale: peak {peak} replicas, woke from zero in {woke_in:.2f}s")
