@@ -217,7 +217,7 @@ class BufferReader:
             # the flush's PONG and is handed back below rather than left for its ack wait.
             try:
                 if self._nc.is_connected:
-                    await self._sub.drain()
+                    await self._sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
                 else:  # reconnecting: a flush would wait for the server; nothing arrives meanwhile
                     await self._sub.unsubscribe()
             except nats_errors.Error:  # the connection is closing or closed: nothing more comes
