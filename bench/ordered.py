@@ -35,7 +35,7 @@ from throughput import (
     wait_until,
 )
 
-from framework.isb.names import consumer_name, edge_subject, partitions, stream_name
+from framework.isb.names import consumer_name, edge_subject, stream_name
 from framework.isb.provision import provision
 from framework.spec import load_pipeline
 
@@ -78,7 +78,7 @@ async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeo
             for r in range(replicas):
                 procs.start(f"{name}-map{r}", cmd + ["map"], {**srv.env, "NATSFLOW_REPLICA_ID": f"m{r}"})
             for v in ("map", "sink"):  # every partition claimed and pulled from before the source starts
-                for part in partitions(p, v):
+                for part in p.partitions(v):
                     stream = stream_name(name, v, part)
                     consumer = consumer_name(name, v, part)
                     await wait_until(lambda s=stream, c=consumer: consumer_waiting(srv.js, s, c), 30,
@@ -90,9 +90,9 @@ async def run_one(root: Path, name: str, variant: str, n: int, batch: int, timeo
                     first.set_result((time.monotonic(), procs.cpu(srv.embedded)))
 
             subs = [await srv.nc.subscribe(edge_subject(name, "map", "gen", part), cb=seen)
-                    for part in partitions(p, "map")]
+                    for part in p.partitions("map")]
             procs.start(f"{name}-gen", cmd + ["gen"], srv.env)
-            sink_streams = [stream_name(name, "sink", part) for part in partitions(p, "sink")]
+            sink_streams = [stream_name(name, "sink", part) for part in p.partitions("sink")]
 
             async def done() -> bool:
                 states = [(await srv.js.stream_info(s)).state for s in sink_streams]

@@ -39,7 +39,7 @@ async def backlog(js: JetStreamContext, p: Pipeline) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in p.reading_vertices():
         n = 0
-        for part in names.partitions(p, v.name):
+        for part in p.partitions(v.name):
             try:
                 ci = await js.consumer_info(names.stream_name(p.name, v.name, part),
                                             names.consumer_name(p.name, v.name, part))

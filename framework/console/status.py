@@ -97,8 +97,8 @@ async def collect(js: JetStreamContext, p: Pipeline) -> list[VertexStatus]:
             st.replicas = len(writers.replicas.get(writer, ()))
         if v.kind != "source":
             st.pending = st.ack_pending = st.readers = st.buffered = st.appended = 0
-            st.capacity = p.limits_for(v.name).buffer_max_length * len(names.partitions(p, v.name))
-            for part in names.partitions(p, v.name):
+            st.capacity = p.limits_for(v.name).buffer_max_length * len(p.partitions(v.name))
+            for part in p.partitions(v.name):
                 try:
                     ci = await js.consumer_info(names.stream_name(p.name, v.name, part),
                                                  names.consumer_name(p.name, v.name, part))

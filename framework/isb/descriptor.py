@@ -12,7 +12,7 @@ PROTOCOL_VERSION = "1"
 
 
 def _output(p: Pipeline, vertex: str, to: str, e: Any) -> dict[str, Any]:
-    parts = names.partitions(p, to)
+    parts = p.partitions(to)
     out: dict[str, Any] = {
         "to": to,
         "subject": names.edge_subject(p.name, to, vertex),

@@ -17,11 +17,6 @@ else in natsflow builds one of these names: it asks this module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from framework.spec import Pipeline
-
 # What no user subject or stream may use (spec validation refuses them): every subject and name below.
 RESERVED_SUBJECTS = ("nf.>", "nfdlq.>", "nfarchive.>")
 RESERVED_PREFIX = "nf_"
@@ -49,12 +44,6 @@ def edge_subject(pipeline: str, to_vertex: str, from_vertex: str, partition: int
 def buffer_subjects(pipeline: str, vertex: str, partition: int | None = None) -> str:
     """The wildcard a vertex's buffer stream listens on: every in-edge's subject."""
     return f"nf.{pipeline}.{vertex}{_part(partition)}.*"
-
-
-def partitions(p: Pipeline, vertex: str) -> list[int | None]:
-    """Partition indexes of a vertex's buffer: [None] unless it has more than one (Pipeline.partition_count)."""
-    n = p.partition_count(vertex)
-    return [None] if n == 1 else list(range(n))
 
 
 def dlq_stream_name(pipeline: str, vertex: str) -> str:

@@ -140,7 +140,7 @@ async def provision(js: JetStreamContext, p: Pipeline,
 
     for v in p.buffered_vertices():  # none between fused vertices
         paths = spec_paths(p, v.name)
-        for part in names.partitions(p, v.name):
+        for part in p.partitions(v.name):
             stream = names.stream_name(p.name, v.name, part)
             record(f"stream {stream}", await ensure_stream(js, buffer_stream_config(p, v.name, part), paths), stream)
             ccfg = buffer_consumer_config(p, v.name, part)

@@ -11,7 +11,7 @@ from framework.k8s.keda import KedaTrigger, UpstreamScaling
 from framework.k8s.objects import RenderOptions, object_meta, object_name, selector
 from framework.local.scaling import effective_cooldown
 from framework.spec import Pipeline, Vertex, min_replicas
-from framework.spec.plan import partitions, upstream_scaled
+from framework.spec.plan import upstream_scaled
 from framework.spec.secrets import vertex_path
 
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -20,7 +20,7 @@ PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 def render_scaled_object(p: Pipeline, v: Vertex, opts: RenderOptions) -> dict[str, Any]:
     s = v.scale
     triggers = []
-    for part in partitions(p, v.name):
+    for part in p.partitions(v.name):
         meta = {
             "stream": names.stream_name(p.name, v.name, part),
             "consumer": names.consumer_name(p.name, v.name, part),

@@ -65,7 +65,7 @@ class LagReader:
 
     async def lag(self, vertex: str) -> int:
         highest = 0
-        for part in names.partitions(self._p, vertex):
+        for part in self._p.partitions(vertex):
             info = await self._js.consumer_info(names.stream_name(self._p.name, vertex, part),
                                                 names.consumer_name(self._p.name, vertex, part))
             highest = max(highest, info.num_pending + info.num_ack_pending)

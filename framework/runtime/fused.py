@@ -129,7 +129,7 @@ class ChainRuntime(VertexRuntime):
         self.chain = chain
         tail = chain[-1]
         # Its buffers for /readyz and the gauges: its first vertex's own, and its last vertex's out-buffers.
-        out = [names.stream_name(p.name, e.to, part) for e in p.out_edges(tail) for part in names.partitions(p, e.to)]
+        out = [names.stream_name(p.name, e.to, part) for e in p.out_edges(tail) for part in p.partitions(e.to)]
         self.buffers = (self.buffers[0], out)
         self.metrics = self.metrics.stage(chain[0], chain)
         self.stages: list[Stage] = []

@@ -88,8 +88,8 @@ class VertexRuntime:
         self.stopping = asyncio.Event()
         self.metrics = VertexMetrics(p.name, vertex)
         source = self.v.kind == "source"
-        own = [] if source else [names.stream_name(p.name, vertex, part) for part in names.partitions(p, vertex)]
-        out = [names.stream_name(p.name, e.to, part) for e in p.out_edges(vertex) for part in names.partitions(p, e.to)]
+        own = [] if source else [names.stream_name(p.name, vertex, part) for part in p.partitions(vertex)]
+        out = [names.stream_name(p.name, e.to, part) for e in p.out_edges(vertex) for part in p.partitions(e.to)]
         self.buffers = (own, out)
         self.tracer = VertexTracer.from_env(p.name, vertex, source, ",".join(out if source else own))
         self.nc: Client | None = None

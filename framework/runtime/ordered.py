@@ -86,7 +86,7 @@ class OrderedReader:
         self.p, self.vertex, self.nc, self.js = p, vertex, nc, js
         self.stream, self.consumer = names.stream_name(p.name, vertex), names.consumer_name(p.name, vertex)
         self.batch_size, self.ack_wait, self.stopping = batch_size, ack_wait, stopping
-        self.all_parts = names.partitions(p, vertex)
+        self.all_parts = p.partitions(vertex)
         self.ttl = p.spec.ordering.lease_ttl
         self.parts: dict[int | None, OrderedPartition] = {}
         self.leases: PartitionLeases | None = None

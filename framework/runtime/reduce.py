@@ -93,7 +93,7 @@ class ReduceKind:
         fn = load_handler(udf.reduce.handler, rt.base_dir) if udf.reduce is not None else await self._program()
         emitter = WindowEmitter(rt.v.name, fn, udf.retry, udf.timeout, rt.metrics, rt.tracer)
         rt.loaded = True  # for /readyz
-        all_parts = names.partitions(rt.p, rt.v.name)
+        all_parts = rt.p.partitions(rt.v.name)
         await provision_bucket(js, rt.p.name, rt.p.buffers_for(None))  # `provision` may not have run
         leases = PartitionLeases(await js.key_value(bucket_name(rt.p.name)), rt.v.name, all_parts, cfg.lease_ttl,
                                  replica_id())

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from framework.isb.envelope import encode_envelope
-from framework.isb.names import archive_stream_name, archive_subject, edge_subject, partitions, stream_name
+from framework.isb.names import archive_stream_name, archive_subject, edge_subject, stream_name
 from framework.isb.ports import Publishes, Writes
 from framework.isb.writer import OutMessage
 from framework.sdk import Message
@@ -85,7 +85,7 @@ class Router:
         self._pub = publisher  # knows the last acked sequence per subject
         self._routes: list[Route] = []
         for e in p.out_edges(vertex):
-            parts = partitions(p, e.to)
+            parts = p.partitions(e.to)
             limits = p.limits_for(e.to)
             for part in parts:
                 writer.add_target(target_key(e.to, part), stream_name(p.name, e.to, part), limits.buffer_soft_limit)
@@ -97,7 +97,7 @@ class Router:
             self._archive = archive_subject(p.name, vertex)
             writer.add_target(ARCHIVE_KEY, archive_stream_name(p.name, vertex), ARCHIVE_SOFT_LIMIT)
         self._plain = all(e.conditions is None and not e.late for e in p.out_edges(vertex))
-        self.watermark_targets = [(e.to, part or 0) for e in p.out_edges(vertex) for part in partitions(p, e.to)]
+        self.watermark_targets = [(e.to, part or 0) for e in p.out_edges(vertex) for part in p.partitions(e.to)]
         self.wm: WatermarkPublisher | None = None
 
     def targets(self, tags: frozenset[str], late: bool = False) -> list[Route]:

@@ -11,7 +11,7 @@ source and sink blocks from the connector `registry`), `graph` (rules across the
 from framework.spec.handlers import HandlerError, load_handler
 from framework.spec.load import SpecError, load_pipeline, parse_pipeline
 from framework.spec.model import Edge, OnFull, Pipeline, Sink, Source, Vertex
-from framework.spec.plan import VertexPlan, min_replicas, partitions, plan, plans
+from framework.spec.plan import VertexPlan, min_replicas, plan, plans
 from framework.spec.registry import ConnectorInfo, sinks, sources
 from framework.spec.settings import (
     DEFAULT_BUFFERS,
@@ -33,5 +33,5 @@ __all__ = [
     "OnFailure", "OnFull", "Pipeline", "ResolvedBuffers", "ResolvedLimits", "Resources", "Retry", "Scale", "Secret",
     "SecretRef", "SideInput", "Sink", "Source", "SpecError", "Udf", "Vertex", "VertexPlan", "WindowSpec",
     "format_seconds", "load_handler", "load_pipeline", "min_replicas", "parse_duration", "parse_pipeline",
-    "partitions", "plan", "plans", "sinks", "sources",
+    "plan", "plans", "sinks", "sources",
 ]

@@ -303,6 +303,11 @@ class Pipeline(Model):
             return v.udf.windowing.partitions
         return ordered_partitions(self, v) if self.spec.ordered else 1
 
+    def partitions(self, name: str) -> list[int | None]:
+        """Partition indexes of vertex `name`'s buffer: [None] unless it has more than one."""
+        n = self.partition_count(name)
+        return [None] if n == 1 else list(range(n))
+
     def reading_vertices(self) -> list[Vertex]:
         """Vertices that read an inter-step buffer when each runs on its own (every UDF and sink)."""
         return [v for v in self.spec.vertices if v.kind != "source"]

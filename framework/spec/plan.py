@@ -17,13 +17,6 @@ from framework.spec.settings import ResolvedBuffers, ResolvedLimits
 MANAGER_SUFFIX = "sideinputs-manager"
 
 
-def partitions(p: Pipeline, name: str) -> list[int | None]:
-    """Partition indexes of a vertex's buffer: [None] unless it has more than one (a keyed reduce's
-    `partitions`, or any map's or sink's in ordered mode)."""
-    n = p.partition_count(name)
-    return [None] if n == 1 else list(range(n))
-
-
 def min_replicas(v: Vertex) -> int:
     """The fewest replicas a vertex runs with when scaled: sources always run; a sink keeps one
     (its outage shows, its connection stays warm) unless the spec asks for `scale.min: 0`; UDFs
@@ -69,7 +62,7 @@ def plan(p: Pipeline, name: str) -> VertexPlan:
     block = v.source if v.source is not None else v.sink
     return VertexPlan(
         vertex=v, index=p.spec.vertices.index(v), limits=p.limits_for(name), buffers=p.buffers_for(name),
-        partitions=partitions(p, name), in_edges=p.in_edges(name), out_edges=p.out_edges(name),
+        partitions=p.partitions(name), in_edges=p.in_edges(name), out_edges=p.out_edges(name),
         min_replicas=min_replicas(v), connector=block.connector if block is not None else None)
 
 

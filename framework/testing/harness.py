@@ -176,7 +176,7 @@ class _Run:
         self.isb = MemoryISB()
         for v in p.reading_vertices():
             limits = p.limits_for(v.name)
-            for part in names.partitions(p, v.name):
+            for part in p.partitions(v.name):
                 self.isb.add_stream(names.stream_name(p.name, v.name, part),
                                     [names.edge_subject(p.name, v.name, e.from_, part) for e in p.in_edges(v.name)],
                                     limits.buffer_max_length)

@@ -204,7 +204,7 @@ class MemoryReading(MemoryVertex):
         self.recorder: Recorder | None = Recorder() if self.rt.v.sink is not None else None
         self.call_sink = call_sink
         # isb.ports.Reads over MemoryMsg, which is shaped like the nats Msg the runtime is typed with
-        streams = [names.stream_name(p.name, vertex, part) for part in names.partitions(p, vertex)]
+        streams = [names.stream_name(p.name, vertex, part) for part in p.partitions(vertex)]
         batch = self.rt.limits.read_batch_size
         reader: Any = MemoryReader(isb, streams[0], batch) if len(streams) == 1 else \
             MemoryPartitionsReader(isb, streams, batch)
@@ -268,7 +268,7 @@ class MemoryReduce(MemoryVertex):
         emitter = WindowEmitter(rt.v.name, load_handler(cfg.handler, rt.base_dir), udf.retry, udf.timeout,
                                 rt.metrics, rt.tracer)
         emitter.threads = REDUCE_THREADS
-        all_parts = names.partitions(self.p, self.name)
+        all_parts = self.p.partitions(self.name)
         # kv, leases, lease and fetcher: stand-ins for the NATS-backed ones the runtime is typed with
         stand_in: Any = SoleLeases()
         stand_in_kv: Any = None  # asked only by the lease and watermark classes replaced here

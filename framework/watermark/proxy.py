@@ -49,7 +49,7 @@ class WatermarkProxy:
         self.js = nc.jetstream()
         # (vertex, partition) as the KV keys name it -> that buffer's stream
         self.buffers = {(e.to, part or 0): names.stream_name(p.name, e.to, part)
-                        for e in p.out_edges(vertex) for part in names.partitions(p, e.to)}
+                        for e in p.out_edges(vertex) for part in p.partitions(e.to)}
         self.targets = list(self.buffers)
 
     async def run(self, stopping: asyncio.Event) -> None:

@@ -90,7 +90,7 @@ async def drained(runner: PipelineRunner, js) -> bool:
     """Every buffer (each partition of a reduce's) is empty: all inputs acked, all windows closed."""
     p = runner.pipeline
     for v in p.reading_vertices():
-        for part in names.partitions(p, v.name):
+        for part in p.partitions(v.name):
             if (await js.stream_info(names.stream_name(p.name, v.name, part))).state.messages:
                 return False
     return True

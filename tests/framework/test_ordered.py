@@ -187,7 +187,7 @@ async def _all_owned_by(nc, pipeline: str, replica: str) -> bool:
 async def _drained(nc, runner) -> bool:
     p = runner.pipeline
     for v in p.reading_vertices():
-        for part in names.partitions(p, v.name):
+        for part in p.partitions(v.name):
             if await runner.stream_messages(nc, names.stream_name(p.name, v.name, part)):
                 return False
     return True
@@ -214,10 +214,10 @@ def test_ordered_spec_partitions_every_map_and_sink_buffer():
     # default: each vertex's scale.max; a source has no buffer
     assert [plan(p, v).partitions for v in ("in", "m", "out")] == [[None], [0, 1, 2], [None]]
     p = parse_pipeline(_spec(ordered="true", ordering={"partitions": 4, "leaseTtl": "3s"}), file="p.yaml")
-    assert names.partitions(p, "m") == names.partitions(p, "out") == [0, 1, 2, 3]
+    assert p.partitions("m") == p.partitions("out") == [0, 1, 2, 3]
     assert p.spec.ordering.lease_ttl == 3.0
     assert [plan(p, v).partitions for v in ("m",)] == [[0, 1, 2, 3]]
-    assert names.partitions(parse_pipeline(_spec(), file="p.yaml"), "m") == [None]  # not ordered: one buffer
+    assert parse_pipeline(_spec(), file="p.yaml").partitions("m") == [None]  # not ordered: one buffer
 
 
 @pytest.mark.parametrize(("mutate", "path", "reason"), [

@@ -159,9 +159,8 @@ def test_a_numaflow_reducer_is_partitioned_like_a_python_reduce():
     raw["spec"]["vertices"][1]["udf"] = {"numaflow": {"command": ["python", "reduce.py"], "reduce": {
         "window": {"fixed": {"length": "10s"}}, "partitions": 3}}}
     p = parse_pipeline(raw, file="p.yaml")
-    from framework.spec import partitions
     assert p.vertex("classify").udf.kind == "numaflow"
-    assert partitions(p, "classify") == [0, 1, 2]
+    assert p.partitions("classify") == [0, 1, 2]
 
 
 def test_cycles_are_allowed():

@@ -218,7 +218,7 @@ def vertex_detail(p: Pipeline, name: str) -> dict[str, Any]:
         "out": [e.to for e in p.out_edges(name)],
         # A keyed reduce with partitions has one buffer stream per partition.
         "buffer": None if v.kind == "source" else ", ".join(names.stream_name(p.name, name, part)
-                                                             for part in names.partitions(p, name)),
+                                                             for part in p.partitions(name)),
     }
 
 
