@@ -28,6 +28,7 @@ from framework.transport.client import reply_all, subscribe_fast
 log = logging.getLogger("natsflow.buffer")
 
 QUIET_POLL_S = 0.1
+PULL_EXPIRES_S = 5.0  # how long a pull request may wait on the server
 REQUEST_EXPIRY_MARGIN_S = 0.25
 
 # JetStream acknowledgement tokens, sent to a delivered message's reply subject.
@@ -51,7 +52,7 @@ class BufferReader:
     lease uses it to fence a replica that can no longer prove it owns the partition.
     """
 
-    def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = 5.0,
+    def __init__(self, nc: Client, stream: str, consumer: str, batch_size: int, expires: float = PULL_EXPIRES_S,
                  ack_wait: float = 30.0, may_send: Callable[[], bool] | None = None,
                  arrivals: asyncio.Event | None = None):
         self._nc = nc
@@ -226,6 +227,13 @@ class BufferReader:
         unread = list(self._buf)
         self._buf.clear()
         await self.nak(unread)
+
+
+def held_inputs_back_within(ack_wait: float, lease_ttl: float) -> float:
+    """How long a new owner of a partition waits for the inputs previous readers held: a dead
+    reader's come back once their ack wait ends (up to two: one may just have been renewed by
+    +WPI) after its lease ran out; a stopping one nak'd them with a delay of up to its pull expiry."""
+    return 2 * ack_wait + lease_ttl + PULL_EXPIRES_S + REQUEST_EXPIRY_MARGIN_S
 
 
 async def quiet_consumer(js: JetStreamContext, stream: str, consumer: str, go_on: Callable[[], bool],

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from framework.isb import envelope, names
-from framework.isb.reader import BufferReader, quiet_consumer
+from framework.isb.reader import BufferReader, held_inputs_back_within, quiet_consumer
 from framework.runtime.leased import follow_leases
 from framework.runtime.ownership import Lease, PartitionLeases, bucket_name, provision_bucket
 from framework.spec import Pipeline
@@ -215,9 +215,9 @@ class OrderedReader:
         # (ack floor, delivered] is still in the stream: held by a previous owner (back after the ack
         # wait) or nak'd (redelivered first). More than that (acks out of order before the pipeline
         # was ordered) only makes us wait until recover_by.
+        recover_by = time.monotonic() + held_inputs_back_within(self.ack_wait, self.ttl)
         ps = OrderedPartition(part, lease, reader, recovering=max(info.num_ack_pending or 0, delivered - floor),
-                              recover_to=delivered, recover_by=time.monotonic() + 2 * self.ack_wait + self.ttl,
-                              acked_to=floor)
+                              recover_to=delivered, recover_by=recover_by, acked_to=floor)
         self.parts[part] = ps
         log.info("ordered %s partition %d: reading from sequence %d (lease rev %d); %d message(s) a previous owner "
                  "held come first", self.vertex, part or 0, ps.acked_to + 1, lease.rev, ps.recovering)

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from framework.isb import envelope, names
-from framework.isb.reader import BufferReader, quiet_consumer
+from framework.isb.reader import BufferReader, held_inputs_back_within, quiet_consumer
 from framework.runtime.leased import follow_leases
 from framework.runtime.lifecycle import VertexIO, VertexRuntime
 from framework.runtime.ownership import (
@@ -185,9 +185,7 @@ class Reducer:
         fetcher = WatermarkFetcher(self.kv, self.v.name, part or 0, self.p.spec.watermark.publisher_timeout)
         await fetcher.start(wait_ready=5.0)
         await reader.start()
-        # JetStream redelivers a dead owner's inputs once their ack wait ends (a graceful one
-        # nak'd them); by then every one of them has come back.
-        recover_by = time.monotonic() + 2 * self.limits.ack_wait + self.cfg.lease_ttl
+        recover_by = time.monotonic() + held_inputs_back_within(self.limits.ack_wait, self.cfg.lease_ttl)
         ps = Partition(part, lease, reader, fetcher, wm=lease.wm, recovering=info.num_ack_pending or 0,
                        recover_to=info.delivered.stream_seq if info.delivered else 0, recover_by=recover_by)
         self.parts[part] = ps
