@@ -213,8 +213,9 @@ class OrderedReader:
         delivered = info.delivered.stream_seq if info.delivered else 0
         # Every owner acks in stream order and a partition's sequences have no gaps, so all of
         # (ack floor, delivered] is still in the stream: held by a previous owner (back after the ack
-        # wait) or nak'd (redelivered first). More than that (acks out of order before the pipeline
-        # was ordered) only makes us wait until recover_by.
+        # wait) or nak'd by one that stopped (back within its pull expiry: BufferReader.nak). More
+        # than that (acks out of order before the pipeline was ordered) only makes us wait until
+        # recover_by.
         recover_by = time.monotonic() + held_inputs_back_within(self.ack_wait, self.ttl)
         ps = OrderedPartition(part, lease, reader, recovering=max(info.num_ack_pending or 0, delivered - floor),
                               recover_to=delivered, recover_by=recover_by, acked_to=floor)
